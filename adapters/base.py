@@ -1,0 +1,167 @@
+"""The adapter protocol and the registry that finds adapters by name.
+
+An adapter puts a serving system (or any system with decisions to evolve) behind one
+small interface. Offline evolution needs only ``slots``, ``snapshot`` and
+``evaluate``; the online controller also uses ``start``/``stop``, ``observe`` and
+``deploy``. Third-party packages register adapters in the entry-point group
+``autopoiesis.adapters``; ``--adapter`` also takes ``module:Class`` and
+``path/to/file.py[:Class]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from typing import Any, Mapping
+
+from autopoiesis.metrics import Objective, Snapshot
+from autopoiesis.program import PolicySlot, Program
+
+ENTRY_POINT_GROUP = "autopoiesis.adapters"
+
+
+class AdapterError(Exception):
+    """An adapter cannot be found, loaded or used; the message is for the user."""
+
+
+class Adapter:
+    """Base class for adapters. Subclasses set ``name`` and implement the abstract parts."""
+
+    name: str = "adapter"
+    #: metric -> direction for the objectives this adapter reports; the first is the default.
+    objectives: tuple[Objective, ...] = ()
+
+    # -- what evolves --------------------------------------------------------------
+    def slots(self) -> list[PolicySlot]:
+        raise NotImplementedError
+
+    def baselines(self) -> dict[str, Program]:
+        """Human-designed seed programs, each filling every slot.
+
+        Default: for each slot's baselines, a program with that baseline and the
+        first baseline of every other slot.
+        """
+        slots = self.slots()
+        out: dict[str, Program] = {}
+        for slot in slots:
+            for label, source in slot.baselines.items():
+                parts = [source.strip()]
+                for other in slots:
+                    if other is not slot and other.baselines:
+                        parts.append(next(iter(other.baselines.values())).strip())
+                name = label if len(slots) == 1 else f"{slot.name}:{label}"
+                out[name] = Program("\n\n\n".join(parts) + "\n", name=name)
+        return out
+
+    # -- how it is scored ----------------------------------------------------------
+    def snapshot(self, seed: int) -> Snapshot:
+        """A deterministic workload to score programs on (offline twin input)."""
+        raise NotImplementedError
+
+    def evaluate(self, policy: Any, snapshot: Snapshot) -> Mapping[str, float]:
+        """Run ``policy`` (a compiled program: one attribute per slot) on a snapshot.
+
+        Runs inside a sandboxed worker process; must be deterministic for a given
+        policy and snapshot. Returns finite metrics keyed by name.
+        """
+        raise NotImplementedError
+
+    # -- the live system (online controller) ---------------------------------------
+    def start(self) -> None:
+        """Start or attach to the live system."""
+
+    def stop(self) -> None:
+        """Release what ``start`` acquired."""
+
+    def observe(self) -> Snapshot:
+        raise AdapterError(f"adapter '{self.name}' has no live system to observe (offline only)")
+
+    def deploy(self, program: Program) -> None:
+        raise AdapterError(f"adapter '{self.name}' has no live system to deploy to (offline only)")
+
+    def describe(self) -> str:
+        doc = inspect.getdoc(type(self)) or ""
+        return doc.splitlines()[0] if doc else ""
+
+
+def registered() -> dict[str, EntryPoint]:
+    """Adapters installed in the entry-point group, by name."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def load_adapter(spec: str, options: Mapping[str, Any] | None = None) -> Adapter:
+    """Instantiate an adapter from a registered name, ``module:Class`` or ``file.py[:Class]``."""
+    target = _resolve(spec)
+    if isinstance(target, Adapter):
+        return target
+    if not (inspect.isclass(target) and issubclass(target, Adapter)) and not callable(target):
+        raise AdapterError(f"'{spec}' is not an adapter class")
+    try:
+        adapter = target(**dict(options or {}))
+    except TypeError as e:
+        raise AdapterError(f"cannot create adapter '{spec}': {e}") from None
+    if not isinstance(adapter, Adapter):
+        raise AdapterError(f"'{spec}' did not produce an Adapter (got {type(adapter).__name__})")
+    return adapter
+
+
+def canonical_spec(spec: str) -> str:
+    """The spec with a file path made absolute, so a resumed run finds the same adapter."""
+    path, _, attr = spec.partition(":")
+    if path.endswith(".py") and Path(path).exists():
+        return str(Path(path).resolve()) + (f":{attr}" if attr else "")
+    return spec
+
+
+def _resolve(spec: str) -> Any:
+    found = registered()
+    if spec in found:
+        try:
+            return found[spec].load()
+        except Exception as e:  # a broken third-party package must not crash the CLI
+            raise AdapterError(f"adapter '{spec}' is registered but fails to load: {type(e).__name__}: {e}") from None
+    path, _, attr = spec.partition(":")
+    if path.endswith(".py"):
+        return _from_file(Path(path), attr)
+    if attr:
+        try:
+            module = importlib.import_module(path)
+        except ImportError as e:
+            raise AdapterError(f"cannot import adapter module '{path}': {e}") from None
+        if not hasattr(module, attr):
+            raise AdapterError(f"module '{path}' has no attribute '{attr}'")
+        return getattr(module, attr)
+    names = ", ".join(sorted(found)) or "none installed"
+    raise AdapterError(
+        f"unknown adapter '{spec}' (registered: {names}; or give module:Class or path/to/file.py)"
+    )
+
+
+def _from_file(path: Path, attr: str) -> Any:
+    if not path.is_file():
+        raise AdapterError(f"adapter file not found: {path}")
+    module_name = f"autopoiesis_user_{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look modules up by name
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        del sys.modules[module_name]
+        raise AdapterError(f"cannot load adapter file {path}: {type(e).__name__}: {e}") from None
+    if attr:
+        if not hasattr(module, attr):
+            raise AdapterError(f"{path} has no attribute '{attr}'")
+        return getattr(module, attr)
+    classes = [
+        obj for obj in vars(module).values()
+        if inspect.isclass(obj) and issubclass(obj, Adapter) and obj is not Adapter and obj.__module__ == module_name
+    ]
+    if len(classes) != 1:
+        found = ", ".join(c.__name__ for c in classes) or "none"
+        raise AdapterError(f"{path} must define exactly one Adapter subclass, or name one as {path}:Class (found: {found})")
+    return classes[0]

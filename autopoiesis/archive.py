@@ -1,0 +1,245 @@
+"""The archive: every run, program, birth, evaluation, population and result, in SQLite.
+
+WAL mode and one small transaction per evaluation: a run killed at any instant (even
+SIGKILL) keeps every evaluation that finished, and ``Evolution`` resumes from the
+last completed generation, finding the rest in the evaluation cache.
+
+Evaluations are keyed by (program id, snapshot key) and shared across runs: the same
+program on the same snapshot is never scored twice.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from .evaluate import Outcome
+from .program import Program
+
+SCHEMA_VERSION = "1"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, adapter TEXT NOT NULL, config TEXT NOT NULL,
+    status TEXT NOT NULL, created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS programs (id TEXT PRIMARY KEY, source TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS births (
+    run TEXT NOT NULL, program TEXT NOT NULL, generation INTEGER NOT NULL,
+    operator TEXT NOT NULL, parents TEXT NOT NULL, name TEXT,
+    status TEXT NOT NULL, error TEXT, PRIMARY KEY (run, program));
+CREATE TABLE IF NOT EXISTS evaluations (
+    program TEXT NOT NULL, snapshot TEXT NOT NULL, metrics TEXT, error TEXT,
+    seconds REAL NOT NULL, run TEXT, created REAL NOT NULL, PRIMARY KEY (program, snapshot));
+CREATE TABLE IF NOT EXISTS populations (
+    run TEXT NOT NULL, generation INTEGER NOT NULL, island INTEGER NOT NULL,
+    position INTEGER NOT NULL, program TEXT NOT NULL,
+    PRIMARY KEY (run, generation, island, position));
+CREATE TABLE IF NOT EXISTS generations (
+    run TEXT NOT NULL, generation INTEGER NOT NULL, stats TEXT NOT NULL, created REAL NOT NULL,
+    PRIMARY KEY (run, generation));
+CREATE TABLE IF NOT EXISTS results (
+    run TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, program TEXT NOT NULL,
+    train TEXT, held_out TEXT, error TEXT, PRIMARY KEY (run, kind, name));
+"""
+
+
+class ArchiveError(Exception):
+    """The archive file is missing, corrupt or not ours; the message is for the user."""
+
+
+class Archive:
+    def __init__(self, path: str | Path = ":memory:"):
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            if row is None:
+                self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise ArchiveError(f"{self.path} has archive schema {row[0]}, this version reads {SCHEMA_VERSION}")
+        except sqlite3.DatabaseError as e:
+            raise ArchiveError(f"{self.path} is not a usable archive ({e})") from None
+
+    def close(self) -> None:
+        self.db.close()
+
+    def _write(self, sql: str, rows: Iterable[tuple] | tuple) -> None:
+        if isinstance(rows, tuple):
+            self.db.execute(sql, rows)
+        else:
+            self.db.execute("BEGIN")
+            try:
+                self.db.executemany(sql, rows)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    # -- runs ------------------------------------------------------------------------
+    def create_run(self, run_id: str, adapter: str, config: dict[str, Any]) -> None:
+        now = time.time()
+        self._write("INSERT INTO runs VALUES (?, ?, ?, 'running', ?, ?)", (run_id, adapter, json.dumps(config), now, now))
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        row = self.db.execute("SELECT id, adapter, config, status, created, updated FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            known = ", ".join(r["id"] for r in self.runs()[-5:]) or "none"
+            raise ArchiveError(f"no run '{run_id}' in {self.path} (latest: {known})")
+        return {"id": row[0], "adapter": row[1], "config": json.loads(row[2]), "status": row[3], "created": row[4], "updated": row[5]}
+
+    def runs(self) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT id, adapter, status, created FROM runs ORDER BY created").fetchall()
+        return [{"id": r[0], "adapter": r[1], "status": r[2], "created": r[3]} for r in rows]
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self._write("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id))
+
+    # -- programs and births ---------------------------------------------------------
+    def add_births(self, run_id: str, entries: list[tuple[Program, str, str | None]]) -> None:
+        """Record programs born in a run: (program, status, error)."""
+        now = time.time()
+        self.db.execute("BEGIN")
+        try:
+            for program, status, error in entries:
+                self.db.execute("INSERT OR IGNORE INTO programs VALUES (?, ?, ?)", (program.id, program.source, now))
+                self.db.execute(
+                    "INSERT OR REPLACE INTO births VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, program.id, program.generation, program.operator,
+                     json.dumps(list(program.parents)), program.name, status, error),
+                )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def set_birth_status(self, run_id: str, updates: list[tuple[str, str, str | None]]) -> None:
+        self._write("UPDATE births SET status=?, error=? WHERE run=? AND program=?",
+                    [(status, error, run_id, pid) for pid, status, error in updates])
+
+    def program(self, program_id: str, run_id: str | None = None) -> Program:
+        row = self.db.execute("SELECT source FROM programs WHERE id=?", (program_id,)).fetchone()
+        if row is None:
+            raise ArchiveError(f"program {program_id} is not in the archive")
+        program = Program(row[0])
+        if run_id is not None:
+            birth = self.db.execute(
+                "SELECT generation, operator, parents, name FROM births WHERE run=? AND program=?", (run_id, program_id)
+            ).fetchone()
+            if birth:
+                program.generation, program.operator = birth[0], birth[1]
+                program.parents, program.name = tuple(json.loads(birth[2])), birth[3]
+        return program
+
+    def births(self, run_id: str, before_generation: int | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT program, generation, operator, parents, name, status, error FROM births WHERE run=?"
+        args: tuple = (run_id,)
+        if before_generation is not None:
+            sql += " AND generation < ?"
+            args += (before_generation,)
+        rows = self.db.execute(sql + " ORDER BY generation, rowid", args).fetchall()
+        keys = ("program", "generation", "operator", "parents", "name", "status", "error")
+        return [dict(zip(keys, r), parents=json.loads(r[3])) for r in rows]
+
+    # -- evaluations (the cache) ---------------------------------------------------------
+    def get(self, key: tuple[str, str]) -> Outcome | None:
+        row = self.db.execute(
+            "SELECT metrics, error, seconds FROM evaluations WHERE program=? AND snapshot=?", key
+        ).fetchone()
+        if row is None:
+            return None
+        return Outcome(key[0], key[1], json.loads(row[0]) if row[0] else None, row[1], row[2], cached=True)
+
+    def put(self, outcome: Outcome, run_id: str | None = None) -> None:
+        self._write(
+            "INSERT OR IGNORE INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (outcome.program_id, outcome.snapshot_key,
+             json.dumps(outcome.metrics) if outcome.metrics is not None else None,
+             outcome.error, outcome.seconds, run_id, time.time()),
+        )
+
+    def cache_for(self, run_id: str) -> "RunCache":
+        return RunCache(self, run_id)
+
+    def evaluation_count(self, run_id: str) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM evaluations WHERE run=?", (run_id,)).fetchone()[0]
+
+    # -- populations and statistics ----------------------------------------------------
+    def save_generation(self, run_id: str, generation: int, islands: list[list[str]], stats: dict[str, Any]) -> None:
+        """Atomically record a completed generation: its survivors and statistics."""
+        self.db.execute("BEGIN")
+        try:
+            self.db.execute("DELETE FROM populations WHERE run=? AND generation=?", (run_id, generation))
+            for island, ids in enumerate(islands):
+                self.db.executemany(
+                    "INSERT INTO populations VALUES (?, ?, ?, ?, ?)",
+                    [(run_id, generation, island, pos, pid) for pos, pid in enumerate(ids)],
+                )
+            self.db.execute(
+                "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?)",
+                (run_id, generation, json.dumps(stats), time.time()),
+            )
+            self.db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def last_generation(self, run_id: str) -> int | None:
+        return self.db.execute("SELECT MAX(generation) FROM generations WHERE run=?", (run_id,)).fetchone()[0]
+
+    def population(self, run_id: str, generation: int) -> list[list[str]]:
+        rows = self.db.execute(
+            "SELECT island, program FROM populations WHERE run=? AND generation=? ORDER BY island, position",
+            (run_id, generation),
+        ).fetchall()
+        islands: dict[int, list[str]] = {}
+        for island, pid in rows:
+            islands.setdefault(island, []).append(pid)
+        return [islands[k] for k in sorted(islands)]
+
+    def generation_stats(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT generation, stats FROM generations WHERE run=? ORDER BY generation", (run_id,)
+        ).fetchall()
+        return [dict(json.loads(s), generation=g) for g, s in rows]
+
+    # -- results --------------------------------------------------------------------------
+    def save_result(self, run_id: str, kind: str, name: str, program_id: str,
+                    train: dict | None, held_out: dict | None, error: str | None = None) -> None:
+        self._write(
+            "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (run_id, kind, name, program_id, json.dumps(train), json.dumps(held_out), error),
+        )
+
+    def results(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT kind, name, program, train, held_out, error FROM results WHERE run=? ORDER BY kind DESC, name",
+            (run_id,),
+        ).fetchall()
+        return [
+            {"kind": r[0], "name": r[1], "program": r[2], "train": json.loads(r[3]) if r[3] else None,
+             "held_out": json.loads(r[4]) if r[4] else None, "error": r[5]}
+            for r in rows
+        ]
+
+
+class RunCache:
+    """The Evaluator's cache, backed by the archive and tagging new rows with the run."""
+
+    def __init__(self, archive: Archive, run_id: str):
+        self.archive, self.run_id = archive, run_id
+
+    def get(self, key: tuple[str, str]) -> Outcome | None:
+        return self.archive.get(key)
+
+    def put(self, outcome: Outcome) -> None:
+        self.archive.put(outcome, self.run_id)

@@ -1,0 +1,312 @@
+"""The Evaluator: scores programs through an adapter in sandboxed worker processes.
+
+Each (program, snapshot) pair is one task. A worker compiles the program afresh for
+every task (no state leaks between tasks, so results do not depend on which worker
+ran them), validates it on the slot's examples, and calls ``adapter.evaluate``. The
+parent enforces a wall-clock deadline; the worker runs under an address-space cap
+and a CPU budget. ``multiprocess.Pool`` cannot kill one hung task, so this is a thin
+pool of ``multiprocess.Process`` workers of our own: a worker that overruns, blows
+its memory or dies is killed and replaced, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Protocol
+
+import multiprocess
+from multiprocess.connection import wait
+
+from . import sandbox
+from .metrics import Snapshot, check_metrics
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-task limits for untrusted code."""
+
+    timeout: float = 10.0  # wall-clock seconds per (program, snapshot)
+    memory_mb: int = 1024  # address space a worker may add beyond its start
+    cpu_seconds: float | None = None  # CPU per task; default: the timeout plus one second
+
+    @property
+    def cpu(self) -> float:
+        return self.cpu_seconds if self.cpu_seconds is not None else self.timeout + 1.0
+
+
+@dataclass(frozen=True)
+class Task:
+    program_id: str
+    source: str
+    snapshot: Snapshot
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.program_id, self.snapshot.key)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The result of one task: metrics, or an error a person can read."""
+
+    program_id: str
+    snapshot_key: str
+    metrics: dict[str, float] | None
+    error: str | None
+    seconds: float
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.program_id, self.snapshot_key)
+
+
+class Cache(Protocol):
+    def get(self, key: tuple[str, str]) -> Outcome | None: ...
+    def put(self, outcome: Outcome) -> None: ...
+
+
+class MemoryCache:
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str], Outcome] = {}
+
+    def get(self, key: tuple[str, str]) -> Outcome | None:
+        return self._data.get(key)
+
+    def put(self, outcome: Outcome) -> None:
+        self._data[outcome.key] = outcome
+
+
+class _Worker:
+    def __init__(self, ctx, adapter: Any, limits: Limits):
+        self.conn, child_conn = ctx.Pipe()
+        self.process = ctx.Process(
+            target=_worker_main, args=(child_conn, self.conn, adapter, limits), daemon=True
+        )
+        self.process.start()
+        child_conn.close()
+        self.task: Task | None = None
+        self.started = 0.0
+
+    def kill(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join(timeout=5)
+        self.conn.close()
+
+
+class Evaluator:
+    """A pool of sandboxed workers with per-task deadlines and a result cache."""
+
+    def __init__(self, adapter: Any, workers: int = 1, limits: Limits = Limits(), cache: Cache | None = None):
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.adapter = adapter
+        self.workers = workers
+        self.limits = limits
+        self.cache = cache if cache is not None else MemoryCache()
+        methods = multiprocess.get_all_start_methods()
+        self._ctx = multiprocess.get_context("fork" if "fork" in methods else "spawn")
+        self._pool: list[_Worker] = []
+        self.executed = 0
+        self.cache_hits = 0
+        self.replaced = 0
+
+    # -- lifecycle -----------------------------------------------------------------
+    def __enter__(self) -> "Evaluator":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for worker in self._pool:
+            try:
+                worker.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for worker in self._pool:
+            worker.process.join(timeout=2)
+            worker.kill()
+        self._pool = []
+
+    def _fill(self) -> None:
+        self._pool = [w for w in self._pool if w.process.is_alive()]
+        while len(self._pool) < self.workers:
+            self._pool.append(_Worker(self._ctx, self.adapter, self.limits))
+
+    def _replace(self, worker: _Worker) -> None:
+        worker.kill()
+        self._pool.remove(worker)
+        self.replaced += 1
+        self._pool.append(_Worker(self._ctx, self.adapter, self.limits))
+
+    def healthy(self) -> bool:
+        """Every worker alive and answering (after a run, proves the pool survived it)."""
+        self._fill()
+        return all(w.process.is_alive() for w in self._pool)
+
+    # -- work ----------------------------------------------------------------------
+    def evaluate(self, tasks: Iterable[Task]) -> dict[tuple[str, str], Outcome]:
+        return {o.key: o for o in self.run(tasks)}
+
+    def run(self, tasks: Iterable[Task]) -> Iterator[Outcome]:
+        """Yield an Outcome per distinct task, cached ones first, the rest as they finish."""
+        queue: deque[Task] = deque()
+        seen: set[tuple[str, str]] = set()
+        for task in tasks:
+            if task.key in seen:
+                continue
+            seen.add(task.key)
+            hit = self.cache.get(task.key)
+            if hit is not None:
+                self.cache_hits += 1
+                yield Outcome(hit.program_id, hit.snapshot_key, hit.metrics, hit.error, hit.seconds, cached=True)
+            else:
+                queue.append(task)
+        if not queue:
+            return
+        self._fill()
+        try:
+            while queue or any(w.task for w in self._pool):
+                for worker in list(self._pool):
+                    if worker.task is None and queue:
+                        self._dispatch(worker, queue)
+                for outcome in self._collect():
+                    self.executed += 1
+                    self.cache.put(outcome)
+                    yield outcome
+        finally:
+            # Abandoned mid-run (an error or Ctrl-C in the consumer): drop in-flight work.
+            for worker in list(self._pool):
+                if worker.task is not None:
+                    worker.task = None
+                    self._replace(worker)
+
+    def _dispatch(self, worker: _Worker, queue: deque[Task]) -> None:
+        task = queue.popleft()
+        try:
+            worker.conn.send((task.program_id, task.source, task.snapshot))
+        except (OSError, ValueError):  # died while idle (e.g. recycled after a MemoryError)
+            queue.appendleft(task)
+            self._replace(worker)
+            return
+        worker.task, worker.started = task, time.monotonic()
+
+    def _collect(self) -> list[Outcome]:
+        busy = [w for w in self._pool if w.task is not None]
+        now = time.monotonic()
+        deadline = min(w.started + self.limits.timeout for w in busy)
+        waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
+        ready = set(wait(waitables, timeout=max(0.0, deadline - now)))
+        done = []
+        for worker in busy:
+            task = worker.task
+            elapsed = time.monotonic() - worker.started
+            if worker.conn in ready or worker.process.sentinel in ready:
+                message = None
+                try:
+                    if worker.conn.poll():
+                        message = worker.conn.recv()
+                except (EOFError, OSError):
+                    message = None
+                if message is not None:
+                    status, payload, seconds = message
+                    if status == "ok":
+                        done.append(Outcome(task.program_id, task.snapshot.key, payload, None, seconds))
+                    else:
+                        done.append(Outcome(task.program_id, task.snapshot.key, None, payload, seconds))
+                    worker.task = None
+                    if status == "fatal":
+                        self._replace(worker)
+                    continue
+                worker.process.join(timeout=1)
+                reason = _death_reason(worker.process.exitcode)
+                done.append(Outcome(task.program_id, task.snapshot.key, None, reason, elapsed))
+                worker.task = None
+                self._replace(worker)
+            elif elapsed >= self.limits.timeout:
+                done.append(Outcome(
+                    task.program_id, task.snapshot.key, None,
+                    f"timed out after {self.limits.timeout:g} s (wall clock)", elapsed,
+                ))
+                worker.task = None
+                self._replace(worker)
+        return done
+
+
+def _death_reason(exitcode: int | None) -> str:
+    if exitcode is not None and exitcode < 0:
+        sig = -exitcode
+        if sig == signal.SIGXCPU:
+            return "CPU time limit exceeded"
+        if sig == signal.SIGKILL:
+            return "worker killed (out of memory?)"
+        return f"worker crashed ({signal.Signals(sig).name})"
+    return f"worker exited unexpectedly (code {exitcode})"
+
+
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker if the evolution process dies (even by SIGKILL)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _worker_main(conn, parent_conn, adapter: Any, limits: Limits) -> None:
+    parent_conn.close()
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    slots = adapter.slots()
+    sandbox.apply_limits(limits.memory_mb)
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        program_id, source, snapshot = message
+        start = time.perf_counter()
+        sandbox.set_cpu_budget(limits.cpu)
+        status, payload = "ok", None
+        try:
+            policy = sandbox.compile_policy(source, slots, program_id)
+            sandbox.validate(policy, slots)
+            payload = check_metrics(adapter.evaluate(policy, snapshot))
+        except MemoryError:
+            status, payload = "fatal", "memory limit exceeded"
+        except RecursionError:
+            status, payload = "error", "recursion too deep"
+        except sandbox.Rejected as e:
+            status, payload = "error", f"rejected: {e}"
+        except BaseException as e:  # untrusted code may raise anything; report it, keep serving
+            status, payload = "error", _describe(e)
+        try:
+            conn.send((status, payload, time.perf_counter() - start))
+        except MemoryError:
+            os._exit(1)
+        except (OSError, ValueError):
+            return
+        if status == "fatal":
+            return  # a worker that hit its memory cap may be fragmented: start afresh
+
+
+def _describe(e: BaseException) -> str:
+    try:
+        text = str(e)
+    except Exception:
+        text = "<unprintable>"
+    text = text if len(text) <= 300 else text[:300] + "..."
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -1,0 +1,304 @@
+"""Offline evolution: the loop that breeds, checks, scores and archives programs.
+
+Determinism and resume go together. Every generation reseeds the global ``random``
+(which DEAP's selection and GP draw from) and the operators' rng from (seed,
+generation, island), and a generation's survivors are written atomically when it
+ends. A resumed run reloads the last completed generation and remakes the next one
+exactly; children evaluated before the crash are found in the archive's evaluation
+cache, so nothing finished is lost and nothing is scored twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import statistics
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from deap import tools
+
+from . import sandbox
+from .archive import Archive
+from .evaluate import Evaluator, Limits, Outcome, Task
+from .metrics import Fitness, Objective, Snapshot
+from .operators import Context, Operator, OperatorError, offline
+from .program import Program
+
+HELD_OUT_OFFSET = 500  # held-out snapshot seeds never overlap the training ones
+
+
+@dataclass
+class Config:
+    """Everything that determines a run; stored with it so ``--resume`` needs nothing else."""
+
+    population: int = 16
+    generations: int = 10
+    seed: int = 0
+    objectives: tuple[str, ...] = ()  # "min:metric" / "max:metric"; empty: the adapter's first
+    strategy: str = "generational"
+    budget: int | None = None  # most programs to evaluate in the run
+    train_snapshots: int = 3
+    held_out_snapshots: int = 5
+    workers: int = 1
+    timeout: float = 10.0
+    memory_mb: int = 1024
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in names}
+        if "objectives" in values:
+            values["objectives"] = tuple(values["objectives"])
+        return cls(**values)
+
+
+@dataclass
+class Result:
+    run_id: str
+    champion: Program
+    fitness: Fitness
+    generations: int
+    evaluated: int  # program evaluations this process ran (cache hits excluded)
+    reused: int  # evaluations found in the archive instead
+    programs: int  # distinct programs scored in the run, over all its sessions
+    held_out: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> metrics
+
+    def summary(self) -> dict[str, Any]:
+        objective = self.fitness.objectives[0]
+        return {
+            "run": self.run_id,
+            "objective": str(objective),
+            "champion": self.champion.id,
+            "champion_operator": self.champion.operator,
+            "fitness": dict(self.fitness.values),
+            "held_out": self.held_out,
+            "generations": self.generations,
+            "programs": self.programs,
+            "evaluations": self.evaluated,
+            "reused": self.reused,
+        }
+
+
+class Evolution:
+    """One run of offline evolution for an adapter; ``run()`` starts or resumes it."""
+
+    def __init__(
+        self,
+        adapter: Any,
+        config: Config | None = None,
+        archive: Archive | None = None,
+        operators: Sequence[tuple[Operator, float]] | None = None,
+        strategy: Any = None,
+        adapter_spec: str | None = None,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    ):
+        from autopoiesis.search import make  # search installs as a subpackage of autopoiesis
+
+        self.adapter = adapter
+        self.config = config or Config()
+        self.archive = archive or Archive()
+        self.operators = list(operators or offline())
+        self.strategy = strategy or make(self.config.strategy)
+        self.adapter_spec = adapter_spec or type(adapter).__name__
+        self.on_event = on_event or (lambda kind, data: None)
+        self.slots = {slot.name: slot for slot in adapter.slots()}
+        self.objectives = self._objectives()
+        from autopoiesis.search import fitness_class
+
+        self.fitness_cls = fitness_class(self.objectives)
+
+    def _objectives(self) -> tuple[Objective, ...]:
+        if self.config.objectives:
+            return tuple(Objective.parse(text) for text in self.config.objectives)
+        if not getattr(self.adapter, "objectives", ()):
+            raise ValueError(f"adapter '{self.adapter.name}' declares no objectives; pass one")
+        return (self.adapter.objectives[0],)
+
+    # -- the run ---------------------------------------------------------------------
+    def run(self, resume: str | None = None) -> Result:
+        cfg = self.config
+        if resume:
+            run_id = resume
+            last = self.archive.last_generation(run_id)
+            first_gen = 0 if last is None else last + 1
+            self.archive.set_status(run_id, "running")
+        else:
+            run_id = f"{self.adapter.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+            self.archive.create_run(run_id, self.adapter_spec, cfg.to_dict())
+            first_gen = 0
+        self.run_id = run_id
+        train = [self.adapter.snapshot(cfg.seed * 1000 + i) for i in range(cfg.train_snapshots)]
+        held_out = [self.adapter.snapshot(cfg.seed * 1000 + HELD_OUT_OFFSET + i) for i in range(cfg.held_out_snapshots)]
+        limits = Limits(timeout=cfg.timeout, memory_mb=cfg.memory_mb)
+        self.on_event("start", {"run": run_id, "generations": cfg.generations, "from": first_gen})
+
+        with Evaluator(self.adapter, cfg.workers, limits, cache=self.archive.cache_for(run_id)) as evaluator:
+            self.evaluator = evaluator
+            self.seeds = list(self.adapter.baselines().values())
+            seen = {b["program"] for b in self.archive.births(run_id, before_generation=first_gen)}
+            scored = sum(1 for b in self.archive.births(run_id, before_generation=first_gen) if b["status"] != "rejected")
+            islands: list[list[Any]] = []
+            if first_gen > 0:
+                islands = self._load_population(run_id, first_gen - 1, train)
+            for generation in range(first_gen, cfg.generations + 1):
+                if cfg.budget is not None and scored >= cfg.budget and generation > 0:
+                    break
+                islands, scored = self._generation(run_id, generation, islands, seen, scored, train)
+                self.on_event("generation", {"generation": generation, **self.archive.generation_stats(run_id)[-1]})
+            last = self.archive.last_generation(run_id) or 0
+            population = [ind for island in islands for ind in island]
+            best = self.strategy.best(population)
+            held = self._held_out(run_id, best, train, held_out)
+            self.archive.set_status(run_id, "done")
+            reused = evaluator.cache_hits
+            executed = evaluator.executed
+        return Result(run_id, best.program, best.scores, last, executed, reused, scored, held)
+
+    def _generation(self, run_id, generation, islands, seen, scored, train):
+        cfg, n_islands = self.config, max(1, self.strategy.islands)
+        size = max(2, cfg.population // n_islands)
+        budget_left = None if cfg.budget is None else max(0, cfg.budget - scored)
+        children_per_island: list[list[Program]] = []
+        rejected: list[tuple[Program, str, str | None]] = []
+        duplicates = 0
+        for island in range(n_islands):
+            random.seed(f"{cfg.seed}:{generation}:{island}")
+            context = Context(self.slots, random.Random(f"ops:{cfg.seed}:{generation}:{island}"), generation)
+            if generation == 0:
+                wanted, parents_of = size, None
+                children = [s for s in self.seeds if s.id not in seen]
+                for child in children:
+                    seen.add(child.id)
+            else:
+                wanted = self.strategy.offspring_count(size)
+                parents_of = islands[island]
+                children = []
+            attempts = 0
+            while len(children) < wanted and attempts < 10 * wanted:
+                if budget_left is not None and sum(map(len, children_per_island)) + len(children) >= budget_left:
+                    break
+                attempts += 1
+                child = self._vary(parents_of, context)
+                if child is None:
+                    continue
+                if child.id in seen:
+                    duplicates += 1
+                    continue
+                seen.add(child.id)
+                try:
+                    sandbox.check(child.source, self.slots.values())
+                except sandbox.Rejected as e:
+                    rejected.append((child, "rejected", str(e)))
+                    continue
+                children.append(child)
+            children_per_island.append(children)
+
+        births = [(c, "pending", None) for cs in children_per_island for c in cs] + rejected
+        self.archive.add_births(run_id, births)
+        scores, errors = self._score([c for cs in children_per_island for c in cs], train)
+        self.archive.set_birth_status(
+            run_id, [(pid, "failed", err) for pid, err in errors.items()] + [(pid, "valid", None) for pid in scores]
+        )
+        scored += sum(map(len, children_per_island))
+
+        new_islands = []
+        for island in range(n_islands):
+            random.seed(f"survive:{cfg.seed}:{generation}:{island}")
+            offspring = [self._individual(c, scores[c.id]) for c in children_per_island[island] if c.id in scores]
+            current = islands[island] if islands else []
+            new_islands.append(self.strategy.survive(current, offspring, size))
+        random.seed(f"migrate:{cfg.seed}:{generation}")
+        self.strategy.migrate(new_islands, generation)
+
+        population = [ind for island in new_islands for ind in island]
+        stats = self._stats(population)
+        stats.update(
+            children=sum(map(len, children_per_island)) + len(rejected),
+            valid=len(scores), failed=len(errors), rejected=len(rejected), duplicates=duplicates,
+            champion=self.strategy.best(population).program.id if population else None,
+        )
+        self.archive.save_generation(run_id, generation, [[i.program.id for i in isl] for isl in new_islands], stats)
+        if not population:
+            raise RuntimeError("no seed program is valid; check the adapter's baselines")
+        return new_islands, scored
+
+    def _vary(self, parents_of, context) -> Program | None:
+        """One child from one operator, or None if the operator could not make one."""
+        operators = self.operators
+        if parents_of is None:  # generation 0: only unary operators, applied to the seeds
+            operators = [(op, w) for op, w in operators if op.arity == 1]
+        op = context.rng.choices([o for o, _ in operators], weights=[w for _, w in operators])[0]
+        if parents_of is None:
+            parents = [context.rng.choice(self.seeds) for _ in range(op.arity)]
+        else:
+            parents = [ind.program for ind in self.strategy.select(parents_of, op.arity)]
+            context.extra["fitness"] = {ind.program.id: ind.scores for ind in parents_of}
+        try:
+            return op(parents, context)
+        except OperatorError:
+            return None
+
+    def _score(self, programs: list[Program], snapshots: list[Snapshot]):
+        tasks = [Task(p.id, p.source, s) for p in programs for s in snapshots]
+        outcomes: dict[tuple[str, str], Outcome] = {}
+        for outcome in self.evaluator.run(tasks):
+            outcomes[outcome.key] = outcome
+            self.on_event("evaluated", {"program": outcome.program_id, "ok": outcome.ok, "cached": outcome.cached})
+        scores, errors = {}, {}
+        for program in programs:
+            results = [outcomes[(program.id, s.key)] for s in snapshots]
+            failed = next((r for r in results if not r.ok), None)
+            if failed is not None:
+                errors[program.id] = failed.error
+                continue
+            try:
+                scores[program.id] = Fitness.mean([r.metrics for r in results], self.objectives)
+            except KeyError as e:
+                errors[program.id] = str(e)
+        return scores, errors
+
+    def _individual(self, program: Program, scores: Fitness):
+        from autopoiesis.search import Individual
+
+        return Individual(program, scores, self.fitness_cls)
+
+    def _load_population(self, run_id, generation, train):
+        islands = []
+        for ids in self.archive.population(run_id, generation):
+            programs = [self.archive.program(pid, run_id) for pid in ids]
+            scores, errors = self._score(programs, train)
+            islands.append([self._individual(p, scores[p.id]) for p in programs if p.id in scores])
+        return islands
+
+    def _stats(self, population) -> dict[str, Any]:
+        stats = tools.Statistics(key=lambda ind: ind.scores.scalar)
+        stats.register("best", min if self.objectives[0].direction == "min" else max)
+        stats.register("median", statistics.median)
+        stats.register("worst", max if self.objectives[0].direction == "min" else min)
+        return stats.compile(population) if population else {}
+
+    def _held_out(self, run_id, best, train, held_out) -> dict[str, dict[str, float]]:
+        """Champion and every baseline, scored on snapshots evolution never saw."""
+        entries = [("champion", "champion", best.program)] + [("baseline", s.label(), s) for s in self.seeds]
+        programs = list({p.id: p for _, _, p in entries}.values())
+        train_scores, _ = self._score(programs, train)
+        held_scores, held_errors = self._score(programs, held_out) if held_out else ({}, {})
+        out = {}
+        for kind, name, program in entries:
+            train_fit = train_scores.get(program.id)
+            held_fit = held_scores.get(program.id)
+            self.archive.save_result(
+                run_id, kind, name, program.id,
+                dict(train_fit.values) if train_fit else None,
+                dict(held_fit.values) if held_fit else None,
+                held_errors.get(program.id),
+            )
+            if held_fit:
+                out[name] = dict(held_fit.values)
+        return out

@@ -1,0 +1,106 @@
+"""Fitness, objectives and snapshots: the shape every adapter's scores take.
+
+An adapter's ``evaluate`` returns a flat mapping of metric name to number; the core
+turns the mean over a run's training snapshots into a ``Fitness`` and ranks by its
+objective. Live-window types (RequestRecord, RollingWindow, drift) join this module
+with the online controller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A metric to optimise and its direction ('min' or 'max')."""
+
+    name: str
+    direction: str = "min"
+
+    def __post_init__(self) -> None:
+        if self.direction not in ("min", "max"):
+            raise ValueError(f"objective direction must be 'min' or 'max', not {self.direction!r}")
+
+    @property
+    def weight(self) -> float:
+        """DEAP's convention: negative weight minimises."""
+        return -1.0 if self.direction == "min" else 1.0
+
+    def better(self, a: float, b: float) -> bool:
+        return a < b if self.direction == "min" else a > b
+
+    def improvement(self, new: float, old: float) -> float:
+        """Relative gain of new over old, positive when new is better."""
+        if old == 0:
+            return 0.0
+        gain = (old - new) / abs(old)
+        return gain if self.direction == "min" else -gain
+
+    @classmethod
+    def parse(cls, text: str) -> "Objective":
+        """'name' (minimise), 'min:name' or 'max:name'."""
+        direction, _, name = text.rpartition(":")
+        return cls(name.strip(), direction.strip() or "min")
+
+    def __str__(self) -> str:
+        return f"{self.direction}:{self.name}"
+
+
+@dataclass(frozen=True)
+class Fitness:
+    """A named metric vector plus the objective(s) a strategy ranks by."""
+
+    values: Mapping[str, float]
+    objectives: tuple[Objective, ...]
+
+    @property
+    def scalar(self) -> float:
+        return self.values[self.objectives[0].name]
+
+    def vector(self) -> tuple[float, ...]:
+        return tuple(self.values[o.name] for o in self.objectives)
+
+    @classmethod
+    def mean(cls, samples: Iterable[Mapping[str, float]], objectives: tuple[Objective, ...]) -> "Fitness":
+        samples = list(samples)
+        keys = [k for k in samples[0] if all(k in s for s in samples)]
+        values = {k: math.fsum(s[k] for s in samples) / len(samples) for k in keys}
+        missing = [o.name for o in objectives if o.name not in values]
+        if missing:
+            raise KeyError(f"the adapter reported no metric {', '.join(missing)} (it has: {', '.join(keys)})")
+        return cls(values, objectives)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a program is scored on: a seeded workload offline, a recorded window online.
+
+    ``key`` hashes the adapter's name and the parameters, so (program id, snapshot
+    key) identifies an evaluation and caches it across runs.
+    """
+
+    adapter: str
+    params: Mapping[str, Any]
+    label: str = ""
+    key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        blob = json.dumps([self.adapter, self.params], sort_keys=True, default=str)
+        object.__setattr__(self, "key", hashlib.sha256(blob.encode()).hexdigest()[:16])
+
+
+def check_metrics(metrics: Any) -> dict[str, float]:
+    """Adapters return plain finite numbers; anything else is an adapter bug worth a clear message."""
+    if not isinstance(metrics, Mapping) or not metrics:
+        raise TypeError(f"evaluate() must return a non-empty mapping of metric -> number, got {type(metrics).__name__}")
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"metric {key!r} is {value!r}, not a finite number")
+        out[str(key)] = float(value)
+    return out

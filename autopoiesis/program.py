@@ -1,0 +1,150 @@
+"""Programs (individuals) and policy slots (the decision points they implement).
+
+A program is plain Python source that defines one function per slot it fills, so a
+user can copy a champion straight into their own system. Its id is a hash of the
+normalized source: two programs that differ only in comments or layout are the same
+individual and are never evaluated twice.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+
+class PolicyError(Exception):
+    """A policy returned something its slot cannot use (wrong type, NaN, ...)."""
+
+
+def normalize(source: str) -> str:
+    """Canonical form of a program: comments and layout dropped, docstrings kept."""
+    try:
+        return ast.unparse(ast.parse(source))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return source.strip()
+
+
+def program_id(source: str) -> str:
+    return hashlib.sha256(normalize(source).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Primitives:
+    """What typed GP may build a slot's function from.
+
+    ``features`` maps a terminal's name to the Python expression that reads it from
+    the slot's parameters (``{"size": "job.size", "now": "now"}``); the GP tree is
+    compiled to a single ``return`` expression over them.
+    """
+
+    features: Mapping[str, str] | tuple[tuple[str, str], ...]
+    constants: tuple[float, float] = (-10.0, 10.0)
+    conditionals: bool = True
+    max_height: int = 7
+    max_size: int = 40
+
+    def __post_init__(self) -> None:
+        items = self.features.items() if isinstance(self.features, Mapping) else self.features
+        object.__setattr__(self, "features", tuple((str(k), str(v)) for k, v in items))
+
+    @property
+    def expressions(self) -> dict[str, str]:
+        """Feature name -> the expression that reads it."""
+        return dict(self.features)
+
+
+@dataclass(frozen=True)
+class PolicySlot:
+    """One decision point an adapter exposes to evolution.
+
+    ``examples`` are argument tuples the sandbox calls a candidate with before it is
+    scored (a cheap validator); ``returns`` is the type every call must return (a
+    float must also be finite). ``validator`` may add slot-specific checks and raises
+    to reject.
+    """
+
+    name: str
+    params: tuple[str, ...]
+    doc: str
+    baselines: Mapping[str, str] = field(default_factory=dict)
+    returns: type | tuple[type, ...] = float
+    examples: Sequence[tuple] = ()
+    validator: Callable[[Callable], None] | None = None
+    primitives: Primitives | None = None
+
+    @property
+    def signature(self) -> str:
+        return f"{self.name}({', '.join(self.params)})"
+
+    def check_result(self, value: Any) -> Any:
+        """Coerce and check one return value; raise PolicyError if unusable."""
+        if self.returns is float or self.returns == (float,):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise PolicyError(f"{self.name} must return a number, got {type(value).__name__}")
+            value = float(value)
+            if not math.isfinite(value):
+                raise PolicyError(f"{self.name} returned {value}, not a finite number")
+            return value
+        if not isinstance(value, self.returns):
+            raise PolicyError(f"{self.name} returned {type(value).__name__}, expected {_type_name(self.returns)}")
+        return value
+
+    def validate(self, fn: Callable) -> None:
+        """Call a compiled candidate on the slot's examples (runs untrusted code)."""
+        for args in self.examples:
+            self.check_result(fn(*args))
+        if self.validator is not None:
+            self.validator(fn)
+
+
+def _type_name(t: type | tuple[type, ...]) -> str:
+    if isinstance(t, tuple):
+        return " or ".join(x.__name__ for x in t)
+    return t.__name__
+
+
+@dataclass
+class Program:
+    """One individual: source, lineage and (once scored) its evaluations."""
+
+    source: str
+    parents: tuple[str, ...] = ()
+    operator: str = "seed"
+    generation: int = 0
+    name: str | None = None
+    evaluations: dict[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.id = program_id(self.source)
+
+    def label(self) -> str:
+        return self.name or self.id[:8]
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Program) and other.id == self.id
+
+
+def function_source(source: str, name: str) -> tuple[ast.FunctionDef, int, int] | None:
+    """The top-level ``def name`` in source, with its first and last line (1-based)."""
+    tree = ast.parse(source)
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            first = min([node.lineno] + [d.lineno for d in node.decorator_list])
+            return node, first, node.end_lineno or node.lineno
+    return None
+
+
+def replace_function(source: str, name: str, new_def: str) -> str:
+    """Source with the top-level function ``name`` replaced by ``new_def`` (the rest kept verbatim)."""
+    found = function_source(source, name)
+    lines = source.splitlines()
+    if found is None:
+        return source.rstrip("\n") + "\n\n\n" + new_def.rstrip("\n") + "\n"
+    _, first, last = found
+    return "\n".join(lines[: first - 1] + new_def.rstrip("\n").splitlines() + lines[last:]).rstrip("\n") + "\n"

@@ -1,0 +1,272 @@
+"""Untrusted program handling: static checks, restricted compile, process limits.
+
+Defence in depth. ``check`` rejects, with a reason a person can read, anything that
+reaches outside the program (imports beyond a small allowlist, dunder or frame
+attributes, exec/eval/open/getattr and friends, module-level code other than
+definitions). ``compile_policy`` executes what passed in a namespace whose builtins
+are an allowlist and whose modules are stripped proxies. The evaluator runs that in
+worker processes under ``apply_limits`` and a wall-clock deadline, so what slips
+through both layers (an infinite loop, a memory bomb) costs one worker, not the run.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import math
+import re
+import resource
+import types
+from typing import Callable, Iterable, Mapping
+
+from .program import PolicySlot
+
+MAX_SOURCE_CHARS = 20_000
+MAX_AST_NODES = 4_000
+
+ALLOWED_MODULES = frozenset(
+    {"math", "heapq", "bisect", "collections", "itertools", "functools", "statistics"}
+)
+
+FORBIDDEN_NAMES = frozenset(
+    {
+        "exec", "eval", "compile", "open", "input", "breakpoint", "help",
+        "globals", "locals", "vars", "dir", "getattr", "setattr", "delattr", "hasattr",
+        "type", "object", "super", "memoryview", "classmethod", "staticmethod", "property",
+        "exit", "quit", "copyright", "credits", "license", "print",
+    }
+)
+
+# Attributes that lead from an ordinary object to frames, code or globals, or that read
+# attributes by string (str.format's "{0.__class__}").
+FORBIDDEN_ATTRIBUTE = re.compile(r"^_|^(gi|cr|ag|f|tb|co)_|^(mro|format|format_map)$")
+
+SAFE_BUILTIN_NAMES = (
+    "abs", "all", "any", "bool", "callable", "dict", "divmod", "enumerate", "filter",
+    "float", "frozenset", "int", "isinstance", "iter", "len", "list", "map", "max",
+    "min", "next", "pow", "range", "reversed", "round", "set", "slice", "sorted",
+    "str", "sum", "tuple", "zip", "hash", "chr", "ord", "repr", "bin", "hex",
+    "True", "False", "None", "NotImplemented", "Ellipsis",
+    "Exception", "ArithmeticError", "AssertionError", "IndexError", "KeyError",
+    "LookupError", "OverflowError", "RuntimeError", "StopIteration", "TypeError",
+    "ValueError", "ZeroDivisionError",
+)
+
+
+class Rejected(Exception):
+    """A program failed a sandbox check; ``str(e)`` is the human-readable reason."""
+
+
+def check(source: str, slots: Iterable[PolicySlot]) -> ast.Module:
+    """Static checks. Returns the parsed module or raises Rejected with a reason."""
+    if not isinstance(source, str) or not source.strip():
+        raise Rejected("empty program")
+    if len(source) > MAX_SOURCE_CHARS:
+        raise Rejected(f"program is {len(source)} characters, over the {MAX_SOURCE_CHARS} limit")
+    try:
+        tree = ast.parse(source)
+    except SyntaxError as e:
+        raise Rejected(f"syntax error on line {e.lineno}: {e.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as e:
+        raise Rejected(f"cannot parse: {type(e).__name__}") from None
+
+    nodes = list(ast.walk(tree))
+    if len(nodes) > MAX_AST_NODES:
+        raise Rejected(f"program has {len(nodes)} syntax nodes, over the {MAX_AST_NODES} limit")
+
+    for stmt in tree.body:
+        if not _allowed_at_top_level(stmt):
+            raise Rejected(
+                f"line {stmt.lineno}: only imports, function definitions and constant "
+                f"assignments may run at module level (found {type(stmt).__name__})"
+            )
+    for node in nodes:
+        _check_node(node)
+
+    defined = {s.name: s for s in tree.body if isinstance(s, ast.FunctionDef)}
+    slots = list(slots)
+    filled = [slot for slot in slots if slot.name in defined]
+    if not filled:
+        names = ", ".join(slot.signature for slot in slots)
+        raise Rejected(f"defines none of the policy functions: {names}")
+    for slot in filled:
+        fn = defined[slot.name]
+        params = [a.arg for a in fn.args.posonlyargs + fn.args.args]
+        required = len(params) - len(fn.args.defaults)
+        if fn.args.vararg is None and (len(params) < len(slot.params) or required > len(slot.params)):
+            raise Rejected(f"{slot.name} must accept {len(slot.params)} arguments {slot.signature}, it takes {len(params)}")
+    return tree
+
+
+def _allowed_at_top_level(stmt: ast.stmt) -> bool:
+    if isinstance(stmt, (ast.Import, ast.ImportFrom, ast.FunctionDef)):
+        return True
+    if isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant):
+        return True  # docstring
+    if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+        value = stmt.value
+        return value is None or _is_literal(value)
+    return False
+
+
+def _is_literal(node: ast.expr) -> bool:
+    """Small literal containers of constants: safe to evaluate at import time."""
+    try:
+        ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False
+    return sum(1 for _ in ast.walk(node)) <= 1_000
+
+
+def _check_node(node: ast.AST) -> None:
+    line = getattr(node, "lineno", "?")
+    if isinstance(node, ast.Import):
+        for alias in node.names:
+            _check_module(alias.name, line)
+    elif isinstance(node, ast.ImportFrom):
+        if node.level:
+            raise Rejected(f"line {line}: relative imports are not allowed")
+        _check_module(node.module or "", line)
+        for alias in node.names:
+            if alias.name == "*" or alias.name.startswith("_"):
+                raise Rejected(f"line {line}: 'from {node.module} import {alias.name}' is not allowed")
+    elif isinstance(node, ast.Attribute):
+        if FORBIDDEN_ATTRIBUTE.search(node.attr):
+            raise Rejected(f"line {line}: access to attribute '{node.attr}' is not allowed")
+    elif isinstance(node, ast.Name):
+        if node.id in FORBIDDEN_NAMES or node.id.startswith("__"):
+            raise Rejected(f"line {line}: use of '{node.id}' is not allowed")
+    elif isinstance(node, (ast.FunctionDef, ast.Lambda, ast.AsyncFunctionDef)):
+        if isinstance(node, ast.AsyncFunctionDef):
+            raise Rejected(f"line {line}: async functions are not allowed")
+        if isinstance(node, ast.FunctionDef) and node.decorator_list:
+            raise Rejected(f"line {line}: decorators are not allowed")
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("__"):
+            raise Rejected(f"line {line}: function name '{node.name}' is not allowed")
+    elif isinstance(node, ast.arg):
+        if node.arg.startswith("__"):
+            raise Rejected(f"line {line}: argument name '{node.arg}' is not allowed")
+    elif isinstance(node, (ast.ClassDef, ast.Global, ast.Nonlocal, ast.AsyncWith, ast.AsyncFor, ast.Await)):
+        raise Rejected(f"line {line}: {type(node).__name__} is not allowed in a policy")
+    elif isinstance(node, (ast.Try, ast.TryStar)):
+        for handler in node.handlers:
+            if handler.type is None or _names_base_exception(handler.type):
+                # A bare except would swallow the evaluator's own limits (MemoryError, ...).
+                raise Rejected(f"line {handler.lineno}: catch a specific exception, not everything")
+
+
+def _names_base_exception(node: ast.expr) -> bool:
+    names = [n.id for n in ast.walk(node) if isinstance(n, ast.Name)]
+    return any(n in ("BaseException", "MemoryError", "RecursionError") for n in names)
+
+
+def _check_module(name: str, line: object) -> None:
+    if name.split(".")[0] not in ALLOWED_MODULES or "." in name:
+        allowed = ", ".join(sorted(ALLOWED_MODULES))
+        raise Rejected(f"line {line}: import of '{name}' is not allowed (allowed: {allowed})")
+
+
+def _public_proxy(module: types.ModuleType) -> types.ModuleType:
+    """A copy of a module's public, non-module attributes (statistics.sys is not reachable)."""
+    proxy = types.ModuleType(module.__name__)
+    for key, value in vars(module).items():
+        if not key.startswith("_") and not isinstance(value, types.ModuleType):
+            setattr(proxy, key, value)
+    return proxy
+
+
+_PROXIES: dict[str, types.ModuleType] = {}
+
+
+def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if level or name not in ALLOWED_MODULES:
+        raise ImportError(f"import of '{name}' is not allowed")
+    if name not in _PROXIES:
+        _PROXIES[name] = _public_proxy(__import__(name))
+    return _PROXIES[name]
+
+
+def safe_builtins() -> dict:
+    table = {name: getattr(builtins, name) for name in SAFE_BUILTIN_NAMES}
+    table["__import__"] = _restricted_import
+    return table
+
+
+class Policy:
+    """A compiled program: one checked callable per slot it fills.
+
+    Each call's result goes through the slot's ``check_result``, so a policy that
+    returns NaN or a string raises PolicyError at the call instead of corrupting the
+    caller's state.
+    """
+
+    def __init__(self, program_id: str, functions: Mapping[str, Callable]):
+        self.program_id = program_id
+        self.functions = dict(functions)
+        for name, fn in self.functions.items():
+            setattr(self, name, fn)
+
+    def __contains__(self, slot: str) -> bool:
+        return slot in self.functions
+
+
+def compile_policy(source: str, slots: Iterable[PolicySlot], program_id: str = "") -> Policy:
+    """Check, then execute the source in a restricted namespace (runs untrusted code)."""
+    slots = list(slots)
+    tree = check(source, slots)
+    namespace: dict = {"__builtins__": safe_builtins(), "__name__": "policy"}
+    exec(compile(tree, f"<policy {program_id}>", "exec"), namespace)
+    functions = {}
+    for slot in slots:
+        fn = namespace.get(slot.name)
+        if callable(fn):
+            functions[slot.name] = _checked(slot, fn)
+    return Policy(program_id, functions)
+
+
+def _checked(slot: PolicySlot, fn: Callable) -> Callable:
+    check_result = slot.check_result
+
+    def call(*args):
+        return check_result(fn(*args))
+
+    call.__name__ = slot.name
+    call.__wrapped__ = fn
+    return call
+
+
+def validate(policy: Policy, slots: Iterable[PolicySlot]) -> None:
+    """Run each filled slot's validator on its example inputs (runs untrusted code)."""
+    for slot in slots:
+        if slot.name in policy:
+            slot.validate(policy.functions[slot.name])
+
+
+def apply_limits(memory_mb: int | None) -> None:
+    """Cap this process's address space and file writes; call once in a worker."""
+    if memory_mb:
+        limit = _vm_bytes() + memory_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+def set_cpu_budget(seconds: float | None) -> None:
+    """Allow ``seconds`` more CPU from now; past it the kernel sends SIGXCPU and the worker dies."""
+    if not seconds:
+        return
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = usage.ru_utime + usage.ru_stime
+    soft = int(math.ceil(used + seconds))
+    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+def _vm_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * resource.getpagesize()
+    except OSError:
+        return 0
