@@ -96,6 +96,7 @@ class Evolution:
         operators: Sequence[tuple[Operator, float]] | None = None,
         strategy: Any = None,
         adapter_spec: str | None = None,
+        adapter_options: Mapping[str, Any] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ):
         from autopoiesis.search import make  # search installs as a subpackage of autopoiesis
@@ -106,6 +107,7 @@ class Evolution:
         self.operators = list(operators or offline())
         self.strategy = strategy or make(self.config.strategy)
         self.adapter_spec = adapter_spec or type(adapter).__name__
+        self.adapter_options = dict(adapter_options or {})
         self.on_event = on_event or (lambda kind, data: None)
         self.slots = {slot.name: slot for slot in adapter.slots()}
         self.objectives = self._objectives()
@@ -128,13 +130,16 @@ class Evolution:
             last = self.archive.last_generation(run_id)
             first_gen = 0 if last is None else last + 1
             self.archive.set_status(run_id, "running")
-        else:
-            run_id = f"{self.adapter.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-            self.archive.create_run(run_id, self.adapter_spec, cfg.to_dict())
-            first_gen = 0
-        self.run_id = run_id
         train = [self.adapter.snapshot(cfg.seed * 1000 + i) for i in range(cfg.train_snapshots)]
         held_out = [self.adapter.snapshot(cfg.seed * 1000 + HELD_OUT_OFFSET + i) for i in range(cfg.held_out_snapshots)]
+        if not resume:
+            run_id = f"{self.adapter.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+            stored = dict(cfg.to_dict(), train_keys=[s.key for s in train], held_out_keys=[s.key for s in held_out],
+                          objective_list=[str(o) for o in self.objectives],
+                          adapter_options=self.adapter_options)
+            self.archive.create_run(run_id, self.adapter_spec, stored)
+            first_gen = 0
+        self.run_id = run_id
         limits = Limits(timeout=cfg.timeout, memory_mb=cfg.memory_mb)
         self.on_event("start", {"run": run_id, "generations": cfg.generations, "from": first_gen})
 
@@ -170,21 +175,21 @@ class Evolution:
         for island in range(n_islands):
             random.seed(f"{cfg.seed}:{generation}:{island}")
             context = Context(self.slots, random.Random(f"ops:{cfg.seed}:{generation}:{island}"), generation)
-            if generation == 0:
+            if generation == 0:  # every seed, then variations of them up to the size
                 wanted, parents_of = size, None
-                children = [s for s in self.seeds if s.id not in seen]
-                for child in children:
-                    seen.add(child.id)
+                seeds = list(self.seeds) if island == 0 else []
             else:
-                wanted = self.strategy.offspring_count(size)
-                parents_of = islands[island]
-                children = []
+                wanted, parents_of, seeds = self.strategy.offspring_count(size), islands[island], []
+            children: list[Program] = []
             attempts = 0
-            while len(children) < wanted and attempts < 10 * wanted:
+            while seeds or (len(children) < wanted and attempts < 10 * wanted):
                 if budget_left is not None and sum(map(len, children_per_island)) + len(children) >= budget_left:
                     break
-                attempts += 1
-                child = self._vary(parents_of, context)
+                if seeds:
+                    child = seeds.pop(0)
+                else:
+                    attempts += 1
+                    child = self._vary(parents_of, context)
                 if child is None:
                     continue
                 if child.id in seen:

@@ -80,7 +80,9 @@ def check(source: str, slots: Iterable[PolicySlot]) -> ast.Module:
                 f"line {stmt.lineno}: only imports, function definitions and constant "
                 f"assignments may run at module level (found {type(stmt).__name__})"
             )
-    for node in nodes:
+    # Report the first offence in reading order, not ast.walk's breadth-first order.
+    for node in sorted(nodes, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0),
+                                              getattr(n, "end_col_offset", 0) or 0)):
         _check_node(node)
 
     defined = {s.name: s for s in tree.body if isinstance(s, ast.FunctionDef)}

@@ -17,6 +17,7 @@ import json
 import math
 import random
 import sys
+from typing import NamedTuple
 
 from autopoiesis import Adapter, Archive, Config, Evolution, Objective, PolicySlot, Primitives, Snapshot
 from autopoiesis.sandbox import compile_policy
@@ -34,11 +35,11 @@ def priority(job, now):
 '''
 
 
-class Job:
-    __slots__ = ("arrival", "size")
+class Job(NamedTuple):
+    """Immutable, so a policy cannot cheat by rewriting the job it is shown."""
 
-    def __init__(self, arrival: float, size: float):
-        self.arrival, self.size = arrival, size
+    arrival: float
+    size: float
 
 
 PRIORITY = PolicySlot(

@@ -1,0 +1,366 @@
+"""The ``autopoiesis`` command: evolve, report, adapters.
+
+A user's mistake (a bad flag, an unknown adapter, a corrupt archive) ends in one
+line on stderr and a non-zero exit, never a traceback. Set AUTOPOIESIS_DEBUG=1 to
+see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from .archive import Archive, ArchiveError
+
+ARCHIVE_NAME = "archive.db"
+
+
+class UserError(Exception):
+    """Something the user can fix; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, not usage + traceback-like noise
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="autopoiesis", description="Serving policies that evolve while the system serves.")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+
+    ev = sub.add_parser("evolve", help="evolve policies for an adapter")
+    ev.add_argument("--adapter", help="registered name, module:Class or path/to/file.py[:Class]")
+    ev.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                    help="keyword argument for the adapter (repeatable; VALUE is JSON or a string)")
+    ev.add_argument("--population", type=_positive_int, default=16)
+    ev.add_argument("--generations", type=_non_negative_int, default=10)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--objective", action="append", default=[], metavar="[min:|max:]METRIC",
+                    help="metric to optimise (repeat for several, e.g. with --strategy nsga2)")
+    ev.add_argument("--strategy", default="generational",
+                    choices=["generational", "mu-plus-lambda", "islands", "nsga2"])
+    ev.add_argument("--budget", type=_positive_int, help="most programs to evaluate")
+    ev.add_argument("--workers", type=_positive_int, default=max(1, min(4, os.cpu_count() or 1)))
+    ev.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds per evaluation")
+    ev.add_argument("--memory-mb", type=_positive_int, default=1024, help="memory per worker for untrusted code")
+    ev.add_argument("--train-snapshots", type=_positive_int, default=3)
+    ev.add_argument("--held-out-snapshots", type=_non_negative_int, default=5)
+    ev.add_argument("--runs-dir", default="runs", help="where the archive and run folders live")
+    ev.add_argument("--resume", metavar="RUN", help="continue a run that was interrupted")
+    ev.add_argument("--json", action="store_true", help="print a machine-readable summary")
+
+    rp = sub.add_parser("report", help="show a run: champion, progress, lineage, baselines")
+    rp.add_argument("run", metavar="RUN", nargs="?", help="run id (default: the latest)")
+    rp.add_argument("--runs-dir", default="runs")
+    rp.add_argument("--json", action="store_true")
+
+    sub.add_parser("adapters", help="list registered adapters and their policy slots")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    err = Console(stderr=True)
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "evolve":
+            return cmd_evolve(args)
+        if args.command == "report":
+            return cmd_report(args)
+        if args.command == "adapters":
+            return cmd_adapters()
+        build_parser().print_help()
+        return 2
+    except KeyboardInterrupt:
+        err.print("autopoiesis: interrupted")
+        return 130
+    except Exception as e:
+        from autopoiesis.adapters.base import AdapterError
+
+        if os.environ.get("AUTOPOIESIS_DEBUG"):
+            raise
+        if isinstance(e, (UserError, AdapterError, ArchiveError)):
+            print(f"autopoiesis: error: {e}", file=sys.stderr)
+            return 2
+        print(f"autopoiesis: unexpected error: {type(e).__name__}: {e} (AUTOPOIESIS_DEBUG=1 shows the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+# -- evolve -----------------------------------------------------------------------------
+def cmd_evolve(args: argparse.Namespace) -> int:
+    from autopoiesis.adapters.base import canonical_spec, load_adapter
+    from autopoiesis.evolution import Config, Evolution
+
+    archive = _open_archive(args.runs_dir, create=True)
+    if args.resume:
+        run = archive.run(args.resume)
+        if run["status"] == "done":
+            raise UserError(f"run {args.resume} already finished; see: autopoiesis report {args.resume}")
+        spec, stored = run["adapter"], run["config"]
+        options = stored.get("adapter_options", {})
+        config = Config.from_dict(stored)
+    else:
+        if not args.adapter:
+            raise UserError("evolve needs --adapter NAME (or --resume RUN); `autopoiesis adapters` lists them")
+        spec = canonical_spec(args.adapter)
+        options = _parse_options(args.option)
+        config = Config(
+            population=args.population, generations=args.generations, seed=args.seed,
+            objectives=tuple(args.objective), strategy=args.strategy, budget=args.budget,
+            train_snapshots=args.train_snapshots, held_out_snapshots=args.held_out_snapshots,
+            workers=args.workers, timeout=args.timeout, memory_mb=args.memory_mb,
+        )
+    adapter = load_adapter(spec, options)
+    _check_objectives(adapter, config.objectives)
+
+    console = Console(stderr=True)
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=True,
+        disable=not console.is_terminal,
+    )
+    state: dict[str, Any] = {}
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "start":
+            state["run"] = data["run"]
+            state["task"] = progress.add_task(
+                f"evolving {data['run']}", total=data["generations"] + 1, completed=data["from"], info=""
+            )
+        elif kind == "evaluated":
+            state["evals"] = state.get("evals", 0) + 1
+        elif kind == "generation":
+            best = data.get("best")
+            info = f"best {best:.6g}  evaluations {state.get('evals', 0)}" if best is not None else ""
+            progress.update(state["task"], completed=data["generation"] + 1, info=info)
+            if not console.is_terminal and not args.json:
+                console.print(f"generation {data['generation']}: {info}", highlight=False)
+
+    evolution = Evolution(adapter, config, archive, adapter_spec=spec, adapter_options=options, on_event=on_event)
+    try:
+        with progress:
+            result = evolution.run(resume=args.resume)
+    except KeyboardInterrupt:
+        run_id = state.get("run")
+        if run_id:
+            archive.set_status(run_id, "interrupted")
+            console.print(f"interrupted; resume with: autopoiesis evolve --resume {run_id} --runs-dir {args.runs_dir}")
+        return 130
+
+    if args.json:
+        print(json.dumps(result.summary()))
+    else:
+        _print_results(Console(), archive, result.run_id)
+        Console().print(f"\nrun [bold]{result.run_id}[/]: {result.programs} programs scored "
+                        f"({result.evaluated} evaluations run, {result.reused} reused). "
+                        f"Details: autopoiesis report {result.run_id} --runs-dir {args.runs_dir}")
+    return 0
+
+
+def _parse_options(items: list[str]) -> dict[str, Any]:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--option expects KEY=VALUE, got '{item}'")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def _check_objectives(adapter: Any, objectives: Sequence[str]) -> None:
+    from autopoiesis.metrics import Objective
+
+    for text in objectives:
+        try:
+            Objective.parse(text)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+    if not objectives and not getattr(adapter, "objectives", ()):
+        raise UserError(f"adapter '{adapter.name}' declares no objectives; pass --objective METRIC")
+
+
+# -- report -----------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    archive = _open_archive(args.runs_dir, create=False)
+    runs = archive.runs()
+    if not runs:
+        raise UserError(f"no runs in {args.runs_dir}")
+    run = archive.run(args.run or runs[-1]["id"])
+    if args.json:
+        print(json.dumps(_report_data(archive, run)))
+        return 0
+    from rich.syntax import Syntax
+    from rich.table import Table
+
+    console = Console()
+    cfg = run["config"]
+    console.print(f"[bold]run {run['id']}[/]  adapter {run['adapter']}  status {run['status']}  "
+                  f"strategy {cfg['strategy']}  seed {cfg['seed']}  objectives {', '.join(cfg.get('objective_list', []))}")
+
+    stats = archive.generation_stats(run["id"])
+    table = Table(title="fitness over generations")
+    for col in ("gen", "best", "median", "worst", "children", "valid", "failed", "rejected", "dupes"):
+        table.add_column(col, justify="right")
+    for s in stats:
+        table.add_row(str(s["generation"]), _num(s.get("best")), _num(s.get("median")), _num(s.get("worst")),
+                      str(s["children"]), str(s["valid"]), str(s["failed"]), str(s["rejected"]), str(s["duplicates"]))
+    console.print(table)
+
+    _print_results(console, archive, run["id"])
+
+    data = _report_data(archive, run)
+    lineage = Table(title="lineage of the champion (newest first)")
+    for col in ("generation", "program", "operator", "parents", cfg.get("objective_list", ["objective"])[0]):
+        lineage.add_column(col)
+    for step in data["lineage"]:
+        lineage.add_row(str(step["generation"]), step["name"] or step["program"][:8], step["operator"],
+                        ", ".join(p[:8] for p in step["parents"]), _num(step["objective"]))
+    console.print(lineage)
+
+    champion = data.get("champion")
+    if champion:
+        console.print("[bold]champion source[/]")
+        console.print(Syntax(champion["source"], "python", line_numbers=False))
+    return 0
+
+
+def _report_data(archive: Archive, run: dict[str, Any]) -> dict[str, Any]:
+    cfg = run["config"]
+    objective = (cfg.get("objective_list") or ["min:?"])[0].partition(":")[2]
+    results = archive.results(run["id"])
+    champion = next((r for r in results if r["kind"] == "champion"), None)
+    if champion is None:  # unfinished run: its latest generation's best
+        stats = archive.generation_stats(run["id"])
+        pid = stats[-1].get("champion") if stats else None
+        champion = {"program": pid} if pid else None
+    births = {b["program"]: b for b in archive.births(run["id"])}
+    lineage, frontier, seen = [], [champion["program"]] if champion else [], set()
+    while frontier and len(lineage) < 50:
+        pid = frontier.pop(0)
+        if pid in seen or pid not in births:
+            continue
+        seen.add(pid)
+        b = births[pid]
+        lineage.append({**b, "objective": _train_objective(archive, pid, cfg.get("train_keys", []), objective)})
+        frontier.extend(b["parents"])
+    out = {"run": run, "generations": archive.generation_stats(run["id"]), "results": results, "lineage": lineage}
+    if champion:
+        out["champion"] = {"program": champion["program"], "source": archive.program(champion["program"]).source}
+    return out
+
+
+def _train_objective(archive: Archive, pid: str, keys: list[str], objective: str) -> float | None:
+    values = []
+    for key in keys:
+        outcome = archive.get((pid, key))
+        if outcome is None or not outcome.ok or objective not in outcome.metrics:
+            return None
+        values.append(outcome.metrics[objective])
+    return sum(values) / len(values) if values else None
+
+
+def _print_results(console: Console, archive: Archive, run_id: str) -> None:
+    from rich.table import Table
+
+    results = archive.results(run_id)
+    if not results:
+        console.print("no final results yet (the run has not finished)")
+        return
+    metrics = sorted({k for r in results for k in (r["held_out"] or r["train"] or {})})
+    table = Table(title="champion and baselines (held-out snapshots; training in brackets)")
+    table.add_column("policy")
+    table.add_column("program")
+    for m in metrics:
+        table.add_column(m, justify="right")
+    for r in results:
+        cells = []
+        for m in metrics:
+            held = (r["held_out"] or {}).get(m)
+            train = (r["train"] or {}).get(m)
+            cells.append(f"{_num(held)} [dim]({_num(train)})[/]" if held is not None else f"[dim]({_num(train)})[/]")
+        style = "bold green" if r["kind"] == "champion" else None
+        table.add_row(r["name"], r["program"][:8], *cells, style=style)
+    console.print(table)
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+# -- adapters ---------------------------------------------------------------------------
+def cmd_adapters() -> int:
+    from rich.table import Table
+
+    from autopoiesis.adapters.base import AdapterError, load_adapter, registered
+
+    console = Console()
+    found = registered()
+    if not found:
+        console.print("no adapters registered. Use --adapter module:Class or --adapter path/to/file.py, "
+                      "or install a package with an 'autopoiesis.adapters' entry point.")
+        return 0
+    table = Table(title="registered adapters")
+    for col in ("name", "source", "slots", "objectives"):
+        table.add_column(col)
+    for name, ep in sorted(found.items()):
+        try:
+            adapter = load_adapter(name)
+            slots = "\n".join(slot.signature for slot in adapter.slots())
+            objectives = ", ".join(str(o) for o in adapter.objectives)
+        except AdapterError as e:
+            slots, objectives = f"[red]{e}[/]", ""
+        except Exception as e:  # a broken third-party adapter must not hide the others
+            slots, objectives = f"[red]fails: {type(e).__name__}: {e}[/]", ""
+        table.add_row(name, ep.value, slots, objectives)
+    console.print(table)
+    return 0
+
+
+# -- helpers ----------------------------------------------------------------------------
+def _open_archive(runs_dir: str, create: bool) -> Archive:
+    path = Path(runs_dir) / ARCHIVE_NAME
+    if not create and not path.exists():
+        raise UserError(f"no archive at {path} (run `autopoiesis evolve` first, or pass --runs-dir)")
+    return Archive(path)
+
+
+def _positive_int(text: str) -> int:
+    value = _parse(int, text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = _parse(int, text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _parse(float, text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _parse(kind: type, text: str):
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got '{text}'") from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

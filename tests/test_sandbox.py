@@ -1,0 +1,141 @@
+import os
+
+import pytest
+
+from autopoiesis import Archive, Config, Evaluator, Evolution, Limits, Program, Task
+from autopoiesis import sandbox
+from conftest import single_queue
+from hostile import PROGRAMS
+
+SLOTS = [single_queue.PRIORITY]
+LIMITS = Limits(timeout=3.0, memory_mb=512)
+
+
+def test_corpus_is_large_enough():
+    assert len(PROGRAMS) >= 30
+
+
+@pytest.fixture(scope="module")
+def hostile_outcomes():
+    """Every hostile program that passes the static checks, evaluated in the pool."""
+    adapter = single_queue.SingleQueueAdapter(jobs=50)
+    snapshot = adapter.snapshot(0)
+    statically_ok = {}
+    for name, source in PROGRAMS.items():
+        try:
+            sandbox.check(source, SLOTS)
+            statically_ok[name] = Program(source)
+        except sandbox.Rejected:
+            pass
+    with Evaluator(adapter, workers=2, limits=LIMITS) as evaluator:
+        outcomes = evaluator.evaluate(Task(p.id, p.source, snapshot) for p in statically_ok.values())
+        healthy = evaluator.healthy()
+        good = evaluator.evaluate([Task("fcfs", single_queue.FCFS, snapshot)])
+    return {name: outcomes[(p.id, snapshot.key)] for name, p in statically_ok.items()}, healthy, good
+
+
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_hostile_program_is_rejected_or_contained(name, hostile_outcomes):
+    outcomes, _, _ = hostile_outcomes
+    source = PROGRAMS[name]
+    if name in outcomes:
+        outcome = outcomes[name]
+        assert not outcome.ok, f"{name} was scored as if it were a valid policy"
+        assert outcome.error and len(outcome.error) > 5
+    else:
+        with pytest.raises(sandbox.Rejected) as info:
+            sandbox.check(source, SLOTS)
+        assert len(str(info.value)) > 5
+
+
+def test_pool_survives_the_corpus(hostile_outcomes):
+    _, healthy, good = hostile_outcomes
+    assert healthy
+    (outcome,) = good.values()
+    assert outcome.ok and outcome.metrics["mean_completion_time"] > 0
+
+
+def test_nothing_escaped():
+    assert not os.path.exists("/tmp/autopoiesis-pwned")
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("infinite loop", "timed out"),
+    ("memory bomb", "memory"),
+    ("deep recursion", "recursion"),
+    ("returns NaN", "finite"),
+    ("wrong return type", "number"),
+    ("mutates input", "AttributeError"),
+    ("module internals", "AttributeError"),
+    ("slow default argument", "timed out"),
+])
+def test_containment_reasons_are_specific(name, reason, hostile_outcomes):
+    outcomes, _, _ = hostile_outcomes
+    assert reason in outcomes[name].error
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("fork", "import of 'os' is not allowed"),
+    ("mro escape", "attribute '__class__'"),
+    ("frame escape", "attribute 'gi_frame'"),
+    ("format escape", "attribute 'format'"),
+    ("file write", "'open'"),
+    ("slow import-time code", "module level"),
+    ("wrong arity", "must accept 2 arguments"),
+    ("wrong name", "defines none of the policy functions"),
+    ("print flood", "'print'"),
+])
+def test_rejection_reasons_are_readable(name, reason):
+    with pytest.raises(sandbox.Rejected, match=None) as info:
+        sandbox.check(PROGRAMS[name], SLOTS)
+    assert reason in str(info.value)
+
+
+def test_allowed_program_with_imports_and_helpers_compiles():
+    source = (
+        "import math\nfrom collections import deque\nWEIGHT = 0.5\n\n"
+        "def helper(x):\n    return math.log1p(x)\n\n"
+        "def priority(job, now):\n    return helper(job.size) * WEIGHT + len(deque([1]))\n"
+    )
+    policy = sandbox.compile_policy(source, SLOTS)
+    value = policy.priority(single_queue.Job(0.0, 2.0), 1.0)
+    assert value == pytest.approx(math_log1p(2.0) * 0.5 + 1)
+
+
+def math_log1p(x):
+    import math
+    return math.log1p(x)
+
+
+def test_restricted_namespace_has_no_open_even_if_static_check_is_bypassed():
+    namespace = {"__builtins__": sandbox.safe_builtins()}
+    with pytest.raises(NameError):
+        exec("open('/etc/passwd')", namespace)
+    with pytest.raises(ImportError):
+        exec("import os", namespace)
+
+
+def test_evolution_meeting_every_hostile_program_finishes_with_a_healthy_pool():
+    class HostileQueue(single_queue.SingleQueueAdapter):
+        def baselines(self):
+            seeds = super().baselines()
+            seeds.update({name: Program(src, name=name) for name, src in PROGRAMS.items()})
+            return seeds
+
+    adapter = HostileQueue(jobs=50)
+    archive = Archive()
+    config = Config(population=8, generations=2, train_snapshots=1, held_out_snapshots=1,
+                    workers=2, timeout=2.0, memory_mb=512)
+    evolution = Evolution(adapter, config, archive)
+    result = evolution.run()
+    births = {b["program"]: b for b in archive.births(result.run_id)}
+    for name, source in PROGRAMS.items():
+        birth = births[Program(source).id]
+        assert birth["status"] in ("rejected", "failed"), name
+        assert birth["error"], name
+    assert evolution.evaluator.replaced >= 3  # timeouts and memory bombs cost workers...
+    stats = archive.generation_stats(result.run_id)
+    assert stats[-1]["valid"] > 0  # ...which were replaced: the last generation still scored children
+    # Only the FCFS seed and its descendants can be champions.
+    assert result.fitness.scalar < 100
+    assert "def priority" in result.champion.source
