@@ -82,10 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:
         from autopoiesis.adapters.base import AdapterError
+        from autopoiesis.evolution import EvolutionError
 
         if os.environ.get("AUTOPOIESIS_DEBUG"):
             raise
-        if isinstance(e, (UserError, AdapterError, ArchiveError)):
+        if isinstance(e, (UserError, AdapterError, ArchiveError, EvolutionError)):
             print(f"autopoiesis: error: {e}", file=sys.stderr)
             return 2
         print(f"autopoiesis: unexpected error: {type(e).__name__}: {e} (AUTOPOIESIS_DEBUG=1 shows the traceback)",

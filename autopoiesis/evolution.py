@@ -27,7 +27,11 @@ from .metrics import Fitness, Objective, Snapshot
 from .operators import Context, Operator, OperatorError, offline
 from .program import Program
 
-HELD_OUT_OFFSET = 500  # held-out snapshot seeds never overlap the training ones
+HELD_OUT_OFFSET = 500
+
+
+class EvolutionError(Exception):
+    """The run cannot go on (e.g. no seed is valid); the message says why."""  # held-out snapshot seeds never overlap the training ones
 
 
 @dataclass
@@ -230,7 +234,9 @@ class Evolution:
         )
         self.archive.save_generation(run_id, generation, [[i.program.id for i in isl] for isl in new_islands], stats)
         if not population:
-            raise RuntimeError("no seed program is valid; check the adapter's baselines")
+            self.archive.set_status(run_id, "failed")
+            reasons = "; ".join(f"{err}" for err in list(errors.values())[:1] + [r[2] for r in rejected[:1]])
+            raise EvolutionError(f"no seed program is valid ({reasons or 'the adapter has no baselines'})")
         return new_islands, scored
 
     def _vary(self, parents_of, context) -> Program | None:

@@ -60,8 +60,8 @@ def primitive_set(slot_name: str, primitives: Primitives) -> gp.PrimitiveSetType
         pset.addPrimitive(_identity, list(args), ret, name=name)
     pset.addEphemeralConstant("const", functools.partial(_random_constant, *primitives.constants), float)
     if primitives.conditionals:
-        pset.addTerminal(True, bool, name="true")
-        pset.addTerminal(False, bool, name="false")
+        pset.addTerminal(True, bool)  # unnamed: DEAP keeps the value True, named "True"
+        pset.addTerminal(False, bool)
     return pset
 
 
@@ -150,7 +150,7 @@ def _parse(node: ast.expr, want: type, pset, primitives: Primitives, out: list) 
     elif want is bool and isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in (ast.Lt, ast.Gt):
         prim("lt" if isinstance(node.ops[0], ast.Lt) else "gt", (node.left, float), (node.comparators[0], float))
     elif want is bool and isinstance(node, ast.Constant) and isinstance(node.value, bool):
-        out.append(pset.mapping["true" if node.value else "false"])
+        out.append(pset.mapping[str(node.value)])
     else:
         raise OperatorError(f"'{text}' is outside the GP primitive set")
 

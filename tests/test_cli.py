@@ -1,0 +1,166 @@
+"""The CLI as a user runs it: real processes, real SQLite, real signals."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from conftest import EXAMPLE, ROOT
+
+CLI = [sys.executable, "-m", "autopoiesis.cli"]
+
+
+def cli(*args, cwd=None, env=None, timeout=300):
+    return subprocess.run(CLI + list(args), capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout)
+
+
+def assert_one_line_error(proc, *fragments):
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_evolve_json_summary_and_report(tmp_path):
+    runs = str(tmp_path / "runs")
+    proc = cli("evolve", "--adapter", str(EXAMPLE), "--generations", "3", "--population", "8",
+               "--runs-dir", runs, "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["objective"] == "min:mean_completion_time"
+    assert summary["generations"] == 3
+    assert summary["held_out"]["champion"]["mean_completion_time"] <= summary["held_out"]["fcfs"]["mean_completion_time"]
+
+    report = cli("report", summary["run"], "--runs-dir", runs)
+    assert report.returncode == 0, report.stderr
+    for section in ("fitness over generations", "champion and baselines", "lineage of the champion",
+                    "champion source", "def priority", "fcfs"):
+        assert section in report.stdout
+
+    data = json.loads(cli("report", "--runs-dir", runs, "--json").stdout)
+    assert data["champion"]["program"] == summary["champion"]
+    assert data["lineage"][-1]["operator"] == "seed"
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["evolve"], "needs --adapter"),
+    (["evolve", "--adapter", "no-such-adapter"], "unknown adapter 'no-such-adapter'"),
+    (["evolve", "--adapter", "missing.py"], "adapter file not found"),
+    (["evolve", "--adapter", "json:dumps"], "is not an Adapter subclass"),
+    (["evolve", "--adapter", str(EXAMPLE), "--population", "many"], "expected an integer"),
+    (["evolve", "--adapter", str(EXAMPLE), "--population", "0"], "must be at least 1"),
+    (["evolve", "--adapter", str(EXAMPLE), "--option", "nokey"], "KEY=VALUE"),
+    (["evolve", "--adapter", str(EXAMPLE), "--option", "colour=3"], "cannot create adapter"),
+    (["evolve", "--adapter", str(EXAMPLE), "--objective", "up:speed"], "direction"),
+    (["evolve", "--adapter", str(EXAMPLE), "--objective", "speed", "--generations", "0"], "no metric speed"),
+    (["evolve", "--resume", "nope"], "no run 'nope'"),
+    (["report", "nope"], "no archive"),
+    (["bogus"], "invalid choice"),
+])
+def test_user_mistakes_get_one_line(tmp_path, args, fragment):
+    proc = cli(*args, "--runs-dir", str(tmp_path)) if args[0] in ("evolve", "report") else cli(*args)
+    assert_one_line_error(proc, fragment)
+
+
+def test_corrupt_archive_is_one_line(tmp_path):
+    (tmp_path / "archive.db").write_bytes(b"\x00garbage" * 512)
+    assert_one_line_error(cli("report", "--runs-dir", str(tmp_path)), "not a usable archive")
+    assert_one_line_error(cli("evolve", "--adapter", str(EXAMPLE), "--runs-dir", str(tmp_path)), "not a usable archive")
+
+
+def test_broken_adapter_file_is_one_line(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def oops(:\n")
+    assert_one_line_error(cli("evolve", "--adapter", str(bad), "--runs-dir", str(tmp_path)), "cannot load adapter file")
+
+
+def test_third_party_entry_point_adds_an_adapter(tmp_path):
+    """An installed distribution's entry point (a real .dist-info on sys.path) registers --adapter NAME."""
+    (tmp_path / "toyqueue.py").write_text(textwrap.dedent(f"""
+        import importlib.util, sys
+        spec = importlib.util.spec_from_file_location("sq", {str(EXAMPLE)!r})
+        sq = importlib.util.module_from_spec(spec); sys.modules["sq"] = sq; spec.loader.exec_module(sq)
+
+        class ToyQueue(sq.SingleQueueAdapter):
+            '''A third-party queue adapter.'''
+            name = "toyqueue"
+    """))
+    info = tmp_path / "toyqueue-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyqueue\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[autopoiesis.adapters]\ntoyqueue = toyqueue:ToyQueue\n")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), COLUMNS="200")
+
+    listing = cli("adapters", env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert "toyqueue" in listing.stdout and "priority(job, now)" in listing.stdout
+
+    proc = cli("evolve", "--adapter", "toyqueue", "--generations", "1", "--population", "4",
+               "--runs-dir", str(tmp_path / "runs"), "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["run"].startswith("toyqueue-")
+
+
+def _rows(db):
+    if not db.exists():
+        return set()
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return {tuple(r) for r in con.execute("SELECT program, snapshot FROM evaluations")}
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        con.close()
+
+
+def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path):
+    args = ["evolve", "--adapter", str(EXAMPLE), "--option", "jobs=8000", "--generations", "8",
+            "--population", "12", "--seed", "5", "--workers", "2", "--held-out-snapshots", "0", "--json"]
+    reference = cli(*args, "--runs-dir", str(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr
+    expected = json.loads(reference.stdout)
+    expected_rows = _rows(tmp_path / "ref" / "archive.db")
+
+    runs = tmp_path / "killed"
+    proc = subprocess.Popen(CLI + args + ["--runs-dir", str(runs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    db = runs / "archive.db"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_rows(db)) < len(expected_rows) // 3:
+        time.sleep(0.05)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _rows(db)
+    assert 0 < len(before) < len(expected_rows), "the kill did not land mid-run"
+
+    time.sleep(0.5)
+    for pid in workers:  # workers die with their parent, no orphans left computing
+        state = open(f"/proc/{pid}/status").read() if os.path.exists(f"/proc/{pid}/status") else "State: X"
+        assert "State:\tZ" in state or "State: X" in state, f"worker {pid} outlived the killed run"
+
+    run_id = sqlite3.connect(db).execute("SELECT id FROM runs").fetchone()[0]
+    resumed = cli("evolve", "--resume", run_id, "--runs-dir", str(runs), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    after = _rows(db)
+
+    assert before <= after  # nothing completed before the kill was lost
+    assert after == expected_rows  # the same work as an uninterrupted run...
+    assert len(before) + summary["evaluations"] == len(expected_rows)  # ...none of it done twice
+    assert summary["champion"] == expected["champion"]
+    assert summary["fitness"] == expected["fitness"]
+
+
+def test_resuming_a_finished_run_is_refused(tmp_path):
+    runs = str(tmp_path)
+    done = json.loads(cli("evolve", "--adapter", str(EXAMPLE), "--generations", "1", "--population", "4",
+                          "--runs-dir", runs, "--json").stdout)
+    assert_one_line_error(cli("evolve", "--resume", done["run"], "--runs-dir", runs), "already finished")

@@ -1,0 +1,84 @@
+import sqlite3
+
+import pytest
+
+from autopoiesis import Archive, ArchiveError, Config, Evaluator, Evolution, Limits, Program, Task
+from conftest import single_queue
+
+SJF = Program(single_queue.SJF)
+LOOP = Program("def priority(job, now):\n    while True:\n        pass\n")
+
+
+def tasks(adapter, programs, seeds=(0, 1)):
+    return [Task(p.id, p.source, adapter.snapshot(s)) for p in programs for s in seeds]
+
+
+def test_results_do_not_depend_on_worker_count(queue_adapter):
+    programs = [Program(single_queue.FCFS), SJF]
+    with Evaluator(queue_adapter, workers=1) as one, Evaluator(queue_adapter, workers=2) as two:
+        a = one.evaluate(tasks(queue_adapter, programs))
+        b = two.evaluate(tasks(queue_adapter, programs))
+    assert {k: v.metrics for k, v in a.items()} == {k: v.metrics for k, v in b.items()}
+    assert all(o.ok for o in a.values())
+
+
+def test_cache_hit_skips_the_work(queue_adapter):
+    with Evaluator(queue_adapter, workers=1) as evaluator:
+        first = list(evaluator.run(tasks(queue_adapter, [SJF])))
+        second = list(evaluator.run(tasks(queue_adapter, [SJF])))
+    assert not any(o.cached for o in first) and all(o.cached for o in second)
+    assert evaluator.executed == 2 and evaluator.cache_hits == 2
+
+
+def test_timeout_replaces_the_worker_and_work_continues(queue_adapter):
+    with Evaluator(queue_adapter, workers=1, limits=Limits(timeout=1.0)) as evaluator:
+        out = evaluator.evaluate(tasks(queue_adapter, [LOOP, SJF], seeds=(0,)))
+        assert evaluator.replaced == 1
+        assert evaluator.healthy()
+    snapshot = queue_adapter.snapshot(0).key
+    assert "timed out" in out[(LOOP.id, snapshot)].error
+    assert out[(SJF.id, snapshot)].ok
+
+
+def test_cpu_limit_kills_a_busy_worker(queue_adapter):
+    limits = Limits(timeout=20.0, cpu_seconds=1.0)
+    with Evaluator(queue_adapter, workers=1, limits=limits) as evaluator:
+        (outcome,) = evaluator.run(tasks(queue_adapter, [LOOP], seeds=(0,)))
+    assert outcome.error == "CPU time limit exceeded"
+    assert outcome.seconds < 10
+
+
+def test_archive_is_a_persistent_cache(tmp_path, queue_adapter):
+    path = tmp_path / "a.db"
+    archive = Archive(path)
+    with Evaluator(queue_adapter, cache=archive.cache_for("r1")) as evaluator:
+        evaluator.evaluate(tasks(queue_adapter, [SJF]))
+    archive.close()
+    reopened = Archive(path)
+    with Evaluator(queue_adapter, cache=reopened.cache_for("r2")) as evaluator:
+        evaluator.evaluate(tasks(queue_adapter, [SJF]))
+        assert evaluator.executed == 0 and evaluator.cache_hits == 2
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_corrupt_archive_gives_a_clear_error(tmp_path):
+    path = tmp_path / "archive.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(ArchiveError, match="not a usable archive"):
+        Archive(path)
+
+
+def test_in_process_resume_remakes_the_same_run(tmp_path, queue_adapter):
+    """Stop after generation 2, resume to 5: same champion as one uninterrupted run."""
+    config = Config(population=10, generations=5, seed=7, workers=2, held_out_snapshots=0)
+    reference = Evolution(queue_adapter, config, Archive(tmp_path / "ref.db")).run()
+
+    archive = Archive(tmp_path / "resume.db")
+    short = Config(**{**config.to_dict(), "generations": 2})
+    first = Evolution(queue_adapter, short, archive).run()
+    archive.set_status(first.run_id, "interrupted")
+    resumed = Evolution(queue_adapter, config, archive).run(resume=first.run_id)
+    assert resumed.champion.source == reference.champion.source
+    assert resumed.fitness.values == reference.fitness.values
+    assert archive.evaluation_count(first.run_id) == reference.evaluated

@@ -1,0 +1,117 @@
+import random
+
+import pytest
+from deap import gp as deap_gp
+
+from autopoiesis.operators import Context, OperatorError, gp, tune
+from autopoiesis.program import Program
+from autopoiesis import sandbox
+from conftest import single_queue
+
+SLOT = single_queue.PRIORITY
+
+
+def context(seed=0):
+    random.seed(seed)
+    return Context({SLOT.name: SLOT}, random.Random(seed))
+
+
+def test_gp_round_trip_of_random_trees():
+    pset = gp.primitive_set(SLOT.name, SLOT.primitives)
+    for seed in range(200):
+        random.seed(seed)
+        tree = deap_gp.PrimitiveTree(deap_gp.genHalfAndHalf(pset, min_=1, max_=4))
+        source = gp.to_source(SLOT, tree)
+        sandbox.check(source, [SLOT])
+        again = gp.from_source(source, SLOT)
+        assert gp.to_source(SLOT, again) == source
+
+
+def test_gp_compiled_source_is_readable_and_runs():
+    source = (
+        "def priority(job, now):\n"
+        "    return job.size / (now - job.arrival or 1.0) if job.size < 2.0 else -min(job.size, 3.5)\n"
+    )
+    tree = gp.from_source(source, SLOT)
+    text = gp.to_source(SLOT, tree)
+    assert "job.size" in text and "min(" in text and " if " in text
+    policy = sandbox.compile_policy(text, [SLOT])
+    assert policy.priority(single_queue.Job(1.0, 1.0), 3.0) == pytest.approx(0.5)
+
+
+def test_gp_parses_hand_written_baseline():
+    tree = gp.from_source(single_queue.FCFS, SLOT)
+    assert str(tree) == "arrival"
+
+
+def test_gp_refuses_programs_outside_the_primitive_set():
+    source = "import math\ndef priority(job, now):\n    return math.log(job.size)\n"
+    with pytest.raises(OperatorError, match="outside the GP primitive set"):
+        gp.from_source(source, SLOT)
+    source = "def priority(job, now):\n    x = job.size\n    return x\n"
+    with pytest.raises(OperatorError, match="single return expression"):
+        gp.from_source(source, SLOT)
+
+
+def test_gp_mutation_respects_size_limits_and_changes_the_program():
+    parent = Program(single_queue.FCFS)
+    for seed in range(50):
+        child = gp.Mutate()([parent], context(seed))
+        tree = gp.from_source(child.source, SLOT)
+        assert tree.height <= SLOT.primitives.max_height and len(tree) <= SLOT.primitives.max_size
+        assert child.id != parent.id
+        assert child.parents == (parent.id,) and child.operator == "gp.Mutate"
+
+
+def test_gp_mutation_keeps_the_rest_of_a_multi_function_program():
+    source = "LIMIT = 3\n\ndef helper(x):\n    return x\n\n\ndef priority(job, now):\n    return job.arrival\n"
+    child = gp.Mutate()([Program(source)], context(1))
+    assert child.source.startswith("LIMIT = 3\n\ndef helper(x):\n    return x\n")
+
+
+def test_gp_crossover_mixes_parents():
+    a = Program("def priority(job, now):\n    return job.size * 2.0 + job.arrival\n")
+    b = Program("def priority(job, now):\n    return min(now, job.arrival) - 1.5\n")
+    children = {gp.Crossover()([a, b], context(seed)).id for seed in range(20)}
+    assert len(children) > 3
+    assert not children & {a.id, b.id}
+
+
+def test_gp_operators_are_deterministic_under_the_same_seed():
+    parent = Program("def priority(job, now):\n    return job.size * 2.0 + job.arrival\n")
+    first = [gp.Mutate()([parent], context(s)).source for s in range(10)]
+    second = [gp.Mutate()([parent], context(s)).source for s in range(10)]
+    assert first == second
+
+
+def test_tune_constants_keeps_comments_and_changes_numbers():
+    source = (
+        "def priority(job, now):\n"
+        "    # favour short jobs, but age\n"
+        "    return job.size * 2.5 - 0.1 * (now - job.arrival)  # aging\n"
+    )
+    child = tune.Constants(rate=1.0)([Program(source)], context(3))
+    assert "# favour short jobs, but age" in child.source and "# aging" in child.source
+    assert child.source != source
+    sandbox.check(child.source, [SLOT])
+
+
+def test_tune_constants_without_numbers_fails_with_a_reason():
+    with pytest.raises(OperatorError, match="no numeric literals"):
+        tune.Constants()([Program(single_queue.FCFS)], context())
+
+
+def test_tune_constants_skips_indices_and_booleans():
+    source = "W = [1.0, 2.0]\ndef priority(job, now):\n    return W[0] if True else 0\n"
+    for seed in range(20):
+        try:
+            child = tune.Constants(rate=1.0)([Program(source)], context(seed))
+        except OperatorError:
+            continue
+        assert "W[0]" in child.source and "True" in child.source
+
+
+def test_program_id_ignores_comments_and_layout():
+    a = Program("def priority(job, now):\n    return job.size  # short first\n")
+    b = Program("def priority(job,now):\n\n    return (job.size)\n")
+    assert a.id == b.id

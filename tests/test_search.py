@@ -1,0 +1,67 @@
+import pytest
+
+from autopoiesis import Archive, Config, Evolution, Objective
+from autopoiesis.search import STRATEGIES
+from conftest import single_queue
+
+
+def run(strategy, adapter, **overrides):
+    config = Config(population=12, generations=4, seed=3, strategy=strategy, workers=2,
+                    train_snapshots=2, held_out_snapshots=2, **overrides)
+    archive = Archive()
+    result = Evolution(adapter, config, archive).run()
+    return result, archive
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_every_strategy_improves_on_fcfs(strategy, queue_adapter):
+    objectives = ("min:mean_completion_time", "min:max_completion_time") if strategy == "nsga2" else ()
+    result, archive = run(strategy, queue_adapter, objectives=objectives)
+    fcfs = result.held_out["fcfs"]["mean_completion_time"]
+    assert result.held_out["champion"]["mean_completion_time"] < 0.8 * fcfs
+    stats = archive.generation_stats(result.run_id)
+    assert [s["generation"] for s in stats] == list(range(5))
+
+
+@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+def test_no_program_is_evaluated_twice(strategy, queue_adapter):
+    result, archive = run(strategy, queue_adapter)
+    births = archive.births(result.run_id)
+    ids = [b["program"] for b in births]
+    assert len(ids) == len(set(ids))
+    rows = archive.db.execute("SELECT program, snapshot, COUNT(*) FROM evaluations GROUP BY program, snapshot").fetchall()
+    assert all(count == 1 for _, _, count in rows)
+    # every task the evaluator ran was a distinct (program, snapshot) pair
+    assert result.evaluated == archive.evaluation_count(result.run_id)
+
+
+def test_nsga2_population_is_spread_along_the_front(queue_adapter):
+    result, archive = run("nsga2", queue_adapter,
+                          objectives=("min:mean_completion_time", "min:max_completion_time"))
+    last = archive.last_generation(result.run_id)
+    ids = archive.population(result.run_id, last)[0]
+    keys = [s.key for s in [queue_adapter.snapshot(3000 + i) for i in range(2)]]
+    points = []
+    for pid in ids:
+        values = [archive.get((pid, k)).metrics for k in keys]
+        points.append(tuple(sum(v[m] for v in values) for m in ("mean_completion_time", "max_completion_time")))
+    assert len(set(points)) > 1  # not collapsed onto one objective
+
+
+def test_budget_caps_programs_scored(queue_adapter):
+    result, _ = run("generational", queue_adapter, budget=20)
+    assert result.programs <= 20
+
+
+def test_same_seed_same_run(queue_adapter):
+    a, _ = run("islands", queue_adapter)
+    b, _ = run("islands", queue_adapter)
+    assert a.champion.source == b.champion.source
+    assert a.fitness.values == b.fitness.values
+
+
+def test_objective_parsing():
+    assert Objective.parse("max:throughput") == Objective("throughput", "max")
+    assert Objective.parse("latency") == Objective("latency", "min")
+    with pytest.raises(ValueError):
+        Objective.parse("up:latency")
