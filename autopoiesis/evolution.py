@@ -26,6 +26,7 @@ from .evaluate import Evaluator, Limits, Outcome, Task
 from .metrics import Fitness, Objective, Snapshot
 from .operators import Context, Operator, OperatorError, offline
 from .program import Program
+from autopoiesis.search import Individual, fitness_class, make  # search/ installs as autopoiesis.search
 
 HELD_OUT_OFFSET = 500
 
@@ -103,8 +104,6 @@ class Evolution:
         adapter_options: Mapping[str, Any] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ):
-        from autopoiesis.search import make  # search installs as a subpackage of autopoiesis
-
         self.adapter = adapter
         self.config = config or Config()
         self.archive = archive or Archive()
@@ -115,8 +114,6 @@ class Evolution:
         self.on_event = on_event or (lambda kind, data: None)
         self.slots = {slot.name: slot for slot in adapter.slots()}
         self.objectives = self._objectives()
-        from autopoiesis.search import fitness_class
-
         self.fitness_cls = fitness_class(self.objectives)
 
     def _objectives(self) -> tuple[Objective, ...]:
@@ -275,8 +272,6 @@ class Evolution:
         return scores, errors
 
     def _individual(self, program: Program, scores: Fitness):
-        from autopoiesis.search import Individual
-
         return Individual(program, scores, self.fitness_cls)
 
     def _load_population(self, run_id, generation, train):
