@@ -104,3 +104,77 @@ def check_metrics(metrics: Any) -> dict[str, float]:
             raise ValueError(f"metric {key!r} is {value!r}, not a finite number")
         out[str(key)] = float(value)
     return out
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One served request, as every adapter reports it (times in seconds)."""
+
+    arrival: float
+    first_token: float
+    finish: float
+    prompt_tokens: int
+    output_tokens: int
+    replica: int = -1
+    preemptions: int = 0
+    request_id: int = -1
+
+    @property
+    def ttft(self) -> float:
+        return self.first_token - self.arrival
+
+    @property
+    def e2e(self) -> float:
+        return self.finish - self.arrival
+
+    @property
+    def tpot(self) -> float:
+        """Mean time per output token after the first."""
+        return (self.finish - self.first_token) / (self.output_tokens - 1) if self.output_tokens > 1 else 0.0
+
+
+@dataclass(frozen=True)
+class SLO:
+    ttft_s: float = 2.0
+    tpot_s: float = 0.1
+
+
+class RollingWindow:
+    """The requests that finished in the last ``seconds`` (or all of them): the fitness source."""
+
+    def __init__(self, seconds: float | None = None):
+        self.seconds = seconds
+        self.records: list[RequestRecord] = []
+
+    def add(self, record: RequestRecord) -> None:
+        self.records.append(record)
+
+    def current(self, now: float) -> list[RequestRecord]:
+        if self.seconds is None:
+            return self.records
+        start = now - self.seconds
+        return [r for r in self.records if r.finish >= start]
+
+    def summary(self, slo: SLO = SLO(), now: float | None = None) -> dict[str, float]:
+        """Latency percentiles, SLO attainment, throughput and total time over the window."""
+        import numpy as np
+
+        records = self.current(now if now is not None else float("inf")) if self.seconds else self.records
+        if not records:
+            return {"requests": 0.0}
+        ttft = np.array([r.ttft for r in records])
+        e2e = np.array([r.e2e for r in records])
+        tpot = np.array([r.tpot for r in records if r.output_tokens > 1] or [0.0])
+        first = min(r.arrival for r in records)
+        last = max(r.finish for r in records)
+        span = max(last - first, 1e-9)
+        out = {"requests": float(len(records)), "total_time": last - first,
+               "throughput_rps": len(records) / span,
+               "throughput_tps": sum(r.output_tokens for r in records) / span,
+               "slo_attainment": float(np.mean([(r.ttft <= slo.ttft_s and r.tpot <= slo.tpot_s) for r in records])),
+               "preemptions": float(sum(r.preemptions for r in records))}
+        for name, values in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e)):
+            out[f"mean_{name}"] = float(values.mean())
+            out[f"p50_{name}"] = float(np.percentile(values, 50))
+            out[f"p99_{name}"] = float(np.percentile(values, 99))
+        return out

@@ -37,7 +37,7 @@ class Primitives:
 
     ``features`` maps a terminal's name to the Python expression that reads it from
     the slot's parameters (``{"size": "job.size", "now": "now"}``); the GP tree is
-    compiled to a single ``return`` expression over them.
+    compiled to a single ``return`` expression over them (placed in ``template``).
     """
 
     features: Mapping[str, str] | tuple[tuple[str, str], ...]
@@ -45,6 +45,11 @@ class Primitives:
     conditionals: bool = True
     max_height: int = 7
     max_size: int = 40
+    #: type of the evolved expression: float (a score) or bool (a decision)
+    returns: type = float
+    #: the return statement's shape around the evolved expression, e.g.
+    #: "min(range(len(replicas)), key=lambda i: {expr})"
+    template: str = "{expr}"
 
     def __post_init__(self) -> None:
         items = self.features.items() if isinstance(self.features, Mapping) else self.features

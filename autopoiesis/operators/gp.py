@@ -38,6 +38,8 @@ CONDITIONALS = {
     "lt": ((_F, _F), _B, "({} < {})"),
     "gt": ((_F, _F), _B, "({} > {})"),
     "if_then_else": ((_B, _F, _F), _F, "({1} if {0} else {2})"),
+    "and_": ((_B, _B), _B, "({} and {})"),
+    "or_": ((_B, _B), _B, "({} or {})"),
 }
 _BINOPS = {ast.Add: "add", ast.Sub: "sub", ast.Mult: "mul"}
 
@@ -53,13 +55,13 @@ def _random_constant(low: float, high: float) -> float:
 @functools.lru_cache(maxsize=64)
 def primitive_set(slot_name: str, primitives: Primitives) -> gp.PrimitiveSetTyped:
     features = list(primitives.expressions)
-    pset = gp.PrimitiveSetTyped(slot_name, [float] * len(features), float)
+    pset = gp.PrimitiveSetTyped(slot_name, [float] * len(features), primitives.returns)
     pset.renameArguments(**{f"ARG{i}": name for i, name in enumerate(features)})
-    table = dict(PRIMITIVES, **(CONDITIONALS if primitives.conditionals else {}))
+    table = dict(PRIMITIVES, **(CONDITIONALS if primitives.conditionals or primitives.returns is bool else {}))
     for name, (args, ret, _) in table.items():
         pset.addPrimitive(_identity, list(args), ret, name=name)
     pset.addEphemeralConstant("const", functools.partial(_random_constant, *primitives.constants), float)
-    if primitives.conditionals:
+    if primitives.conditionals or primitives.returns is bool:
         pset.addTerminal(True, bool)  # unnamed: DEAP keeps the value True, named "True"
         pset.addTerminal(False, bool)
     return pset
@@ -90,7 +92,8 @@ def to_expression(tree: gp.PrimitiveTree, primitives: Primitives) -> str:
 
 def to_source(slot: PolicySlot, tree: gp.PrimitiveTree) -> str:
     expr = to_expression(tree, slot.primitives)
-    return f"def {slot.name}({', '.join(slot.params)}):\n    return {expr}\n"
+    body = slot.primitives.template.format(expr=expr)
+    return f"def {slot.name}({', '.join(slot.params)}):\n    return {body}\n"
 
 
 def from_source(source: str, slot: PolicySlot) -> gp.PrimitiveTree:
@@ -108,9 +111,54 @@ def from_source(source: str, slot: PolicySlot) -> gp.PrimitiveTree:
     if len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None:
         raise OperatorError(f"{slot.name} is not a single return expression; GP cannot vary it")
     pset = primitive_set(slot.name, slot.primitives)
+    expression = _untemplate(body[0].value, slot.primitives.template, slot.name)
     nodes: list = []
-    _parse(body[0].value, float, pset, slot.primitives, nodes)
+    _parse(expression, slot.primitives.returns, pset, slot.primitives, nodes)
     return gp.PrimitiveTree(nodes)
+
+
+_HOLE = "GP_EXPRESSION_HOLE"
+
+
+def _untemplate(node: ast.expr, template: str, slot_name: str) -> ast.expr:
+    """The part of ``node`` that sits where the template has ``{expr}``."""
+    if template == "{expr}":
+        return node
+    pattern = ast.parse(template.format(expr=_HOLE), mode="eval").body
+    found = _match(pattern, node)
+    if found is None:
+        raise OperatorError(f"{slot_name} does not have the GP template's shape: return {template}")
+    return found
+
+
+def _match(pattern: ast.AST, node: ast.AST) -> ast.expr | None:
+    if isinstance(pattern, ast.Name) and pattern.id == _HOLE:
+        return node
+    if type(pattern) is not type(node):
+        return None
+    hole = None
+    for name, value in ast.iter_fields(pattern):
+        other = getattr(node, name, None)
+        if isinstance(value, ast.AST):
+            found = _match(value, other) if isinstance(other, ast.AST) else None
+            if found is None and not _same(value, other):
+                return None
+            hole = hole or found
+        elif isinstance(value, list):
+            if not isinstance(other, list) or len(other) != len(value):
+                return None
+            for a, b in zip(value, other):
+                found = _match(a, b) if isinstance(a, ast.AST) else None
+                if found is None and not _same(a, b):
+                    return None
+                hole = hole or found
+        elif name not in ("ctx", "lineno", "col_offset", "end_lineno", "end_col_offset") and value != other:
+            return None
+    return hole
+
+
+def _same(a, b) -> bool:
+    return ast.dump(a) == ast.dump(b) if isinstance(a, ast.AST) and isinstance(b, ast.AST) else a == b
 
 
 def _parse(node: ast.expr, want: type, pset, primitives: Primitives, out: list) -> None:
@@ -149,6 +197,8 @@ def _parse(node: ast.expr, want: type, pset, primitives: Primitives, out: list) 
         prim("if_then_else", (node.test, bool), (node.body, float), (node.orelse, float))
     elif want is bool and isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in (ast.Lt, ast.Gt):
         prim("lt" if isinstance(node.ops[0], ast.Lt) else "gt", (node.left, float), (node.comparators[0], float))
+    elif want is bool and isinstance(node, ast.BoolOp) and len(node.values) == 2:
+        prim("and_" if isinstance(node.op, ast.And) else "or_", (node.values[0], bool), (node.values[1], bool))
     elif want is bool and isinstance(node, ast.Constant) and isinstance(node.value, bool):
         out.append(pset.mapping[str(node.value)])
     else:

@@ -1,0 +1,69 @@
+"""The simulator adapter: a heterogeneous LLM-serving cluster under runtime dynamics.
+
+The embedded default of the project and the twin on which candidates are scored:
+``autopoiesis evolve --adapter simulator --scenario NAME``.
+"""
+
+from __future__ import annotations
+
+from autopoiesis.adapters.base import Adapter, AdapterError
+from autopoiesis.metrics import Objective, RollingWindow, Snapshot
+
+from . import hardware, scenario as scenarios
+from .costmodel import calibration
+from .engine import Simulation
+from .slots import SLOTS
+
+__all__ = ["SimulatorAdapter", "simulate"]
+
+
+def simulate(policy, scenario_name: str, seed: int = 0, requests_limit: int | None = None, observer=None):
+    """Run one compiled policy on a scenario; returns (metrics, engine Result)."""
+    sc = scenarios.load(scenario_name, seed, requests_limit)
+    gpus = hardware.load_gpus()
+    sim = Simulation(sc, policy, gpus, hardware.model(sc.model), lambda g: calibration(sc.calibration, g))
+    sim.observer = observer
+    result = sim.run()
+    window = RollingWindow()
+    for record in result.records:
+        window.add(record)
+    metrics = window.summary(sc.slo)
+    first = min(r[0] for r in sc.requests)
+    metrics.update(
+        total_time=result.end - first,
+        gpu_hours=result.gpu_seconds / 3600.0,
+        cost_usd=result.cost_usd,
+        overhead_scheduling_s=result.overheads.scheduling_s,
+        overhead_reconfiguration_gpu_s=result.overheads.reconfiguration_s,
+        reconfigurations=float(result.overheads.reconfigurations),
+        recomputed_tokens=float(result.overheads.recomputed_tokens),
+    )
+    return metrics, result
+
+
+class SimulatorAdapter(Adapter):
+    """Discrete-event simulator of a heterogeneous LLM-serving cluster (the embedded default)."""
+
+    name = "simulator"
+    objectives = (Objective("total_time", "min"), Objective("mean_e2e", "min"), Objective("p99_ttft", "min"),
+                  Objective("slo_attainment", "max"), Objective("cost_usd", "min"))
+
+    def __init__(self, scenario: str = "mixed", requests: int | None = None):
+        try:
+            scenarios.path_of(str(scenario))
+        except scenarios.ScenarioError as e:
+            raise AdapterError(str(e)) from None
+        self.scenario = str(scenario)
+        self.requests = int(requests) if requests else None
+
+    def slots(self):
+        return list(SLOTS)
+
+    def snapshot(self, seed: int) -> Snapshot:
+        digest = scenarios.digest(self.scenario)
+        return Snapshot(self.name, {"scenario": self.scenario, "digest": digest, "seed": seed,
+                                    "requests": self.requests}, label=f"{self.scenario} seed {seed}")
+
+    def evaluate(self, policy, snapshot):
+        metrics, _ = simulate(policy, snapshot.params["scenario"], snapshot.params["seed"], snapshot.params["requests"])
+        return metrics

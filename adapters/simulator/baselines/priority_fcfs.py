@@ -1,0 +1,3 @@
+def priority(request, now):
+    """First come, first served."""
+    return request.arrival

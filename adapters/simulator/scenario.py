@@ -1,0 +1,139 @@
+"""Scenarios: a cluster timeline, a model and a workload, in a TOML file a user can copy.
+
+A scenario name is a file in ``scenarios/`` (shipped) or a path to a ``.toml`` file.
+The seed given at load time varies the workload draw (and the trace window), so
+training and held-out snapshots are different samples of the same scenario.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autopoiesis.metrics import SLO
+
+from . import workload as workloads
+
+HERE = Path(__file__).resolve().parent
+SCENARIOS = HERE / "scenarios"
+TRACES = [HERE.parents[1] / "shared" / "data" / "traces", HERE.parents[2] / "shared" / "data" / "traces"]
+
+
+class ScenarioError(ValueError):
+    """A scenario cannot be found or is malformed; the message is for the user."""
+
+
+@dataclass
+class Scenario:
+    name: str
+    description: str
+    model: str
+    requests: list[tuple[float, int, int]]
+    initial_gpus: list[tuple[int, str]]
+    cluster_events: list[tuple[float, str, tuple]]
+    workload_estimate: tuple[float, float, float, float]
+    slo: SLO = field(default_factory=SLO)
+    token_budget: int = 2048
+    max_seqs: int = 256
+    max_context: int = 4096
+    reschedule_interval: float = 30.0
+    window_s: float = 60.0
+    estimate_cost_s: float = 0.5
+    calibration: str = "default"
+    digest: str = ""
+
+
+def names() -> list[str]:
+    return sorted(p.stem for p in SCENARIOS.glob("*.toml"))
+
+
+def path_of(name: str) -> Path:
+    path = Path(name)
+    if name.endswith(".toml"):
+        if not path.is_file():
+            raise ScenarioError(f"scenario file not found: {name}")
+        return path
+    path = SCENARIOS / f"{name}.toml"
+    if not path.is_file():
+        raise ScenarioError(f"unknown scenario '{name}' (shipped: {', '.join(names())}; or give a .toml path)")
+    return path
+
+
+def digest(name: str) -> str:
+    """Content hash of a scenario file (part of every snapshot key: edit the file, lose the cache)."""
+    return hashlib.sha256(path_of(name).read_bytes()).hexdigest()[:12]
+
+
+def load(name: str, seed: int = 0, requests_limit: int | None = None) -> Scenario:
+    path = path_of(name)
+    text = path.read_bytes()
+    try:
+        spec = tomllib.loads(text.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"{path}: {e}") from None
+    try:
+        return _build(spec, path, seed, requests_limit, hashlib.sha256(text).hexdigest()[:12])
+    except KeyError as e:
+        raise ScenarioError(f"{path}: missing field {e}") from None
+
+
+def _build(spec: dict[str, Any], path: Path, seed: int, limit: int | None, digest: str) -> Scenario:
+    duration = float(spec["duration_s"])
+    max_context = int(spec.get("max_context", 4096))
+    wl = spec["workload"]
+    if wl.get("trace"):
+        requests = workloads.from_trace(wl, _trace_path(wl["trace"], path), duration, seed, max_context)
+    else:
+        requests = workloads.generate(wl, duration, seed, max_context)
+    if limit:
+        requests = requests[:limit]
+
+    initial, events, next_id = [], [], 0
+    for group in spec["cluster"]["gpus"]:
+        ids = list(range(next_id, next_id + int(group["count"])))
+        next_id += len(ids)
+        gtype = group["type"]
+        if "join_at" in group:
+            events.append((float(group["join_at"]), "join", tuple((i, gtype) for i in ids)))
+        else:
+            initial += [(i, gtype) for i in ids]
+        if "leave_at" in group:
+            leave = float(group["leave_at"])
+            if "notice_s" in group:
+                events.append((leave - float(group["notice_s"]), "notice", tuple(ids)))
+            events.append((leave, "leave", tuple(ids)))
+    events.sort(key=lambda e: e[0])
+
+    mean_prompt = _mix_mean(wl, 0)
+    mean_output = _mix_mean(wl, 2)
+    estimate = (float(wl["rate"]), mean_prompt, mean_output, mean_prompt * 2)
+    slo = spec.get("slo", {})
+    return Scenario(
+        name=spec.get("name", path.stem), description=spec.get("description", ""), model=spec["model"],
+        requests=requests, initial_gpus=initial, cluster_events=events, workload_estimate=estimate,
+        slo=SLO(float(slo.get("ttft_s", 2.0)), float(slo.get("tpot_s", 0.1))),
+        token_budget=int(spec.get("token_budget", 2048)), max_seqs=int(spec.get("max_seqs", 256)),
+        max_context=max_context, reschedule_interval=float(spec.get("reschedule_interval_s", 30.0)),
+        window_s=float(spec.get("window_s", 60.0)), estimate_cost_s=float(spec.get("estimate_cost_s", 0.5)),
+        calibration=spec.get("calibration", "default"), digest=digest,
+    )
+
+
+def _mix_mean(wl: dict[str, Any], index: int) -> float:
+    """Expected prompt (index 0) or output (index 2) length of the initial mix (what an operator plans for)."""
+    import math
+
+    share = float(wl.get("long_share", 0.1))
+    means = {k: v[index] * math.exp(v[index + 1] ** 2 / 2) for k, v in workloads.CLASSES.items()}
+    return (1 - share) * means["short"] + share * means["long"]
+
+
+def _trace_path(name: str, scenario_path: Path) -> Path:
+    candidates = [scenario_path.parent / name] + [d / name for d in TRACES]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise ScenarioError(f"trace '{name}' not found (looked in {', '.join(str(c.parent) for c in candidates)})")
