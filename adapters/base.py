@@ -34,6 +34,8 @@ class Adapter:
     name: str = "adapter"
     #: metric -> direction for the objectives this adapter reports; the first is the default.
     objectives: tuple[Objective, ...] = ()
+    #: metrics shown in result tables (default: the objectives')
+    headline: tuple[str, ...] = ()
 
     # -- what evolves --------------------------------------------------------------
     def slots(self) -> list[PolicySlot]:

@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--adapter", help="registered name, module:Class or path/to/file.py[:Class]")
     ev.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                     help="keyword argument for the adapter (repeatable; VALUE is JSON or a string)")
+    ev.add_argument("--scenario", help="scenario for adapters that take one (same as -o scenario=NAME)")
     ev.add_argument("--population", type=_positive_int, default=16)
     ev.add_argument("--generations", type=_non_negative_int, default=10)
     ev.add_argument("--seed", type=int, default=0)
@@ -62,6 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true")
 
     sub.add_parser("adapters", help="list registered adapters and their policy slots")
+
+    sim = sub.add_parser("simulate", help="run one policy on a simulator scenario and print its metrics")
+    sim.add_argument("--scenario", default="mixed", help="scenario name or path/to/scenario.toml")
+    sim.add_argument("--policy", action="append", default=[], metavar="FILE",
+                     help="Python file with policy functions (repeatable); slots it leaves out use the first baseline")
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--json", action="store_true")
+    sim.add_argument("--list", action="store_true", help="list the scenarios and baselines, then exit")
     return parser
 
 
@@ -75,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "adapters":
             return cmd_adapters()
+        if args.command == "simulate":
+            return cmd_simulate(args)
         build_parser().print_help()
         return 2
     except KeyboardInterrupt:
@@ -112,6 +123,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
             raise UserError("evolve needs --adapter NAME (or --resume RUN); `autopoiesis adapters` lists them")
         spec = canonical_spec(args.adapter)
         options = _parse_options(args.option)
+        if args.scenario:
+            options["scenario"] = args.scenario
         config = Config(
             population=args.population, generations=args.generations, seed=args.seed,
             objectives=tuple(args.objective), strategy=args.strategy, budget=args.budget,
@@ -277,7 +290,9 @@ def _print_results(console: Console, archive: Archive, run_id: str) -> None:
     if not results:
         console.print("no final results yet (the run has not finished)")
         return
-    metrics = sorted({k for r in results for k in (r["held_out"] or r["train"] or {})})
+    headline = archive.run(run_id)["config"].get("headline")
+    available = {k for r in results for k in (r["held_out"] or r["train"] or {})}
+    metrics = [m for m in headline if m in available] if headline else sorted(available)
     table = Table(title="champion and baselines (held-out snapshots; training in brackets)")
     table.add_column("policy")
     table.add_column("program")
@@ -323,6 +338,61 @@ def cmd_adapters() -> int:
         except Exception as e:  # a broken third-party adapter must not hide the others
             slots, objectives = f"[red]fails: {type(e).__name__}: {e}[/]", ""
         table.add_row(name, ep.value, slots, objectives)
+    console.print(table)
+    return 0
+
+
+# -- simulate ---------------------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios, simulate
+    from autopoiesis.adapters.simulator.slots import SLOTS
+    from autopoiesis.program import PolicyError
+    from autopoiesis.sandbox import Rejected, compile_policy
+
+    console = Console()
+    if args.list:
+        table = Table(title="scenarios")
+        table.add_column("name")
+        table.add_column("description")
+        for name in scenarios.names():
+            table.add_row(name, scenarios.load(name, 0, 1).description)
+        console.print(table)
+        for slot in SLOTS:
+            console.print(f"[bold]{slot.name}[/] baselines: {', '.join(slot.baselines)}")
+        return 0
+    try:
+        scenarios.path_of(args.scenario)
+    except scenarios.ScenarioError as e:
+        raise UserError(str(e)) from None
+    sources = {}
+    for path in args.policy:
+        try:
+            sources[path] = Path(path).read_text()
+        except OSError as e:
+            raise UserError(f"cannot read policy file {path}: {e.strerror}") from None
+    source = "\n\n".join(sources.values())
+    defined = {slot.name for slot in SLOTS if f"def {slot.name}(" in source}
+    for slot in SLOTS:  # fill the slots the files leave out with their first baseline
+        if slot.name not in defined:
+            source += "\n\n" + next(iter(slot.baselines.values()))
+    try:
+        policy = compile_policy(source, SLOTS)
+    except Rejected as e:
+        raise UserError(f"policy rejected: {e}") from None
+    try:
+        metrics, result = simulate(policy, args.scenario, args.seed)
+    except PolicyError as e:
+        raise UserError(f"policy failed: {e}") from None
+    if args.json:
+        print(json.dumps(metrics))
+        return 0
+    table = Table(title=f"{args.scenario} (seed {args.seed}): {', '.join(args.policy) or 'first baselines'}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in sorted(metrics):
+        table.add_row(key, _num(metrics[key]))
     console.print(table)
     return 0
 

@@ -137,7 +137,8 @@ class Evolution:
             run_id = f"{self.adapter.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
             stored = dict(cfg.to_dict(), train_keys=[s.key for s in train], held_out_keys=[s.key for s in held_out],
                           objective_list=[str(o) for o in self.objectives],
-                          adapter_options=self.adapter_options)
+                          adapter_options=self.adapter_options,
+                          headline=list(getattr(self.adapter, "headline", ()) or [o.name for o in self.adapter.objectives]))
             self.archive.create_run(run_id, self.adapter_spec, stored)
             first_gen = 0
         self.run_id = run_id

@@ -47,6 +47,7 @@ class SimulatorAdapter(Adapter):
     name = "simulator"
     objectives = (Objective("total_time", "min"), Objective("mean_e2e", "min"), Objective("p99_ttft", "min"),
                   Objective("slo_attainment", "max"), Objective("cost_usd", "min"))
+    headline = ("total_time", "mean_e2e", "p99_ttft", "slo_attainment", "cost_usd", "overhead_reconfiguration_gpu_s")
 
     def __init__(self, scenario: str = "mixed", requests: int | None = None):
         try:
