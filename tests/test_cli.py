@@ -164,3 +164,43 @@ def test_resuming_a_finished_run_is_refused(tmp_path):
     done = json.loads(cli("evolve", "--adapter", str(EXAMPLE), "--generations", "1", "--population", "4",
                           "--runs-dir", runs, "--json").stdout)
     assert_one_line_error(cli("evolve", "--resume", done["run"], "--runs-dir", runs), "already finished")
+
+
+def test_simulator_is_registered_and_evolves(tmp_path):
+    env = dict(os.environ, COLUMNS="200")
+    listing = cli("adapters", env=env)
+    assert "simulator" in listing.stdout and "dispatch(request, replicas, now)" in listing.stdout
+    proc = cli("evolve", "--adapter", "simulator", "--scenario", "burst", "-o", "requests=600",
+               "--generations", "1", "--population", "4", "--held-out-snapshots", "1",
+               "--runs-dir", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["objective"] == "min:total_time"
+    assert "champion" in summary["held_out"] and "schedule:uniform" in summary["held_out"]
+    assert summary["held_out"]["champion"]["requests"] == 600
+
+
+def test_simulate_runs_a_policy_file(tmp_path):
+    policy = tmp_path / "mine.py"
+    policy.write_text("def priority(request, now):\n    return request.prompt_tokens * 2.0\n")
+    proc = cli("simulate", "--scenario", "stationary", "--policy", str(policy), "--json")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads(proc.stdout)
+    assert metrics["requests"] > 1000 and metrics["total_time"] > 0
+    listing = cli("simulate", "--list", env=dict(os.environ, COLUMNS="200"))
+    assert "spot_loss" in listing.stdout and "capacity_jsq" in listing.stdout
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["simulate", "--scenario", "atlantis"], "unknown scenario 'atlantis'"),
+    (["simulate", "--policy", "nope.py"], "cannot read policy file"),
+    (["evolve", "--adapter", "simulator", "--scenario", "atlantis"], "unknown scenario"),
+])
+def test_simulator_mistakes_get_one_line(tmp_path, args, fragment):
+    assert_one_line_error(cli(*args), fragment)
+
+
+def test_simulate_rejects_a_hostile_policy(tmp_path):
+    policy = tmp_path / "evil.py"
+    policy.write_text("import os\ndef priority(request, now):\n    return 0.0\n")
+    assert_one_line_error(cli("simulate", "--policy", str(policy)), "policy rejected")

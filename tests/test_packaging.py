@@ -26,6 +26,10 @@ def test_wheel_layout(wheel):
     assert "autopoiesis/adapters/base.py" in names
     assert "autopoiesis/search/nsga2.py" in names
     assert "autopoiesis/operators/gp.py" in names
+    for data in ("autopoiesis/adapters/simulator/data/gpus.toml", "autopoiesis/adapters/simulator/scenarios/mixed.toml",
+                 "autopoiesis/adapters/simulator/baselines/dispatch_round_robin.py",
+                 "autopoiesis/adapters/simulator/data/calibration/default.toml"):
+        assert data in names, data
     tops = {n.split("/")[0] for n in names}
     assert "search" not in tops and "adapters" not in tops
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -26,7 +26,7 @@ def test_readme_quick_start_is_two_commands():
     section = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     commands = re.findall(r"```bash\n(.*?)```", section, re.S)
     assert [c.strip() for c in commands] == [
-        "pip install -e . && python examples/single_queue.py --seed 0",
+        "pip install -e . && autopoiesis evolve --adapter simulator --scenario mixed",
         "pip install -e '.[dev]' && python -m pytest",
     ]
     assert "pip install -e '.[dev]' && python -m pytest" in (ROOT / ".ci" / "run").read_text()

@@ -144,3 +144,12 @@ def test_invalid_plan_is_a_policy_error_with_a_reason():
     from autopoiesis.program import PolicyError
     with pytest.raises(PolicyError, match="twice"):
         simulate(compile_policy(source, SLOTS), "stationary", 0, requests_limit=10)
+
+
+def test_cost_model_view_refuses_nonsense_instead_of_crashing():
+    source = BASELINES["schedule:uniform"].source.replace(
+        "while tp <= 8 and not cost_model.fits(gpu_type, tp, 1):",
+        "if cost_model.fits(gpu_type, 0, 1) or cost_model.fits(gpu_type, 10**9, 1):\n            return []\n"
+        "        while tp <= 8 and not cost_model.fits(gpu_type, tp, 1):", 1)
+    metrics, _ = simulate(compile_policy(source, SLOTS), "stationary", 0, requests_limit=50)
+    assert metrics["requests"] == 50

@@ -149,7 +149,12 @@ class CostModelView:
 
     def fits(self, gpu_type: str, tp: int, pp: int = 1) -> bool:
         """Free: does the model fit on tp * pp GPUs of this type?"""
-        return self._sim.replica_cost(gpu_type, int(tp), int(pp)).fits()
+        tp, pp = int(tp), int(pp)
+        if gpu_type not in self._sim.gpu_table:
+            raise PolicyError(f"cost_model.fits: unknown GPU type {gpu_type!r}")
+        if not (1 <= tp <= 64 and 1 <= pp <= 64):
+            return False
+        return self._sim.replica_cost(gpu_type, tp, pp).fits()
 
     def estimate(self, plan, workload=None) -> dict:
         """Estimated capacity and latency of a plan under a workload (costs ``estimate_cost_s``)."""

@@ -53,7 +53,8 @@ class Constants(Operator):
             step = max(1, round(abs(value) * self.sigma))
             delta = rng.choice([-1, 1]) * rng.randint(1, step)
             new = value + delta
-            return max(new, 0) if value >= 0 else new  # keep the sign a human chose
+            # keep the sign a human chose, and keep counts, periods and divisors >= 1 off zero
+            return max(new, 1) if value >= 1 else max(new, 0)
         if value == 0.0:
             return round(rng.gauss(0.0, self.sigma), 4)
         new = value * math.exp(rng.gauss(0.0, self.sigma))
