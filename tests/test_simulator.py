@@ -153,3 +153,26 @@ def test_cost_model_view_refuses_nonsense_instead_of_crashing():
         "        while tp <= 8 and not cost_model.fits(gpu_type, tp, 1):", 1)
     metrics, _ = simulate(compile_policy(source, SLOTS), "stationary", 0, requests_limit=50)
     assert metrics["requests"] == 50
+
+
+def test_users_add_gpus_and_models_in_toml(tmp_path):
+    (tmp_path / "gpus.toml").write_text(
+        '[MyGPU]\nbf16_tflops = 500\nmemory_gb = 96\nhbm_gbps = 4000\nlink_gbps = 400\n'
+        'network_gbps = 50\nprice_per_hour = 3.0\nsource = "made up for a test"\n')
+    (tmp_path / "models.toml").write_text(
+        '["Tiny-1B"]\nparams = 1.1e9\nlayers = 22\nhidden = 2048\nheads = 32\nkv_heads = 4\n'
+        'intermediate = 5632\nvocab = 32000\nsource = "made up for a test"\n')
+    stationary = (scenarios.SCENARIOS / "stationary.toml").read_text()
+    custom = stationary.replace('model = "Llama-2-7B"', 'model = "Tiny-1B"\ngpu_tables = ["gpus.toml"]\nmodel_tables = ["models.toml"]')
+    custom = custom.replace('type = "A10G"', 'type = "MyGPU"')
+    (tmp_path / "custom.toml").write_text(custom)
+    metrics, result = simulate(policy("schedule:uniform"), str(tmp_path / "custom.toml"), 0, requests_limit=300)
+    assert metrics["requests"] == 300
+    used = {gpu for ids, _, _ in result.plans[0][1] for gpu in ids}
+    assert {4, 5, 6, 7} <= used  # the four MyGPU cards (ids 4-7) serve in the plan
+    assert {r.replica for r in result.records} >= {i for i, (ids, _, _) in enumerate(result.plans[0][1]) if ids[0] >= 4}
+
+    broken = custom.replace('gpu_tables = ["gpus.toml"]', 'gpu_tables = []')
+    (tmp_path / "broken.toml").write_text(broken)
+    with pytest.raises(scenarios.ScenarioError, match="unknown GPU type"):
+        simulate(policy("schedule:uniform"), str(tmp_path / "broken.toml"), 0, requests_limit=10)

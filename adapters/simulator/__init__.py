@@ -20,8 +20,16 @@ __all__ = ["SimulatorAdapter", "simulate"]
 def simulate(policy, scenario_name: str, seed: int = 0, requests_limit: int | None = None, observer=None):
     """Run one compiled policy on a scenario; returns (metrics, engine Result)."""
     sc = scenarios.load(scenario_name, seed, requests_limit)
-    gpus = hardware.load_gpus()
-    sim = Simulation(sc, policy, gpus, hardware.model(sc.model), lambda g: calibration(sc.calibration, g))
+    try:
+        gpus = hardware.load_gpus(sc.gpu_tables)
+        model = hardware.model(sc.model, sc.model_tables)
+        unknown = sorted({g for _, g in sc.initial_gpus} - set(gpus))
+        unknown += sorted({g for _, kind, ids in sc.cluster_events if kind == "join" for _, g in ids} - set(gpus))
+        if unknown:
+            raise hardware.UnknownHardware(f"unknown GPU type(s) {', '.join(unknown)} (add them with gpu_tables)")
+    except hardware.UnknownHardware as e:
+        raise scenarios.ScenarioError(f"scenario {scenario_name}: {e}") from None
+    sim = Simulation(sc, policy, gpus, model, lambda g: calibration(sc.calibration, g))
     sim.observer = observer
     result = sim.run()
     window = RollingWindow()

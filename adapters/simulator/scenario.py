@@ -44,6 +44,8 @@ class Scenario:
     estimate_cost_s: float = 0.5
     calibration: str = "default"
     digest: str = ""
+    gpu_tables: tuple[str, ...] = ()  # extra GPU TOML files (paths)
+    model_tables: tuple[str, ...] = ()
 
 
 def names() -> list[str]:
@@ -119,7 +121,18 @@ def _build(spec: dict[str, Any], path: Path, seed: int, limit: int | None, diges
         max_context=max_context, reschedule_interval=float(spec.get("reschedule_interval_s", 30.0)),
         window_s=float(spec.get("window_s", 60.0)), estimate_cost_s=float(spec.get("estimate_cost_s", 0.5)),
         calibration=spec.get("calibration", "default"), digest=digest,
+        gpu_tables=tuple(str(_relative(p, path)) for p in spec.get("gpu_tables", [])),
+        model_tables=tuple(str(_relative(p, path)) for p in spec.get("model_tables", [])),
     )
+
+
+def _relative(name: str, scenario_path: Path) -> Path:
+    candidate = Path(name)
+    if not candidate.is_absolute():
+        candidate = scenario_path.parent / candidate
+    if not candidate.is_file():
+        raise ScenarioError(f"{scenario_path}: table file not found: {name}")
+    return candidate
 
 
 def _mix_mean(wl: dict[str, Any], index: int) -> float:
