@@ -357,7 +357,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         table.add_column("name")
         table.add_column("description")
         for name in scenarios.names():
-            table.add_row(name, scenarios.load(name, 0, 1).description)
+            table.add_row(name, scenarios.describe(name))
         console.print(table)
         for slot in SLOTS:
             console.print(f"[bold]{slot.name}[/] baselines: {', '.join(slot.baselines)}")
@@ -385,6 +385,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         metrics, result = simulate(policy, args.scenario, args.seed)
     except PolicyError as e:
         raise UserError(f"policy failed: {e}") from None
+    except scenarios.ScenarioError as e:
+        raise UserError(str(e)) from None
     if args.json:
         print(json.dumps(metrics))
         return 0

@@ -204,3 +204,10 @@ def test_simulate_rejects_a_hostile_policy(tmp_path):
     policy = tmp_path / "evil.py"
     policy.write_text("import os\ndef priority(request, now):\n    return 0.0\n")
     assert_one_line_error(cli("simulate", "--policy", str(policy)), "policy rejected")
+
+
+def test_missing_trace_is_one_line(tmp_path):
+    scenario = tmp_path / "gone.toml"
+    scenario.write_text((ROOT / "adapters" / "simulator" / "scenarios" / "trace_code.toml").read_text()
+                        .replace("splitwise_code.csv", "no_such_trace.csv"))
+    assert_one_line_error(cli("simulate", "--scenario", str(scenario)), "trace 'no_such_trace.csv' not found")

@@ -8,6 +8,7 @@ training and held-out snapshots are different samples of the same scenario.
 from __future__ import annotations
 
 import hashlib
+import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,12 @@ from . import workload as workloads
 
 HERE = Path(__file__).resolve().parent
 SCENARIOS = HERE / "scenarios"
-TRACES = [HERE.parents[1] / "shared" / "data" / "traces", HERE.parents[2] / "shared" / "data" / "traces"]
+
+
+def trace_dirs() -> list[Path]:
+    """Where trace files are looked for: $AUTOPOIESIS_TRACES, then shared/data/traces beside the checkout."""
+    dirs = [Path(p) for p in os.environ.get("AUTOPOIESIS_TRACES", "").split(os.pathsep) if p]
+    return dirs + [HERE.parents[1] / "shared" / "data" / "traces", HERE.parents[2] / "shared" / "data" / "traces"]
 
 
 class ScenarioError(ValueError):
@@ -62,6 +68,12 @@ def path_of(name: str) -> Path:
     if not path.is_file():
         raise ScenarioError(f"unknown scenario '{name}' (shipped: {', '.join(names())}; or give a .toml path)")
     return path
+
+
+def describe(name: str) -> str:
+    """A scenario's description, without building its workload."""
+    with open(path_of(name), "rb") as f:
+        return tomllib.load(f).get("description", "")
 
 
 def digest(name: str) -> str:
@@ -145,8 +157,9 @@ def _mix_mean(wl: dict[str, Any], index: int) -> float:
 
 
 def _trace_path(name: str, scenario_path: Path) -> Path:
-    candidates = [scenario_path.parent / name] + [d / name for d in TRACES]
+    candidates = [scenario_path.parent / name] + [d / name for d in trace_dirs()]
     for candidate in candidates:
         if candidate.is_file():
             return candidate
-    raise ScenarioError(f"trace '{name}' not found (looked in {', '.join(str(c.parent) for c in candidates)})")
+    raise ScenarioError(f"trace '{name}' not found (looked in {', '.join(str(c.parent) for c in candidates)}; "
+                        "set AUTOPOIESIS_TRACES to its folder)")
