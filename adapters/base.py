@@ -44,19 +44,23 @@ class Adapter:
     def baselines(self) -> dict[str, Program]:
         """Human-designed seed programs, each filling every slot.
 
-        Default: for each slot's baselines, a program with that baseline and the
-        first baseline of every other slot.
+        One slot: its baselines. Several: ``default`` (every slot's first baseline),
+        then ``slot:name`` for each other baseline of a slot with the others at their
+        first. Functions are always in slot order, so one combination is one program.
         """
-        slots = self.slots()
-        out: dict[str, Program] = {}
+        slots = [slot for slot in self.slots() if slot.baselines]
+        if len(slots) == 1:
+            return {label: Program(source.strip() + "\n", name=label) for label, source in slots[0].baselines.items()}
+
+        def combine(choice: dict[str, str]) -> str:
+            return "\n\n\n".join(choice[slot.name].strip() for slot in slots) + "\n"
+
+        first = {slot.name: next(iter(slot.baselines.values())) for slot in slots}
+        out = {"default": Program(combine(first), name="default")}
         for slot in slots:
-            for label, source in slot.baselines.items():
-                parts = [source.strip()]
-                for other in slots:
-                    if other is not slot and other.baselines:
-                        parts.append(next(iter(other.baselines.values())).strip())
-                name = label if len(slots) == 1 else f"{slot.name}:{label}"
-                out[name] = Program("\n\n\n".join(parts) + "\n", name=name)
+            for label, source in list(slot.baselines.items())[1:]:
+                name = f"{slot.name}:{label}"
+                out[name] = Program(combine({**first, slot.name: source}), name=name)
         return out
 
     # -- how it is scored ----------------------------------------------------------

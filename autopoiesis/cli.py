@@ -171,8 +171,9 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.summary()))
     else:
-        _print_results(Console(), archive, result.run_id)
-        Console().print(f"\nrun [bold]{result.run_id}[/]: {result.programs} programs scored "
+        out = _console()
+        _print_results(out, archive, result.run_id, training=False)
+        out.print(f"\nrun [bold]{result.run_id}[/]: {result.programs} programs scored "
                         f"({result.evaluated} evaluations run, {result.reused} reused). "
                         f"Details: autopoiesis report {result.run_id} --runs-dir {args.runs_dir}")
     return 0
@@ -216,7 +217,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.syntax import Syntax
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     cfg = run["config"]
     console.print(f"[bold]run {run['id']}[/]  adapter {run['adapter']}  status {run['status']}  "
                   f"strategy {cfg['strategy']}  seed {cfg['seed']}  objectives {', '.join(cfg.get('objective_list', []))}")
@@ -283,7 +284,7 @@ def _train_objective(archive: Archive, pid: str, keys: list[str], objective: str
     return sum(values) / len(values) if values else None
 
 
-def _print_results(console: Console, archive: Archive, run_id: str) -> None:
+def _print_results(console: Console, archive: Archive, run_id: str, training: bool = True) -> None:
     from rich.table import Table
 
     results = archive.results(run_id)
@@ -293,7 +294,8 @@ def _print_results(console: Console, archive: Archive, run_id: str) -> None:
     headline = archive.run(run_id)["config"].get("headline")
     available = {k for r in results for k in (r["held_out"] or r["train"] or {})}
     metrics = [m for m in headline if m in available] if headline else sorted(available)
-    table = Table(title="champion and baselines (held-out snapshots; training in brackets)")
+    title = "held-out snapshots; training in brackets" if training else "held-out snapshots"
+    table = Table(title=f"champion and baselines ({title})")
     table.add_column("policy")
     table.add_column("program")
     for m in metrics:
@@ -303,7 +305,10 @@ def _print_results(console: Console, archive: Archive, run_id: str) -> None:
         for m in metrics:
             held = (r["held_out"] or {}).get(m)
             train = (r["train"] or {}).get(m)
-            cells.append(f"{_num(held)} [dim]({_num(train)})[/]" if held is not None else f"[dim]({_num(train)})[/]")
+            if held is None:
+                cells.append(f"[dim]({_num(train)})[/]")
+            else:
+                cells.append(f"{_num(held)} [dim]({_num(train)})[/]" if training else _num(held))
         style = "bold green" if r["kind"] == "champion" else None
         table.add_row(r["name"], r["program"][:8], *cells, style=style)
     console.print(table)
@@ -400,6 +405,12 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 # -- helpers ----------------------------------------------------------------------------
+def _console() -> Console:
+    """Stdout console; wide when writing to a file or pipe, so tables stay legible in logs."""
+    console = Console()
+    return console if console.is_terminal else Console(width=160)
+
+
 def _open_archive(runs_dir: str, create: bool) -> Archive:
     path = Path(runs_dir) / ARCHIVE_NAME
     if not create and not path.exists():

@@ -2,8 +2,9 @@
 
     python benchmarks/simulator_baselines.py [--seeds 3] [--workers 2] [--json]
 
-Each baseline program fills all four slots (one slot's baseline, the first baseline
-of the others). Scored on held-out seeds (1000, 1001, ...) through the sandboxed
+Each baseline program fills all four slots: ``default`` is every slot's first baseline
+(schedule search, reschedule never, capacity-weighted JSQ, FCFS); ``slot:name`` swaps
+in one other baseline. Scored on held-out seeds (1000, 1001, ...) through the sandboxed
 Evaluator; prints mean total execution time and mean end-to-end latency per scenario
 and the winner of each. If one baseline wins every scenario, the scenarios are not
 exercising the trade-offs.

@@ -16,7 +16,7 @@ SLOTS = ADAPTER.slots()
 BASELINES = ADAPTER.baselines()
 
 
-def policy(name="schedule:search"):
+def policy(name="default"):
     return compile_policy(BASELINES[name].source, SLOTS)
 
 
@@ -38,7 +38,7 @@ class Invariants:
 
 
 @pytest.mark.parametrize("name", scenarios.names())
-@pytest.mark.parametrize("program", ["schedule:search", "reschedule:periodic", "dispatch:round_robin",
+@pytest.mark.parametrize("program", ["default", "reschedule:periodic", "dispatch:round_robin",
                                      "priority:shortest_prompt"])
 def test_invariants(name, program):
     observer = Invariants()
@@ -139,7 +139,7 @@ def test_adapter_evaluates_through_the_sandbox():
 
 
 def test_invalid_plan_is_a_policy_error_with_a_reason():
-    source = BASELINES["schedule:search"].source.replace(
+    source = BASELINES["default"].source.replace(
         "def schedule(cluster, workload, cost_model):", "def schedule(cluster, workload, cost_model):\n    return [((0, 0), 2, 1)]\n\ndef unused(cluster, workload, cost_model):", 1)
     from autopoiesis.program import PolicyError
     with pytest.raises(PolicyError, match="twice"):
