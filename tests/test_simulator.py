@@ -176,3 +176,17 @@ def test_users_add_gpus_and_models_in_toml(tmp_path):
     (tmp_path / "broken.toml").write_text(broken)
     with pytest.raises(scenarios.ScenarioError, match="unknown GPU type"):
         simulate(policy("schedule:uniform"), str(tmp_path / "broken.toml"), 0, requests_limit=10)
+
+
+def test_events_grow_with_requests_not_tokens():
+    """Four times the output tokens per request: about the same number of engine events."""
+    def events(requests):
+        sim, result = run(one_gpu_scenario(requests))
+        assert len(result.records) == len(requests)
+        return sim.seq
+
+    short = events(poisson(4.0, 300, seed=5, prompt=300, output=100))
+    long = events(poisson(4.0, 300, seed=5, prompt=300, output=400))
+    double = events(poisson(8.0, 300, seed=5, prompt=300, output=100))
+    assert long < 1.3 * short
+    assert double > 1.6 * short
