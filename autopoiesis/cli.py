@@ -351,7 +351,7 @@ def cmd_adapters() -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios, simulate
+    from autopoiesis.adapters.simulator import scenario as scenarios, simulate
     from autopoiesis.adapters.simulator.slots import SLOTS
     from autopoiesis.program import PolicyError
     from autopoiesis.sandbox import Rejected, compile_policy

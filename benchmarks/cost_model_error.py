@@ -21,7 +21,6 @@ import json
 import statistics
 import sys
 from collections import defaultdict
-from dataclasses import replace
 from pathlib import Path
 
 from rich.console import Console
@@ -112,7 +111,7 @@ def fit(points, gname):
         for me in np.arange(0.40, 1.001, 0.01):
             for ko in np.arange(0.0, 12.5e-6, 0.5e-6):
                 errs = []
-                for n, measured, compute, memory, elementwise, layers in parts:
+                for _n, measured, compute, memory, elementwise, layers in parts:
                     layer = sum(np.maximum(c / ce, m / me) for c, m in zip(compute, memory)) + elementwise / me + 9 * ko
                     errs.append(np.abs(layers * layer - measured) / measured)
                 errs = np.concatenate(errs)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from deap import tools
 
-from .base import Individual, Strategy
+from .base import Strategy
 
 
 class Generational(Strategy):

@@ -2,7 +2,6 @@ import pytest
 
 from autopoiesis import Archive, Config, Evolution, Objective
 from autopoiesis.search import STRATEGIES
-from conftest import single_queue
 
 
 def run(strategy, adapter, **overrides):
