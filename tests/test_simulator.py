@@ -190,3 +190,12 @@ def test_events_grow_with_requests_not_tokens():
     double = events(poisson(8.0, 300, seed=5, prompt=300, output=100))
     assert long < 1.3 * short
     assert double > 1.6 * short
+
+
+def test_losing_every_gpu_without_replanning_ends_with_a_reason(tmp_path):
+    text = (scenarios.SCENARIOS / "stationary.toml").read_text()
+    text = text.replace('count = 2\n', 'count = 2\nleave_at = 100\n').replace('count = 4\n', 'count = 4\nleave_at = 100\n')
+    (tmp_path / "doomed.toml").write_text(text)
+    from autopoiesis.program import PolicyError
+    with pytest.raises(PolicyError, match="no replica is left"):
+        simulate(policy("default"), str(tmp_path / "doomed.toml"), 0)

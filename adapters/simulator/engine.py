@@ -78,7 +78,6 @@ class Replica:
         self.busy = False
         self.removed = False
         self.assigned = 0
-        self.busy_time = 0.0
         self.loading = True
         # the segment in flight
         self.seg_start = 0.0
@@ -125,7 +124,6 @@ class Overheads:
     reconfiguration_s: float = 0.0  # GPU-seconds of weight loading
     reconfigurations: int = 0
     recomputed_tokens: int = 0  # prompt+generated tokens computed again after preemption or migration
-    policy_errors: int = 0
 
 
 @dataclass
@@ -318,7 +316,7 @@ class Simulation:
                 self._dispatch(req, now)
                 continue
             if not events:
-                raise RuntimeError("simulation stalled: requests are waiting but nothing can serve them")
+                raise PolicyError("simulation stalled: requests are waiting but no replica can serve them")
             now, _, kind, payload, version = heapq.heappop(events)
             if kind == STEP:
                 replica = payload
@@ -331,9 +329,11 @@ class Simulation:
                 if not payload.removed and not payload.busy:
                     self._start(payload, now)
             elif kind == TICK:
-                if done < n:
-                    self._reschedule(now, ())
-                    self.push(now + sc.reschedule_interval, TICK)
+                self._reschedule(now, ())
+                if not self.active and not any(e[2] in (CLUSTER, APPLY, READY) for e in events):
+                    # nothing serves and nothing will change: ticking on would never end
+                    raise PolicyError(f"no replica is left to serve at t={now:.0f} s and the policy does not re-plan")
+                self.push(now + sc.reschedule_interval, TICK)
             elif kind == CLUSTER:
                 self._cluster_event(now, *payload)
             elif kind == APPLY:
@@ -608,10 +608,8 @@ class Simulation:
             replica.counter += k
             replica.context += k * replica.seg_batch
             self.tokens_out += k * replica.seg_batch
-            replica.busy_time += now - replica.seg_start
-
+    
     def _end_segment(self, replica: Replica, now: float) -> int:
-        replica.busy_time += now - replica.seg_start
         finished = 0
         steps = replica.seg_steps
         if replica.seg_batch:
