@@ -148,8 +148,9 @@ class Evolution:
         with Evaluator(self.adapter, cfg.workers, limits, cache=self.archive.cache_for(run_id)) as evaluator:
             self.evaluator = evaluator
             self.seeds = list(self.adapter.baselines().values())
-            seen = {b["program"] for b in self.archive.births(run_id, before_generation=first_gen)}
-            scored = sum(1 for b in self.archive.births(run_id, before_generation=first_gen) if b["status"] != "rejected")
+            earlier = self.archive.births(run_id, before_generation=first_gen)
+            seen = {b["program"] for b in earlier}
+            scored = sum(1 for b in earlier if b["status"] != "rejected")
             islands: list[list[Any]] = []
             if first_gen > 0:
                 islands = self._load_population(run_id, first_gen - 1, train)
