@@ -76,6 +76,10 @@ class Adapter:
         """
         raise NotImplementedError
 
+    def summarize(self, snapshot: Snapshot) -> str:
+        """A few lines on what the snapshot's workload looks like (LLM operators quote it)."""
+        return ""
+
     # -- the live system (online controller) ---------------------------------------
     def start(self) -> None:
         """Start or attach to the live system."""

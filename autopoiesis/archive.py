@@ -41,6 +41,11 @@ CREATE TABLE IF NOT EXISTS populations (
 CREATE TABLE IF NOT EXISTS generations (
     run TEXT NOT NULL, generation INTEGER NOT NULL, stats TEXT NOT NULL, created REAL NOT NULL,
     PRIMARY KEY (run, generation));
+CREATE TABLE IF NOT EXISTS llm_calls (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, prompt_hash TEXT NOT NULL, occurrence INTEGER NOT NULL,
+    model TEXT NOT NULL, system TEXT NOT NULL, prompt TEXT NOT NULL, response TEXT, error TEXT,
+    prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, latency_s REAL NOT NULL,
+    usd REAL NOT NULL, outcome TEXT, created REAL NOT NULL, PRIMARY KEY (run, seq));
 CREATE TABLE IF NOT EXISTS results (
     run TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, program TEXT NOT NULL,
     train TEXT, held_out TEXT, error TEXT, PRIMARY KEY (run, kind, name));
@@ -230,6 +235,28 @@ class Archive:
              "held_out": json.loads(r[4]) if r[4] else None, "error": r[5]}
             for r in rows
         ]
+
+
+# -- LLM calls (ledger, record and replay) ---------------------------------------------
+def _llm_row_keys() -> tuple[str, ...]:
+    return ("run", "seq", "prompt_hash", "occurrence", "model", "system", "prompt", "response", "error",
+            "prompt_tokens", "completion_tokens", "latency_s", "usd", "outcome", "created")
+
+
+def record_llm_call(archive: "Archive", row: dict) -> None:
+    keys = _llm_row_keys()
+    archive._write(f"INSERT OR REPLACE INTO llm_calls VALUES ({', '.join('?' * len(keys))})",
+                   tuple(row.get(k) for k in keys))
+
+
+def llm_calls(archive: "Archive", run_id: str) -> list[dict]:
+    keys = _llm_row_keys()
+    rows = archive.db.execute(f"SELECT {', '.join(keys)} FROM llm_calls WHERE run=? ORDER BY seq", (run_id,)).fetchall()
+    return [dict(zip(keys, r)) for r in rows]
+
+
+def set_llm_outcome(archive: "Archive", run_id: str, seq: int, outcome: str) -> None:
+    archive._write("UPDATE llm_calls SET outcome=? WHERE run=? AND seq=?", (outcome, run_id, seq))
 
 
 class RunCache:

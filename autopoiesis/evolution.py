@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+from collections import deque
 import statistics
 import time
 import uuid
@@ -24,6 +25,7 @@ from . import sandbox
 from .archive import Archive
 from .evaluate import Evaluator, Limits, Outcome, Task
 from .metrics import Fitness, Objective, Snapshot
+from .llm.ledger import BudgetExhausted
 from .operators import Context, Operator, OperatorError, offline
 from .program import Program
 from autopoiesis.search import Individual, fitness_class, make  # search/ installs as autopoiesis.search
@@ -115,6 +117,8 @@ class Evolution:
         self.slots = {slot.name: slot for slot in adapter.slots()}
         self.objectives = self._objectives()
         self.fitness_cls = fitness_class(self.objectives)
+        self.failures: deque[str] = deque(maxlen=6)  # recent reasons children failed: feedback for LLM operators
+        self.snapshot_summary = ""
 
     def _objectives(self) -> tuple[Objective, ...]:
         if self.config.objectives:
@@ -142,6 +146,8 @@ class Evolution:
             self.archive.create_run(run_id, self.adapter_spec, stored)
             first_gen = 0
         self.run_id = run_id
+        if train and hasattr(self.adapter, "summarize"):
+            self.snapshot_summary = self.adapter.summarize(train[0])
         limits = Limits(timeout=cfg.timeout, memory_mb=cfg.memory_mb)
         self.on_event("start", {"run": run_id, "generations": cfg.generations, "from": first_gen})
 
@@ -157,7 +163,12 @@ class Evolution:
             for generation in range(first_gen, cfg.generations + 1):
                 if cfg.budget is not None and scored >= cfg.budget and generation > 0:
                     break
-                islands, scored = self._generation(run_id, generation, islands, seen, scored, train)
+                try:
+                    islands, scored = self._generation(run_id, generation, islands, seen, scored, train)
+                except BudgetExhausted as e:
+                    self.archive.set_status(run_id, "budget spent")
+                    raise EvolutionError(f"{e}; the run stopped before generation {generation} "
+                                         f"and can be resumed with a larger budget (--resume {run_id})") from None
                 self.on_event("generation", {"generation": generation, **self.archive.generation_stats(run_id)[-1]})
             last = self.archive.last_generation(run_id) or 0
             population = [ind for island in islands for ind in island]
@@ -177,7 +188,12 @@ class Evolution:
         duplicates = 0
         for island in range(n_islands):
             random.seed(f"{cfg.seed}:{generation}:{island}")
-            context = Context(self.slots, random.Random(f"ops:{cfg.seed}:{generation}:{island}"), generation)
+            context = Context(self.slots, random.Random(f"ops:{cfg.seed}:{generation}:{island}"), generation,
+                              extra={"objectives": self.objectives, "snapshot_summary": self.snapshot_summary,
+                                     "failures": list(self.failures)})
+            if islands:
+                ranked = sorted(islands[island], key=lambda i: i.fitness.wvalues, reverse=True)
+                context.extra["top"] = [(i.program, i.scores) for i in ranked[:3]]
             if generation == 0:  # every seed, then variations of them up to the size
                 wanted, parents_of = size, None
                 seeds = list(self.seeds) if island == 0 else []
@@ -203,6 +219,7 @@ class Evolution:
                     sandbox.check(child.source, self.slots.values())
                 except sandbox.Rejected as e:
                     rejected.append((child, "rejected", str(e)))
+                    self.failures.append(f"rejected by the sandbox: {e}")
                     continue
                 children.append(child)
             children_per_island.append(children)
@@ -210,6 +227,8 @@ class Evolution:
         births = [(c, "pending", None) for cs in children_per_island for c in cs] + rejected
         self.archive.add_births(run_id, births)
         scores, errors = self._score([c for cs in children_per_island for c in cs], train)
+        for error in list(errors.values())[-3:]:
+            self.failures.append(f"failed when run: {error}")
         self.archive.set_birth_status(
             run_id, [(pid, "failed", err) for pid, err in errors.items()] + [(pid, "valid", None) for pid in scores]
         )

@@ -73,6 +73,20 @@ class SimulatorAdapter(Adapter):
         return Snapshot(self.name, {"scenario": self.scenario, "digest": digest, "seed": seed,
                                     "requests": self.requests}, label=f"{self.scenario} seed {seed}")
 
+    def summarize(self, snapshot) -> str:
+        sc = scenarios.load(snapshot.params["scenario"], snapshot.params["seed"], snapshot.params["requests"])
+        prompts = sorted(p for _, p, _ in sc.requests) or [0]
+        gpus = {}
+        for _, g in sc.initial_gpus:
+            gpus[g] = gpus.get(g, 0) + 1
+        events = "; ".join(f"t={t:.0f}s {kind} {len(ids)} GPU(s)" for t, kind, ids in sc.cluster_events) or "none"
+        span = max((r[0] for r in sc.requests), default=1.0) or 1.0
+        return (f"{sc.description}\nModel {sc.model}; GPUs at start: "
+                f"{', '.join(f'{n}x {g}' for g, n in sorted(gpus.items()))}; cluster events: {events}.\n"
+                f"{len(sc.requests)} requests over {span:.0f} s ({len(sc.requests) / span:.1f}/s on average); "
+                f"prompt tokens median {prompts[len(prompts) // 2]}, p90 {prompts[int(0.9 * (len(prompts) - 1))]}; "
+                f"SLO: TTFT <= {sc.slo.ttft_s} s, TPOT <= {sc.slo.tpot_s} s.")
+
     def evaluate(self, policy, snapshot):
         metrics, _ = simulate(policy, snapshot.params["scenario"], snapshot.params["seed"], snapshot.params["requests"])
         return metrics

@@ -1,0 +1,130 @@
+"""LLM operators against HTTP test doubles of the OpenAI and Anthropic wire formats.
+
+No hosted LLM can be reached here, so these doubles (tests/llm_doubles.py) stand in
+for it; the clients, retries, ledger, extraction, sandboxing and replay are real.
+"""
+
+import pytest
+
+from autopoiesis import Archive, Config, Evolution
+from autopoiesis.archive import llm_calls
+from autopoiesis.llm import AnthropicClient, Budget, OpenAIClient, RetryPolicy, Session, extract
+from autopoiesis.llm.extract import ExtractionError
+from autopoiesis.operators import llm as llm_ops
+from conftest import single_queue
+from llm_doubles import ScriptedLLM, reply
+
+GOOD_DIFF = "<<<<<<< SEARCH\n    return job.arrival\n=======\n    return job.size\n>>>>>>> REPLACE"
+REWRITE = "```python\ndef priority(job, now):\n    return job.size * 2.0 + 1.0\n```"
+PROSE = ("Shorter jobs first, with a little aging.\n```python\ndef priority(job, now):\n"
+         "    return job.size + 0.1 * job.arrival\n```\nThis should lower the mean completion time.")
+SEVERAL = ("Draft:\n```python\ndef priority(job, now):\n    return 0.0\n```\nFinal:\n```python\n"
+           "def priority(job, now):\n    return job.size - 0.01 * (now - job.arrival)\n```")
+BAD_DIFF = "<<<<<<< SEARCH\n    return job.deadline\n=======\n    return 1.0\n>>>>>>> REPLACE"
+
+SCRIPT = [
+    reply(GOOD_DIFF), reply(REWRITE), reply(PROSE), reply(SEVERAL), reply(BAD_DIFF),
+    reply("I would rather not write code today."), reply(""),
+    ("malformed",), reply(GOOD_DIFF.replace("job.size", "job.size * 3.0")),
+    ("status", 429, {"retry-after": "0.3"}), reply(REWRITE.replace("2.0", "4.0")),
+    ("status", 500, {}), reply(PROSE.replace("0.1", "0.2")),
+    ("stall", 2.5), reply(SEVERAL.replace("0.01", "0.02")),
+    ("cut",), reply(REWRITE.replace("1.0", "3.0")),
+    reply(REWRITE.replace("2.0", "1.5")),
+]
+
+
+def make_client(wire, url):
+    if wire == "openai":
+        return OpenAIClient("gpt-4o-mini", base_url=url, api_key="test-double", timeout=1.5)
+    return AnthropicClient("claude-3-5-haiku-latest", base_url=url, api_key="test-double", timeout=1.5)
+
+
+def run_with(session, archive, seed=0):
+    adapter = single_queue.SingleQueueAdapter(jobs=60)
+    config = Config(population=6, generations=3, seed=seed, workers=1, held_out_snapshots=1, train_snapshots=1)
+    operators = [(llm_ops.Mutate(session), 1.0), (llm_ops.Crossover(session), 0.3)]
+    evolution = Evolution(adapter, config, archive, operators=operators)
+    return evolution.run()
+
+
+@pytest.mark.parametrize("wire", ["openai", "anthropic"])
+def test_run_continues_through_every_kind_of_reply_and_failure(wire):
+    double = ScriptedLLM(wire, SCRIPT)
+    sleeps = []
+    try:
+        archive = Archive()
+        session = Session(make_client(wire, double.url), archive, run_id="pending",
+                          retry=RetryPolicy(attempts=3, base_delay_s=0.01), sleep=sleeps.append)
+        session.run_id = "live"
+        result = run_with(session, archive)
+    finally:
+        double.close()
+    rows = llm_calls(archive, "live")
+    outcomes = " | ".join(str(r["outcome"]) for r in rows)
+    errors = " | ".join(str(r["error"]) for r in rows)
+    assert "(diff)" in outcomes and "(rewrite)" in outcomes
+    assert "unusable: diff block 1 does not apply" in outcomes
+    assert "unusable: no code found in the response" in outcomes
+    assert "unusable: empty response" in outcomes
+    assert "rate limited (429)" in errors and "HTTP 500" in errors
+    assert "timed out" in errors
+    assert "connection failed or cut short" in errors
+    assert "malformed" in errors or "connection" in errors
+    assert any(s >= 0.3 for s in sleeps), "Retry-After was not honoured"
+    assert session.ledger.tokens > 0 and session.ledger.calls == len(rows)
+    assert session.ledger.usd > 0  # priced models
+    # evolution still worked: the LLM's SJF-like children beat FCFS
+    assert result.held_out["champion"]["mean_completion_time"] < result.held_out["fcfs"]["mean_completion_time"]
+
+
+def test_replay_reproduces_a_run_bit_for_bit_without_the_network():
+    double = ScriptedLLM("openai", SCRIPT)
+    try:
+        archive = Archive()
+        live = Session(make_client("openai", double.url), archive, "live",
+                       retry=RetryPolicy(attempts=3, base_delay_s=0.01), sleep=lambda s: None)
+        first = run_with(live, archive)
+        requests = double.requests
+        replay = Session.replay(archive, "again", source_run="live")
+        second = run_with(replay, archive)
+        assert double.requests == requests  # not one request in replay
+    finally:
+        double.close()
+    assert second.champion.source == first.champion.source
+    assert second.fitness.values == first.fitness.values
+    assert second.programs == first.programs
+
+
+def test_budget_stops_the_run_with_a_clear_reason():
+    from autopoiesis.evolution import EvolutionError
+
+    double = ScriptedLLM("openai", [reply(GOOD_DIFF)])
+    try:
+        archive = Archive()
+        session = Session(make_client("openai", double.url), archive, "live", budget=Budget(max_calls=2))
+        with pytest.raises(EvolutionError, match="LLM call budget spent"):
+            run_with(session, archive)
+    finally:
+        double.close()
+    run = archive.runs()[-1]
+    assert run["status"] == "budget spent"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("", "empty response"), ("no code here", "no code found"),
+    ("```python\nx = 1\n```", "defines any of"), (BAD_DIFF, "does not apply"),
+    ("```python\ndef priority(job, now)\n    return 1\n```", "syntax error"),
+])
+def test_extraction_failures_have_reasons(text, fragment):
+    with pytest.raises(ExtractionError, match=fragment):
+        extract(text, single_queue.FCFS, ["priority"])
+
+
+def test_extraction_keeps_the_rest_of_a_program():
+    parent = "import math\n\nW = 2.0\n\n\ndef helper(x):\n    return x\n\n\ndef priority(job, now):\n    return job.arrival\n"
+    child, how = extract("```python\ndef priority(job, now):\n    return helper(job.size) * W\n```", parent, ["priority"])
+    assert how == "rewrite" and "helper(job.size)" in child
+    diff = "<<<<<<< SEARCH\nW = 2.0   \n=======\nW = 3.0\n>>>>>>> REPLACE"  # trailing spaces: a common slip
+    child, how = extract(diff, parent, ["priority"])
+    assert how == "diff" and "W = 3.0" in child and "def helper" in child
