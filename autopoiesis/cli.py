@@ -56,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--runs-dir", default="runs", help="where the archive and run folders live")
     ev.add_argument("--resume", metavar="RUN", help="continue a run that was interrupted")
     ev.add_argument("--json", action="store_true", help="print a machine-readable summary")
+    ev.add_argument("--llm", metavar="SPEC", help="openai:MODEL, anthropic:MODEL, or replay:RUN (no network)")
+    ev.add_argument("--llm-url", help="any OpenAI-compatible server (vLLM, SGLang, llama.cpp, a gateway)")
+    ev.add_argument("--llm-model", help="model name on --llm-url")
+    ev.add_argument("--llm-rate", type=float, default=0.5, help="share of children the LLM operators make (0-1)")
+    ev.add_argument("--llm-max-calls", type=_positive_int, help="stop (resumably) after this many LLM calls")
+    ev.add_argument("--llm-max-tokens", type=_positive_int, help="stop (resumably) after this many tokens")
+    ev.add_argument("--llm-max-usd", type=_positive_float, help="stop (resumably) after this much money")
+    ev.add_argument("--prompts", help="folder of prompt templates that override the shipped ones")
 
     rp = sub.add_parser("report", help="show a run: champion, progress, lineage, baselines")
     rp.add_argument("run", metavar="RUN", nargs="?", help="run id (default: the latest)")
@@ -111,6 +119,19 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     from autopoiesis.evolution import Config, Evolution
 
     archive = _open_archive(args.runs_dir, create=True)
+    llm_settings = _llm_settings(args)
+    replay_source = None
+    if llm_settings and llm_settings["spec"] and llm_settings["spec"].startswith("replay:"):
+        replay_source = llm_settings["spec"].split(":", 1)[1]
+        source = archive.run(replay_source)  # a replay repeats the recorded run's whole configuration
+        args.adapter = source["adapter"]
+        args.option = [f"{k}={json.dumps(v)}" for k, v in source["config"].get("adapter_options", {}).items()]
+        args.scenario = None
+        for key in ("population", "generations", "seed", "strategy", "budget", "train_snapshots",
+                    "held_out_snapshots", "timeout", "memory_mb"):
+            setattr(args, key, source["config"][key])
+        args.objective = list(source["config"].get("objectives", []))
+        llm_settings = dict(source["config"].get("llm") or {}, spec=llm_settings["spec"])
     if args.resume:
         run = archive.run(args.resume)
         if run["status"] == "done":
@@ -118,6 +139,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         spec, stored = run["adapter"], run["config"]
         options = stored.get("adapter_options", {})
         config = Config.from_dict(stored)
+        llm_settings = stored.get("llm")
     else:
         if not args.adapter:
             raise UserError("evolve needs --adapter NAME (or --resume RUN); `autopoiesis adapters` lists them")
@@ -157,10 +179,15 @@ def cmd_evolve(args: argparse.Namespace) -> int:
             if not console.is_terminal and not args.json:
                 console.print(f"generation {data['generation']}: {info}", highlight=False)
 
-    evolution = Evolution(adapter, config, archive, adapter_spec=spec, adapter_options=options, on_event=on_event)
+    from autopoiesis.evolution import new_run_id
+
+    run_id = args.resume or new_run_id(adapter.name)
+    operators = _operators(llm_settings, archive, run_id, replay_source)
+    evolution = Evolution(adapter, config, archive, operators=operators, adapter_spec=spec, adapter_options=options,
+                          extra_config={"llm": llm_settings} if llm_settings else None, on_event=on_event)
     try:
         with progress:
-            result = evolution.run(resume=args.resume)
+            result = evolution.run(resume=args.resume, run_id=run_id)
     except KeyboardInterrupt:
         run_id = state.get("run")
         if run_id:
@@ -177,6 +204,44 @@ def cmd_evolve(args: argparse.Namespace) -> int:
                         f"({result.evaluated} evaluations run, {result.reused} reused). "
                         f"Details: autopoiesis report {result.run_id} --runs-dir {args.runs_dir}")
     return 0
+
+
+def _llm_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    if not (args.llm or args.llm_url):
+        if args.llm_model:
+            raise UserError("--llm-model goes with --llm-url")
+        return None
+    if not 0.0 <= args.llm_rate <= 1.0:
+        raise UserError(f"--llm-rate must be between 0 and 1, got {args.llm_rate}")
+    return {"spec": args.llm, "url": args.llm_url, "model": args.llm_model, "rate": args.llm_rate,
+            "max_calls": args.llm_max_calls, "max_tokens": args.llm_max_tokens, "max_usd": args.llm_max_usd,
+            "prompts": args.prompts}
+
+
+def _operators(settings: dict[str, Any] | None, archive: Archive, run_id: str, replay_source: str | None):
+    """Offline operators, plus LLM ones sharing ``rate`` of the children when an LLM is configured."""
+    from autopoiesis.llm import Budget, LLMError, Session, parse_spec
+    from autopoiesis.operators import llm as llm_ops
+    from autopoiesis.operators import offline
+
+    if not settings:
+        return None
+    try:
+        if replay_source:
+            session = Session.replay(archive, run_id, replay_source)
+        else:
+            client = parse_spec(settings.get("spec") or "", settings.get("url"), settings.get("model"))
+            budget = Budget(settings.get("max_calls"), settings.get("max_tokens"), settings.get("max_usd"))
+            session = Session(client, archive, run_id, budget)
+        templates = llm_ops.Templates(settings.get("prompts"))
+        templates.get("system")
+    except LLMError as e:
+        raise UserError(str(e)) from None
+    except FileNotFoundError as e:
+        raise UserError(str(e)) from None
+    rate = float(settings.get("rate", 0.5))
+    return [(op, w * (1 - rate)) for op, w in offline()] + [
+        (llm_ops.Mutate(session, templates), 0.7 * rate), (llm_ops.Crossover(session, templates), 0.3 * rate)]
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:
@@ -242,6 +307,19 @@ def cmd_report(args: argparse.Namespace) -> int:
                         ", ".join(p[:8] for p in step["parents"]), _num(step["objective"]))
     console.print(lineage)
 
+    llm = data["llm"]
+    if llm:
+        table = Table(title="LLM operators")
+        table.add_column("measure")
+        table.add_column("value", justify="right")
+        for key, label in (("calls", "calls"), ("failed_calls", "failed calls"), ("retried_errors", "errors retried"),
+                           ("prompt_tokens", "prompt tokens"), ("completion_tokens", "completion tokens"),
+                           ("usd", "cost (USD)"), ("latency_s", "LLM time (s)"), ("children", "LLM children"),
+                           ("valid_child_rate", "valid-child rate"),
+                           ("improvement_per_1k_tokens", "improvement per 1,000 tokens")):
+            table.add_row(label, _num(llm[key]) if isinstance(llm[key], float) else str(llm[key]))
+        console.print(table)
+
     champion = data.get("champion")
     if champion:
         console.print("[bold]champion source[/]")
@@ -268,10 +346,43 @@ def _report_data(archive: Archive, run: dict[str, Any]) -> dict[str, Any]:
         b = births[pid]
         lineage.append({**b, "objective": _train_objective(archive, pid, cfg.get("train_keys", []), objective)})
         frontier.extend(b["parents"])
-    out = {"run": run, "generations": archive.generation_stats(run["id"]), "results": results, "lineage": lineage}
+    out = {"run": run, "generations": archive.generation_stats(run["id"]), "results": results, "lineage": lineage,
+           "llm": _llm_summary(archive, run, objective)}
     if champion:
         out["champion"] = {"program": champion["program"], "source": archive.program(champion["program"]).source}
     return out
+
+
+def _llm_summary(archive: Archive, run: dict[str, Any], objective: str) -> dict[str, Any] | None:
+    from autopoiesis.archive import llm_calls
+
+    calls = llm_calls(archive, run["id"])
+    if not calls:
+        return None
+    births = archive.births(run["id"])
+    children = [b for b in births if b["operator"].startswith("llm.")]
+    valid = [b for b in children if b["status"] == "valid"]
+    tokens = sum(c["prompt_tokens"] + c["completion_tokens"] for c in calls)
+    keys = run["config"].get("train_keys", [])
+    direction = (run["config"].get("objective_list") or ["min:"])[0].partition(":")[0]
+    seeds = [v for b in births if b["operator"] == "seed"
+             if (v := _train_objective(archive, b["program"], keys, objective)) is not None]
+    results = {r["kind"]: r for r in archive.results(run["id"])}
+    champion = (results.get("champion") or {}).get("train") or {}
+    improvement = None
+    if seeds and objective in champion and tokens:
+        best_seed = min(seeds) if direction == "min" else max(seeds)
+        gain = (best_seed - champion[objective]) / abs(best_seed) if best_seed else 0.0
+        improvement = (gain if direction == "min" else -gain) / (tokens / 1000)
+    return {
+        "calls": len(calls), "failed_calls": sum(1 for c in calls if c["response"] is None),
+        "retried_errors": sum(1 for c in calls if c["error"] and c["response"] is not None),
+        "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
+        "completion_tokens": sum(c["completion_tokens"] for c in calls),
+        "usd": float(sum(c["usd"] for c in calls)), "latency_s": float(sum(c["latency_s"] for c in calls)),
+        "children": len(children), "valid_child_rate": (len(valid) / len(children)) if children else 0.0,
+        "improvement_per_1k_tokens": improvement,
+    }
 
 
 def _train_objective(archive: Archive, pid: str, keys: list[str], objective: str) -> float | None:

@@ -33,6 +33,10 @@ from autopoiesis.search import Individual, fitness_class, make  # search/ instal
 HELD_OUT_OFFSET = 500
 
 
+def new_run_id(adapter_name: str) -> str:
+    return f"{adapter_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
 class EvolutionError(Exception):
     """The run cannot go on (e.g. no seed is valid); the message says why."""  # held-out snapshot seeds never overlap the training ones
 
@@ -104,6 +108,7 @@ class Evolution:
         strategy: Any = None,
         adapter_spec: str | None = None,
         adapter_options: Mapping[str, Any] | None = None,
+        extra_config: Mapping[str, Any] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ):
         self.adapter = adapter
@@ -113,6 +118,7 @@ class Evolution:
         self.strategy = strategy or make(self.config.strategy)
         self.adapter_spec = adapter_spec or type(adapter).__name__
         self.adapter_options = dict(adapter_options or {})
+        self.extra_config = dict(extra_config or {})  # stored with the run (e.g. the LLM settings)
         self.on_event = on_event or (lambda kind, data: None)
         self.slots = {slot.name: slot for slot in adapter.slots()}
         self.objectives = self._objectives()
@@ -128,7 +134,8 @@ class Evolution:
         return (self.adapter.objectives[0],)
 
     # -- the run ---------------------------------------------------------------------
-    def run(self, resume: str | None = None) -> Result:
+    def run(self, resume: str | None = None, run_id: str | None = None) -> Result:
+        """Start a run (``run_id``: its name, default generated) or continue ``resume``."""
         cfg = self.config
         if resume:
             run_id = resume
@@ -138,12 +145,12 @@ class Evolution:
         train = [self.adapter.snapshot(cfg.seed * 1000 + i) for i in range(cfg.train_snapshots)]
         held_out = [self.adapter.snapshot(cfg.seed * 1000 + HELD_OUT_OFFSET + i) for i in range(cfg.held_out_snapshots)]
         if not resume:
-            run_id = f"{self.adapter.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+            run_id = run_id or new_run_id(self.adapter.name)
             stored = dict(cfg.to_dict(), train_keys=[s.key for s in train], held_out_keys=[s.key for s in held_out],
                           objective_list=[str(o) for o in self.objectives],
                           adapter_options=self.adapter_options,
                           headline=list(getattr(self.adapter, "headline", ()) or [o.name for o in self.adapter.objectives]))
-            self.archive.create_run(run_id, self.adapter_spec, stored)
+            self.archive.create_run(run_id, self.adapter_spec, {**stored, **self.extra_config})
             first_gen = 0
         self.run_id = run_id
         if train and hasattr(self.adapter, "summarize"):

@@ -128,3 +128,35 @@ def test_extraction_keeps_the_rest_of_a_program():
     diff = "<<<<<<< SEARCH\nW = 2.0   \n=======\nW = 3.0\n>>>>>>> REPLACE"  # trailing spaces: a common slip
     child, how = extract(diff, parent, ["priority"])
     assert how == "diff" and "W = 3.0" in child and "def helper" in child
+
+
+def test_cli_records_reports_and_replays_an_llm_run(tmp_path):
+    """--llm-url at the double, then --llm replay:RUN with no server at all."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import EXAMPLE
+
+    double = ScriptedLLM("openai", SCRIPT[:7] + [reply(REWRITE.replace("2.0", "0.5"))])
+    runs = str(tmp_path)
+    base = [sys.executable, "-m", "autopoiesis.cli", "evolve", "--runs-dir", runs, "--json"]
+    try:
+        live = subprocess.run(base + ["--adapter", str(EXAMPLE), "-o", "jobs=60", "--generations", "2",
+                                      "--population", "4", "--llm-url", double.url, "--llm-model", "gpt-4o-mini",
+                                      "--llm-rate", "1.0"], capture_output=True, text=True, timeout=300)
+    finally:
+        double.close()
+    assert live.returncode == 0, live.stderr
+    first = json.loads(live.stdout)
+    report = subprocess.run([sys.executable, "-m", "autopoiesis.cli", "report", first["run"], "--runs-dir", runs, "--json"],
+                            capture_output=True, text=True)
+    llm = json.loads(report.stdout)["llm"]
+    assert llm["calls"] > 0 and llm["prompt_tokens"] > 0 and llm["children"] > 0
+    assert 0 < llm["valid_child_rate"] <= 1 and llm["usd"] > 0
+
+    again = subprocess.run(base + ["--llm", f"replay:{first['run']}"], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)
+    assert second["run"] != first["run"]
+    assert (second["champion"], second["fitness"]) == (first["champion"], first["fitness"])

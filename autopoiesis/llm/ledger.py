@@ -96,6 +96,15 @@ class Session:
         self.replaying = bool(replay_from)
         existing = llm_calls(archive, run_id)
         self.seq = max((r["seq"] for r in existing), default=0)
+        # a resumed run: earlier calls count against the budget, and the same question
+        # (a generation remade after a crash) gets its recorded answer instead of a new call
+        self._own = {(r["prompt_hash"], r["occurrence"]): r for r in existing if r["response"] is not None}
+        for r in existing:
+            self.ledger.calls += 1
+            self.ledger.prompt_tokens += r["prompt_tokens"]
+            self.ledger.completion_tokens += r["completion_tokens"]
+            self.ledger.latency_s += r["latency_s"]
+            self.ledger.usd += r["usd"]
         self.model = client.model if client is not None else "replay"
 
     @classmethod
@@ -105,7 +114,6 @@ class Session:
     def ask(self, system: str, prompt: str, max_tokens: int = 2048, temperature: float = 0.8) -> tuple[Completion, int]:
         """(completion, call number). Raises LLMError (after retries) or BudgetExhausted."""
         with self._lock:
-            self.ledger.check()
             key = prompt_hash(system, prompt)
             occurrence = self.seen[key]
             self.seen[key] += 1
@@ -113,6 +121,17 @@ class Session:
             seq = self.seq
         if self.replaying:
             return self._replayed(key, occurrence, seq, system, prompt)
+        own = self._own.get((key, occurrence))
+        if own is not None:
+            return (Completion(own["response"], own["prompt_tokens"], own["completion_tokens"], own["latency_s"],
+                               own["model"]), own["seq"])
+        with self._lock:
+            try:
+                self.ledger.check()
+            except BudgetExhausted:
+                self.seen[key] -= 1  # not asked: a resumed run asks it again
+                self.seq -= 1
+                raise
         row = {"run": self.run_id, "seq": seq, "prompt_hash": key, "occurrence": occurrence, "model": self.model,
                "system": system, "prompt": prompt, "prompt_tokens": 0, "completion_tokens": 0,
                "latency_s": 0.0, "usd": 0.0, "created": time.time()}
