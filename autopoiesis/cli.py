@@ -64,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--llm-max-tokens", type=_positive_int, help="stop (resumably) after this many tokens")
     ev.add_argument("--llm-max-usd", type=_positive_float, help="stop (resumably) after this much money")
     ev.add_argument("--prompts", help="folder of prompt templates that override the shipped ones")
+    ev.add_argument("--llm-max-output-tokens", type=_positive_int, default=2048, help="longest reply per call")
 
     rp = sub.add_parser("report", help="show a run: champion, progress, lineage, baselines")
     rp.add_argument("run", metavar="RUN", nargs="?", help="run id (default: the latest)")
@@ -215,7 +216,7 @@ def _llm_settings(args: argparse.Namespace) -> dict[str, Any] | None:
         raise UserError(f"--llm-rate must be between 0 and 1, got {args.llm_rate}")
     return {"spec": args.llm, "url": args.llm_url, "model": args.llm_model, "rate": args.llm_rate,
             "max_calls": args.llm_max_calls, "max_tokens": args.llm_max_tokens, "max_usd": args.llm_max_usd,
-            "prompts": args.prompts}
+            "prompts": args.prompts, "max_output_tokens": args.llm_max_output_tokens}
 
 
 def _operators(settings: dict[str, Any] | None, archive: Archive, run_id: str, replay_source: str | None):
@@ -240,8 +241,10 @@ def _operators(settings: dict[str, Any] | None, archive: Archive, run_id: str, r
     except FileNotFoundError as e:
         raise UserError(str(e)) from None
     rate = float(settings.get("rate", 0.5))
+    reply = int(settings.get("max_output_tokens") or 2048)
     return [(op, w * (1 - rate)) for op, w in offline()] + [
-        (llm_ops.Mutate(session, templates), 0.7 * rate), (llm_ops.Crossover(session, templates), 0.3 * rate)]
+        (llm_ops.Mutate(session, templates, max_tokens=reply), 0.7 * rate),
+        (llm_ops.Crossover(session, templates, max_tokens=reply), 0.3 * rate)]
 
 
 def _parse_options(items: list[str]) -> dict[str, Any]:

@@ -1,0 +1,46 @@
+"""Build a tiny random-weight Llama and a locally trained BPE tokenizer for a real vLLM server.
+
+Run with the Python that has vLLM (and so transformers, tokenizers, torch):
+    python tests/vllm_tiny_model.py OUT_DIR
+Hidden size 128 with 2 heads gives head_dim 64 (the CPU attention kernel refuses 16);
+nothing is downloaded. The weights are random: the model's replies are nonsense, which
+is what the test wants to see handled.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+CORPUS = [
+    "def priority(job, now):\n    return job.arrival\n",
+    "def dispatch(request, replicas, now):\n    return min(range(len(replicas)), key=lambda i: replicas[i].outstanding)\n",
+    "Shorter jobs first reduces the mean completion time of a queue.",
+    "<<<<<<< SEARCH\n    return job.arrival\n=======\n    return job.size\n>>>>>>> REPLACE",
+    "```python\nimport math\n\ndef priority(job, now):\n    return math.log1p(job.size)\n```",
+] * 20
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    fast.chat_template = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                          "{% if add_generation_prompt %}assistant:{% endif %}")
+    fast.save_pretrained(out)
+    config = LlamaConfig(vocab_size=len(fast), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=8192,
+                         bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, torch_dtype="bfloat16")
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(out)
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
