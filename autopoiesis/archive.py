@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -62,7 +63,9 @@ class Archive:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            # one connection, shared by threads (LLM calls may run concurrently); writes are serialized
+            self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            self.lock = threading.RLock()
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.executescript(SCHEMA)
@@ -78,6 +81,10 @@ class Archive:
         self.db.close()
 
     def _write(self, sql: str, rows: Iterable[tuple] | tuple) -> None:
+        with self.lock:
+            self._write_locked(sql, rows)
+
+    def _write_locked(self, sql: str, rows: Iterable[tuple] | tuple) -> None:
         if isinstance(rows, tuple):
             self.db.execute(sql, rows)
         else:
@@ -112,19 +119,20 @@ class Archive:
     def add_births(self, run_id: str, entries: list[tuple[Program, str, str | None]]) -> None:
         """Record programs born in a run: (program, status, error)."""
         now = time.time()
-        self.db.execute("BEGIN")
-        try:
-            for program, status, error in entries:
-                self.db.execute("INSERT OR IGNORE INTO programs VALUES (?, ?, ?)", (program.id, program.source, now))
-                self.db.execute(
-                    "INSERT OR REPLACE INTO births VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, program.id, program.generation, program.operator,
-                     json.dumps(list(program.parents)), program.name, status, error),
-                )
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+        with self.lock:
+            self.db.execute("BEGIN")
+            try:
+                for program, status, error in entries:
+                    self.db.execute("INSERT OR IGNORE INTO programs VALUES (?, ?, ?)", (program.id, program.source, now))
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO births VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (run_id, program.id, program.generation, program.operator,
+                         json.dumps(list(program.parents)), program.name, status, error),
+                    )
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
 
     def set_birth_status(self, run_id: str, updates: list[tuple[str, str, str | None]]) -> None:
         self._write("UPDATE births SET status=?, error=? WHERE run=? AND program=?",
@@ -180,23 +188,24 @@ class Archive:
     # -- populations and statistics ----------------------------------------------------
     def save_generation(self, run_id: str, generation: int, islands: list[list[str]], stats: dict[str, Any]) -> None:
         """Atomically record a completed generation: its survivors and statistics."""
-        self.db.execute("BEGIN")
-        try:
-            self.db.execute("DELETE FROM populations WHERE run=? AND generation=?", (run_id, generation))
-            for island, ids in enumerate(islands):
-                self.db.executemany(
-                    "INSERT INTO populations VALUES (?, ?, ?, ?, ?)",
-                    [(run_id, generation, island, pos, pid) for pos, pid in enumerate(ids)],
+        with self.lock:
+            self.db.execute("BEGIN")
+            try:
+                self.db.execute("DELETE FROM populations WHERE run=? AND generation=?", (run_id, generation))
+                for island, ids in enumerate(islands):
+                    self.db.executemany(
+                        "INSERT INTO populations VALUES (?, ?, ?, ?, ?)",
+                        [(run_id, generation, island, pos, pid) for pos, pid in enumerate(ids)],
+                    )
+                self.db.execute(
+                    "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?)",
+                    (run_id, generation, json.dumps(stats), time.time()),
                 )
-            self.db.execute(
-                "INSERT OR REPLACE INTO generations VALUES (?, ?, ?, ?)",
-                (run_id, generation, json.dumps(stats), time.time()),
-            )
-            self.db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
+                self.db.execute("UPDATE runs SET updated=? WHERE id=?", (time.time(), run_id))
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
 
     def last_generation(self, run_id: str) -> int | None:
         return self.db.execute("SELECT MAX(generation) FROM generations WHERE run=?", (run_id,)).fetchone()[0]

@@ -56,13 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--runs-dir", default="runs", help="where the archive and run folders live")
     ev.add_argument("--resume", metavar="RUN", help="continue a run that was interrupted")
     ev.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    ev.add_argument("--llm", metavar="SPEC", help="openai:MODEL, anthropic:MODEL, or replay:RUN (no network)")
+    ev.add_argument("--llm", metavar="SPEC", action="append", default=[],
+                    help="openai:MODEL, anthropic:MODEL, or replay:RUN (no network); repeat with @WEIGHT "
+                         "for an ensemble, e.g. --llm openai:gpt-4o-mini@0.8 --llm openai:gpt-4o@0.2")
     ev.add_argument("--llm-url", help="any OpenAI-compatible server (vLLM, SGLang, llama.cpp, a gateway)")
     ev.add_argument("--llm-model", help="model name on --llm-url")
     ev.add_argument("--llm-rate", type=float, default=0.5, help="share of children the LLM operators make (0-1)")
     ev.add_argument("--llm-max-calls", type=_positive_int, help="stop (resumably) after this many LLM calls")
     ev.add_argument("--llm-max-tokens", type=_positive_int, help="stop (resumably) after this many tokens")
     ev.add_argument("--llm-max-usd", type=_positive_float, help="stop (resumably) after this much money")
+    ev.add_argument("--llm-concurrency", type=_positive_int, default=1, help="most LLM calls in flight at once")
     ev.add_argument("--prompts", help="folder of prompt templates that override the shipped ones")
     ev.add_argument("--llm-max-output-tokens", type=_positive_int, default=2048, help="longest reply per call")
 
@@ -122,8 +125,11 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     archive = _open_archive(args.runs_dir, create=True)
     llm_settings = _llm_settings(args)
     replay_source = None
-    if llm_settings and llm_settings["spec"] and llm_settings["spec"].startswith("replay:"):
-        replay_source = llm_settings["spec"].split(":", 1)[1]
+    replays = [s for s in (llm_settings or {}).get("spec") or [] if s.startswith("replay:")]
+    if replays:
+        if len(llm_settings["spec"]) > 1 or llm_settings.get("url"):
+            raise UserError("--llm replay:RUN cannot be combined with other LLMs")
+        replay_source = replays[0].split(":", 1)[1]
         source = archive.run(replay_source)  # a replay repeats the recorded run's whole configuration
         args.adapter = source["adapter"]
         args.option = [f"{k}={json.dumps(v)}" for k, v in source["config"].get("adapter_options", {}).items()]
@@ -216,12 +222,13 @@ def _llm_settings(args: argparse.Namespace) -> dict[str, Any] | None:
         raise UserError(f"--llm-rate must be between 0 and 1, got {args.llm_rate}")
     return {"spec": args.llm, "url": args.llm_url, "model": args.llm_model, "rate": args.llm_rate,
             "max_calls": args.llm_max_calls, "max_tokens": args.llm_max_tokens, "max_usd": args.llm_max_usd,
-            "prompts": args.prompts, "max_output_tokens": args.llm_max_output_tokens}
+            "prompts": args.prompts, "max_output_tokens": args.llm_max_output_tokens,
+            "concurrency": args.llm_concurrency}
 
 
 def _operators(settings: dict[str, Any] | None, archive: Archive, run_id: str, replay_source: str | None):
     """Offline operators, plus LLM ones sharing ``rate`` of the children when an LLM is configured."""
-    from autopoiesis.llm import Budget, LLMError, Session, parse_spec
+    from autopoiesis.llm import Budget, LLMError, Session, parse_specs
     from autopoiesis.operators import llm as llm_ops
     from autopoiesis.operators import offline
 
@@ -231,8 +238,10 @@ def _operators(settings: dict[str, Any] | None, archive: Archive, run_id: str, r
         if replay_source:
             session = Session.replay(archive, run_id, replay_source)
         else:
-            client = parse_spec(settings.get("spec") or "", settings.get("url"), settings.get("model"))
-            budget = Budget(settings.get("max_calls"), settings.get("max_tokens"), settings.get("max_usd"))
+            specs = settings.get("spec") or []
+            client = parse_specs([specs] if isinstance(specs, str) else specs, settings.get("url"), settings.get("model"))
+            budget = Budget(settings.get("max_calls"), settings.get("max_tokens"), settings.get("max_usd"),
+                            int(settings.get("concurrency") or 1))
             session = Session(client, archive, run_id, budget)
         templates = llm_ops.Templates(settings.get("prompts"))
         templates.get("system")

@@ -160,3 +160,38 @@ def test_cli_records_reports_and_replays_an_llm_run(tmp_path):
     second = json.loads(again.stdout)
     assert second["run"] != first["run"]
     assert (second["champion"], second["fitness"]) == (first["champion"], first["fitness"])
+
+
+def test_weighted_ensemble_sends_most_calls_to_the_cheap_model():
+    from autopoiesis.llm import Ensemble
+
+    cheap, strong = ScriptedLLM("openai", [reply(GOOD_DIFF)]), ScriptedLLM("anthropic", [reply(REWRITE)])
+    try:
+        client = Ensemble([(make_client("openai", cheap.url), 0.8), (make_client("anthropic", strong.url), 0.2)], seed=1)
+        archive = Archive()
+        session = Session(client, archive, "ens")
+        for i in range(40):
+            session.ask("system", f"question {i}")
+    finally:
+        cheap.close()
+        strong.close()
+    models = [row["model"] for row in llm_calls(archive, "ens")]
+    assert cheap.requests + strong.requests == 40
+    assert 20 < cheap.requests < 40 and strong.requests > 0
+    assert models.count("gpt-4o-mini") == cheap.requests  # each call priced as the model that answered
+
+
+@pytest.mark.parametrize("limit", [1, 2])
+def test_concurrency_limit_holds_under_threads(limit):
+    from concurrent.futures import ThreadPoolExecutor
+
+    double = ScriptedLLM("openai", [("stall", 0.3)])
+    try:
+        archive = Archive(":memory:")
+        session = Session(make_client("openai", double.url), archive, "threads", budget=Budget(concurrency=limit))
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            list(pool.map(lambda i: session.ask("s", f"q{i}"), range(6)))
+    finally:
+        double.close()
+    assert session.peak_in_flight == limit
+    assert len(llm_calls(archive, "threads")) == 6  # every threaded call recorded

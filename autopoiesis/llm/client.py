@@ -160,6 +160,38 @@ def complete_with_retries(
     raise LLMError("no attempts", False)  # unreachable with attempts >= 1
 
 
+class Ensemble:
+    """Several clients with weights: each call goes to one, drawn by a seeded rng
+    (a cheap model for most calls, a strong one sometimes). Completions carry the model
+    that answered, so the ledger prices each call right."""
+
+    def __init__(self, members: list[tuple[Client, float]], seed: int = 0):
+        if not members or any(w <= 0 for _, w in members):
+            raise LLMError("an ensemble needs at least one client, each with a positive weight", False)
+        self.members, self._rng = members, random.Random(seed)
+        self.model = "+".join(c.model for c, _ in members)
+        self.name = "ensemble(" + ", ".join(f"{c.name}@{w:g}" for c, w in members) + ")"
+
+    def complete(self, system: str, prompt: str, max_tokens: int, temperature: float) -> Completion:
+        clients, weights = zip(*self.members)
+        client = self._rng.choices(clients, weights=weights)[0]
+        return client.complete(system, prompt, max_tokens, temperature)
+
+
+def parse_specs(specs: list[str], url: str | None = None, model: str | None = None, seed: int = 0) -> Client:
+    """One or several ``provider:MODEL[@weight]`` specs (several: a weighted ensemble)."""
+    members = []
+    for spec in specs:
+        name, _, weight = spec.rpartition("@") if "@" in spec else (spec, "", "1")
+        try:
+            members.append((parse_spec(name), float(weight)))
+        except ValueError:
+            raise LLMError(f"bad weight in '{spec}' (use provider:MODEL@0.8)", False) from None
+    if url:
+        members.append((parse_spec("", url, model), 1.0))
+    return members[0][0] if len(members) == 1 else Ensemble(members, seed)
+
+
 def parse_spec(spec: str, url: str | None = None, model: str | None = None) -> Client:
     """``openai:MODEL``, ``anthropic:MODEL``, or an OpenAI-compatible ``url`` + ``model``."""
     if url:

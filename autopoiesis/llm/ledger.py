@@ -36,6 +36,7 @@ class Budget:
     max_calls: int | None = None
     max_tokens: int | None = None
     max_usd: float | None = None
+    concurrency: int = 1  # calls in flight at once (a session is safe to share between threads)
 
 
 @dataclass
@@ -87,6 +88,8 @@ class Session:
         self.retry, self.sleep = retry, sleep
         self.seen: Counter[str] = Counter()
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max(1, budget.concurrency))
+        self.peak_in_flight, self._in_flight = 0, 0
         self._recorded: dict[tuple[str, int], dict] = {}
         if replay_from:
             for row in llm_calls(archive, replay_from):
@@ -145,8 +148,16 @@ class Session:
                 attempt_errors.append(str(error))
 
         try:
-            completion = complete_with_retries(self.client, system, prompt, max_tokens, temperature,
-                                               self.retry, self.sleep, on_attempt)
+            with self._slots:
+                with self._lock:
+                    self._in_flight += 1
+                    self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+                try:
+                    completion = complete_with_retries(self.client, system, prompt, max_tokens, temperature,
+                                                       self.retry, self.sleep, on_attempt)
+                finally:
+                    with self._lock:
+                        self._in_flight -= 1
         except LLMError as e:
             row.update(error="; ".join(attempt_errors) or str(e), outcome="call failed")
             with self._lock:
@@ -156,7 +167,7 @@ class Session:
         with self._lock:
             self.ledger.calls += 1
             usd = self.ledger.charge(completion)
-        row.update(response=completion.text, error="; ".join(attempt_errors) or None,
+        row.update(response=completion.text, error="; ".join(attempt_errors) or None, model=completion.model,
                    prompt_tokens=completion.prompt_tokens,
                    completion_tokens=completion.completion_tokens, latency_s=completion.latency_s, usd=usd)
         record_llm_call(self.archive, row)
