@@ -147,6 +147,11 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         options = stored.get("adapter_options", {})
         config = Config.from_dict(stored)
         llm_settings = stored.get("llm")
+        if llm_settings:  # a resumed run may be given a larger budget
+            for key in ("max_calls", "max_tokens", "max_usd"):
+                value = getattr(args, f"llm_{key}")
+                if value is not None:
+                    llm_settings = dict(llm_settings, **{key: value})
     else:
         if not args.adapter:
             raise UserError("evolve needs --adapter NAME (or --resume RUN); `autopoiesis adapters` lists them")

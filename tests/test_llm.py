@@ -195,3 +195,34 @@ def test_concurrency_limit_holds_under_threads(limit):
         double.close()
     assert session.peak_in_flight == limit
     assert len(llm_calls(archive, "threads")) == 6  # every threaded call recorded
+
+
+def test_budget_stop_then_resume_asks_nothing_twice(tmp_path):
+    import json
+    import sqlite3
+    import subprocess
+    import sys
+
+    from conftest import EXAMPLE
+
+    replies = [reply(REWRITE.replace("1.0", f"{i}.5")) for i in range(40)]
+    double = ScriptedLLM("openai", replies)
+    runs = str(tmp_path)
+    cli = [sys.executable, "-m", "autopoiesis.cli", "evolve", "--runs-dir", runs]
+    try:
+        first = subprocess.run(cli + ["--adapter", str(EXAMPLE), "-o", "jobs=60", "--generations", "3", "--population", "4",
+                                      "--llm-url", double.url, "--llm-model", "gpt-4o-mini", "--llm-rate", "1.0",
+                                      "--llm-max-calls", "5"], capture_output=True, text=True, timeout=300)
+        assert first.returncode == 2
+        assert "LLM call budget spent (5 of 5)" in first.stderr and "--resume" in first.stderr
+        last = first.stderr.strip().splitlines()[-1]  # progress lines may come first; the error is one line
+        assert last.startswith("autopoiesis: error: LLM call budget spent") and "Traceback" not in first.stderr
+        run_id = sqlite3.connect(f"{runs}/archive.db").execute("SELECT id FROM runs").fetchone()[0]
+        second = subprocess.run(cli + ["--resume", run_id, "--llm-max-calls", "100", "--json"],
+                                capture_output=True, text=True, timeout=300)
+    finally:
+        double.close()
+    assert second.returncode == 0, second.stderr
+    assert json.loads(second.stdout)["generations"] == 3
+    rows = sqlite3.connect(f"{runs}/archive.db").execute("SELECT COUNT(*) FROM llm_calls").fetchone()[0]
+    assert double.requests == rows  # recorded answers were reused, not asked again
