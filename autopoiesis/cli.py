@@ -124,21 +124,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 
     archive = _open_archive(args.runs_dir, create=True)
     llm_settings = _llm_settings(args)
-    replay_source = None
-    replays = [s for s in (llm_settings or {}).get("spec") or [] if s.startswith("replay:")]
-    if replays:
-        if len(llm_settings["spec"]) > 1 or llm_settings.get("url"):
-            raise UserError("--llm replay:RUN cannot be combined with other LLMs")
-        replay_source = replays[0].split(":", 1)[1]
-        source = archive.run(replay_source)  # a replay repeats the recorded run's whole configuration
-        args.adapter = source["adapter"]
-        args.option = [f"{k}={json.dumps(v)}" for k, v in source["config"].get("adapter_options", {}).items()]
-        args.scenario = None
-        for key in ("population", "generations", "seed", "strategy", "budget", "train_snapshots",
-                    "held_out_snapshots", "timeout", "memory_mb"):
-            setattr(args, key, source["config"][key])
-        args.objective = list(source["config"].get("objectives", []))
-        llm_settings = dict(source["config"].get("llm") or {}, spec=llm_settings["spec"])
+    replay_source, llm_settings = _replay_setup(args, archive, llm_settings)
     if args.resume:
         run = archive.run(args.resume)
         if run["status"] == "done":
@@ -216,6 +202,25 @@ def cmd_evolve(args: argparse.Namespace) -> int:
                         f"({result.evaluated} evaluations run, {result.reused} reused). "
                         f"Details: autopoiesis report {result.run_id} --runs-dir {args.runs_dir}")
     return 0
+
+
+def _replay_setup(args: argparse.Namespace, archive: Archive, settings: dict[str, Any] | None):
+    """``--llm replay:RUN`` repeats RUN's whole configuration (so the same questions get asked)."""
+    replays = [s for s in (settings or {}).get("spec") or [] if s.startswith("replay:")]
+    if not replays:
+        return None, settings
+    if len(settings["spec"]) > 1 or settings.get("url"):
+        raise UserError("--llm replay:RUN cannot be combined with other LLMs")
+    source_run = replays[0].split(":", 1)[1]
+    source = archive.run(source_run)
+    args.adapter = source["adapter"]
+    args.option = [f"{k}={json.dumps(v)}" for k, v in source["config"].get("adapter_options", {}).items()]
+    args.scenario = None
+    for key in ("population", "generations", "seed", "strategy", "budget", "train_snapshots",
+                "held_out_snapshots", "timeout", "memory_mb"):
+        setattr(args, key, source["config"][key])
+    args.objective = list(source["config"].get("objectives", []))
+    return source_run, dict(source["config"].get("llm") or {}, spec=settings["spec"])
 
 
 def _llm_settings(args: argparse.Namespace) -> dict[str, Any] | None:
