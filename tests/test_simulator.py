@@ -199,3 +199,32 @@ def test_losing_every_gpu_without_replanning_ends_with_a_reason(tmp_path):
     from autopoiesis.program import PolicyError
     with pytest.raises(PolicyError, match="no replica is left"):
         simulate(policy("default"), str(tmp_path / "doomed.toml"), 0)
+
+
+HOSTILE_VIEW_PROGRAMS = {
+    "reach into a replica": ("dispatch", "def dispatch(request, replicas, now):\n    return replicas[0]._r.index\n", "rejected"),
+    "rewrite a replica's load": ("dispatch", "def dispatch(request, replicas, now):\n"
+                                 "    replicas[0].outstanding = 0\n    return 0\n", "AttributeError"),
+    "patch the cost model": ("schedule", "def schedule(cluster, workload, cost_model):\n"
+                             "    cost_model.estimate = None\n    return []\n", "AttributeError"),
+    "free estimates via the class": ("schedule", "def schedule(cluster, workload, cost_model):\n"
+                                     "    return cost_model.__class__\n", "rejected"),
+    "index out of range": ("dispatch", "def dispatch(request, replicas, now):\n    return len(replicas) + 5\n", "dispatch returned"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_VIEW_PROGRAMS))
+def test_policies_cannot_tamper_with_the_simulation(name):
+    """Through the sandboxed evaluator, as evolution would run them."""
+    from autopoiesis import Evaluator, Task
+
+    slot, source, reason = HOSTILE_VIEW_PROGRAMS[name]
+    program = BASELINES["default"].source
+    start = program.index(f"def {slot}(")
+    end = program.find("\n\n\n", start)
+    program = program[:start] + source + (program[end:] if end != -1 else "")
+    adapter = SimulatorAdapter("stationary", requests=200)
+    with Evaluator(adapter, workers=1) as evaluator:
+        (outcome,) = evaluator.evaluate([Task("hostile", program, adapter.snapshot(0))]).values()
+        assert evaluator.healthy()
+    assert not outcome.ok and reason in outcome.error
