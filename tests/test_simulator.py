@@ -228,3 +228,35 @@ def test_policies_cannot_tamper_with_the_simulation(name):
         (outcome,) = evaluator.evaluate([Task("hostile", program, adapter.snapshot(0))]).values()
         assert evaluator.healthy()
     assert not outcome.ok and reason in outcome.error
+
+
+def _sim(name, program, seed=0):
+    sc = scenarios.load(name, seed)
+    return Simulation(sc, policy(program), hardware.load_gpus(), hardware.model(sc.model),
+                      lambda g: calibration(sc.calibration, g))
+
+
+def test_advancing_in_windows_equals_one_run():
+    whole = _sim("mixed", "reschedule:periodic").run()
+    sim = _sim("mixed", "reschedule:periodic")
+    sim.start()
+    t, windows = 0.0, []
+    while not sim.finished:
+        t += 37.0
+        windows.append(sim.advance(t))
+        assert all(r.finish <= t for r in windows[-1])
+    chunked = sim.result()
+    assert [r for w in windows for r in w] == whole.records
+    assert (chunked.end, chunked.gpu_seconds, chunked.cost_usd) == (whole.end, whole.gpu_seconds, whole.cost_usd)
+
+
+def test_deploy_swaps_the_policy_mid_run():
+    base = _sim("stationary", "default").run()
+    sim = _sim("stationary", "default")
+    sim.start()
+    before = sim.advance(300.0)
+    sim.deploy(policy("dispatch:round_robin"))
+    after = sim.advance(math.inf)
+    assert before == [r for r in base.records if r.finish <= 300.0]  # the past is untouched
+    assert after != base.records[len(before):]  # the new policy decides from now on
+    assert len(before) + len(after) == len(base.records)

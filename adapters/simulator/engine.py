@@ -291,56 +291,98 @@ class Simulation:
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Result:
+        """The whole scenario at once (offline scoring)."""
+        self.start()
+        self.advance(math.inf)
+        return self.result()
+
+    def start(self) -> None:
+        """Set up the cluster and the initial plan (the schedule policy runs here)."""
         sc = self.scenario
-        requests = [Request(i, a, p, o) for i, (a, p, o) in enumerate(sc.requests)]
+        self.requests = [Request(i, a, p, o) for i, (a, p, o) in enumerate(sc.requests)]
         for t, kind, ids in sc.cluster_events:
             self.push(t, CLUSTER, (kind, tuple(ids)))
         for gid, gname in sc.initial_gpus:
             self.online[gid] = self.gpu_table[gname]
             self._gpu_online_since[gid] = 0.0
-        start = 0.0
-        plan_time = self._apply_schedule(start)
+        plan_time = self._apply_schedule(0.0)
         if sc.reschedule_interval:
             self.push(plan_time + sc.reschedule_interval, TICK)
-        next_arrival = 0
-        n = len(requests)
-        events = self.events
-        now = 0.0
-        done = 0
-        while done < n:
-            if next_arrival < n and (not events or requests[next_arrival].arrival <= events[0][0]):
+        self.next_arrival = 0
+        self.done = 0
+        self.now = 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= len(self.requests)
+
+    def deploy(self, policy: Any) -> None:
+        """Hot swap: decisions from now on use ``policy`` (queued requests keep their priority keys)."""
+        self.policy = policy
+
+    def advance(self, until: float) -> list[RequestRecord]:
+        """Serve up to simulated time ``until`` (or the end); returns the records finished meanwhile."""
+        requests, events, n = self.requests, self.events, len(self.requests)
+        first_new = len(self.records)
+        self._loop(requests, events, n, until)
+        if not self.finished and until != math.inf:
+            self.now = max(self.now, until)  # time passes even when nothing happens
+        return self.records[first_new:]
+
+    def _loop(self, requests, events, n, until) -> None:
+        next_arrival, done = self.next_arrival, self.done
+        try:
+            while done < n:
+                arrival = requests[next_arrival].arrival if next_arrival < n else math.inf
+                if events and events[0][0] < arrival:
+                    if events[0][0] > until:
+                        break
+                    done += self._event(events)
+                    continue
+                if arrival == math.inf:
+                    raise PolicyError("simulation stalled: requests are waiting but no replica can serve them")
+                if arrival > until:
+                    break
                 req = requests[next_arrival]
                 next_arrival += 1
-                now = req.arrival
+                self.now = req.arrival
                 self.arrivals_recent.append(req)
-                self._dispatch(req, now)
-                continue
-            if not events:
-                raise PolicyError("simulation stalled: requests are waiting but no replica can serve them")
-            now, _, kind, payload, version = heapq.heappop(events)
-            if kind == STEP:
-                replica = payload
-                if version != replica.version:
-                    continue
-                done += self._end_segment(replica, now)
-                self._start(replica, now)
-            elif kind == READY:
-                payload.loading = False
-                if not payload.removed and not payload.busy:
-                    self._start(payload, now)
-            elif kind == TICK:
-                self._reschedule(now, ())
-                if not self.active and not any(e[2] in (CLUSTER, APPLY, READY) for e in events):
-                    # nothing serves and nothing will change: ticking on would never end
-                    raise PolicyError(f"no replica is left to serve at t={now:.0f} s and the policy does not re-plan")
-                self.push(now + sc.reschedule_interval, TICK)
-            elif kind == CLUSTER:
-                self._cluster_event(now, *payload)
-            elif kind == APPLY:
-                self._apply_plan(now, payload)
-        end = now
+                self._dispatch(req, self.now)
+        finally:
+            self.next_arrival, self.done = next_arrival, done
+
+    def _event(self, events) -> int:
+        """Handle the next event; returns how many requests it finished."""
+        self.now, _, kind, payload, version = heapq.heappop(events)
+        now = self.now
+        if kind == STEP:
+            replica = payload
+            if version != replica.version:
+                return 0
+            finished = self._end_segment(replica, now)
+            self._start(replica, now)
+            return finished
+        if kind == READY:
+            payload.loading = False
+            if not payload.removed and not payload.busy:
+                self._start(payload, now)
+        elif kind == TICK:
+            self._reschedule(now, ())
+            if not self.active and not any(e[2] in (CLUSTER, APPLY, READY) for e in events):
+                # nothing serves and nothing will change: ticking on would never end
+                raise PolicyError(f"no replica is left to serve at t={now:.0f} s and the policy does not re-plan")
+            self.push(now + self.scenario.reschedule_interval, TICK)
+        elif kind == CLUSTER:
+            self._cluster_event(now, *payload)
+        elif kind == APPLY:
+            self._apply_plan(now, payload)
+        return 0
+
+    def result(self) -> Result:
+        end = self.now
         for gid, since in self._gpu_online_since.items():
             self._account_gpu(gid, since, end)
+        self._gpu_online_since = {gid: end for gid in self._gpu_online_since}
         return Result(self.records, self.overheads, self.gpu_seconds, self.cost_usd, end, self.plans)
 
     def _account_gpu(self, gid: int, since: float, until: float) -> None:
