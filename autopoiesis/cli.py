@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Python file with policy functions (repeatable); slots it leaves out use the first baseline")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--json", action="store_true")
+    sim.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds before the run is stopped")
     sim.add_argument("--list", action="store_true", help="list the scenarios and baselines, then exit")
     return parser
 
@@ -484,10 +485,10 @@ def cmd_adapters() -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from autopoiesis.adapters.simulator import scenario as scenarios, simulate
+    from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
     from autopoiesis.adapters.simulator.slots import SLOTS
-    from autopoiesis.program import PolicyError
-    from autopoiesis.sandbox import Rejected, compile_policy
+    from autopoiesis.evaluate import Evaluator, Limits, Task
+    from autopoiesis.sandbox import Rejected, check
 
     console = Console()
     if args.list:
@@ -516,15 +517,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         if slot.name not in defined:
             source += "\n\n" + next(iter(slot.baselines.values()))
     try:
-        policy = compile_policy(source, SLOTS)
+        check(source, SLOTS)
+        adapter = SimulatorAdapter(args.scenario)
+        scenarios.load(args.scenario, args.seed, 1)  # a missing trace or bad field: say so before starting
     except Rejected as e:
         raise UserError(f"policy rejected: {e}") from None
-    try:
-        metrics, result = simulate(policy, args.scenario, args.seed)
-    except PolicyError as e:
-        raise UserError(f"policy failed: {e}") from None
     except scenarios.ScenarioError as e:
         raise UserError(str(e)) from None
+    # the policy is untrusted code: it runs in a sandboxed worker with a deadline, not in this process
+    with Evaluator(adapter, workers=1, limits=Limits(timeout=args.timeout, memory_mb=2048)) as evaluator:
+        (outcome,) = evaluator.evaluate([Task("policy", source, adapter.snapshot(args.seed))]).values()
+    if not outcome.ok:
+        raise UserError(f"policy failed: {outcome.error}")
+    metrics = outcome.metrics
     if args.json:
         print(json.dumps(metrics))
         return 0

@@ -211,3 +211,12 @@ def test_missing_trace_is_one_line(tmp_path):
     scenario.write_text((ROOT / "adapters" / "simulator" / "scenarios" / "trace_code.toml").read_text()
                         .replace("splitwise_code.csv", "no_such_trace.csv"))
     assert_one_line_error(cli("simulate", "--scenario", str(scenario)), "trace 'no_such_trace.csv' not found")
+
+
+def test_simulate_contains_a_policy_that_never_returns(tmp_path):
+    policy = tmp_path / "loop.py"
+    policy.write_text("def priority(request, now):\n    while True:\n        pass\n")
+    start = time.time()
+    assert_one_line_error(cli("simulate", "--scenario", "stationary", "--policy", str(policy), "--timeout", "3"),
+                          "timed out")
+    assert time.time() - start < 60
