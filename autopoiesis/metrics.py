@@ -178,3 +178,71 @@ class RollingWindow:
             out[f"p50_{name}"] = float(np.percentile(values, 50))
             out[f"p99_{name}"] = float(np.percentile(values, 99))
         return out
+
+
+class PageHinkley:
+    """Two-sided Page-Hinkley test for a shift in the mean of a stream.
+
+    Page (1954), Hinkley (1971): accumulate each observation's deviation from the running
+    mean, less a tolerance ``delta``; alarm when the accumulated deviation moves more than
+    ``threshold`` away from its running extreme. Observations are divided by the mean of
+    the first ``warmup`` ones, so ``delta`` and ``threshold`` are relative (0.05 = 5%) and
+    one setting serves rates, lengths and SLO attainment alike.
+    """
+
+    def __init__(self, delta: float = 0.05, threshold: float = 1.0, warmup: int = 5):
+        self.delta, self.threshold, self.warmup = delta, threshold, warmup
+        self.reset()
+
+    def reset(self) -> None:
+        self.first: list[float] = []
+        self.n, self.mean = 0, 0.0
+        self.up = self.up_min = 0.0
+        self.down = self.down_max = 0.0
+
+    def update(self, value: float) -> bool:
+        """Feed one observation; True when the mean has shifted (then the test restarts)."""
+        if len(self.first) < self.warmup:
+            self.first.append(value)
+            if len(self.first) < self.warmup:
+                return False
+        scale = abs(math.fsum(self.first) / len(self.first)) or 1.0
+        x = value / scale
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+        self.up += x - self.mean - self.delta
+        self.up_min = min(self.up_min, self.up)
+        self.down += x - self.mean + self.delta
+        self.down_max = max(self.down_max, self.down)
+        if self.up - self.up_min > self.threshold or self.down_max - self.down > self.threshold:
+            self.reset()
+            return True
+        return False
+
+
+class DriftDetector:
+    """Which signals of the live windows drifted, with a cooldown between triggers.
+
+    Each named signal (arrival rate, mean prompt length, SLO attainment, ...) has its own
+    Page-Hinkley test; a cluster event (GPUs joining or leaving) triggers at once. After a
+    trigger, ``cooldown`` windows pass before the next one, so one change does not start
+    several evolutions.
+    """
+
+    def __init__(self, signals: Iterable[str] = ("rate", "mean_prompt", "slo_attainment"),
+                 delta: float = 0.05, threshold: float = 1.0, cooldown: int = 3, warmup: int = 5):
+        self.tests = {name: PageHinkley(delta, threshold, warmup) for name in signals}
+        self.cooldown = cooldown
+        self.quiet = 0
+
+    def update(self, window: Mapping[str, float], cluster_events: int = 0) -> list[str]:
+        """Feed one window's values; the names that drifted (empty while cooling down)."""
+        drifted = [name for name, test in self.tests.items() if name in window and test.update(float(window[name]))]
+        if cluster_events:
+            drifted.append("cluster")
+        if self.quiet > 0:
+            self.quiet -= 1
+            return []
+        if drifted:
+            self.quiet = self.cooldown
+        return drifted
