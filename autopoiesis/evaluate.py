@@ -151,7 +151,7 @@ class Evaluator:
         self._pool.append(_Worker(self._ctx, self.adapter, self.limits))
 
     def healthy(self) -> bool:
-        """Every worker alive and answering (after a run, proves the pool survived it)."""
+        """Every worker process alive, dead ones replaced (tests then score a program to prove it works)."""
         self._fill()
         return all(w.process.is_alive() for w in self._pool)
 

@@ -121,9 +121,15 @@ def _build(spec: dict[str, Any], path: Path, seed: int, limit: int | None, diges
             events.append((leave, "leave", tuple(ids)))
     events.sort(key=lambda e: e[0])
 
-    mean_prompt = _mix_mean(wl, 0)
-    mean_output = _mix_mean(wl, 2)
-    estimate = (float(wl["rate"]), mean_prompt, mean_output, mean_prompt * 2)
+    # What the operator plans for: the declared rate; lengths from the trace's own statistics,
+    # or the generator's expected mix at the start.
+    prompts = sorted(p for _, p, _ in requests) or [1]
+    if wl.get("trace"):
+        mean_prompt = sum(prompts) / len(prompts)
+        mean_output = sum(o for _, _, o in requests) / max(1, len(requests))
+    else:
+        mean_prompt, mean_output = _mix_mean(wl, 0), _mix_mean(wl, 2)
+    estimate = (float(wl["rate"]), mean_prompt, mean_output, float(prompts[int(0.9 * (len(prompts) - 1))]))
     slo = spec.get("slo", {})
     return Scenario(
         name=spec.get("name", path.stem), description=spec.get("description", ""), model=spec["model"],
