@@ -18,7 +18,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Mapping
 
-from autopoiesis.metrics import Objective, Snapshot
+from autopoiesis.metrics import Objective, Observation, Snapshot
 from autopoiesis.program import PolicySlot, Program
 
 ENTRY_POINT_GROUP = "autopoiesis.adapters"
@@ -81,17 +81,31 @@ class Adapter:
         return ""
 
     # -- the live system (online controller) ---------------------------------------
-    def start(self) -> None:
-        """Start or attach to the live system."""
+    #: the live-window metric the Guard compares (default: the first objective)
+    guard_metric: str = ""
+
+    def start(self, seed: int = 1000) -> None:
+        """Start or attach to the live system (``seed``: the workload, where the adapter replays one)."""
+        raise AdapterError(f"adapter '{self.name}' has no live system (offline only)")
 
     def stop(self) -> None:
         """Release what ``start`` acquired."""
 
-    def observe(self) -> Snapshot:
+    def now(self) -> float:
+        """The live system's clock (simulated or wall-clock seconds)."""
+        raise AdapterError(f"adapter '{self.name}' has no live system (offline only)")
+
+    def observe(self, until: float) -> Observation:
+        """Serve (or wait) until ``until`` on the live clock; what finished meanwhile."""
         raise AdapterError(f"adapter '{self.name}' has no live system to observe (offline only)")
 
-    def deploy(self, program: Program) -> None:
+    def deploy(self, program: Program, fallbacks: list[Program] = ()) -> None:
+        """Hot-swap ``program`` in atomically; failing calls fall back to ``fallbacks`` in order."""
         raise AdapterError(f"adapter '{self.name}' has no live system to deploy to (offline only)")
+
+    def window_snapshot(self, since: float, until: float, incumbent: Program) -> Snapshot:
+        """The live interval [since, until] as a snapshot the twin replays (``evaluate`` scores it)."""
+        raise AdapterError(f"adapter '{self.name}' has no live windows to replay (offline only)")
 
     def describe(self) -> str:
         doc = inspect.getdoc(type(self)) or ""

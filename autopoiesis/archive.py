@@ -47,6 +47,12 @@ CREATE TABLE IF NOT EXISTS llm_calls (
     model TEXT NOT NULL, system TEXT NOT NULL, prompt TEXT NOT NULL, response TEXT, error TEXT,
     prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, latency_s REAL NOT NULL,
     usd REAL NOT NULL, outcome TEXT, created REAL NOT NULL, PRIMARY KEY (run, seq));
+CREATE TABLE IF NOT EXISTS windows (
+    run TEXT NOT NULL, idx INTEGER NOT NULL, start REAL NOT NULL, end REAL NOT NULL, policy TEXT NOT NULL,
+    metrics TEXT NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (run, idx));
+CREATE TABLE IF NOT EXISTS deployments (
+    run TEXT NOT NULL, seq INTEGER NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL, program TEXT NOT NULL,
+    reason TEXT NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (run, seq));
 CREATE TABLE IF NOT EXISTS results (
     run TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, program TEXT NOT NULL,
     train TEXT, held_out TEXT, error TEXT, PRIMARY KEY (run, kind, name));
@@ -151,6 +157,33 @@ class Archive:
                 program.generation, program.operator = birth[0], birth[1]
                 program.parents, program.name = tuple(json.loads(birth[2])), birth[3]
         return program
+
+    def add_program(self, program: Program) -> None:
+        self._write("INSERT OR IGNORE INTO programs VALUES (?, ?, ?)", (program.id, program.source, time.time()))
+
+    # -- online runs: live windows and deployments -----------------------------------------
+    def add_window(self, run_id: str, index: int, start: float, end: float, policy: str,
+                   metrics: dict[str, float], detail: dict[str, Any]) -> None:
+        self._write("INSERT OR REPLACE INTO windows VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, index, start, end, policy, json.dumps(metrics), json.dumps(detail)))
+
+    def windows(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT idx, start, end, policy, metrics, detail FROM windows WHERE run=? ORDER BY idx",
+                               (run_id,)).fetchall()
+        return [{"index": r[0], "start": r[1], "end": r[2], "policy": r[3], "metrics": json.loads(r[4]),
+                 **json.loads(r[5])} for r in rows]
+
+    def add_deployment(self, run_id: str, time_s: float, kind: str, program_id: str, reason: str,
+                       detail: dict[str, Any]) -> None:
+        with self.lock:
+            seq = self.db.execute("SELECT COUNT(*) FROM deployments WHERE run=?", (run_id,)).fetchone()[0]
+            self._write("INSERT INTO deployments VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        (run_id, seq, time_s, kind, program_id, reason, json.dumps(detail)))
+
+    def deployments(self, run_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute("SELECT time, kind, program, reason, detail FROM deployments WHERE run=? ORDER BY seq",
+                               (run_id,)).fetchall()
+        return [{**json.loads(r[4]), "time": r[0], "kind": r[1], "program": r[2], "reason": r[3]} for r in rows]
 
     def births(self, run_id: str, before_generation: int | None = None) -> list[dict[str, Any]]:
         sql = "SELECT program, generation, operator, parents, name, status, error FROM births WHERE run=?"

@@ -11,6 +11,7 @@ cache, so nothing finished is lost and nothing is scored twice.
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 import random
 from collections import deque
 import statistics
@@ -110,7 +111,13 @@ class Evolution:
         adapter_options: Mapping[str, Any] | None = None,
         extra_config: Mapping[str, Any] | None = None,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        seeds: Sequence[Program] | None = None,
+        snapshots: Sequence[Snapshot] | None = None,
+        evaluator: Evaluator | None = None,
     ):
+        """``seeds`` replace the adapter's baselines as generation 0; ``snapshots`` replace the
+        seeded training snapshots (and there are no held-out ones), e.g. a live window to
+        replay; ``evaluator`` is a pool to share (the caller closes it)."""
         self.adapter = adapter
         self.config = config or Config()
         self.archive = archive or Archive()
@@ -125,6 +132,9 @@ class Evolution:
         self.fitness_cls = fitness_class(self.objectives)
         self.failures: deque[str] = deque(maxlen=6)  # recent reasons children failed: feedback for LLM operators
         self.snapshot_summary = ""
+        self.given_seeds = list(seeds) if seeds else None
+        self.given_snapshots = list(snapshots) if snapshots else None
+        self.given_evaluator = evaluator
 
     def _objectives(self) -> tuple[Objective, ...]:
         if self.config.objectives:
@@ -142,8 +152,11 @@ class Evolution:
             last = self.archive.last_generation(run_id)
             first_gen = 0 if last is None else last + 1
             self.archive.set_status(run_id, "running")
-        train = [self.adapter.snapshot(cfg.seed * 1000 + i) for i in range(cfg.train_snapshots)]
-        held_out = [self.adapter.snapshot(cfg.seed * 1000 + HELD_OUT_OFFSET + i) for i in range(cfg.held_out_snapshots)]
+        if self.given_snapshots:
+            train, held_out = self.given_snapshots, []
+        else:
+            train = [self.adapter.snapshot(cfg.seed * 1000 + i) for i in range(cfg.train_snapshots)]
+            held_out = [self.adapter.snapshot(cfg.seed * 1000 + HELD_OUT_OFFSET + i) for i in range(cfg.held_out_snapshots)]
         if not resume:
             run_id = run_id or new_run_id(self.adapter.name)
             stored = dict(cfg.to_dict(), train_keys=[s.key for s in train], held_out_keys=[s.key for s in held_out],
@@ -158,9 +171,12 @@ class Evolution:
         limits = Limits(timeout=cfg.timeout, memory_mb=cfg.memory_mb)
         self.on_event("start", {"run": run_id, "generations": cfg.generations, "from": first_gen})
 
-        with Evaluator(self.adapter, cfg.workers, limits, cache=self.archive.cache_for(run_id)) as evaluator:
+        pool = (nullcontext(self.given_evaluator) if self.given_evaluator
+                else Evaluator(self.adapter, cfg.workers, limits, cache=self.archive.cache_for(run_id)))
+        with pool as evaluator:
             self.evaluator = evaluator
-            self.seeds = list(self.adapter.baselines().values())
+            hits, executed = evaluator.cache_hits, evaluator.executed
+            self.seeds = self.given_seeds or list(self.adapter.baselines().values())
             earlier = self.archive.births(run_id, before_generation=first_gen)
             seen = {b["program"] for b in earlier}
             scored = sum(1 for b in earlier if b["status"] != "rejected")
@@ -182,8 +198,8 @@ class Evolution:
             best = self.strategy.best(population)
             held = self._held_out(run_id, best, train, held_out)
             self.archive.set_status(run_id, "done")
-            reused = evaluator.cache_hits
-            executed = evaluator.executed
+            reused = evaluator.cache_hits - hits
+            executed = evaluator.executed - executed
         return Result(run_id, best.program, best.scores, last, executed, reused, scored, held)
 
     def _generation(self, run_id, generation, islands, seen, scored, train):

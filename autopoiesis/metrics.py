@@ -134,6 +134,33 @@ class RequestRecord:
 
 
 @dataclass(frozen=True)
+class EngineSample:
+    """One replica's engine state at one moment (the simulator's, or scraped from /metrics)."""
+
+    time: float
+    replica: int
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_usage: float = 0.0  # fraction of the KV cache in use
+    preemptions: float = 0.0  # since the previous sample
+    tokens: float = 0.0  # generated since the previous sample
+
+
+@dataclass
+class Observation:
+    """What the live system reported between two ``observe`` calls."""
+
+    now: float
+    records: list[RequestRecord] = field(default_factory=list)
+    samples: list[EngineSample] = field(default_factory=list)
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (time, kind, detail): cluster changes
+    arrivals: int = 0  # requests that arrived
+    calls: dict[str, int] = field(default_factory=dict)  # hot-path policy calls by slot
+    fallbacks: dict[str, int] = field(default_factory=dict)  # of which fell back to the incumbent's decision
+    finished: bool = False  # the live system has nothing more to serve (a replayed workload ended)
+
+
+@dataclass(frozen=True)
 class SLO:
     ttft_s: float = 2.0
     tpot_s: float = 0.1

@@ -153,3 +153,19 @@ def replace_function(source: str, name: str, new_def: str) -> str:
         return source.rstrip("\n") + "\n\n\n" + new_def.rstrip("\n") + "\n"
     _, first, last = found
     return "\n".join(lines[: first - 1] + new_def.rstrip("\n").splitlines() + lines[last:]).rstrip("\n") + "\n"
+
+
+def slot_code_id(source: str, name: str) -> str:
+    """Hash of what decides one slot's behaviour: its function and the module-level constants.
+
+    Two programs with the same id here make the same decisions in that slot (for example,
+    a deployment that changes only ``priority`` keeps the serving plan).
+    """
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return program_id(source)
+    kept = [node for node in tree.body
+            if (isinstance(node, ast.FunctionDef) and node.name == name) or not isinstance(node, ast.FunctionDef)]
+    kept = [node for node in kept if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    return hashlib.sha256(ast.unparse(ast.Module(kept, [])).encode()).hexdigest()[:16]

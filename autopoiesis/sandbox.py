@@ -202,8 +202,9 @@ class Policy:
     caller's state.
     """
 
-    def __init__(self, program_id: str, functions: Mapping[str, Callable]):
+    def __init__(self, program_id: str, functions: Mapping[str, Callable], source: str = ""):
         self.program_id = program_id
+        self.source = source
         self.functions = dict(functions)
         for name, fn in self.functions.items():
             setattr(self, name, fn)
@@ -223,7 +224,7 @@ def compile_policy(source: str, slots: Iterable[PolicySlot], program_id: str = "
         fn = namespace.get(slot.name)
         if callable(fn):
             functions[slot.name] = _checked(slot, fn)
-    return Policy(program_id, functions)
+    return Policy(program_id, functions, source)
 
 
 def _checked(slot: PolicySlot, fn: Callable) -> Callable:

@@ -20,6 +20,14 @@ __all__ = ["SimulatorAdapter", "simulate"]
 def simulate(policy, scenario_name: str, seed: int = 0, requests_limit: int | None = None, observer=None):
     """Run one compiled policy on a scenario; returns (metrics, engine Result)."""
     sc = scenarios.load(scenario_name, seed, requests_limit)
+    sim = build(sc, policy, scenario_name)
+    sim.observer = observer
+    result = sim.run()
+    return metrics_of(sc, result), result
+
+
+def build(sc, policy, scenario_name: str) -> Simulation:
+    """A Simulation of a loaded scenario (unknown GPU types are the user's mistake, said so)."""
     try:
         gpus = hardware.load_gpus(sc.gpu_tables)
         model = hardware.model(sc.model, sc.model_tables)
@@ -29,14 +37,16 @@ def simulate(policy, scenario_name: str, seed: int = 0, requests_limit: int | No
             raise hardware.UnknownHardware(f"unknown GPU type(s) {', '.join(unknown)} (add them with gpu_tables)")
     except hardware.UnknownHardware as e:
         raise scenarios.ScenarioError(f"scenario {scenario_name}: {e}") from None
-    sim = Simulation(sc, policy, gpus, model, lambda g: calibration(sc.calibration, g))
-    sim.observer = observer
-    result = sim.run()
+    return Simulation(sc, policy, gpus, model, lambda g: calibration(sc.calibration, g))
+
+
+def metrics_of(sc, result) -> dict[str, float]:
+    """Whole-run metrics: the window summary over every request, total time and the overheads."""
     window = RollingWindow()
     for record in result.records:
         window.add(record)
     metrics = window.summary(sc.slo)
-    first = min(r[0] for r in sc.requests)
+    first = min((r[0] for r in sc.requests), default=0.0)
     metrics.update(
         total_time=result.end - first,
         gpu_hours=result.gpu_seconds / 3600.0,
@@ -46,7 +56,7 @@ def simulate(policy, scenario_name: str, seed: int = 0, requests_limit: int | No
         reconfigurations=float(result.overheads.reconfigurations),
         recomputed_tokens=float(result.overheads.recomputed_tokens),
     )
-    return metrics, result
+    return metrics
 
 
 class SimulatorAdapter(Adapter):
@@ -73,7 +83,57 @@ class SimulatorAdapter(Adapter):
         return Snapshot(self.name, {"scenario": self.scenario, "digest": digest, "seed": seed,
                                     "requests": self.requests}, label=f"{self.scenario} seed {seed}")
 
+    # -- the live system (online evolution) -----------------------------------------------
+    guard_metric = "mean_e2e"  # a window's total time is its length; latency is what regresses
+
+    def start(self, seed: int = 1000) -> None:
+        """Serve the scenario's workload for ``seed`` live, in simulated time."""
+        from .live import LiveSimulation
+
+        self.live = LiveSimulation(self.scenario, seed, self.requests, self.slots())
+        self.slo = self.live.scenario.slo
+
+    def stop(self) -> None:
+        pass
+
+    def now(self) -> float:
+        return self._live().now()
+
+    def observe(self, until: float):
+        return self._live().observe(until)
+
+    def deploy(self, program, fallbacks=()) -> None:
+        self._live().deploy(program, list(fallbacks))
+
+    def window_snapshot(self, since: float, until: float, incumbent) -> Snapshot:
+        params = self._live().window_snapshot(since, until, incumbent)
+        return Snapshot(self.name, params, label=f"{self.scenario} live {since:.0f}-{until:.0f} s")
+
+    def live_metrics(self) -> dict:
+        """Whole-run metrics of the live system (total time, latency, overheads)."""
+        return self._live().metrics()
+
+    def _live(self):
+        if getattr(self, "live", None) is None:
+            raise AdapterError("the simulator's live system is not started (call start())")
+        return self.live
+
+    def __getstate__(self):  # worker processes need the twin, not the live system
+        return {k: v for k, v in self.__dict__.items() if k != "live"}
+
     def summarize(self, snapshot) -> str:
+        if snapshot.params.get("kind") == "window":
+            p = snapshot.params
+            span = max(1e-9, p["until"] - p["since"])
+            prompts = sorted(r[1] for r in p["requests"]) or [0]
+            gpus = {}
+            for _, g in p["gpus"]:
+                gpus[g] = gpus.get(g, 0) + 1
+            return (f"A live window of scenario {p['scenario']}, {p['since']:.0f}-{p['until']:.0f} s: "
+                    f"{len(p['requests'])} requests ({len(p['requests']) / span:.1f}/s, queued ones included), "
+                    f"prompt tokens median {prompts[len(prompts) // 2]}; GPUs online: "
+                    f"{', '.join(f'{n}x {g}' for g, n in sorted(gpus.items()))}; current plan: "
+                    f"{len(p['plan'])} replica(s). Candidates start from that plan.")
         sc = scenarios.load(snapshot.params["scenario"], snapshot.params["seed"], snapshot.params["requests"])
         prompts = sorted(p for _, p, _ in sc.requests) or [0]
         gpus = {}
@@ -88,5 +148,9 @@ class SimulatorAdapter(Adapter):
                 f"SLO: TTFT <= {sc.slo.ttft_s} s, TPOT <= {sc.slo.tpot_s} s.")
 
     def evaluate(self, policy, snapshot):
+        if snapshot.params.get("kind") == "window":
+            from .live import replay
+
+            return replay(policy, snapshot.params)
         metrics, _ = simulate(policy, snapshot.params["scenario"], snapshot.params["seed"], snapshot.params["requests"])
         return metrics

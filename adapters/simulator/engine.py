@@ -305,7 +305,11 @@ class Simulation:
         for gid, gname in sc.initial_gpus:
             self.online[gid] = self.gpu_table[gname]
             self._gpu_online_since[gid] = 0.0
-        plan_time = self._apply_schedule(0.0)
+        if sc.initial_plan is not None:  # a twin replay: the live plan is already loaded
+            self._apply_plan(0.0, sc.initial_plan, initial=True, loaded=True)
+            plan_time = self.replan(0.0, self.workload_estimate) if sc.replan_at_start else 0.0
+        else:
+            plan_time = self._apply_schedule(0.0)
         if sc.reschedule_interval:
             self.push(plan_time + sc.reschedule_interval, TICK)
         self.next_arrival = 0
@@ -316,9 +320,25 @@ class Simulation:
     def finished(self) -> bool:
         return self.done >= len(self.requests)
 
-    def deploy(self, policy: Any) -> None:
-        """Hot swap: decisions from now on use ``policy`` (queued requests keep their priority keys)."""
+    def deploy(self, policy: Any, replan: bool = False) -> None:
+        """Hot swap: decisions from now on use ``policy`` (queued requests keep their priority keys).
+
+        ``replan``: the new policy plans differently, so run its ``schedule`` on the observed
+        window now; a changed plan is applied after the estimates' time, paying reloads.
+        """
         self.policy = policy
+        if replan:
+            self.replan(self.now, self._window(self.now).workload)
+
+    def replan(self, now: float, workload: Workload) -> float:
+        """Run ``schedule`` on ``workload``; apply a different plan when its estimates are done."""
+        view = CostModelView(self)
+        decision = self._call_plan(lambda: self.policy.schedule(self.cluster_view(now), workload, view))
+        self.overheads.scheduling_s += view._spent
+        plan_now = tuple(tuple(r.spec) for r in self.replicas if not r.removed)
+        if decision and sorted(tuple(tuple(s) for s in decision)) != sorted(plan_now):
+            self.push(now + view._spent, APPLY, decision)
+        return now + view._spent
 
     def advance(self, until: float) -> list[RequestRecord]:
         """Serve up to simulated time ``until`` (or the end); returns the records finished meanwhile."""
@@ -422,7 +442,7 @@ class Simulation:
             if sorted(new) != sorted(plan_now):
                 self.push(now + view._spent, APPLY, decision)
 
-    def _apply_plan(self, now: float, plan, initial: bool = False) -> None:
+    def _apply_plan(self, now: float, plan, initial: bool = False, loaded: bool = False) -> None:
         plan = [spec for spec, _ in self.check_plan(plan)]  # GPUs may have left meanwhile
         keep = {tuple(r.spec): r for r in self.replicas if not r.removed}
         wanted = [ReplicaSpec(*s) for s in plan]
@@ -439,7 +459,7 @@ class Simulation:
                 continue
             gpu = self.online[spec.gpus[0]]
             cost = self.replica_cost(gpu.name, spec.tp, spec.pp)
-            ready = now + cost.load_time
+            ready = now if loaded else now + cost.load_time
             if not initial:
                 self.overheads.reconfiguration_s += cost.load_time * cost.gpus
             replica = Replica(len(self.replicas), spec, gpu, cost, ready, self.scenario.token_budget, self.scenario.max_seqs)

@@ -52,6 +52,8 @@ class Scenario:
     digest: str = ""
     gpu_tables: tuple[str, ...] = ()  # extra GPU TOML files (paths)
     model_tables: tuple[str, ...] = ()
+    initial_plan: tuple | None = None  # twin replays: the live plan, already loaded at t=0
+    replan_at_start: bool = False  # twin replays: the candidate plans differently, so it re-plans at t=0
 
 
 def names() -> list[str]:

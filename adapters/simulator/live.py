@@ -1,0 +1,119 @@
+"""The simulator as a live system, and the twin that replays its windows.
+
+``LiveSimulation`` serves a scenario in simulated time, window by window, with the
+deployed policy behind a ``HotPath``. ``window_snapshot`` cuts what the last windows
+saw (the requests, the GPUs online, the plan in place, the observed workload) into a
+``Snapshot``; ``replay`` runs a candidate on it, starting from the live plan already
+loaded, so a candidate that plans differently pays for its reconfiguration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from autopoiesis.metrics import EngineSample, Observation
+from autopoiesis.online import hot_path
+from autopoiesis.program import slot_code_id
+
+from . import scenario as scenarios
+
+
+@functools.lru_cache(maxsize=8)
+def _base(name: str, digest: str):
+    """The scenario's fixed parts (cluster tables, SLO, engine settings) without its workload."""
+    return scenarios.load(name, 0, 1)
+
+
+def plan_code(source: str) -> str:
+    return slot_code_id(source, "schedule")
+
+
+class LiveSimulation:
+    """One scenario served live in simulated time; ``deploy`` hot-swaps the policy."""
+
+    def __init__(self, scenario: str, seed: int, requests: int | None, slots):
+        from . import build
+
+        self.scenario_name, self.slots = scenario, slots
+        self.scenario = scenarios.load(scenario, seed, requests)
+        self.sim = build(self.scenario, None, scenario)
+        self.started = False
+        self.hot = None
+        self.code = ""
+        self._arrived = 0
+        self._events_seen = 0
+
+    # -- serving --------------------------------------------------------------------------
+    def now(self) -> float:
+        return self.sim.now if self.started else 0.0
+
+    def deploy(self, program, fallbacks) -> None:
+        checks = {"dispatch": lambda r, args: 0 <= r < len(args[1]),
+                  "schedule": lambda r, args: bool(self.sim.check_plan(r)),
+                  "reschedule": lambda r, args: r is None or isinstance(r, bool) or bool(self.sim.check_plan(r))}
+        previous = self.hot
+        self.hot = hot_path(program, fallbacks, self.slots, checks)
+        if previous is not None:  # counts not yet observed carry over
+            self.hot.calls.update(previous.calls)
+            self.hot.fallbacks.update(previous.fallbacks)
+        code, self.code = self.code, plan_code(program.source)
+        if not self.started:
+            self.sim.policy = self.hot
+            self.sim.start()
+            self.started = True
+        else:
+            self.sim.deploy(self.hot, replan=code != self.code)
+
+    def observe(self, until: float) -> Observation:
+        sim = self.sim
+        records = sim.advance(until) if not sim.finished else []
+        arrived, self._arrived = sim.next_arrival - self._arrived, sim.next_arrival
+        log = sim.cluster_log[self._events_seen:]
+        self._events_seen = len(sim.cluster_log)
+        calls, fallbacks = self.hot.take_counts()
+        samples = [EngineSample(sim.now, r.index, r.running + len(r.prefilling), len(r.waiting),
+                                r.kv_used / max(1, r.capacity)) for r in sim.active]
+        return Observation(now=sim.now, records=records, samples=samples,
+                           events=[(e.time, e.kind, f"{len(e.gpus)} GPU(s)") for e in log],
+                           arrivals=arrived, calls=calls, fallbacks=fallbacks, finished=sim.finished)
+
+    def metrics(self) -> dict[str, float]:
+        from . import metrics_of
+
+        return metrics_of(self.scenario, self.sim.result())
+
+    # -- the twin's input -----------------------------------------------------------------
+    def window_snapshot(self, since: float, until: float, incumbent) -> dict:
+        """What happened in [since, until]: the twin replays it from the live plan."""
+        sim = self.sim
+        finished = [r for r in sim.requests if r.finish is not None and since <= r.arrival <= until]
+        known_output = sum(r.output for r in finished) / len(finished) if finished else sim.workload_estimate.mean_output
+        requests = []
+        for r in sim.requests[: sim.next_arrival]:
+            if r.arrival < since and (r.finish is None or r.finish > since) or since <= r.arrival <= until:
+                # output lengths are known once a request finished; the rest get the window's mean
+                output = r.output if r.finish is not None and r.finish <= until else max(1, round(known_output))
+                requests.append((round(max(0.0, r.arrival - since), 6), r.prompt, output))
+        requests.sort()
+        plan = sorted((list(r.spec.gpus), r.spec.tp, r.spec.pp) for r in sim.active)
+        return {
+            "kind": "window", "scenario": self.scenario_name, "digest": self.scenario.digest,
+            "since": since, "until": until, "requests": requests,
+            "gpus": sorted([gid, gpu.name] for gid, gpu in sim.online.items()),
+            "plan": plan, "workload": list(sim._window(until).workload), "plan_code": plan_code(incumbent.source),
+        }
+
+
+def replay(policy, params: dict):
+    """Counterfactual replay of a live window: ``policy`` serving it from the live plan."""
+    from . import build, metrics_of
+
+    base = _base(params["scenario"], params["digest"])
+    replans = plan_code(getattr(policy, "source", "")) != params["plan_code"]
+    sc = dataclasses.replace(
+        base, requests=[tuple(r) for r in params["requests"]], initial_gpus=[tuple(g) for g in params["gpus"]],
+        cluster_events=[], workload_estimate=tuple(params["workload"]),
+        initial_plan=[(tuple(ids), tp, pp) for ids, tp, pp in params["plan"]], replan_at_start=replans)
+    sim = build(sc, policy, params["scenario"])
+    return metrics_of(sc, sim.run())

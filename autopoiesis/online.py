@@ -1,0 +1,576 @@
+"""Online self-evolution: policies evolve while the system serves.
+
+Two planes. The serving plane is the adapter's live system: it calls the deployed
+policy on its hot path (through ``HotPath``, which answers any failing call with the
+incumbent's decision) and reports ``RequestRecord``s, which the controller cuts into
+windows. The evolution plane runs in a background thread: when a trigger fires (a
+period, drift in the windows, a cluster event), it snapshots the last windows, evolves
+programs scored by counterfactual replay of that snapshot on the adapter's twin, and
+offers the champion if it beats the incumbent on the same snapshot by a margin.
+
+Time is honest: the live system keeps serving the incumbent while evolution runs, and
+the champion goes live at the live time the evolution finished (for a simulated live
+system, the wall-clock time evolution took, LLM latency included, is added to the
+simulated clock). The ``Guard`` then watches the next windows and rolls back a
+deployment whose live fitness regresses against the incumbent's recent windows.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import signal
+import statistics
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Callable, Mapping, Sequence
+
+from . import sandbox
+from .archive import Archive
+from .evaluate import Evaluator, Limits, Task
+from .evolution import Config, Evolution
+from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot
+from .program import PolicyError, Program
+
+
+# -- the hot path -----------------------------------------------------------------------
+class HotPathTimeout(BaseException):
+    """A deployed policy call ran past its deadline (a BaseException: ``except Exception`` in a policy cannot swallow it)."""
+
+
+def _on_alarm(signum, frame):
+    raise HotPathTimeout()
+
+
+class HotPath:
+    """The deployed policy as the serving plane calls it: every failure falls back, per call.
+
+    A slot call runs the deployed function; an exception, a timeout (``timeout_s``, enforced
+    with SIGALRM where the serving loop runs in the main thread) or a result the adapter's
+    check refuses is answered by the next policy in ``fallbacks`` (the incumbent, then the
+    built-in baseline) and counted, so the serving plane never loses a decision.
+    """
+
+    def __init__(self, policy: sandbox.Policy, fallbacks: Sequence[sandbox.Policy] = (),
+                 checks: Mapping[str, Callable[[Any, tuple], bool]] | None = None, timeout_s: float | None = 0.05):
+        self.program_id, self.source = policy.program_id, policy.source
+        self.calls: Counter[str] = Counter()
+        self.fallbacks: Counter[str] = Counter()
+        self.errors: deque[str] = deque(maxlen=20)
+        self.timeout_s = timeout_s
+        self._timed = timeout_s is not None and threading.current_thread() is threading.main_thread()
+        if self._timed:
+            signal.signal(signal.SIGALRM, _on_alarm)
+        chain = [policy, *fallbacks]
+        checks = checks or {}
+        self.functions: dict[str, Callable] = {}
+        for slot in dict.fromkeys(s for p in chain for s in p.functions):
+            fns = [p.functions[slot] for p in chain if slot in p]
+            self.functions[slot] = self._guarded(slot, fns, checks.get(slot))
+            setattr(self, slot, self.functions[slot])
+
+    def __contains__(self, slot: str) -> bool:
+        return slot in self.functions
+
+    def _run(self, fn: Callable, args: tuple) -> Any:
+        if not self._timed or threading.current_thread() is not threading.main_thread():
+            return fn(*args)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
+        try:
+            return fn(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _guarded(self, slot: str, fns: list[Callable], check: Callable | None) -> Callable:
+        calls, fallbacks, errors, run = self.calls, self.fallbacks, self.errors, self._run
+
+        def call(*args):
+            calls[slot] += 1
+            reason = ""
+            for i, fn in enumerate(fns):
+                try:
+                    result = run(fn, args)
+                    if check is None or check(result, args):
+                        return result
+                    reason = reason or f"returned an unusable {type(result).__name__}"
+                except HotPathTimeout:
+                    reason = reason or "timed out"
+                except Exception as e:  # noqa: BLE001 - untrusted code: any failure falls back
+                    reason = reason or f"{type(e).__name__}: {e}"[:200]
+                if i == 0:
+                    fallbacks[slot] += 1
+                    errors.append(f"{slot}: {reason}")
+            raise PolicyError(f"{slot}: the deployed policy and every fallback failed ({reason})")
+
+        call.__name__ = slot
+        return call
+
+    def take_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(calls, fallbacks) by slot since the last take."""
+        calls, fallbacks = dict(self.calls), dict(self.fallbacks)
+        self.calls.clear()
+        self.fallbacks.clear()
+        return calls, fallbacks
+
+
+def hot_path(program: Program, fallbacks: Sequence[Program], slots, checks=None, timeout_s: float | None = 0.05) -> HotPath:
+    """Compile ``program`` and its fallbacks (trusted last) into a ``HotPath``."""
+    compiled = [sandbox.compile_policy(p.source, slots, p.id) for p in [program, *fallbacks]]
+    return HotPath(compiled[0], compiled[1:], checks, timeout_s)
+
+
+# -- the guard ----------------------------------------------------------------------------
+@dataclass
+class Guard:
+    """Watches a new deployment's first live windows; says when to roll it back.
+
+    More than ``max_fallback_rate`` of hot-path calls falling back rolls back at once. A
+    window whose guard metric is worse than the incumbent's recent live level (the median
+    of its last windows) by more than ``tolerance`` is suspect: load moves latency too, so
+    the controller replays that same window on the twin with the incumbent and rolls back
+    only if the incumbent would have done better there. ``windows`` clean windows confirm.
+    """
+
+    objective: Objective
+    windows: int = 2
+    tolerance: float = 0.5
+    max_fallback_rate: float = 0.05
+    reference: float | None = None
+    left: int = 0
+
+    def watch(self, reference: float | None) -> None:
+        self.reference, self.left = reference, self.windows
+
+    @property
+    def watching(self) -> bool:
+        return self.left > 0
+
+    def check(self, value: float | None, calls: int, fallbacks: int) -> tuple[str, str]:
+        """After one window of the new policy: ('rollback' | 'suspect', why), ('confirm' | 'watch', '')."""
+        if calls and fallbacks / calls > self.max_fallback_rate:
+            self.left = 0
+            return "rollback", f"{fallbacks} of {calls} hot-path calls fell back"
+        if value is not None and self.reference is not None and math.isfinite(value):
+            worse = -self.objective.improvement(value, self.reference)
+            if worse > self.tolerance:
+                return "suspect", (f"live {self.objective.name} {value:.4g} vs the incumbent's recent "
+                                   f"{self.reference:.4g} ({worse:+.0%})")
+        return self.clean()
+
+    def clean(self) -> tuple[str, str]:
+        self.left -= 1
+        return ("confirm", "") if self.left <= 0 else ("watch", "")
+
+
+# -- configuration ------------------------------------------------------------------------
+@dataclass
+class OnlineConfig:
+    """The online loop's knobs (docs/online.md explains each)."""
+
+    window_s: float = 30.0  # length of one live window
+    history: int = 2  # windows the twin replays (the snapshot)
+    period: int = 4  # windows between periodic evolutions (0: only drift triggers)
+    cooldown: int = 2  # windows after a trigger before drift may trigger again
+    drift_signals: tuple[str, ...] = ("rate", "mean_prompt", "slo_attainment")
+    drift_threshold: float = 1.0  # Page-Hinkley threshold (relative units)
+    margin: float = 0.01  # the champion must beat the incumbent on the snapshot by this (relative)
+    guard_windows: int = 2
+    guard_tolerance: float = 0.5
+    guard_metric: str = ""  # default: the adapter's guard_metric, else the objective
+    max_fallback_rate: float = 0.05
+    hot_path_timeout_s: float = 0.05
+    evolution_cost_s: float | None = None  # None: the measured wall-clock time; a number: fixed (reproducible)
+    live_seed: int = 1000  # the live workload's seed (simulated live systems)
+    similar: int = 2  # earlier winners for similar conditions seeded into each evolution
+    max_windows: int | None = None  # stop after this many windows (default: when the live system is done)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "OnlineConfig":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "drift_signals" in known:
+            known["drift_signals"] = tuple(known["drift_signals"])
+        return cls(**known)
+
+
+@dataclass
+class Window:
+    index: int
+    start: float
+    end: float
+    policy: str  # live at the end of the window
+    swapped: bool  # a deployment or rollback happened inside it
+    metrics: dict[str, float]
+    arrivals: int
+    calls: int
+    fallbacks: int
+    triggers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Deployment:
+    time: float
+    kind: str  # initial | deploy | rollback | confirm | rejected
+    program: str
+    reason: str = ""
+    incumbent_fitness: float | None = None  # on the twin snapshot
+    champion_fitness: float | None = None
+    evolution_s: float = 0.0
+    evaluations: int = 0
+
+
+@dataclass
+class _Job:
+    """One evolution in the background."""
+
+    kind: str  # "evolve": breed on the snapshot; "guard": replay a suspect window with the incumbent
+    number: int
+    started_live: float
+    started_wall: float
+    snapshot: Snapshot
+    incumbent: Program
+    conditions: dict[str, float] = field(default_factory=dict)
+    candidate: Program | None = None  # guard jobs: the deployment under watch
+    why: str = ""
+    finished: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: str | None = None
+    wall_s: float = 0.0
+    extra_s: float = 0.0  # time not spent in this process (recorded LLM latency on replay)
+
+    @property
+    def done(self) -> bool:
+        return self.finished.is_set()
+
+
+# -- the controller ----------------------------------------------------------------------
+class Controller:
+    """The online loop: serve, watch windows, evolve on a trigger, deploy, guard, roll back."""
+
+    def __init__(self, adapter: Any, config: OnlineConfig | None = None, evolution: Config | None = None,
+                 archive: Archive | None = None, operators=None, run_id: str | None = None,
+                 adapter_spec: str | None = None, adapter_options: Mapping[str, Any] | None = None,
+                 initial: Program | None = None, extra_latency: Callable[[], float] | None = None,
+                 on_event: Callable[[str, dict[str, Any]], None] | None = None, extra_config: Mapping | None = None):
+        from .evolution import new_run_id
+
+        self.adapter = adapter
+        self.config = config or OnlineConfig()
+        self.evolution_config = evolution or Config(population=8, generations=3, held_out_snapshots=0)
+        self.archive = archive or Archive()
+        self.operators = operators
+        self.run_id = run_id or new_run_id(f"{adapter.name}-online")
+        self.adapter_spec = adapter_spec or type(adapter).__name__
+        self.adapter_options = dict(adapter_options or {})
+        self.extra_config = dict(extra_config or {})
+        self.on_event = on_event or (lambda kind, data: None)
+        self.extra_latency = extra_latency or (lambda: 0.0)  # seconds the operators spent outside wall time
+        self.slots = adapter.slots()
+        objectives = self.evolution_config.objectives or (str(adapter.objectives[0]),)
+        self.objective = Objective.parse(objectives[0])
+        guard_name = self.config.guard_metric or getattr(adapter, "guard_metric", "") or self.objective.name
+        guard_direction = next((o.direction for o in adapter.objectives if o.name == guard_name), "min")
+        self.guard = Guard(Objective(guard_name, guard_direction), self.config.guard_windows,
+                           self.config.guard_tolerance, self.config.max_fallback_rate)
+        self.baselines = adapter.baselines()
+        self.baseline = initial or next(iter(self.baselines.values()))
+        self.fallback = next(iter(self.baselines.values()))  # trusted, human-designed
+        self.windows: list[Window] = []
+        self.deployments: list[Deployment] = []
+        self.winners: list[tuple[dict[str, float], Program]] = []  # (conditions, program) library
+        self.refused: set[str] = set()  # rolled back: never deployed again
+        self.evaluations = 0
+
+    # -- public --------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        cfg, adapter = self.config, self.adapter
+        self.archive.create_run(self.run_id, self.adapter_spec, {
+            "mode": "online", "online": cfg.to_dict(), **self.evolution_config.to_dict(),
+            "objective_list": [str(self.objective)], "adapter_options": self.adapter_options,
+            "headline": list(getattr(adapter, "headline", ()) or [o.name for o in adapter.objectives]),
+            **self.extra_config})
+        self.drift = DriftDetector(cfg.drift_signals, threshold=cfg.drift_threshold, cooldown=cfg.cooldown)
+        self.slo = getattr(adapter, "slo", None) or SLO()
+        limits = Limits(timeout=self.evolution_config.timeout, memory_mb=self.evolution_config.memory_mb)
+        self.records: list[RequestRecord] = []
+        self.pending: list[RequestRecord] = []
+        self.calls = self.fallback_calls = 0
+        self.arrivals = 0
+        self.events: list[tuple[float, str, str]] = []
+        self.job: _Job | None = None
+        self.jobs = 0
+        self.since_trigger = 0
+        self.swapped = False
+        status = "done"
+        self.queue: queue.Queue = queue.Queue()
+        plane = threading.Thread(target=self._plane, args=(limits,), name="evolution-plane", daemon=True)
+        adapter.start(seed=cfg.live_seed)
+        plane.start()
+        try:
+            self.incumbent = self.baseline
+            self.previous: Program | None = None
+            self._deploy(self.incumbent, adapter.now(), "initial", "the starting policy")
+            self._loop()
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        finally:
+            self.queue.put(None)
+            plane.join()
+            adapter.stop()
+            self.archive.set_status(self.run_id, status)
+        return self.summary()
+
+    def _plane(self, limits: Limits) -> None:
+        """The evolution plane: one long-lived thread (its worker processes outlive each job)."""
+        with Evaluator(self.adapter, self.evolution_config.workers, limits,
+                       cache=self.archive.cache_for(self.run_id)) as evaluator:
+            self.evaluator = evaluator
+            while (job := self.queue.get()) is not None:
+                try:
+                    self._evolve(job)
+                finally:
+                    job.finished.set()
+
+    def summary(self) -> dict[str, Any]:
+        window = RollingWindow()
+        for record in self.records:
+            window.add(record)
+        overall = window.summary(self.slo) if self.records else {}
+        return {
+            "run": self.run_id, "windows": len(self.windows), "requests": len(self.records),
+            "evolutions": self.jobs, "evaluations": self.evaluations,
+            "deployments": sum(d.kind == "deploy" for d in self.deployments),
+            "rollbacks": sum(d.kind == "rollback" for d in self.deployments),
+            "fallbacks": sum(w.fallbacks for w in self.windows),
+            "final_policy": self.incumbent.id, "metrics": overall,
+            "live": getattr(self.adapter, "live_metrics", lambda: {})(),
+        }
+
+    # -- the serving loop -----------------------------------------------------------------
+    def _loop(self) -> None:
+        cfg, adapter = self.config, self.adapter
+        window_start = adapter.now()
+        next_close = window_start + cfg.window_s
+        while True:
+            job = self.job
+            target = next_close
+            if job is not None:
+                ready = self._ready_at(job)
+                target = min(target, ready) if ready is not None else min(target, self._job_clock(job))
+            observation = adapter.observe(target)
+            self._ingest(observation)
+            if job is not None and job.done and observation.now >= (self._ready_at(job) or math.inf):
+                self.job = None
+                self._conclude(job, observation.now)
+            if observation.now >= next_close or observation.finished:
+                self._close_window(window_start, observation.now)
+                window_start, next_close = observation.now, observation.now + cfg.window_s
+            if observation.finished or (cfg.max_windows and len(self.windows) >= cfg.max_windows):
+                return
+            if self.job is not None and not self.job.done and target < next_close:
+                time.sleep(0.005)  # serving at the evolution's pace; let it work
+
+    def _job_clock(self, job: _Job) -> float:
+        """The live time an unfinished evolution has reached."""
+        if self.config.evolution_cost_s is not None:
+            if job.started_live + self.config.evolution_cost_s <= self.adapter.now():
+                job.finished.wait()  # a fixed cost: serving waits for the result at that instant
+            return job.started_live + self.config.evolution_cost_s
+        return job.started_live + (time.monotonic() - job.started_wall)
+
+    def _ready_at(self, job: _Job) -> float | None:
+        if not job.done:
+            return None
+        if self.config.evolution_cost_s is not None:
+            return job.started_live + self.config.evolution_cost_s
+        return job.started_live + job.wall_s + job.extra_s
+
+    def _ingest(self, observation) -> None:
+        self.pending.extend(observation.records)
+        self.records.extend(observation.records)
+        self.arrivals += observation.arrivals
+        self.events.extend(observation.events)
+        self.calls += sum(observation.calls.values())
+        self.fallback_calls += sum(observation.fallbacks.values())
+
+    def _close_window(self, start: float, end: float) -> None:
+        cfg = self.config
+        window = RollingWindow()
+        for record in self.pending:
+            window.add(record)
+        metrics = window.summary(self.slo) if self.pending else {"requests": 0.0}
+        metrics["rate"] = self.arrivals / max(end - start, 1e-9)
+        w = Window(len(self.windows), start, end, self.live.id, self.swapped, metrics, self.arrivals,
+                   self.calls, self.fallback_calls)
+        self.swapped = False
+        cluster_events = [e for e in self.events]
+        self.pending, self.arrivals, self.calls, self.fallback_calls, self.events = [], 0, 0, 0, []
+        self.windows.append(w)
+        self._guard_window(w, end)
+        signals = {k: metrics[k] for k in cfg.drift_signals if k in metrics and metrics.get("requests", 0) > 0}
+        reasons = self.drift.update(signals, cluster_events=len(cluster_events))
+        self.since_trigger += 1
+        if not reasons and cfg.period and self.since_trigger >= cfg.period:
+            reasons = ["period"]
+        w.triggers = reasons
+        if reasons and self.job is None and not self.guard.watching:
+            self._start_job(end, reasons)
+        self.archive.add_window(self.run_id, w.index, w.start, w.end, w.policy, w.metrics,
+                                {"arrivals": w.arrivals, "calls": w.calls, "fallbacks": w.fallbacks,
+                                 "triggers": w.triggers, "swapped": w.swapped,
+                                 "events": [list(e) for e in cluster_events]})
+        self.on_event("window", {"window": w, "incumbent": self.incumbent.id, "job": self.job is not None,
+                                 "deployments": self.deployments})
+
+    # -- guard ----------------------------------------------------------------------------
+    def _guard_window(self, w: Window, now: float) -> None:
+        if not self.guard.watching or w.swapped or self.job is not None:
+            return
+        value = w.metrics.get(self.guard.objective.name) if w.metrics.get("requests") else None
+        verdict, why = self.guard.check(value, w.calls, w.fallbacks)
+        if verdict == "suspect":  # ask the twin: would the incumbent have done better on this window?
+            self.jobs += 1
+            snapshot = self.adapter.window_snapshot(w.start, w.end, self.live)
+            self.job = _Job("guard", self.jobs, now, time.monotonic(), snapshot, self.incumbent,
+                            candidate=self.live, why=why)
+            self.queue.put(self.job)
+        else:
+            self._verdict(verdict, why, now)
+
+    def _verdict(self, verdict: str, why: str, now: float) -> None:
+        if verdict == "rollback":
+            self.refused.add(self.live.id)
+            self.incumbent = self.previous or self.fallback
+            self._deploy(self.incumbent, now, "rollback", why)
+            self.guard.left = 0
+            self.since_trigger = 0
+            self.drift.quiet = self.config.cooldown
+        elif verdict == "confirm":
+            self.incumbent = self.live
+            self._record(Deployment(now, "confirm", self.live.id, f"{self.guard.windows} clean window(s)"))
+
+    def _reference(self) -> float | None:
+        """The incumbent's recent live level of the guard metric (median of its last windows)."""
+        name = self.guard.objective.name
+        values = [w.metrics[name] for w in reversed(self.windows)
+                  if w.policy == self.incumbent.id and w.metrics.get("requests") and name in w.metrics][:3]
+        return statistics.median(values) if values else None
+
+    # -- evolution ------------------------------------------------------------------------
+    def _start_job(self, now: float, reasons: list[str]) -> None:
+        cfg = self.config
+        self.since_trigger = 0
+        self.jobs += 1
+        since = max(0.0, now - cfg.history * cfg.window_s)
+        snapshot = self.adapter.window_snapshot(since, now, self.incumbent)
+        conditions = {k: self.windows[-1].metrics.get(k, 0.0) for k in ("rate", "mean_prompt")}
+        job = _Job("evolve", self.jobs, now, time.monotonic(), snapshot, self.incumbent, conditions)
+        self.job = job
+        self.on_event("trigger", {"time": now, "reasons": reasons, "job": job.number})
+        self.queue.put(job)
+
+    def _seeds(self, job: _Job) -> list[Program]:
+        """The incumbent, earlier winners for the most similar conditions, then the baselines."""
+        def distance(conditions):
+            return sum(abs(conditions.get(k, 0.0) - v) / (abs(v) + 1e-9) for k, v in job.conditions.items())
+
+        similar = [p for _, p in sorted(self.winners, key=lambda cp: distance(cp[0]))][: self.config.similar]
+        seeds = [job.incumbent, *similar, *self.baselines.values()]
+        return [p for p in dict.fromkeys(seeds) if p.id not in self.refused or p.id == job.incumbent.id]
+
+    def _evolve(self, job: _Job) -> None:
+        latency_before = self.extra_latency()
+        try:
+            if job.kind == "guard":
+                job.result = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot)
+                                                      for p in (job.candidate, job.incumbent)])
+                return
+            cfg = replace(self.evolution_config, seed=self.evolution_config.seed * 1000 + job.number,
+                          held_out_snapshots=0, train_snapshots=1)
+            evolution = Evolution(self.adapter, cfg, self.archive, operators=self.operators,
+                                  adapter_spec=self.adapter_spec, adapter_options=self.adapter_options,
+                                  seeds=self._seeds(job), snapshots=[job.snapshot], evaluator=self.evaluator)
+            result = evolution.run(run_id=f"{self.run_id}-e{job.number:03d}")
+            scores = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot) for p in (job.incumbent, result.champion)])
+            job.result = (result, scores)
+        except Exception as e:  # noqa: BLE001 - the evolution plane must never take serving down
+            job.error = f"{type(e).__name__}: {e}"
+        finally:
+            job.wall_s = time.monotonic() - job.started_wall
+            job.extra_s = max(0.0, self.extra_latency() - latency_before)
+
+    def _conclude(self, job: _Job, now: float) -> None:
+        if job.kind == "guard":
+            return self._conclude_guard(job, now)
+        elapsed = now - job.started_live
+        if job.error or job.result is None:
+            self._record(Deployment(now, "rejected", job.incumbent.id, f"evolution failed: {job.error}",
+                                    evolution_s=elapsed))
+            return
+        result, scores = job.result
+        self.evaluations += result.evaluated
+        champion = result.champion
+        inc = scores.get((job.incumbent.id, job.snapshot.key))
+        new = scores.get((champion.id, job.snapshot.key))
+        name = self.objective.name
+        inc_f = inc.metrics.get(name) if inc is not None and inc.ok else None
+        new_f = new.metrics.get(name) if new is not None and new.ok else None
+        detail = dict(incumbent_fitness=inc_f, champion_fitness=new_f, evolution_s=elapsed,
+                      evaluations=result.evaluated)
+        if champion.id == job.incumbent.id or new_f is None:
+            self._record(Deployment(now, "rejected", champion.id, "the incumbent stays the best", **detail))
+            return
+        gain = self.objective.improvement(new_f, inc_f) if inc_f is not None else math.inf
+        if gain < self.config.margin:
+            self._record(Deployment(now, "rejected", champion.id,
+                                    f"gain {gain:+.2%} below the margin {self.config.margin:.0%}", **detail))
+            return
+        if job.incumbent.id != self.live.id or champion.id in self.refused:
+            why = "rolled back before" if champion.id in self.refused else "the live policy changed meanwhile"
+            self._record(Deployment(now, "rejected", champion.id, why, **detail))
+            return
+        self.winners.append((job.conditions, champion))
+        self._deploy(champion, now, "deploy", f"{gain:+.1%} {name} on the twin", **detail)
+
+    def _conclude_guard(self, job: _Job, now: float) -> None:
+        if job.candidate.id != self.live.id:
+            return
+        scores = job.result or {}
+        live = scores.get((job.candidate.id, job.snapshot.key))
+        inc = scores.get((job.incumbent.id, job.snapshot.key))
+        name = self.guard.objective.name
+        if live is None or inc is None or not inc.ok:
+            return self._verdict(*self.guard.clean(), now)  # no counterfactual: do not blame the policy
+        if not live.ok:
+            return self._verdict("rollback", f"{job.why}; it fails on the twin replay: {live.error}", now)
+        worse = -self.guard.objective.improvement(live.metrics[name], inc.metrics[name])
+        if worse > self.config.margin:
+            return self._verdict("rollback", f"{job.why}; on the twin replay of that window the incumbent "
+                                             f"does {worse:.0%} better", now)
+        self._verdict(*self.guard.clean(), now)
+
+    # -- deployment -----------------------------------------------------------------------
+    def _deploy(self, program: Program, now: float, kind: str, reason: str, **detail) -> None:
+        fallbacks = [p for p in (self.incumbent if kind == "deploy" else None, self.fallback)
+                     if p is not None and p.id != program.id]
+        self.adapter.deploy(program, fallbacks)
+        if kind == "deploy":
+            self.previous = self.incumbent
+            self.guard.watch(self._reference())
+        self.live = program
+        self.swapped = True
+        self._record(Deployment(now, kind, program.id, reason, **detail))
+
+    def _record(self, d: Deployment) -> None:
+        self.deployments.append(d)
+        program = next((p for p in [getattr(self, "live", None), self.incumbent, *self.baselines.values()]
+                        if p is not None and p.id == d.program), None)
+        if program is not None:
+            self.archive.add_program(program)
+        self.archive.add_deployment(self.run_id, d.time, d.kind, d.program, d.reason, asdict(d))
+        self.on_event("deployment", {"deployment": d})
