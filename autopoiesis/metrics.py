@@ -158,6 +158,17 @@ class Observation:
     calls: dict[str, int] = field(default_factory=dict)  # hot-path policy calls by slot
     fallbacks: dict[str, int] = field(default_factory=dict)  # of which fell back to the incumbent's decision
     finished: bool = False  # the live system has nothing more to serve (a replayed workload ended)
+    in_flight: list[float] = field(default_factory=list)  # arrival times of requests not finished at ``now``
+
+
+def open_latency(records: Iterable["RequestRecord"], in_flight: Iterable[float], now: float) -> float | None:
+    """Mean end-to-end latency counting unfinished requests at their age so far (a lower bound).
+
+    Finished requests alone flatter a policy that starves some: the starved never finish
+    inside the window. This is the Guard's view of a live window.
+    """
+    values = [r.e2e for r in records] + [now - a for a in in_flight]
+    return math.fsum(values) / len(values) if values else None
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ from . import sandbox
 from .archive import Archive
 from .evaluate import Evaluator, Limits, Task
 from .evolution import Config, Evolution
-from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot
+from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, open_latency
 from .program import PolicyError, Program
 
 
@@ -127,36 +127,47 @@ class Guard:
     """Watches a new deployment's first live windows; says when to roll it back.
 
     More than ``max_fallback_rate`` of hot-path calls falling back rolls back at once. A
-    window whose guard metric is worse than the incumbent's recent live level (the median
-    of its last windows) by more than ``tolerance`` is suspect: load moves latency too, so
-    the controller replays that same window on the twin with the incumbent and rolls back
-    only if the incumbent would have done better there. ``windows`` clean windows confirm.
+    window is suspect when the guard metric, or the backlog (requests in flight at its
+    end), is worse than the incumbent's recent live level (the median of its last clean
+    windows) by more than ``tolerance``. Load moves both, so the controller then replays
+    that same window on the twin with the incumbent and rolls back only if the incumbent
+    would have done better there. ``windows`` clean windows confirm the deployment.
     """
 
     objective: Objective
     windows: int = 2
-    tolerance: float = 0.5
+    tolerance: float = 0.25
     max_fallback_rate: float = 0.05
-    reference: float | None = None
+    reference: dict[str, float] = field(default_factory=dict)
     left: int = 0
+    #: a backlog is compared with at least this many requests as its reference (a few queued is noise)
+    floors: dict[str, float] = field(default_factory=lambda: {"in_flight": 10.0})
 
-    def watch(self, reference: float | None) -> None:
-        self.reference, self.left = reference, self.windows
+    @property
+    def signals(self) -> tuple[str, ...]:
+        return (self.objective.name, "in_flight")
+
+    def watch(self, reference: Mapping[str, float]) -> None:
+        self.reference, self.left = dict(reference), self.windows
 
     @property
     def watching(self) -> bool:
         return self.left > 0
 
-    def check(self, value: float | None, calls: int, fallbacks: int) -> tuple[str, str]:
+    def check(self, values: Mapping[str, float], calls: int, fallbacks: int) -> tuple[str, str]:
         """After one window of the new policy: ('rollback' | 'suspect', why), ('confirm' | 'watch', '')."""
         if calls and fallbacks / calls > self.max_fallback_rate:
             self.left = 0
             return "rollback", f"{fallbacks} of {calls} hot-path calls fell back"
-        if value is not None and self.reference is not None and math.isfinite(value):
-            worse = -self.objective.improvement(value, self.reference)
+        for name in self.signals:
+            value, ref = values.get(name), self.reference.get(name)
+            if value is None or ref is None or not math.isfinite(value):
+                continue
+            direction = self.objective.direction if name == self.objective.name else "min"
+            worse = (value - ref) / max(abs(ref), self.floors.get(name, 1e-9))
+            worse = worse if direction == "min" else -worse
             if worse > self.tolerance:
-                return "suspect", (f"live {self.objective.name} {value:.4g} vs the incumbent's recent "
-                                   f"{self.reference:.4g} ({worse:+.0%})")
+                return "suspect", f"live {name} {value:.4g} vs the incumbent's recent {ref:.4g} ({worse:+.0%})"
         return self.clean()
 
     def clean(self) -> tuple[str, str]:
@@ -177,7 +188,7 @@ class OnlineConfig:
     drift_threshold: float = 1.0  # Page-Hinkley threshold (relative units)
     margin: float = 0.01  # the champion must beat the incumbent on the snapshot by this (relative)
     guard_windows: int = 2
-    guard_tolerance: float = 0.5
+    guard_tolerance: float = 0.25
     guard_metric: str = ""  # default: the adapter's guard_metric, else the objective
     max_fallback_rate: float = 0.05
     hot_path_timeout_s: float = 0.05
@@ -284,6 +295,12 @@ class Controller:
         self.winners: list[tuple[dict[str, float], Program]] = []  # (conditions, program) library
         self.refused: set[str] = set()  # rolled back: never deployed again
         self.evaluations = 0
+        self.forced: list[tuple[float, Program]] = []
+
+    def force(self, program: Program, at: float) -> None:
+        """Deploy ``program`` at live time ``at`` without evolving it (tests, canaries); the Guard still watches."""
+        self.forced.append((at, program))
+        self.forced.sort(key=lambda tp: tp[0])
 
     # -- public --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -305,6 +322,7 @@ class Controller:
         self.jobs = 0
         self.since_trigger = 0
         self.swapped = False
+        self.in_flight: list[float] = []
         status = "done"
         self.queue: queue.Queue = queue.Queue()
         plane = threading.Thread(target=self._plane, args=(limits,), name="evolution-plane", daemon=True)
@@ -362,16 +380,21 @@ class Controller:
             if job is not None:
                 ready = self._ready_at(job)
                 target = min(target, ready) if ready is not None else min(target, self._job_clock(job))
+            if self.forced:
+                target = min(target, self.forced[0][0])
             observation = adapter.observe(target)
             self._ingest(observation)
-            if job is not None and job.done and observation.now >= (self._ready_at(job) or math.inf):
-                self.job = None
-                self._conclude(job, observation.now)
             if observation.now >= next_close or observation.finished:
                 self._close_window(window_start, observation.now)
                 window_start, next_close = observation.now, observation.now + cfg.window_s
             if observation.finished or (cfg.max_windows and len(self.windows) >= cfg.max_windows):
                 return
+            if self.forced and observation.now >= self.forced[0][0]:
+                _, program = self.forced.pop(0)
+                self._deploy(program, observation.now, "deploy", "forced by the caller")
+            if job is not None and job.done and observation.now >= (self._ready_at(job) or math.inf):
+                self.job = None
+                self._conclude(job, observation.now)
             if self.job is not None and not self.job.done and target < next_close:
                 time.sleep(0.005)  # serving at the evolution's pace; let it work
 
@@ -395,6 +418,7 @@ class Controller:
         self.records.extend(observation.records)
         self.arrivals += observation.arrivals
         self.events.extend(observation.events)
+        self.in_flight = observation.in_flight
         self.calls += sum(observation.calls.values())
         self.fallback_calls += sum(observation.fallbacks.values())
 
@@ -405,6 +429,10 @@ class Controller:
             window.add(record)
         metrics = window.summary(self.slo) if self.pending else {"requests": 0.0}
         metrics["rate"] = self.arrivals / max(end - start, 1e-9)
+        metrics["in_flight"] = float(len(self.in_flight))
+        open_e2e = open_latency(self.pending, self.in_flight, end)
+        if open_e2e is not None:
+            metrics["mean_e2e_open"] = open_e2e
         w = Window(len(self.windows), start, end, self.live.id, self.swapped, metrics, self.arrivals,
                    self.calls, self.fallback_calls)
         self.swapped = False
@@ -431,8 +459,7 @@ class Controller:
     def _guard_window(self, w: Window, now: float) -> None:
         if not self.guard.watching or w.swapped or self.job is not None:
             return
-        value = w.metrics.get(self.guard.objective.name) if w.metrics.get("requests") else None
-        verdict, why = self.guard.check(value, w.calls, w.fallbacks)
+        verdict, why = self.guard.check(w.metrics, w.calls, w.fallbacks)
         if verdict == "suspect":  # ask the twin: would the incumbent have done better on this window?
             self.jobs += 1
             snapshot = self.adapter.window_snapshot(w.start, w.end, self.live)
@@ -454,12 +481,15 @@ class Controller:
             self.incumbent = self.live
             self._record(Deployment(now, "confirm", self.live.id, f"{self.guard.windows} clean window(s)"))
 
-    def _reference(self) -> float | None:
-        """The incumbent's recent live level of the guard metric (median of its last windows)."""
-        name = self.guard.objective.name
-        values = [w.metrics[name] for w in reversed(self.windows)
-                  if w.policy == self.incumbent.id and w.metrics.get("requests") and name in w.metrics][:3]
-        return statistics.median(values) if values else None
+    def _reference(self) -> dict[str, float]:
+        """The incumbent's recent live level of each guard signal (median of its last 3 clean windows)."""
+        recent = [w for w in reversed(self.windows) if w.policy == self.incumbent.id and not w.swapped][:3]
+        out = {}
+        for name in self.guard.signals:
+            values = [w.metrics[name] for w in recent if name in w.metrics]
+            if values:
+                out[name] = statistics.median(values)
+        return out
 
     # -- evolution ------------------------------------------------------------------------
     def _start_job(self, now: float, reasons: list[str]) -> None:
@@ -543,11 +573,12 @@ class Controller:
         scores = job.result or {}
         live = scores.get((job.candidate.id, job.snapshot.key))
         inc = scores.get((job.incumbent.id, job.snapshot.key))
-        name = self.guard.objective.name
         if live is None or inc is None or not inc.ok:
             return self._verdict(*self.guard.clean(), now)  # no counterfactual: do not blame the policy
         if not live.ok:
             return self._verdict("rollback", f"{job.why}; it fails on the twin replay: {live.error}", now)
+        name = self.guard.objective.name if self.guard.objective.name in inc.metrics else "mean_e2e"
+        name = name if name in inc.metrics else self.objective.name  # replays finish every request
         worse = -self.guard.objective.improvement(live.metrics[name], inc.metrics[name])
         if worse > self.config.margin:
             return self._verdict("rollback", f"{job.why}; on the twin replay of that window the incumbent "

@@ -43,6 +43,7 @@ class LiveSimulation:
         self.code = ""
         self._arrived = 0
         self._events_seen = 0
+        self._oldest = 0  # every request before this index has finished
 
     # -- serving --------------------------------------------------------------------------
     def now(self) -> float:
@@ -76,7 +77,14 @@ class LiveSimulation:
                                 r.kv_used / max(1, r.capacity)) for r in sim.active]
         return Observation(now=sim.now, records=records, samples=samples,
                            events=[(e.time, e.kind, f"{len(e.gpus)} GPU(s)") for e in log],
-                           arrivals=arrived, calls=calls, fallbacks=fallbacks, finished=sim.finished)
+                           arrivals=arrived, calls=calls, fallbacks=fallbacks, finished=sim.finished,
+                           in_flight=self._in_flight())
+
+    def _in_flight(self) -> list[float]:
+        requests, end = self.sim.requests, self.sim.next_arrival
+        while self._oldest < end and requests[self._oldest].finish is not None:
+            self._oldest += 1
+        return [r.arrival for r in requests[self._oldest:end] if r.finish is None]
 
     def metrics(self) -> dict[str, float]:
         from . import metrics_of

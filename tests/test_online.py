@@ -1,0 +1,145 @@
+"""Online evolution on the simulator's live system: hot path, guard, rollback, honest time."""
+
+import pytest
+
+from autopoiesis.adapters.simulator import SimulatorAdapter
+from autopoiesis.archive import Archive
+from autopoiesis.evolution import Config
+from autopoiesis.online import Controller, OnlineConfig
+from autopoiesis.program import Program, replace_function
+
+SCENARIO = "stationary"
+REQUESTS = 2500  # about 130 s of the scenario
+
+
+def variant(base: Program, slot: str, new_def: str) -> Program:
+    return Program(replace_function(base.source, slot, new_def))
+
+
+@pytest.fixture
+def adapter():
+    return SimulatorAdapter(SCENARIO, requests=REQUESTS)
+
+
+@pytest.fixture
+def default(adapter):
+    return adapter.baselines()["default"]
+
+
+def serve(adapter, program, fallbacks):
+    adapter.start(seed=1000)
+    adapter.deploy(program, fallbacks)
+    observation = adapter.observe(float("inf"))
+    assert observation.finished
+    return observation
+
+
+def test_the_live_system_serves_every_request_once(adapter, default):
+    observation = serve(adapter, default, [])
+    ids = [r.request_id for r in observation.records]
+    assert len(ids) == REQUESTS and len(set(ids)) == REQUESTS
+    assert observation.arrivals == REQUESTS
+    assert sum(observation.fallbacks.values()) == 0 and observation.calls["dispatch"] >= REQUESTS
+
+
+def test_a_policy_that_raises_on_the_hot_path_never_drops_a_request(adapter, default):
+    raising = variant(default, "dispatch", (
+        "def dispatch(request, replicas, now):\n"
+        "    if request.id % 3 == 0:\n"
+        "        raise ValueError('boom')\n"
+        "    if request.id % 3 == 1:\n"
+        "        return len(replicas) + 5\n"
+        "    return 0\n"))
+    raising = variant(raising, "priority", (
+        "def priority(request, now):\n"
+        "    return 1 / (request.id % 2)\n"))
+    observation = serve(adapter, raising, [default])
+    ids = {r.request_id for r in observation.records}
+    assert len(observation.records) == REQUESTS and len(ids) == REQUESTS
+    # two thirds of dispatch calls fail (raise or bad index), half of priority calls divide by zero
+    assert observation.fallbacks["dispatch"] >= 0.6 * observation.calls["dispatch"]
+    assert observation.fallbacks["priority"] >= 0.45 * observation.calls["priority"]
+
+
+def test_a_policy_that_hangs_on_the_hot_path_times_out_and_falls_back(adapter, default):
+    hanging = variant(default, "priority", (
+        "def priority(request, now):\n"
+        "    while request.id % 500 == 7:\n"
+        "        pass\n"
+        "    return request.arrival\n"))
+    observation = serve(adapter, hanging, [default])
+    assert len({r.request_id for r in observation.records}) == REQUESTS
+    assert observation.fallbacks["priority"] == sum(1 for i in range(REQUESTS) if i % 500 == 7)
+
+
+def controller(adapter, tmp_path, **online):
+    config = OnlineConfig(**{"window_s": 15.0, "period": 0, "drift_signals": (), "evolution_cost_s": 2.0, **online})
+    return Controller(adapter, config, Config(population=4, generations=1, workers=1, held_out_snapshots=0),
+                      archive=Archive(tmp_path / "archive.db"))
+
+
+def test_a_bad_program_forced_live_is_rolled_back_within_the_guard_windows(adapter, default, tmp_path):
+    bad = variant(default, "dispatch", "def dispatch(request, replicas, now):\n    return 0\n")
+    c = controller(adapter, tmp_path, guard_windows=2)
+    c.force(bad, at=45.0)
+    c.run()
+    kinds = [(d.kind, d.program) for d in c.deployments]
+    assert ("deploy", bad.id) in kinds and ("rollback", default.id) in kinds
+    deployed = next(d.time for d in c.deployments if d.kind == "deploy")
+    rolled = next(d.time for d in c.deployments if d.kind == "rollback")
+    watched = [w for w in c.windows if deployed <= w.start and w.end <= rolled + 1e-9]
+    assert len(watched) <= c.config.guard_windows
+    assert all(w.policy == default.id for w in c.windows if w.start >= rolled)
+    assert c.summary()["rollbacks"] == 1
+    stored = c.archive.deployments(c.run_id)
+    assert [d["kind"] for d in stored] == [d.kind for d in c.deployments]
+    assert len(c.archive.windows(c.run_id)) == len(c.windows)
+
+
+def test_a_program_that_always_fails_is_rolled_back_on_its_fallback_rate(adapter, default, tmp_path):
+    broken = variant(default, "priority", "def priority(request, now):\n    return [][1]\n")
+    c = controller(adapter, tmp_path, guard_windows=3)
+    c.force(broken, at=30.0)
+    c.run()
+    rollback = next(d for d in c.deployments if d.kind == "rollback")
+    assert "fell back" in rollback.reason
+    assert len(c.records) == REQUESTS  # nothing was lost meanwhile
+
+
+def test_a_good_program_is_confirmed_not_rolled_back(adapter, default, tmp_path):
+    c = controller(adapter, tmp_path, guard_windows=2)
+    same_but_renamed = variant(default, "priority", "def priority(request, now):\n    return request.arrival + 0.0\n")
+    c.force(same_but_renamed, at=30.0)
+    c.run()
+    assert [d.kind for d in c.deployments] == ["initial", "deploy", "confirm"]
+
+
+def test_evolution_deploys_at_the_time_it_finished_and_the_live_plane_kept_serving(adapter, tmp_path):
+    c = controller(adapter, tmp_path, period=2, evolution_cost_s=7.0, margin=0.0)
+    c.run()
+    triggers = [w.end for w in c.windows if w.triggers]
+    decided = [d for d in c.deployments if d.kind in ("deploy", "rejected") and d.reason != "forced by the caller"]
+    assert triggers and decided
+    for d in decided:  # each decision lands exactly the evolution's cost after a trigger
+        assert any(abs(d.time - (t + 7.0)) < 1e-6 for t in triggers)
+    assert len(c.records) == REQUESTS
+    assert c.summary()["evolutions"] >= 2
+    # each evolution is an archived run of its own, scored on that window's snapshot
+    runs = [r["id"] for r in c.archive.runs()]
+    assert any(r.startswith(c.run_id + "-e") for r in runs)
+
+
+def test_window_replay_is_deterministic_and_the_incumbent_does_not_replan(adapter, default):
+    adapter.start(seed=1000)
+    adapter.deploy(default, [])
+    adapter.observe(60.0)
+    snapshot = adapter.window_snapshot(30.0, 60.0, default)
+    assert snapshot.params["requests"] and snapshot.params["plan"]
+    from autopoiesis.sandbox import compile_policy
+
+    policy = compile_policy(default.source, adapter.slots(), default.id)
+    first, second = adapter.evaluate(policy, snapshot), adapter.evaluate(policy, snapshot)
+    assert first == second and first["reconfigurations"] == 0
+    uniform = adapter.baselines()["schedule:uniform"]
+    other = adapter.evaluate(compile_policy(uniform.source, adapter.slots(), uniform.id), snapshot)
+    assert other["reconfigurations"] == 1  # a different planner pays to change the plan
