@@ -40,8 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                     help="keyword argument for the adapter (repeatable; VALUE is JSON or a string)")
     ev.add_argument("--scenario", help="scenario for adapters that take one (same as -o scenario=NAME)")
-    ev.add_argument("--population", type=_positive_int, default=16)
-    ev.add_argument("--generations", type=_non_negative_int, default=10)
+    ev.add_argument("--population", type=_positive_int, help="programs per generation (default 16; online 8)")
+    ev.add_argument("--generations", type=_non_negative_int, help="generations (default 10; online 3 per evolution)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--objective", action="append", default=[], metavar="[min:|max:]METRIC",
                     help="metric to optimise (repeat for several, e.g. with --strategy nsga2)")
@@ -68,6 +68,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--llm-concurrency", type=_positive_int, default=1, help="most LLM calls in flight at once")
     ev.add_argument("--prompts", help="folder of prompt templates that override the shipped ones")
     ev.add_argument("--llm-max-output-tokens", type=_positive_int, default=2048, help="longest reply per call")
+    on = ev.add_argument_group("online evolution (--online): evolve while the live system serves")
+    on.add_argument("--online", action="store_true", help="run the live system and evolve, deploy and guard as it serves")
+    on.add_argument("--window", type=_positive_float, default=30.0, help="seconds in one live window")
+    on.add_argument("--history", type=_positive_int, default=2, help="windows the twin replays per evolution")
+    on.add_argument("--period", type=_non_negative_int, default=4, help="windows between periodic evolutions (0: drift only)")
+    on.add_argument("--cooldown", type=_non_negative_int, default=2, help="windows after a trigger before drift may trigger again")
+    on.add_argument("--margin", type=float, default=0.01, help="relative gain on the twin a champion needs to deploy")
+    on.add_argument("--guard-windows", type=_positive_int, default=2, help="windows a deployment is watched")
+    on.add_argument("--guard-tolerance", type=_positive_float, default=0.25, help="relative regression that makes a window suspect")
+    on.add_argument("--evolution-cost", type=_non_negative_float,
+                    help="simulated seconds each evolution takes (default: its measured wall-clock time)")
+    on.add_argument("--live-seed", type=int, default=1000, help="seed of the live workload (simulated live systems)")
+    on.add_argument("--max-windows", type=_positive_int, help="stop after this many windows")
 
     rp = sub.add_parser("report", help="show a run: champion, progress, lineage, baselines")
     rp.add_argument("run", metavar="RUN", nargs="?", help="run id (default: the latest)")
@@ -146,14 +159,21 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         options = _parse_options(args.option)
         if args.scenario:
             options["scenario"] = args.scenario
+        online_defaults = (8, 3) if args.online else (16, 10)
         config = Config(
-            population=args.population, generations=args.generations, seed=args.seed,
+            population=args.population or online_defaults[0],
+            generations=online_defaults[1] if args.generations is None else args.generations, seed=args.seed,
             objectives=tuple(args.objective), strategy=args.strategy, budget=args.budget,
             train_snapshots=args.train_snapshots, held_out_snapshots=args.held_out_snapshots,
             workers=args.workers, timeout=args.timeout, memory_mb=args.memory_mb,
         )
     adapter = load_adapter(spec, options)
     _check_objectives(adapter, config.objectives)
+    if args.online:
+        if args.resume:
+            raise UserError("an online run serves a live system and cannot be resumed; start a new one "
+                            "(its windows and deployments so far are in the archive: autopoiesis report RUN)")
+        return _cmd_online(args, adapter, spec, options, config, archive, llm_settings, replay_source)
 
     console = Console(stderr=True)
     progress = Progress(
@@ -202,6 +222,51 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         out.print(f"\nrun [bold]{result.run_id}[/]: {result.programs} programs scored "
                         f"({result.evaluated} evaluations run, {result.reused} reused). "
                         f"Details: autopoiesis report {result.run_id} --runs-dir {args.runs_dir}")
+    return 0
+
+
+def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, replay_source) -> int:
+    from rich.live import Live
+
+    from autopoiesis.evolution import new_run_id
+    from autopoiesis.online import Controller, OnlineConfig
+    from autopoiesis.online_view import LiveView, plot, print_report
+
+    online = OnlineConfig(window_s=args.window, history=args.history, period=args.period, cooldown=args.cooldown,
+                          margin=args.margin, guard_windows=args.guard_windows, guard_tolerance=args.guard_tolerance,
+                          evolution_cost_s=args.evolution_cost, live_seed=args.live_seed, max_windows=args.max_windows)
+    run_id = new_run_id(f"{adapter.name}-online")
+    operators = _operators(llm_settings, archive, run_id, replay_source)
+    sessions = [op.session for op, _ in operators or [] if hasattr(op, "session")]
+
+    def replayed_latency() -> float:  # replayed LLM answers come at once; their recorded latency still counts
+        return sessions[0].ledger.latency_s if sessions and sessions[0].replaying else 0.0
+
+    console = Console(stderr=True)
+    view = LiveView(console, run_id)
+    controller = Controller(adapter, online, config, archive, operators, run_id=run_id, adapter_spec=spec,
+                            adapter_options=options, extra_latency=replayed_latency, on_event=view.on_event,
+                            extra_config={"llm": llm_settings} if llm_settings else None)
+    try:
+        if console.is_terminal and not args.json:
+            with Live(view, console=console, refresh_per_second=4):
+                summary = controller.run()
+        else:
+            summary = controller.run()
+    except KeyboardInterrupt:
+        console.print(f"interrupted; what was served so far is in the archive: autopoiesis report {run_id} "
+                      f"--runs-dir {args.runs_dir}")
+        return 130
+    figure = None
+    try:
+        figure = plot(archive.windows(run_id), archive.deployments(run_id), Path(args.runs_dir) / run_id / "online.png",
+                      f"{run_id} ({adapter.name})")
+    except ImportError:
+        console.print("no plot: matplotlib is not installed (pip install 'autopoiesis[plot]')")
+    if args.json:
+        print(json.dumps({**summary, "plot": str(figure) if figure else None}))
+    else:
+        print_report(_console(), archive, run_id, figure)
     return 0
 
 
@@ -298,7 +363,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     runs = archive.runs()
     if not runs:
         raise UserError(f"no runs in {args.runs_dir}")
-    run = archive.run(args.run or runs[-1]["id"])
+    top = [r for r in runs if not archive.run(r["id"])["config"].get("parent")] or runs  # not an online run's evolutions
+    run = archive.run(args.run or top[-1]["id"])
+    if run["config"].get("mode") == "online":
+        return _report_online(args, archive, run)
     if args.json:
         print(json.dumps(_report_data(archive, run)))
         return 0
@@ -347,6 +415,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     if champion:
         console.print("[bold]champion source[/]")
         console.print(Syntax(champion["source"], "python", line_numbers=False))
+    return 0
+
+
+def _report_online(args: argparse.Namespace, archive: Archive, run: dict[str, Any]) -> int:
+    from autopoiesis.online_view import print_report
+
+    run_id = run["id"]
+    figure = Path(args.runs_dir) / run_id / "online.png"
+    if args.json:
+        print(json.dumps({"run": run_id, "status": run["status"], "mode": "online",
+                          "windows": archive.windows(run_id), "deployments": archive.deployments(run_id),
+                          "live": next((r["train"] for r in archive.results(run_id) if r["kind"] == "live"), None),
+                          "plot": str(figure) if figure.exists() else None}))
+        return 0
+    console = _console()
+    console.print(f"[bold]online run {run_id}[/]  adapter {run['adapter']}  status {run['status']}")
+    print_report(console, archive, run_id, figure if figure.exists() else None)
     return 0
 
 
@@ -574,6 +659,13 @@ def _positive_float(text: str) -> float:
     value = _parse(float, text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _parse(float, text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
     return value
 
 

@@ -339,9 +339,13 @@ class Controller:
         finally:
             self.queue.put(None)
             plane.join()
+            if status == "done":
+                summary = self.summary()
+                self.archive.save_result(self.run_id, "live", "whole run", self.live.id,
+                                         summary["live"] or summary["metrics"], None)
             adapter.stop()
             self.archive.set_status(self.run_id, status)
-        return self.summary()
+        return summary
 
     def _plane(self, limits: Limits) -> None:
         """The evolution plane: one long-lived thread (its worker processes outlive each job)."""
@@ -524,6 +528,7 @@ class Controller:
                           held_out_snapshots=0, train_snapshots=1)
             evolution = Evolution(self.adapter, cfg, self.archive, operators=self.operators,
                                   adapter_spec=self.adapter_spec, adapter_options=self.adapter_options,
+                                  extra_config={"parent": self.run_id, "trigger_time": job.started_live},
                                   seeds=self._seeds(job), snapshots=[job.snapshot], evaluator=self.evaluator)
             result = evolution.run(run_id=f"{self.run_id}-e{job.number:03d}")
             scores = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot) for p in (job.incumbent, result.champion)])
