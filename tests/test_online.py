@@ -1,5 +1,7 @@
 """Online evolution on the simulator's live system: hot path, guard, rollback, honest time."""
 
+import json
+
 import pytest
 
 from autopoiesis.adapters.simulator import SimulatorAdapter
@@ -143,3 +145,32 @@ def test_window_replay_is_deterministic_and_the_incumbent_does_not_replan(adapte
     uniform = adapter.baselines()["schedule:uniform"]
     other = adapter.evaluate(compile_policy(uniform.source, adapter.slots(), uniform.id), snapshot)
     assert other["reconfigurations"] == 1  # a different planner pays to change the plan
+
+
+def test_the_cli_runs_online_and_reports_windows_deployments_and_a_plot(tmp_path):
+    from test_cli import cli
+
+    runs = tmp_path / "runs"
+    proc = cli("evolve", "--adapter", "simulator", "--scenario", SCENARIO, "-o", f"requests={REQUESTS}", "--online",
+               "--window", "15", "--period", "2", "--evolution-cost", "3", "--population", "4", "--generations", "1",
+               "--workers", "1", "--runs-dir", str(runs), "--json")
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["requests"] == REQUESTS and out["windows"] >= 8 and out["evolutions"] >= 2
+    assert (runs / out["run"] / "online.png").stat().st_size > 10_000
+    assert "window 3" in proc.stderr  # progress lines when not on a terminal
+    report = cli("report", "--runs-dir", str(runs))  # the latest top-level run, not one of its evolutions
+    assert report.returncode == 0, report.stderr
+    assert out["run"] in report.stdout and "live windows" in report.stdout and "deployments" in report.stdout
+    data = json.loads(cli("report", out["run"], "--runs-dir", str(runs), "--json").stdout)
+    assert len(data["windows"]) == out["windows"] and data["live"]["total_time"] > 0
+    assert [d["kind"] for d in data["deployments"]][0] == "initial"
+
+
+def test_online_mistakes_are_one_line_errors(tmp_path):
+    from test_cli import cli
+
+    proc = cli("evolve", "--adapter", "simulator", "--online", "--resume", "x", "--runs-dir", str(tmp_path))
+    assert proc.returncode == 2 and "error" in proc.stderr and "Traceback" not in proc.stderr
+    proc = cli("evolve", "--adapter", "simulator", "--online", "--window", "-3", "--runs-dir", str(tmp_path))
+    assert proc.returncode == 2 and "must be positive" in proc.stderr
