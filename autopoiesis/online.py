@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, Sequence
 from . import sandbox
 from .archive import Archive
 from .evaluate import Evaluator, Limits, Task
-from .evolution import Config, Evolution
+from .evolution import Config, Evolution, new_run_id
 from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, open_latency
 from .program import PolicyError, Program
 
@@ -267,8 +267,6 @@ class Controller:
                  adapter_spec: str | None = None, adapter_options: Mapping[str, Any] | None = None,
                  initial: Program | None = None, extra_latency: Callable[[], float] | None = None,
                  on_event: Callable[[str, dict[str, Any]], None] | None = None, extra_config: Mapping | None = None):
-        from .evolution import new_run_id
-
         self.adapter = adapter
         self.config = config or OnlineConfig()
         self.evolution_config = evolution or Config(population=8, generations=3, held_out_snapshots=0)
@@ -311,7 +309,6 @@ class Controller:
             "headline": list(getattr(adapter, "headline", ()) or [o.name for o in adapter.objectives]),
             **self.extra_config})
         self.drift = DriftDetector(cfg.drift_signals, threshold=cfg.drift_threshold, cooldown=cfg.cooldown)
-        self.slo = getattr(adapter, "slo", None) or SLO()
         limits = Limits(timeout=self.evolution_config.timeout, memory_mb=self.evolution_config.memory_mb)
         self.records: list[RequestRecord] = []
         self.pending: list[RequestRecord] = []
@@ -327,6 +324,7 @@ class Controller:
         self.queue: queue.Queue = queue.Queue()
         plane = threading.Thread(target=self._plane, args=(limits,), name="evolution-plane", daemon=True)
         adapter.start(seed=cfg.live_seed)
+        self.slo = getattr(adapter, "slo", None) or SLO()
         plane.start()
         try:
             self.incumbent = self.baseline
@@ -335,6 +333,9 @@ class Controller:
             self._loop()
         except KeyboardInterrupt:
             status = "interrupted"
+            raise
+        except BaseException:
+            status = "failed"
             raise
         finally:
             self.queue.put(None)
@@ -349,14 +350,19 @@ class Controller:
 
     def _plane(self, limits: Limits) -> None:
         """The evolution plane: one long-lived thread (its worker processes outlive each job)."""
-        with Evaluator(self.adapter, self.evolution_config.workers, limits,
-                       cache=self.archive.cache_for(self.run_id)) as evaluator:
-            self.evaluator = evaluator
+        try:
+            with Evaluator(self.adapter, self.evolution_config.workers, limits,
+                           cache=self.archive.cache_for(self.run_id)) as evaluator:
+                self.evaluator = evaluator
+                while (job := self.queue.get()) is not None:
+                    try:
+                        self._evolve(job)
+                    finally:
+                        job.finished.set()
+        except Exception as e:  # noqa: BLE001 - without a plane, serving goes on with the incumbent
             while (job := self.queue.get()) is not None:
-                try:
-                    self._evolve(job)
-                finally:
-                    job.finished.set()
+                job.error = f"the evolution plane is down: {type(e).__name__}: {e}"
+                job.finished.set()
 
     def summary(self) -> dict[str, Any]:
         window = RollingWindow()

@@ -31,12 +31,7 @@ def per_call_us(fn, args, calls: int) -> float:
     return best / calls * 1e6
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=200_000)
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-
+def measure(calls: int) -> dict[str, dict[str, float]]:
     adapter = SimulatorAdapter("stationary")
     program = adapter.baselines()["default"]
     plain: dict = {}
@@ -52,15 +47,24 @@ def main() -> None:
     cases = {"dispatch": (request, replicas, 10.0), "priority": (request, 10.0)}
     out = {}
     for slot, call_args in cases.items():
-        direct = per_call_us(plain[slot], call_args, args.calls)
+        direct = per_call_us(plain[slot], call_args, calls)
         row = {
             "direct_us": direct,
-            "sandboxed_us": per_call_us(sandboxed.functions[slot], call_args, args.calls),
-            "hot_path_us": per_call_us(untimed.functions[slot], call_args, args.calls),
-            "hot_path_deadline_us": per_call_us(timed.functions[slot], call_args, args.calls),
+            "sandboxed_us": per_call_us(sandboxed.functions[slot], call_args, calls),
+            "hot_path_us": per_call_us(untimed.functions[slot], call_args, calls),
+            "hot_path_deadline_us": per_call_us(timed.functions[slot], call_args, calls),
         }
         row["added_us"] = row["hot_path_deadline_us"] - direct
         out[slot] = row
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200_000)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    out = measure(args.calls)
     if args.json:
         print(json.dumps(out))
         return
