@@ -202,7 +202,9 @@ def write_docs(rows: list[dict], summary: dict, command: str, seconds: float) ->
         "columns are best baseline / Autopoiesis.",
         "",
         "The ceiling is (best baseline total - last arrival) / best baseline total: no policy can "
-        "finish before the last request arrives, so no arm can gain more than that on total time.",
+        "finish before the last request arrives, so no arm can gain more than that on total time. "
+        "Where the ceiling is a few percent, total time cannot separate policies; the latency and SLO "
+        "columns then show what adaptation changes.",
         "",
         "| scenario | best baseline | its total (s) | hindsight (s) | Autopoiesis (s) | vs best | ceiling | vs hindsight "
         "| mean e2e (s) | p99 TTFT (s) | SLO attainment | reconfig. GPU-s | deploys | rollbacks |",
