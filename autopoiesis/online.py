@@ -60,7 +60,8 @@ class HotPath:
         self.fallbacks: Counter[str] = Counter()
         self.errors: deque[str] = deque(maxlen=20)
         self.timeout_s = timeout_s
-        self._timed = timeout_s is not None and threading.current_thread() is threading.main_thread()
+        self._main = threading.main_thread().ident
+        self._timed = timeout_s is not None and threading.get_ident() == self._main
         if self._timed:
             signal.signal(signal.SIGALRM, _on_alarm)
         chain = [policy, *fallbacks]
@@ -74,12 +75,15 @@ class HotPath:
     def __contains__(self, slot: str) -> bool:
         return slot in self.functions
 
-    def _run(self, fn: Callable, args: tuple) -> Any:
-        if not self._timed or threading.current_thread() is not threading.main_thread():
-            return fn(*args)
+    def _run(self, fn: Callable, args: tuple, check: Callable | None) -> bool | tuple[Any]:
+        """(result,) when ``fn`` answered and ``check`` accepts it, else False; both under the deadline."""
+        if not self._timed or threading.get_ident() != self._main:
+            result = fn(*args)
+            return (result,) if check is None or check(result, args) else False
         signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
-        try:
-            return fn(*args)
+        try:  # the check runs under the deadline too: it walks what untrusted code returned
+            result = fn(*args)
+            return (result,) if check is None or check(result, args) else False
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
 
@@ -91,10 +95,10 @@ class HotPath:
             reason = ""
             for i, fn in enumerate(fns):
                 try:
-                    result = run(fn, args)
-                    if check is None or check(result, args):
-                        return result
-                    reason = reason or f"returned an unusable {type(result).__name__}"
+                    answer = run(fn, args, check)
+                    if answer:
+                        return answer[0]
+                    reason = reason or "returned an answer the adapter cannot use"
                 except HotPathTimeout:
                     reason = reason or "timed out"
                 except Exception as e:  # noqa: BLE001 - untrusted code: any failure falls back
@@ -323,7 +327,11 @@ class Controller:
         status = "done"
         self.queue: queue.Queue = queue.Queue()
         plane = threading.Thread(target=self._plane, args=(limits,), name="evolution-plane", daemon=True)
-        adapter.start(seed=cfg.live_seed)
+        try:
+            adapter.start(seed=cfg.live_seed)
+        except BaseException:
+            self.archive.set_status(self.run_id, "failed")
+            raise
         self.slo = getattr(adapter, "slo", None) or SLO()
         plane.start()
         try:
@@ -446,7 +454,7 @@ class Controller:
         w = Window(len(self.windows), start, end, self.live.id, self.swapped, metrics, self.arrivals,
                    self.calls, self.fallback_calls)
         self.swapped = False
-        cluster_events = [e for e in self.events]
+        cluster_events = list(self.events)
         self.pending, self.arrivals, self.calls, self.fallback_calls, self.events = [], 0, 0, 0, []
         self.windows.append(w)
         self._guard_window(w, end)

@@ -59,7 +59,7 @@ def baselines(adapter, seeds, workers):
     return programs, snapshots, scores
 
 
-def online(adapter, seed, workers, operators=None, label="offline"):
+def online(adapter, seed, workers, operators=None):
     archive = Archive()
     controller = Controller(adapter, OnlineConfig(live_seed=seed),
                             Config(population=8, generations=3, workers=workers, held_out_snapshots=0, seed=seed),
