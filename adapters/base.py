@@ -107,6 +107,9 @@ class Adapter:
         """The live interval [since, until] as a snapshot the twin replays (``evaluate`` scores it)."""
         raise AdapterError(f"adapter '{self.name}' has no live windows to replay (offline only)")
 
+    # Optional: ``window_metrics(since, until, incumbent) -> dict`` adds numbers to each closed
+    # live window (the vLLM adapter reports its twin's prediction error this way).
+
     def describe(self) -> str:
         doc = inspect.getdoc(type(self)) or ""
         return doc.splitlines()[0] if doc else ""

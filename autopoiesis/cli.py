@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--llm-concurrency", type=_positive_int, default=1, help="most LLM calls in flight at once")
     ev.add_argument("--prompts", help="folder of prompt templates that override the shipped ones")
     ev.add_argument("--llm-max-output-tokens", type=_positive_int, default=2048, help="longest reply per call")
+    _add_live_args(ev)
     on = ev.add_argument_group("online evolution (--online): evolve while the live system serves")
     on.add_argument("--online", action="store_true", help="run the live system and evolve, deploy and guard as it serves")
     on.add_argument("--window", type=_positive_float, default=30.0, help="seconds in one live window")
@@ -88,6 +90,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true")
 
     sub.add_parser("adapters", help="list registered adapters and their policy slots")
+
+    for name, text in (("serve", "serve through the adapter's router with a fixed policy (Ctrl-C stops)"),
+                       ("bench", "replay a load (--scenario or --trace) through the router and print its metrics")):
+        sv = sub.add_parser(name, help=text)
+        sv.add_argument("--adapter", default="vllm", help="an adapter with a live system (default vllm)")
+        sv.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE")
+        sv.add_argument("--scenario", help="a named load (vLLM: steady, shift, burst)")
+        sv.add_argument("--policy", metavar="FILE", help="policy functions to serve with (default: the first baselines)")
+        sv.add_argument("--window", type=_positive_float, default=10.0, help="seconds per progress line")
+        sv.add_argument("--runs-dir", default="runs", help="where the server logs and requests.jsonl go")
+        sv.add_argument("--json", action="store_true", help="print the metrics as JSON at the end")
+        _add_live_args(sv)
 
     sim = sub.add_parser("simulate", help="run one policy on a simulator scenario and print its metrics")
     sim.add_argument("--scenario", default="mixed", help="scenario name or path/to/scenario.toml")
@@ -110,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_report(args)
         if args.command == "adapters":
             return cmd_adapters()
+        if args.command in ("serve", "bench"):
+            return cmd_serve(args)
         if args.command == "simulate":
             return cmd_simulate(args)
         build_parser().print_help()
@@ -159,6 +175,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         options = _parse_options(args.option)
         if args.scenario:
             options["scenario"] = args.scenario
+        options.update(_live_options(args))
         online_defaults = (8, 3) if args.online else (16, 10)
         config = Config(
             population=args.population or online_defaults[0],
@@ -169,6 +186,11 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         )
     adapter = load_adapter(spec, options)
     _check_objectives(adapter, config.objectives)
+    if getattr(adapter, "online_only", False) and not args.online and not args.resume:
+        Console(stderr=True).print(f"adapter {adapter.name} evolves on its live system: running with --online")
+        args.online = True
+        config = Config.from_dict({**config.to_dict(), "population": args.population or 8,
+                                   "generations": 3 if args.generations is None else args.generations})
     if args.online:
         if args.resume:
             raise UserError("an online run serves a live system and cannot be resumed; start a new one "
@@ -236,6 +258,8 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
                           margin=args.margin, guard_windows=args.guard_windows, guard_tolerance=args.guard_tolerance,
                           evolution_cost_s=args.evolution_cost, live_seed=args.live_seed, max_windows=args.max_windows)
     run_id = new_run_id(f"{adapter.name}-online")
+    if hasattr(adapter, "run_dir") and not getattr(adapter, "run_dir", None):
+        adapter.run_dir = str(Path(args.runs_dir) / run_id)  # server logs and requests.jsonl
     operators = _operators(llm_settings, archive, run_id, replay_source)
     sessions = [op.session for op, _ in operators or [] if hasattr(op, "session")]
 
@@ -267,6 +291,112 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
         print(json.dumps({**summary, "plot": str(figure) if figure else None}))
     else:
         print_report(_console(), archive, run_id, figure)
+    return 0
+
+
+def _add_live_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("vLLM (--adapter vllm; docs/vllm.md)")
+    g.add_argument("--vllm-url", action="append", default=[], metavar="URL",
+                   help="attach to a running OpenAI-compatible vLLM server (repeatable)")
+    g.add_argument("--vllm-launch", metavar="MODEL_DIR", help="launch vLLM servers of this model (stopped at the end)")
+    g.add_argument("--replicas", type=_positive_int, help="servers to launch (default 1)")
+    g.add_argument("--vllm-python", metavar="PYTHON", help="the Python that has vLLM (default $AUTOPOIESIS_VLLM_PYTHON)")
+    g.add_argument("--vllm-args", metavar="ARGS", help="extra vLLM server arguments, e.g. '--max-num-seqs 8'")
+    g.add_argument("--plugin", action="store_true", help="order each server's queue in-engine (scheduler plugin)")
+    g.add_argument("--trace", metavar="FILE", help="replay a trace CSV as the load")
+    g.add_argument("--rate", type=_positive_float, help="load: mean requests/s (default 2)")
+    g.add_argument("--duration", type=_positive_float, help="load: seconds (default 120)")
+    g.add_argument("--token-scale", type=_positive_float, help="trace: multiply token counts (fit a small model)")
+    g.add_argument("--port", type=int, help="the router's port (default: a free one)")
+
+
+def _live_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The vLLM flags as adapter options (only those given)."""
+    names = {"vllm_url": "urls", "vllm_launch": "launch", "replicas": "replicas", "vllm_python": "python",
+             "vllm_args": "vllm_args", "trace": "trace", "rate": "rate", "duration": "duration",
+             "token_scale": "token_scale", "port": "port"}
+    out = {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag, None) not in (None, [])}
+    if getattr(args, "plugin", False):
+        out["plugin"] = True
+    return out
+
+
+# -- serve / bench ----------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve with one fixed policy; ``bench`` stops when its load is done and prints the metrics."""
+    from autopoiesis.adapters.base import load_adapter
+    from autopoiesis.metrics import SLO, RollingWindow
+    from autopoiesis.program import Program
+
+    options = _parse_options(args.option)
+    if args.scenario:
+        options["scenario"] = args.scenario
+    options.update(_live_options(args))
+    bench = args.command == "bench"
+    if bench and not (options.get("scenario") or options.get("trace")):
+        raise UserError("bench needs a load: --scenario NAME or --trace FILE")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    options.setdefault("run_dir", str(Path(args.runs_dir) / f"{args.command}-{stamp}"))
+    adapter = load_adapter(args.adapter, options)
+    baselines = adapter.baselines()
+    program = next(iter(baselines.values()))
+    if args.policy:
+        try:
+            source = Path(args.policy).read_text()
+        except OSError as e:
+            raise UserError(f"cannot read policy file {args.policy}: {e.strerror}") from None
+        missing = [s for s in adapter.slots() if f"def {s.name}(" not in source]
+        from autopoiesis.program import function_source
+
+        for slot in missing:  # slots the file leaves out keep the first baseline
+            found = function_source(program.source, slot.name)
+            if found:
+                source += "\n\n" + "\n".join(program.source.splitlines()[found[1] - 1:found[2]]) + "\n"
+        program = Program(source, name=Path(args.policy).stem)
+    console = Console(stderr=True)
+    console.print(f"starting {adapter.name} ({adapter.describe()}); logs in {options['run_dir']}")
+    adapter.start()
+    window, total = RollingWindow(), RollingWindow()
+    try:
+        from autopoiesis import sandbox
+
+        try:
+            adapter.deploy(program, [next(iter(baselines.values()))])
+        except sandbox.Rejected as e:
+            raise UserError(f"policy {args.policy} rejected: {e}") from None
+        router = getattr(adapter, "router", None)
+        if router is not None:
+            console.print(f"router: {router.url} (OpenAI-compatible; policy {program.id})")
+        while True:
+            observation = adapter.observe(adapter.now() + args.window)
+            for record in observation.records:
+                window.add(record)
+                total.add(record)
+            m = window.summary(getattr(adapter, "slo", None) or SLO())
+            console.print(f"t={observation.now:6.0f}s  finished {m.get('requests', 0):4.0f}  errors "
+                          f"{m.get('errors', 0):.0f}  in flight {len(observation.in_flight):3d}  mean TTFT "
+                          f"{_num(m.get('mean_ttft'))} s  mean e2e {_num(m.get('mean_e2e'))} s"
+                          + "".join(f"  [{kind}] {detail}" for _, kind, detail in observation.events),
+                          highlight=False)
+            window = RollingWindow()
+            if observation.finished:
+                break
+    except KeyboardInterrupt:
+        console.print("stopping")
+    finally:
+        adapter.stop()
+    metrics = total.summary(getattr(adapter, "slo", None) or SLO()) if total.records else {"requests": 0.0}
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"{args.command}: {adapter.name}, policy {program.name or program.id}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for key, value in metrics.items():
+            table.add_row(key, _num(value))
+        _console().print(table)
     return 0
 
 
@@ -558,7 +688,13 @@ def cmd_adapters() -> int:
             slots = "\n".join(slot.signature for slot in adapter.slots())
             objectives = ", ".join(str(o) for o in adapter.objectives)
         except AdapterError as e:
-            slots, objectives = f"[red]{e}[/]", ""
+            try:  # an adapter that needs options (servers to attach to) still has class-level slots
+                cls = ep.load()
+                adapter = cls.__new__(cls)
+                slots = "\n".join(slot.signature for slot in adapter.slots())
+                objectives = ", ".join(str(o) for o in adapter.objectives)
+            except Exception:  # noqa: BLE001
+                slots, objectives = f"[red]{e}[/]", ""
         except Exception as e:  # a broken third-party adapter must not hide the others
             slots, objectives = f"[red]fails: {type(e).__name__}: {e}[/]", ""
         table.add_row(name, ep.value, slots, objectives)

@@ -118,6 +118,11 @@ class RequestRecord:
     replica: int = -1
     preemptions: int = 0
     request_id: int = -1
+    outcome: str = "ok"  # or why it failed ("error: ...", "rejected: 400"); only "ok" counts in latency
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "ok"
 
     @property
     def ttft(self) -> float:
@@ -144,6 +149,7 @@ class EngineSample:
     kv_usage: float = 0.0  # fraction of the KV cache in use
     preemptions: float = 0.0  # since the previous sample
     tokens: float = 0.0  # generated since the previous sample
+    latency: Mapping[str, float] = field(default_factory=dict)  # mean ttft/itl/e2e/queue s since the previous
 
 
 @dataclass
@@ -167,7 +173,7 @@ def open_latency(records: Iterable["RequestRecord"], in_flight: Iterable[float],
     Finished requests alone flatter a policy that starves some: the starved never finish
     inside the window. This is the Guard's view of a live window.
     """
-    values = [r.e2e for r in records] + [now - a for a in in_flight]
+    values = [r.e2e for r in records if r.ok] + [now - a for a in in_flight]
     return math.fsum(values) / len(values) if values else None
 
 
@@ -198,8 +204,10 @@ class RollingWindow:
         import numpy as np
 
         records = self.current(now if now is not None else float("inf")) if self.seconds else self.records
+        failed = sum(not r.ok for r in records)
+        records = [r for r in records if r.ok]
         if not records:
-            return {"requests": 0.0}
+            return {"requests": 0.0, "errors": float(failed)} if failed else {"requests": 0.0}
         ttft = np.array([r.ttft for r in records])
         e2e = np.array([r.e2e for r in records])
         tpot = np.array([r.tpot for r in records if r.output_tokens > 1] or [0.0])
@@ -211,6 +219,8 @@ class RollingWindow:
                "throughput_tps": sum(r.output_tokens for r in records) / span,
                "slo_attainment": float(np.mean([(r.ttft <= slo.ttft_s and r.tpot <= slo.tpot_s) for r in records])),
                "preemptions": float(sum(r.preemptions for r in records))}
+        if failed:
+            out["errors"] = float(failed)
         for name, values in (("ttft", ttft), ("tpot", tpot), ("e2e", e2e)):
             out[f"mean_{name}"] = float(values.mean())
             out[f"p50_{name}"] = float(np.percentile(values, 50))

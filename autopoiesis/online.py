@@ -451,6 +451,9 @@ class Controller:
         open_e2e = open_latency(self.pending, self.in_flight, end)
         if open_e2e is not None:
             metrics["mean_e2e_open"] = open_e2e
+        extra = getattr(self.adapter, "window_metrics", None)  # e.g. the twin's prediction error
+        if extra is not None:
+            metrics.update(extra(start, end, self.live))
         w = Window(len(self.windows), start, end, self.live.id, self.swapped, metrics, self.arrivals,
                    self.calls, self.fallback_calls)
         self.swapped = False

@@ -18,14 +18,17 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def windows_table(windows: list[dict[str, Any]], title: str = "live windows", last: int | None = None) -> Table:
     table = Table(title=title)
+    twin = any("twin_error" in w["metrics"] for w in windows)  # adapters with a measured twin report its error
     for col in ("window", "time (s)", "arrivals/s", "finished", "in flight", "mean e2e (s)", "p99 TTFT (s)",
-                "SLO", "policy", "fallbacks", "trigger"):
+                "SLO", *(("twin error",) if twin else ()), "policy", "fallbacks", "trigger"):
         table.add_column(col, justify="left" if col in ("policy", "trigger", "time (s)") else "right")
     for w in windows[-last:] if last else windows:
         m = w["metrics"]
+        error = m.get("twin_error")
         table.add_row(str(w["index"]), f"{w['start']:.0f}-{w['end']:.0f}", f"{m.get('rate', 0):.1f}",
                       f"{m.get('requests', 0):.0f}", f"{m.get('in_flight', 0):.0f}", _fmt(m.get("mean_e2e")),
-                      _fmt(m.get("p99_ttft")), _fmt(m.get("slo_attainment")), w["policy"][:8],
+                      _fmt(m.get("p99_ttft")), _fmt(m.get("slo_attainment")),
+                      *((f"{error:.0%}" if error is not None else "-",) if twin else ()), w["policy"][:8],
                       f"{w.get('fallbacks', 0)}/{w.get('calls', 0)}", ", ".join(w.get("triggers", [])))
     return table
 
@@ -93,6 +96,11 @@ def print_report(console: Console, archive, run_id: str, plot_path: Path | None 
                       f"p99 TTFT {live.get('p99_ttft', 0):.2f} s, SLO attainment {live.get('slo_attainment', 0):.3f}; "
                       f"{kinds.count('deploy')} deployment(s), {kinds.count('rollback')} rollback(s), "
                       f"{sum(w.get('fallbacks', 0) for w in windows)} hot-path fallback(s)", highlight=False)
+    errors = [w["metrics"]["twin_error"] for w in windows if "twin_error" in w["metrics"]]
+    if errors:
+        ordered = sorted(errors)
+        console.print(f"twin prediction error (mean e2e, out of sample): median {ordered[len(ordered) // 2]:.0%}, "
+                      f"mean {sum(errors) / len(errors):.0%} over {len(errors)} window(s)", highlight=False)
     if plot_path is not None:
         console.print(f"plot: {plot_path}")
 

@@ -1,0 +1,277 @@
+"""The vLLM adapter: evolve request routing and queue order against real vLLM servers.
+
+``autopoiesis evolve --adapter vllm --vllm-launch MODEL_DIR --replicas 2 --online``
+launches the servers (or ``--vllm-url URL`` attaches to running ones), puts the router
+in front of them, drives it with a load (``--scenario``/``--trace``; or none, for real
+clients calling the router), and lets the online controller evolve ``dispatch`` and
+``priority`` on the calibrated twin and hot-swap winners under the guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from autopoiesis.adapters.base import Adapter, AdapterError
+from autopoiesis.metrics import SLO, Objective, Observation, RollingWindow, Snapshot
+
+from . import load as loads, servers as fleet, twin
+from .slots import SLOTS
+
+__all__ = ["VLLMAdapter"]
+
+
+def _urls(value: Any) -> list[str]:
+    if not value:
+        return []
+    items = value if isinstance(value, (list, tuple)) else str(value).split(",")
+    return [str(u).strip() for u in items if str(u).strip()]
+
+
+class VLLMAdapter(Adapter):
+    """Real vLLM servers (attached or launched) behind an evolving router and in-engine scheduler."""
+
+    name = "vllm"
+    objectives = (Objective("mean_e2e", "min"), Objective("mean_ttft", "min"), Objective("p99_ttft", "min"),
+                  Objective("slo_attainment", "max"))
+    headline = ("mean_e2e", "mean_ttft", "p99_ttft", "slo_attainment", "throughput_tps")
+    guard_metric = "mean_e2e_open"
+    online_only = True  # programs are scored on windows recorded from the live servers
+
+    def __init__(self, urls: Any = None, launch: str | None = None, replicas: int = 1, python: str | None = None,
+                 vllm_args: str = "", plugin: bool = False, scenario: str | None = None, trace: str | None = None,
+                 rate: float = 2.0, duration: float = 120.0, time_scale: float = 1.0, token_scale: float = 1.0,
+                 model: str | None = None, port: int = 0, max_batch: int = 256, run_dir: str | None = None,
+                 ttft_slo: float = 2.0, tpot_slo: float = 0.1, start_timeout: float = 600.0):
+        self.urls, self.launch = _urls(urls), launch
+        if bool(self.urls) == bool(launch):
+            raise AdapterError("the vLLM adapter needs either --vllm-url URL (attach; repeatable) "
+                               "or --vllm-launch MODEL_DIR (launch)")
+        if launch and int(replicas) < 1:
+            raise AdapterError("--replicas must be at least 1")
+        if scenario and trace:
+            raise AdapterError("give a load as --scenario NAME or --trace FILE, not both")
+        if scenario and scenario not in loads.LOADS:
+            raise AdapterError(f"unknown vLLM load '{scenario}' (known: {', '.join(loads.LOADS)}; or --trace FILE)")
+        if trace and not Path(trace).is_file():
+            raise AdapterError(f"trace file not found: {trace}")
+        if plugin and self.urls and not os.environ.get("AUTOPOIESIS_POLICY_FILE"):
+            raise AdapterError("with --vllm-url and --plugin, set AUTOPOIESIS_POLICY_FILE to the policy file the "
+                               "servers were started with (docs/vllm.md)")
+        self.replicas = int(replicas) if launch else len(self.urls)
+        self.python, self.vllm_args, self.plugin = python, vllm_args, bool(plugin)
+        self.scenario, self.trace = scenario, trace
+        self.rate, self.duration = float(rate), float(duration)
+        self.time_scale, self.token_scale = float(time_scale), float(token_scale)
+        self.model = model or (Path(launch).name if launch else None)
+        self.port, self.max_batch, self.start_timeout = int(port), int(max_batch), float(start_timeout)
+        self.run_dir = run_dir
+        self.slo = SLO(float(ttft_slo), float(tpot_slo))
+        self.costs = twin.Costs(max_batch=self.max_batch)
+        self.live: dict[str, Any] | None = None
+
+    def slots(self):
+        return list(SLOTS)
+
+    # -- scoring: windows of the live servers, replayed on the twin -----------------------
+    def snapshot(self, seed: int) -> Snapshot:
+        raise AdapterError("the vLLM adapter scores programs on windows recorded from the live servers: "
+                           "run `autopoiesis evolve --adapter vllm ... --online`")
+
+    def evaluate(self, policy, snapshot: Snapshot):
+        return twin.score(policy, dict(snapshot.params))
+
+    def summarize(self, snapshot: Snapshot) -> str:
+        p = snapshot.params
+        span = max(1e-9, p["until"] - p["since"])
+        prompts = sorted(r[1] for r in p["requests"]) or [0]
+        c = p["costs"]
+        return (f"A live window of {p['replicas']} vLLM server(s), {p['since']:.0f}-{p['until']:.0f} s: "
+                f"{len(p['requests'])} requests ({len(p['requests']) / span:.2f}/s, queued ones included), prompt "
+                f"tokens median {prompts[len(prompts) // 2]}, max {prompts[-1]}. Measured costs: prefill "
+                f"{c['prefill_base_s'] * 1e3:.1f} ms + {c['prefill_per_token_s'] * 1e6:.1f} us/token, decode step "
+                f"{c['decode_base_s'] * 1e3:.1f} ms + {c['decode_per_seq_s'] * 1e3:.2f} ms/sequence; at most "
+                f"{c['max_batch']} sequences run at once per server.")
+
+    # -- the live system ------------------------------------------------------------------
+    def start(self, seed: int = 1000) -> None:
+        from .router import Router
+
+        run_dir = Path(self.run_dir or Path("runs") / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        policy_file = Path(os.environ["AUTOPOIESIS_POLICY_FILE"]) if self.plugin and self.urls else \
+            (run_dir / "policy.json" if self.plugin else None)
+        if self.launch:
+            servers = fleet.launch(self.launch, self.replicas, run_dir, self.python, self.vllm_args,
+                                   policy_file, self.model)
+        else:
+            servers = fleet.attach(self.urls)
+        live = self.live = {"servers": servers, "policy_file": policy_file, "version": 0, "plugin_counts": {},
+                            "loop": asyncio.new_event_loop(), "records": [], "load": None, "outcome": None,
+                            "log": open(run_dir / "requests.jsonl", "a", buffering=1)}
+        try:
+            fleet.wait_ready(servers, self.start_timeout)
+            router = live["router"] = Router([s.url for s in servers], "plugin" if self.plugin else "request")
+            router.on_record = self._log
+            live["loop"].run_until_complete(router.start(port=self.port))
+            if self.model is None:
+                self.model = self._served_model()
+            load = self._load(seed)
+            if load is not None:
+                live["load"] = live["loop"].create_task(
+                    loads.replay(load, router.url, self.model, self.time_scale))
+        except BaseException:
+            self.stop()
+            raise
+
+    def _load(self, seed: int):
+        try:
+            if self.trace:
+                return loads.from_trace(self.trace, self.rate, self.duration, self.token_scale)
+            if self.scenario:
+                return loads.named(self.scenario, self.rate, self.duration, seed)
+        except ValueError as e:
+            raise AdapterError(str(e)) from None
+        return None
+
+    def _served_model(self) -> str:
+        import urllib.request
+
+        with urllib.request.urlopen(self.live["servers"][0].url + "/v1/models", timeout=10) as r:
+            return json.load(r)["data"][0]["id"]
+
+    def _log(self, record) -> None:
+        self.live["records"].append(record)
+        self.live["log"].write(json.dumps(record.__dict__) + "\n")
+
+    @property
+    def router(self):
+        if not self.live or "router" not in self.live:
+            raise AdapterError("the vLLM adapter's live system is not started (call start())")
+        return self.live["router"]
+
+    def now(self) -> float:
+        return self.router.now()
+
+    def observe(self, until: float) -> Observation:
+        router, loop = self.router, self.live["loop"]
+        loop.run_until_complete(asyncio.sleep(max(0.0, until - router.now())))
+        records, samples, events, arrivals = router.take()
+        calls, fallbacks = router.policy.take_counts() if router.policy is not None else ({}, {})
+        for slot, (c, f) in self._plugin_counts().items():
+            calls[slot] = calls.get(slot, 0) + c
+            fallbacks[slot] = fallbacks.get(slot, 0) + f
+        task = self.live["load"]
+        finished = task is not None and task.done() and not router.open
+        if task is not None and task.done() and self.live["outcome"] is None:
+            self.live["outcome"] = task.result()
+        return Observation(now=router.now(), records=records, samples=samples, events=events, arrivals=arrivals,
+                           calls=calls, fallbacks=fallbacks, finished=finished, in_flight=sorted(router.open.values()))
+
+    def _plugin_counts(self) -> dict[str, tuple[int, int]]:
+        """New in-engine priority calls and fallbacks since the last look, from the plugin's status files."""
+        path = self.live["policy_file"]
+        if path is None:
+            return {}
+        seen, calls, fallbacks = self.live["plugin_counts"], 0, 0
+        for status in path.parent.glob(path.name + ".status-*"):
+            if status.name.endswith(".tmp"):
+                continue
+            try:
+                data = json.loads(status.read_text())
+            except (OSError, ValueError):
+                continue
+            before = seen.get(status.name, (0, 0))
+            calls += max(0, data["calls"] - before[0])
+            fallbacks += max(0, data["fallbacks"] - before[1])
+            seen[status.name] = (data["calls"], data["fallbacks"])
+        return {"priority": (calls, fallbacks)} if calls else {}
+
+    def plugin_status(self) -> list[dict]:
+        path = self.live["policy_file"]
+        return [json.loads(p.read_text()) for p in sorted(path.parent.glob(path.name + ".status-*"))
+                if not p.name.endswith(".tmp")] if path else []
+
+    def deploy(self, program, fallbacks=()) -> None:
+        from autopoiesis.online import hot_path
+
+        router = self.router
+        checks = {"dispatch": lambda r, args: isinstance(r, int) and 0 <= r < len(args[1])}
+        router.policy = hot_path(program, list(fallbacks), self.slots(), checks)
+        path = self.live["policy_file"]
+        if path is not None:  # the in-engine plugin picks it up within 50 ms
+            self.live["version"] += 1
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"version": self.live["version"], "program": program.id,
+                                       "source": program.source, "epoch_unix": time.time() - router.now()}))
+            os.replace(tmp, path)
+
+    def window_snapshot(self, since: float, until: float, incumbent) -> Snapshot:
+        records = [r for r in self.live["records"] if r.ok and (since <= r.arrival <= until or
+                                                                  r.arrival < since < r.finish)]
+        done = [r for r in records if r.finish <= until]
+        mean_out = round(sum(r.output_tokens for r in done) / len(done)) if done else 16
+        requests = [(round(max(0.0, r.arrival - since), 6), r.prompt_tokens,
+                     r.output_tokens if r.finish <= until else max(2, mean_out)) for r in records]
+        requests += [(round(max(0.0, a - since), 6), 64, max(2, mean_out)) for a in self.router.open.values()
+                     if a <= until and not any(abs(a - r.arrival) < 1e-9 for r in records)]
+        replicas = max(1, sum(r.up for r in self.router.replicas))
+        params = {"kind": "window", "since": since, "until": until, "requests": sorted(requests),
+                  "replicas": replicas, "costs": self.costs.to_dict(),
+                  "slo": {"ttft_s": self.slo.ttft_s, "tpot_s": self.slo.tpot_s}}
+        return Snapshot(self.name, params, label=f"vllm live {since:.0f}-{until:.0f} s")
+
+    def window_metrics(self, since: float, until: float, incumbent) -> dict[str, float]:
+        """The twin's error predicting this window (with costs fitted before it), then a refit on it.
+
+        The error is out of sample: the costs come from earlier windows, the latency from this
+        one. The refit (least squares, then scaled to replay what was served) is what the next
+        evolution's candidates are scored with.
+        """
+        from autopoiesis import sandbox
+
+        served = [r for r in self.live["records"] if since <= r.arrival and r.finish <= until]
+        replicas = max(1, sum(r.up for r in self.router.replicas))
+        out = {"replicas_up": float(replicas)}
+        try:
+            policy = sandbox.compile_policy(incumbent.source, self.slots())
+            if self.costs.samples:
+                error = twin.prediction_error(policy, served, replicas, self.costs)
+                if error is not None:
+                    out["twin_error"] = error
+            fitted = twin.fit(self.live["records"], self.max_batch, self.costs)
+            self.costs = twin.refine(fitted, policy, served, replicas) if fitted.samples else fitted
+        except Exception:  # noqa: BLE001 - the twin's view is a report, never a reason to stop serving
+            pass
+        out["twin_samples"] = float(self.costs.samples)
+        return out
+
+    def live_metrics(self) -> dict[str, float]:
+        window = RollingWindow()
+        for record in self.live["records"] if self.live else []:
+            window.add(record)
+        return window.summary(self.slo) if window.records else {}
+
+    def stop(self) -> None:
+        live, self.live = self.live, None
+        if not live:
+            return
+        loop = live["loop"]
+        try:
+            if live.get("load") is not None and not live["load"].done():
+                live["load"].cancel()
+                loop.run_until_complete(asyncio.gather(live["load"], return_exceptions=True))
+            if "router" in live:
+                loop.run_until_complete(live["router"].stop())
+        finally:
+            loop.close()
+            live["log"].close()
+            fleet.stop(live["servers"])
+        self.served = live["records"]  # what was served stays readable after stop (reports, tests)
+
+    def __getstate__(self):  # worker processes need the twin, not the live system
+        return {k: v for k, v in self.__dict__.items() if k not in ("live", "served")}

@@ -1,0 +1,166 @@
+"""In-engine plugin: vLLM's scheduler with its waiting queue ordered by the deployed ``priority``.
+
+Runs inside the vLLM server (``--scheduler-cls autopoiesis_scheduler.PolicyScheduler``
+with this folder on PYTHONPATH; ``--vllm-launch ... --plugin`` sets it all up). It
+imports only vLLM and, by file path, autopoiesis's sandbox, so it needs nothing
+installed in vLLM's environment. Environment:
+
+- ``AUTOPOIESIS_POLICY_FILE``: JSON ``{"version", "program", "source", "epoch_unix"}`` the
+  controller replaces atomically (``os.replace``) to publish a program; the scheduler
+  checks its modification time at most every 50 ms and swaps the compiled function in
+  one assignment, so a step sees the old program or the new one, never a mix.
+- ``AUTOPOIESIS_SANDBOX_DIR``: the folder of autopoiesis's ``sandbox.py``.
+
+Until a program is published the plugin changes nothing (per-request priorities from the
+router still apply). Each new request's priority is computed once, as it joins the waiting queue (vLLM's
+priority queue then orders by (priority, arrival)). Any failure of the program (an
+exception, a non-finite value, 50 ms without an answer, a program that does not
+compile) drops it until the next one is published: the queue is first come, first
+served for the requests that arrive meanwhile (priority 0), and each one is counted. Counts go to
+``AUTOPOIESIS_POLICY_FILE.status-PID`` for the controller to read.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import os
+import signal
+import sys
+import threading
+import time
+import types
+
+from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
+
+DEADLINE_S = 0.05
+CHECK_EVERY_S = 0.05
+
+
+def _sandbox():
+    """autopoiesis's sandbox module, loaded by path under a private package name (no install needed)."""
+    name = "_autopoiesis_sandbox"
+    if name not in sys.modules:
+        package = types.ModuleType(name)
+        package.__path__ = [os.environ["AUTOPOIESIS_SANDBOX_DIR"]]
+        sys.modules[name] = package
+    return importlib.import_module(name + ".sandbox"), importlib.import_module(name + ".program")
+
+
+class _Timeout(BaseException):
+    pass
+
+
+def _alarm(signum, frame):
+    raise _Timeout()
+
+
+class PolicyScheduler(AsyncScheduler):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.policy != SchedulingPolicy.PRIORITY:  # the program's order needs the priority queue
+            self.policy = SchedulingPolicy.PRIORITY
+            self.waiting = create_request_queue(self.policy)
+            self.kv_holding_waiting = create_request_queue(self.policy)
+        self._path = os.environ.get("AUTOPOIESIS_POLICY_FILE", "")
+        self._status_path = f"{self._path}.status-{os.getpid()}"
+        self._fn = None
+        self._mtime = None
+        self._checked_at = 0.0
+        self._written_at = 0.0
+        self._epoch = time.time()
+        self._version = 0
+        self._program = ""
+        self._error = ""
+        self._calls = self._fallbacks = 0
+        sandbox, program = _sandbox()
+        self._compile = sandbox.compile_policy
+        self._slots = [program.PolicySlot(name="priority", params=("request", "now"), doc="", returns=(int, float))]
+        self._timed = threading.current_thread() is threading.main_thread()
+        if self._timed:
+            signal.signal(signal.SIGALRM, _alarm)
+        self._reload()
+
+    # -- publishing -----------------------------------------------------------------------
+    def _reload(self) -> None:
+        now = time.monotonic()
+        if not self._path or now - self._checked_at < CHECK_EVERY_S:
+            return
+        self._checked_at = now
+        try:
+            mtime = os.stat(self._path).st_mtime_ns
+        except OSError:
+            return
+        if mtime == self._mtime:
+            return
+        self._mtime = mtime
+        try:
+            with open(self._path) as f:
+                published = json.load(f)
+            policy = self._compile(published["source"], self._slots, published.get("program", ""))
+            fn = policy.functions.get("priority")
+            self._version, self._program = published.get("version", 0), published.get("program", "")
+            self._epoch = float(published.get("epoch_unix", self._epoch))
+            self._error = "" if fn else "the program has no priority function"
+            self._fn = fn  # one assignment: the swap is atomic for the scheduler
+        except Exception as e:  # noqa: BLE001 - a bad publication leaves FCFS, never a dead engine
+            self._fn, self._error = None, f"cannot load the program: {type(e).__name__}: {e}"[:300]
+        self._write_status(force=True)
+
+    def _write_status(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self._path or (not force and now - self._written_at < 0.5):  # noqa: SIM114
+            return
+        self._written_at = now
+        status = {"version": self._version, "program": self._program, "calls": self._calls,
+                  "fallbacks": self._fallbacks, "error": self._error, "pid": os.getpid()}
+        tmp = self._status_path + ".tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(status, f)
+            os.replace(tmp, self._status_path)
+        except OSError:
+            pass
+
+    # -- the queue order ------------------------------------------------------------------
+    def _priority(self, request) -> float | None:
+        """The program's priority; None before any program is published (the request's own stays)."""
+        fn = self._fn
+        if fn is None:
+            if not self._program:
+                return None
+            self._calls += 1  # published but dropped: this request is served FCFS, which counts
+            self._fallbacks += 1
+            return 0.0
+        self._calls += 1
+        arrival = request.arrival_time - self._epoch
+        view = types.SimpleNamespace(id=self._calls, arrival=arrival, prompt_tokens=request.num_prompt_tokens,
+                                     generated=0)
+        try:
+            if self._timed:
+                signal.setitimer(signal.ITIMER_REAL, DEADLINE_S)
+            try:
+                value = float(fn(view, time.time() - self._epoch))
+            finally:
+                if self._timed:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+            if not math.isfinite(value):
+                raise ValueError(f"priority {value} is not finite")
+            return value
+        except (Exception, _Timeout) as e:  # noqa: BLE001 - untrusted code: FCFS until the next program
+            self._fallbacks += 1
+            self._fn = None
+            self._error = "timed out" if isinstance(e, _Timeout) else f"{type(e).__name__}: {e}"[:300]
+            self._write_status(force=True)
+            return 0.0
+
+    def add_request(self, request) -> None:
+        if request.request_id not in self.requests:
+            self._reload()
+            value = self._priority(request)
+            if value is not None:
+                request.priority = value
+            self._write_status(force=True)  # a few bytes per request: the controller's counts stay current
+        super().add_request(request)

@@ -1,0 +1,369 @@
+"""The router: an OpenAI-compatible endpoint in front of vLLM servers, applying the deployed policy.
+
+Clients call the router instead of vLLM (``/v1/completions``, ``/v1/chat/completions``,
+streaming or not). Per request it asks the deployed ``dispatch`` which server takes it
+and ``priority`` where it queues (sent as vLLM's per-request ``priority``, unless the
+in-engine plugin orders the queue), streams the answer back and records one
+``RequestRecord`` with TTFT and inter-token times measured from the stream. Upstream
+the router always streams (with usage), so a non-streaming client gets an assembled
+answer and the same measurements.
+
+A server that refuses connections or breaks a stream is marked down at once; a request
+that has sent nothing to its client yet is retried on another server, one that has
+gets a clear error event. Every request ends in exactly one record, ``ok`` or not.
+The router runs on an asyncio loop that the caller drives (``observe`` in the
+adapter), so policy calls happen on the main thread, under the hot path's deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import aiohttp
+from aiohttp import web
+
+from autopoiesis.metrics import EngineSample, RequestRecord
+from autopoiesis.program import PolicyError
+
+from .scrape import Scraper
+
+PRIORITY_SCALE = 1000.0  # vLLM's priority is an integer: the policy's float, in thousandths
+
+
+@dataclass
+class Replica:
+    index: int
+    url: str  # server root, e.g. http://127.0.0.1:8001
+    up: bool = True
+    outstanding: int = 0
+    assigned: int = 0
+    running: float = 0.0
+    waiting: float = 0.0
+    kv_used_fraction: float = 0.0
+
+    def view(self) -> SimpleNamespace:
+        return SimpleNamespace(index=self.index, url=self.url, outstanding=self.outstanding, assigned=self.assigned,
+                               running=self.running, waiting=self.waiting, kv_used_fraction=self.kv_used_fraction,
+                               ready=self.up)
+
+
+class Upstream(Exception):
+    """A server failed (connection refused, broken stream): mark it down, maybe retry."""
+
+
+@dataclass
+class _Call:
+    """One client request in flight through the router."""
+
+    id: int
+    arrival: float
+    prompt_tokens: int
+    replica: int = -1
+    first_token: float = math.nan
+    output_tokens: int = 0
+    usage: dict = field(default_factory=dict)
+    sent_to_client: bool = False
+
+
+def estimate_prompt_tokens(body: dict) -> int:
+    """Exact for token-id prompts; otherwise about 4 bytes per token (the policy's view, not billing)."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and prompt and all(isinstance(t, int) for t in prompt):
+        return len(prompt)
+    if isinstance(prompt, list):
+        text = "".join(p if isinstance(p, str) else "" for p in prompt)
+    elif isinstance(prompt, str):
+        text = prompt
+    else:
+        text = "".join(str(m.get("content", "")) for m in body.get("messages", []) if isinstance(m, dict))
+    return max(1, math.ceil(len(text.encode()) / 4))
+
+
+class Router:
+    """Routes OpenAI-compatible requests to vLLM servers under the deployed policy."""
+
+    def __init__(self, urls: list[str], priority_mode: str = "request", scrape_s: float = 1.0,
+                 request_timeout_s: float = 600.0):
+        self.replicas = [Replica(i, u.rstrip("/").removesuffix("/v1")) for i, u in enumerate(urls)]
+        self.priority_mode = priority_mode  # "request": send it; "plugin": the engine computes it
+        self.policy: Any = None  # a HotPath with dispatch and priority
+        self.epoch = time.monotonic()
+        self.records: list[RequestRecord] = []
+        self.samples: list[EngineSample] = []
+        self.events: list[tuple[float, str, str]] = []
+        self.open: dict[int, float] = {}  # request id -> arrival
+        self.arrivals = 0
+        self.on_record: Callable[[RequestRecord], None] | None = None
+        self._ids = 0
+        self.scrape_s = scrape_s
+        self.timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=5)
+        self.scraper = Scraper()
+        self.session: aiohttp.ClientSession | None = None
+        self.runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+        self.port = 0
+
+    def now(self) -> float:
+        return time.monotonic() - self.epoch
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.session = aiohttp.ClientSession(timeout=self.timeout)
+        app = web.Application(client_max_size=64 * 2**20)
+        app.router.add_post("/v1/completions", self.handle)
+        app.router.add_post("/v1/chat/completions", self.handle)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/health", self.health)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, host, port)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.session is not None:
+            await self.session.close()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    # -- health and engine samples --------------------------------------------------------
+    async def _watch(self) -> None:
+        """Scrape every server's /metrics; a server that answers again is marked up."""
+        while True:
+            await asyncio.gather(*(self._scrape(r) for r in self.replicas))
+            await asyncio.sleep(self.scrape_s)
+
+    async def _scrape(self, replica: Replica) -> None:
+        try:
+            async with self.session.get(replica.url + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise Upstream(f"/metrics answered {resp.status}")
+        except (aiohttp.ClientError, asyncio.TimeoutError, Upstream) as e:
+            self.mark_down(replica, f"/metrics: {type(e).__name__}: {e}")
+            return
+        sample = self.scraper.sample(replica.index, self.now(), text)
+        replica.running, replica.waiting, replica.kv_used_fraction = sample.running, sample.waiting, sample.kv_usage
+        self.samples.append(sample)
+        if not replica.up:
+            replica.up = True
+            self.events.append((self.now(), "up", f"replica {replica.index} ({replica.url}) answers again"))
+
+    def mark_down(self, replica: Replica, why: str) -> None:
+        if replica.up:
+            replica.up = False
+            self.events.append((self.now(), "down", f"replica {replica.index} ({replica.url}): {why}"[:300]))
+
+    # -- the endpoints --------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        up = sum(r.up for r in self.replicas)
+        return web.json_response({"replicas": len(self.replicas), "up": up}, status=200 if up else 503)
+
+    async def models(self, request: web.Request) -> web.Response:
+        for replica in [r for r in self.replicas if r.up]:
+            try:
+                async with self.session.get(replica.url + "/v1/models") as resp:
+                    return web.json_response(await resp.json(), status=resp.status)
+            except aiohttp.ClientError as e:
+                self.mark_down(replica, f"{type(e).__name__}: {e}")
+        return _error(503, "no vLLM server is up")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError("the body must be a JSON object")
+        except (ValueError, UnicodeDecodeError) as e:
+            return _error(400, f"invalid JSON body: {e}")
+        self._ids += 1
+        call = _Call(self._ids, self.now(), estimate_prompt_tokens(body))
+        self.arrivals += 1
+        self.open[call.id] = call.arrival
+        client_stream = bool(body.get("stream"))
+        wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        view = SimpleNamespace(id=call.id, arrival=call.arrival, prompt_tokens=call.prompt_tokens, generated=0)
+        upstream = dict(body, stream=True, stream_options={"include_usage": True})
+        if self.policy is not None and self.priority_mode == "request" and "priority" not in body:
+            try:
+                upstream["priority"] = _as_vllm_priority(self.policy.priority(view, call.arrival))
+            except PolicyError:
+                pass  # no decision: the server's default order
+        outcome = "ok"
+        response: web.StreamResponse | None = None
+        tried: set[int] = set()
+        try:
+            while True:
+                replica = self._choose(view, tried)
+                if replica is None:
+                    outcome = "error: no vLLM server is up"
+                    if response is None:
+                        return _error(503, "no vLLM server is up" + (" (every one failed this request)"
+                                                                    if tried else ""))
+                    break
+                tried.add(replica.index)
+                call.replica = replica.index
+                replica.assigned += 1
+                replica.outstanding += 1
+                try:
+                    response = await self._forward(request, replica, upstream, call, client_stream, wants_usage)
+                    if response.status >= 400:
+                        outcome = f"rejected: {response.status}"
+                    break
+                except Upstream as e:
+                    self.mark_down(replica, str(e))
+                    if call.sent_to_client:  # the client has part of an answer: end it with a clear error
+                        outcome = f"error: {e}"
+                        await _send_error_event(response, f"vLLM server {replica.index} failed mid-stream: {e}")
+                        break
+                finally:
+                    replica.outstanding -= 1
+        except (ConnectionResetError, asyncio.CancelledError):
+            outcome = "error: the client went away"
+            raise
+        finally:
+            self._record(call, outcome)
+        return response
+
+    def _choose(self, view: SimpleNamespace, tried: set[int]) -> Replica | None:
+        candidates = [r for r in self.replicas if r.up and r.index not in tried]
+        if not candidates:
+            return None
+        if len(candidates) == 1 or self.policy is None:
+            return min(candidates, key=lambda r: r.outstanding)
+        try:
+            return candidates[int(self.policy.dispatch(view, [r.view() for r in candidates], view.arrival))]
+        except PolicyError:
+            return min(candidates, key=lambda r: r.outstanding)
+
+    async def _forward(self, request: web.Request, replica: Replica, body: dict, call: _Call,
+                       client_stream: bool, wants_usage: bool) -> web.StreamResponse:
+        try:
+            resp = await self.session.post(replica.url + request.path, json=body)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise Upstream(f"{type(e).__name__}: {e}") from None
+        async with resp:
+            if resp.status >= 400:  # the server refused the request itself (bad parameters): pass it on
+                return web.Response(status=resp.status, body=await resp.read(), content_type="application/json")
+            out: web.StreamResponse | None = None
+            chunks: list[dict] = []
+            try:
+                async for line in resp.content:
+                    if not line.startswith(b"data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == b"[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if chunk.get("usage"):
+                        call.usage = chunk["usage"]
+                    choices = chunk.get("choices") or []
+                    if any(_has_token(c) for c in choices) and math.isnan(call.first_token):
+                        call.first_token = self.now()
+                    if not client_stream:
+                        chunks.append(chunk)
+                        continue
+                    if not choices and not wants_usage:
+                        continue  # the usage-only chunk the client did not ask for
+                    if out is None:
+                        out = await _open_stream(request)
+                        call.sent_to_client = True
+                    await out.write(b"data: " + data + b"\n\n")
+            except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
+                raise Upstream(f"{type(e).__name__}: {e}") from None
+            if not call.usage and not chunks and out is None:
+                raise Upstream("the stream ended before any answer")
+            if client_stream:
+                if out is None:
+                    out = await _open_stream(request)
+                await out.write(b"data: [DONE]\n\n")
+                await out.write_eof()
+                return out
+            return web.json_response(_assemble(chunks, call.usage))
+
+    def _record(self, call: _Call, outcome: str) -> None:
+        self.open.pop(call.id, None)
+        finish = self.now()
+        first = call.first_token if not math.isnan(call.first_token) else finish
+        record = RequestRecord(call.arrival, first, finish, int(call.usage.get("prompt_tokens", call.prompt_tokens)),
+                               int(call.usage.get("completion_tokens", 0)), replica=call.replica,
+                               request_id=call.id, outcome=outcome)
+        self.records.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def take(self) -> tuple[list[RequestRecord], list[EngineSample], list[tuple[float, str, str]], int]:
+        """What happened since the last take: records, engine samples, events, arrivals."""
+        out = self.records, self.samples, self.events, self.arrivals
+        self.records, self.samples, self.events, self.arrivals = [], [], [], 0
+        return out
+
+
+def _as_vllm_priority(value: float) -> int:
+    value = float(value)
+    if not math.isfinite(value):
+        raise PolicyError(f"priority {value} is not finite")
+    return int(max(-2**62, min(2**62, round(value * PRIORITY_SCALE))))
+
+
+def _has_token(choice: dict) -> bool:
+    if choice.get("text"):
+        return True
+    delta = choice.get("delta") or {}
+    return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls"))
+
+
+async def _open_stream(request: web.Request) -> web.StreamResponse:
+    out = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+    await out.prepare(request)
+    return out
+
+
+async def _send_error_event(out: web.StreamResponse | None, message: str) -> None:
+    if out is None:
+        return
+    try:
+        payload = {"error": {"message": message, "type": "upstream_error", "code": 502}}
+        await out.write(b"data: " + json.dumps(payload).encode() + b"\n\n")
+        await out.write_eof()
+    except ConnectionError:
+        pass
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": "router_error", "code": status}}, status=status)
+
+
+def _assemble(chunks: list[dict], usage: dict) -> dict:
+    """A non-streaming answer from the stream's chunks (completions or chat completions)."""
+    first = chunks[0] if chunks else {}
+    chat = first.get("object", "").startswith("chat")
+    choices: dict[int, dict] = {}
+    for chunk in chunks:
+        for c in chunk.get("choices") or []:
+            i = c.get("index", 0)
+            if chat:
+                slot = choices.setdefault(i, {"index": i, "message": {"role": "assistant", "content": ""},
+                                              "finish_reason": None, "logprobs": None})
+                delta = c.get("delta") or {}
+                slot["message"]["role"] = delta.get("role") or slot["message"]["role"]
+                slot["message"]["content"] += delta.get("content") or ""
+            else:
+                slot = choices.setdefault(i, {"index": i, "text": "", "finish_reason": None, "logprobs": None})
+                slot["text"] += c.get("text") or ""
+            slot["finish_reason"] = c.get("finish_reason") or slot["finish_reason"]
+    return {"id": first.get("id", ""), "object": "chat.completion" if chat else "text_completion",
+            "created": first.get("created", int(time.time())), "model": first.get("model", ""),
+            "choices": [choices[i] for i in sorted(choices)], "usage": usage or None}

