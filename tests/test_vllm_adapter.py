@@ -108,9 +108,13 @@ def _burst(url, favoured_first=False):
     """8 disfavoured requests (even prompt length), then 8 favoured ones (odd), all at once."""
     c = client(url)
 
-    def one(n):
-        return c.completions.create(model="tiny", prompt=list(range(3, 3 + n)), max_tokens=128,
-                                    extra_body={"min_tokens": 128, "ignore_eos": True})
+    counter = iter(range(1000))
+
+    def one(n):  # distinct prompts: a cached prefix would let a request skip the queue
+        k = next(counter)
+        prompt = [3 + (k * 37 + i * 11) % 290 for i in range(n)]
+        return c.completions.create(model="tiny", prompt=prompt, max_tokens=TOKENS,
+                                    extra_body={"min_tokens": TOKENS, "ignore_eos": True})
 
     with ThreadPoolExecutor(16) as pool:
         futures = [pool.submit(one, 40) for _ in range(8)]
@@ -119,6 +123,7 @@ def _burst(url, favoured_first=False):
         return [f.result() for f in futures]
 
 
+TOKENS = 512  # long enough that the queue order outweighs the API process's bursty streaming
 FAVOUR_ODD = "def priority(request, now):\n    return 0.0 if request.prompt_tokens % 2 else 100.0\n"
 
 
@@ -129,28 +134,30 @@ def _mean(records, length, what):
 
 
 def _favoured(records):
-    """Favoured requests (odd prompts) arrived later but finish sooner; TTFTs printed for the record.
+    """Favoured requests (odd prompts) arrived later, yet start and finish sooner.
 
-    On 2 shared CPU cores vLLM's API process streams first tokens in bursts, so a client-side
-    TTFT can tie across classes; end-to-end latency shows the queue order reliably.
+    On 2 shared CPU cores vLLM's API process streams tokens in bursts; with 512-token answers
+    the queue order outweighed that noise on a fresh server (128-token answers tied).
     """
-    print("mean TTFT favoured", _mean(records, 41, "ttft"), "others", _mean(records, 40, "ttft"))
+    ttft = _mean(records, 41, "ttft"), _mean(records, 40, "ttft")
+    print(f"mean TTFT favoured {ttft[0]:.2f} s, others {ttft[1]:.2f} s")
+    assert ttft[0] < 0.9 * ttft[1]
     assert _mean(records, 41, "e2e") < 0.8 * _mean(records, 40, "e2e")
 
 
-@pytest.mark.xfail(reason="open: favoured requests are not yet measured ahead through the router on 2 CPU cores "
-                          "(direct requests with the same priorities are ordered by vLLM); see the issue 6 note",
-                   strict=False)
+@pytest.mark.xfail(reason="open: inconsistent on 2 CPU cores - favoured requests start first on a fresh server "
+                          "(TTFT 2.3 vs 3.0 s) but last after it has served other tests (4.9 vs 2.1 s); "
+                          "cause not found, see the issue 6 note", strict=False)
 def test_the_priority_program_lowers_the_ttft_of_favoured_requests(servers, tmp_path):
     adapter = VLLMAdapter(urls=[servers[0].url], run_dir=str(tmp_path))
     records, _, _ = serve(adapter, _burst, program(priority=FAVOUR_ODD))
     _favoured(records)
 
 
-@pytest.mark.xfail(reason="open: favoured requests are not yet measured ahead through the router on 2 CPU cores "
-                          "(direct requests with the same priorities are ordered by vLLM); see the issue 6 note",
-                   strict=False)
-def test_the_in_engine_plugin_orders_the_queue_and_falls_back_to_fcfs(servers, tmp_path, monkeypatch):
+@pytest.mark.xfail(reason="open: inconsistent on 2 CPU cores - favoured requests start first on a fresh server "
+                          "(TTFT 2.3 vs 3.0 s) but last after it has served other tests (4.9 vs 2.1 s); "
+                          "cause not found, see the issue 6 note", strict=False)
+def test_the_in_engine_plugin_orders_the_queue(servers, tmp_path, monkeypatch):
     policy_file = servers[0].log.parent / "policy.json"
     monkeypatch.setenv("AUTOPOIESIS_POLICY_FILE", str(policy_file))
     adapter = VLLMAdapter(urls=[servers[0].url], plugin=True, run_dir=str(tmp_path))
@@ -160,10 +167,15 @@ def test_the_in_engine_plugin_orders_the_queue_and_falls_back_to_fcfs(servers, t
     assert status and status[0]["fallbacks"] == 0 and not status[0]["error"]
     assert sum(o.calls.get("priority", 0) for o in observations) >= 16  # counted in-engine, seen by the adapter
 
+
+def test_a_failing_plugin_program_falls_back_to_fcfs_and_is_counted(servers, tmp_path, monkeypatch):
+    policy_file = servers[0].log.parent / "policy.json"
+    monkeypatch.setenv("AUTOPOIESIS_POLICY_FILE", str(policy_file))
     broken = program(priority="def priority(request, now):\n    return 1.0 / (request.prompt_tokens - 41)\n")
     adapter = VLLMAdapter(urls=[servers[0].url], plugin=True, run_dir=str(tmp_path / "broken"))
     records, observations, _ = serve(adapter, _burst, broken)
     assert sum(r.ok for r in records) == 16  # every request served, FCFS after the failure
+    assert sum(o.calls.get("priority", 0) for o in observations) >= 16  # counted in-engine, seen by the adapter
     assert sum(o.fallbacks.get("priority", 0) for o in observations) >= 8
     assert "ZeroDivisionError" in next(s["error"] for s in adapter.plugin_status() if s["fallbacks"])
 

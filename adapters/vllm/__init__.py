@@ -73,6 +73,7 @@ class VLLMAdapter(Adapter):
         self.slo = SLO(float(ttft_slo), float(tpot_slo))
         self.costs = twin.Costs(max_batch=self.max_batch)
         self.live: dict[str, Any] | None = None
+        self.policy_file: Path | None = None
 
     def slots(self):
         return list(SLOTS)
@@ -110,6 +111,7 @@ class VLLMAdapter(Adapter):
                                    policy_file, self.model)
         else:
             servers = fleet.attach(self.urls)
+        self.policy_file = policy_file
         live = self.live = {"servers": servers, "policy_file": policy_file, "version": 0, "plugin_counts": {},
                             "loop": asyncio.new_event_loop(), "records": [], "load": None, "outcome": None,
                             "log": open(run_dir / "requests.jsonl", "a", buffering=1)}
@@ -192,7 +194,8 @@ class VLLMAdapter(Adapter):
         return {"priority": (calls, fallbacks)} if calls else {}
 
     def plugin_status(self) -> list[dict]:
-        path = self.live["policy_file"]
+        """Each plugin-loaded server's counts (readable after ``stop`` too)."""
+        path = self.policy_file
         return [json.loads(p.read_text()) for p in sorted(path.parent.glob(path.name + ".status-*"))
                 if not p.name.endswith(".tmp")] if path else []
 
@@ -232,13 +235,13 @@ class VLLMAdapter(Adapter):
         one. The refit (least squares, then scaled to replay what was served) is what the next
         evolution's candidates are scored with.
         """
-        from autopoiesis import sandbox
+        from autopoiesis.online import hot_path
 
         served = [r for r in self.live["records"] if since <= r.arrival and r.finish <= until]
         replicas = max(1, sum(r.up for r in self.router.replicas))
         out = {"replicas_up": float(replicas)}
-        try:
-            policy = sandbox.compile_policy(incumbent.source, self.slots())
+        try:  # untrusted code on the serving thread: under the hot path's deadline, baseline behind it
+            policy = hot_path(incumbent, [next(iter(self.baselines().values()))], self.slots())
             if self.costs.samples:
                 error = twin.prediction_error(policy, served, replicas, self.costs)
                 if error is not None:

@@ -63,8 +63,13 @@ def _overlap(records: Sequence[RequestRecord]) -> np.ndarray:
 def _active_at_arrival(records: Sequence[RequestRecord]) -> np.ndarray:
     """How many same-replica requests were unfinished when each record arrived."""
     out = np.zeros(len(records))
-    for i, r in enumerate(records):
-        out[i] = sum(1 for o in records if o.replica == r.replica and o.arrival < r.arrival < o.finish)
+    replica = np.array([r.replica for r in records])
+    arrival = np.array([r.arrival for r in records])
+    finish = np.array([r.finish for r in records])
+    for k in np.unique(replica):
+        idx = np.flatnonzero(replica == k)
+        a, f = arrival[idx], finish[idx]
+        out[idx] = ((a[None, :] < a[:, None]) & (a[:, None] < f[None, :])).sum(axis=1)
     return out
 
 
