@@ -2,7 +2,9 @@
 
 The command a user types: it launches the servers, drives them with the `shift` load
 through the router, evolves dispatch and priority on the calibrated twin and deploys
-winners under the guard. Skipped without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it).
+winners under the guard. `--margin 0`: on this tiny CPU model the twin's gains are about
+1% and a 1% margin made the second deployment a coin toss; the test is about the loop
+running against live servers, not about the size of the gain. Skipped without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it).
 """
 
 import json
@@ -30,7 +32,7 @@ def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
         "--vllm-args", "--max-num-seqs 2 --max-model-len 2048 --dtype bfloat16",
         "--scenario", "shift", "--rate", "3", "--duration", "100", "--window", "10", "--period", "1",
         "--cooldown", "0", "--guard-windows", "1", "--population", "6", "--generations", "2", "--workers", "1",
-        "--margin", "0.01", "--runs-dir", runs, "--json"], capture_output=True, text=True, timeout=840)
+        "--margin", "0", "--runs-dir", runs, "--json"], capture_output=True, text=True, timeout=840)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
     assert summary["requests"] > 100 and summary["windows"] >= 8
