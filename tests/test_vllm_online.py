@@ -3,7 +3,7 @@
 The command a user types: it launches the servers (the paced test model, each on its own
 core), drives them with the `shift` load through the router (near capacity in its second
 half), evolves dispatch and priority on the calibrated twin and deploys winners under the
-guard. `--margin 0`: the twin's gains here are a few percent and a 1% margin made the
+guard; `--plugin` publishes each one to the servers' in-engine schedulers. `--margin 0`: the twin's gains here are a few percent and a 1% margin made the
 second deployment a coin toss; the test is about the loop running against live servers,
 not about the size of the gain. Skipped without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it).
 """
@@ -29,7 +29,7 @@ def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
     cli = [sys.executable, "-m", "autopoiesis.cli"]
     runs = str(tmp_path / "runs")
     proc = subprocess.run(cli + [
-        "evolve", "--adapter", "vllm", "--vllm-launch", str(model), "--replicas", "2", "--online",
+        "evolve", "--adapter", "vllm", "--vllm-launch", str(model), "--replicas", "2", "--online", "--plugin",
         "--vllm-args", "--max-num-seqs 2 --max-model-len 2048 --dtype bfloat16",
         "--scenario", "shift", "--rate", "2", "--duration", "100", "--window", "10", "--period", "1",
         "--cooldown", "0", "--guard-windows", "1", "--population", "6", "--generations", "2", "--workers", "1",
@@ -47,4 +47,11 @@ def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
     assert "twin prediction error" in text and "deployments" in text
     logs = list((tmp_path / "runs" / summary["run"]).glob("vllm-*.log"))
     assert len(logs) == 2  # the launched servers' logs are in the run folder
-    assert (tmp_path / "runs" / summary["run"] / "requests.jsonl").read_text().count("\n") == summary["requests"]
+    run_dir = tmp_path / "runs" / summary["run"]
+    assert (run_dir / "requests.jsonl").read_text().count("\n") == summary["requests"]
+    # --plugin: every deployment was published to both servers' schedulers, which ordered their queues
+    published = json.loads((run_dir / "policy.json").read_text())
+    assert published["version"] == 1 + len(deployed) + sum(d["kind"] == "rollback" for d in report["deployments"])
+    status = [json.loads(p.read_text()) for p in run_dir.glob("policy.json.status-*") if not p.name.endswith(".tmp")]
+    assert len(status) == 2 and all(s["calls"] > 0 and s["fallbacks"] == 0 for s in status)
+    assert all(s["program"] == published["program"] for s in status)
