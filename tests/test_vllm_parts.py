@@ -153,3 +153,52 @@ def test_launch_settings_follow_the_server_arguments_and_the_cores(monkeypatch):
     monkeypatch.setattr(servers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4}, raising=False)
     assert servers.core_slices(2) == ["0-1", "2-3"] and servers.core_slices(1) == [None]
     assert servers.core_slices(6) == [None] * 6  # more replicas than cores: vLLM's own binding
+
+
+def test_a_stream_broken_mid_answer_ends_with_an_error_event():
+    """Test double for a vLLM server that dies after its first token (the real-server kill test
+    cannot choose when the kill lands): the client gets that token, then a clear error event."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from autopoiesis.adapters.vllm.router import Router
+
+    async def metrics(request):
+        return web.Response(text="")
+
+    async def dying(request):
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        await out.write(b'data: {"choices": [{"index": 0, "text": "hi"}]}\n\n')
+        await asyncio.sleep(0.05)
+        request.transport.close()  # the server is gone mid-stream
+        return out
+
+    async def scenario():
+        app = web.Application()
+        app.router.add_post("/v1/completions", dying)
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        upstream = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        router = Router([upstream], scrape_s=60)
+        await router.start()
+        try:
+            async with aiohttp.ClientSession() as client:
+                async with client.post(router.url + "/completions",
+                                       json={"model": "m", "prompt": "x", "stream": True}) as resp:
+                    status, body = resp.status, (await resp.read()).decode()
+        finally:
+            await router.stop()
+            await runner.cleanup()
+        return status, body, router
+
+    status, body, router = asyncio.run(scenario())
+    assert status == 200 and '"text": "hi"' in body  # the part already sent
+    assert "failed mid-stream" in body and '"code": 502' in body  # then a clear error, not a cut stream
+    assert len(router.records) == 1 and router.records[0].outcome.startswith("error:")
+    assert [kind for _, kind, _ in router.events] == ["down"]

@@ -68,7 +68,11 @@ class _Call:
     first_token: float = math.nan
     output_tokens: int = 0
     usage: dict = field(default_factory=dict)
-    sent_to_client: bool = False
+    stream: web.StreamResponse | None = None  # the client's stream, once a byte of it has been sent
+
+    @property
+    def sent_to_client(self) -> bool:
+        return self.stream is not None
 
 
 def estimate_prompt_tokens(body: dict) -> int:
@@ -226,6 +230,7 @@ class Router:
                     self.mark_down(replica, str(e))
                     if call.sent_to_client:  # the client has part of an answer: end it with a clear error
                         outcome = f"error: {e}"
+                        response = call.stream
                         await _send_error_event(response, f"vLLM server {replica.index} failed mid-stream: {e}")
                         break
                 finally:
@@ -278,8 +283,7 @@ class Router:
                     if not choices and not wants_usage:
                         continue  # the usage-only chunk the client did not ask for
                     if out is None:
-                        out = await _open_stream(request)
-                        call.sent_to_client = True
+                        out = call.stream = await _open_stream(request)
                     await out.write(b"data: " + data + b"\n\n")
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                 raise Upstream(f"{type(e).__name__}: {e}") from None
