@@ -114,7 +114,7 @@ def window(records: Sequence[RequestRecord], since: float, until: float, limit: 
     return [(r.arrival - start, r.prompt_tokens, r.output_tokens) for r in pool], served, pool
 
 
-LIMIT = 2.0
+LIMIT = 1.5
 
 
 def refine(costs: Costs, policy: Any, records: Sequence[RequestRecord], since: float, until: float, replicas: int,
