@@ -128,6 +128,7 @@ def test_loads_are_seeded_and_traces_scale(tmp_path):
     ({"urls": "http://x", "scenario": "nope"}, "unknown vLLM load"),
     ({"urls": "http://x", "trace": "/no/such.csv"}, "trace file not found"),
     ({"urls": "http://x", "scenario": "steady", "trace": "x"}, "not both"),
+    ({"urls": "http://x,http://y", "replicas": 3}, "each URL is a replica"),
 ])
 def test_adapter_options_are_checked(options, message):
     with pytest.raises(AdapterError, match=message):

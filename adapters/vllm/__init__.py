@@ -66,6 +66,9 @@ class VLLMAdapter(Adapter):
                                "or --vllm-launch MODEL_DIR (launch)")
         if launch and int(replicas) < 1:
             raise AdapterError("--replicas must be at least 1")
+        if self.urls and int(replicas) not in (1, len(self.urls)):
+            raise AdapterError(f"--replicas {replicas} applies to --vllm-launch; with --vllm-url each URL is a "
+                               f"replica (got {len(self.urls)})")
         if scenario and trace:
             raise AdapterError("give a load as --scenario NAME or --trace FILE, not both")
         if scenario and scenario not in loads.LOADS:
