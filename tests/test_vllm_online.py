@@ -49,9 +49,11 @@ def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
     assert len(logs) == 2  # the launched servers' logs are in the run folder
     run_dir = tmp_path / "runs" / summary["run"]
     assert (run_dir / "requests.jsonl").read_text().count("\n") == summary["requests"]
-    # --plugin: every deployment was published to both servers' schedulers, which ordered their queues
+    # --plugin: every deployment was published; both servers' schedulers ordered their queues with them
     published = json.loads((run_dir / "policy.json").read_text())
     assert published["version"] == 1 + len(deployed) + sum(d["kind"] == "rollback" for d in report["deployments"])
     status = [json.loads(p.read_text()) for p in run_dir.glob("policy.json.status-*") if not p.name.endswith(".tmp")]
     assert len(status) == 2 and all(s["calls"] > 0 and s["fallbacks"] == 0 for s in status)
-    assert all(s["program"] == published["program"] for s in status)
+    # a scheduler loads a publication when the next request arrives: the last one may come after the load ended
+    programs = {d["program"] for d in report["deployments"]}
+    assert all(s["program"] in programs and s["version"] >= 2 for s in status)

@@ -7,8 +7,9 @@ installed in vLLM's environment. Environment:
 
 - ``AUTOPOIESIS_POLICY_FILE``: JSON ``{"version", "program", "source", "epoch_unix"}`` the
   controller replaces atomically (``os.replace``) to publish a program; the scheduler
-  checks its modification time at most every 50 ms and swaps the compiled function in
-  one assignment, so a step sees the old program or the new one, never a mix.
+  checks its modification time when a request arrives, at most every 50 ms, and swaps
+  the compiled function in one assignment, so a step sees the old program or the new
+  one, never a mix.
 - ``AUTOPOIESIS_SANDBOX_DIR``: the folder of autopoiesis's ``sandbox.py``.
 
 Until a program is published the plugin changes nothing (per-request priorities from the
