@@ -3,9 +3,10 @@
 The command a user types: it launches the servers (the paced test model, each on its own
 core), drives them with the `shift` load through the router (near capacity in its second
 half), evolves dispatch and priority on the calibrated twin and deploys winners under the
-guard; `--plugin` publishes each one to the servers' in-engine schedulers. `--margin 0`: the twin's gains here are a few percent and a 1% margin made the
-second deployment a coin toss; the test is about the loop running against live servers,
-not about the size of the gain. Skipped without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it).
+guard; `--plugin` publishes each one to the servers' in-engine schedulers. `--margin 0`:
+the twin's gains here are a few percent and a 1% margin made the second deployment a coin
+toss; the test is about the loop running against live servers, not about the size of the
+gain. Skipped without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it).
 """
 
 import json

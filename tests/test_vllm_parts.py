@@ -189,7 +189,7 @@ def test_a_stream_broken_mid_answer_ends_with_an_error_event():
         router = Router([upstream], scrape_s=60)
         await router.start()
         try:
-            async with aiohttp.ClientSession() as client:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
                 async with client.post(router.url + "/completions",
                                        json={"model": "m", "prompt": "x", "stream": True}) as resp:
                     status, body = resp.status, (await resp.read()).decode()

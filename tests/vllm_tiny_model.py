@@ -3,11 +3,12 @@
 Run with the Python that has vLLM (and so transformers, tokenizers, torch):
     python tests/vllm_tiny_model.py OUT_DIR [--paced]
 Hidden size 128 with 2 heads gives head_dim 64 (the CPU attention kernel refuses 16);
-``--paced`` builds a wider, deeper one whose decode steps take milliseconds, as a real
-model's do: the 128-wide model makes tokens faster than vLLM's API process can stream
-them on two cores, so clients see bursts that hide the engine's queue order.
 nothing is downloaded. The weights are random: the model's replies are nonsense, which
 is what the test wants to see handled.
+
+``--paced`` builds a wider, deeper model (768 x 8 layers) whose decode steps take
+milliseconds, as a real model's do: the 128-wide one makes tokens faster than vLLM's API
+process can stream them on two cores, so clients see bursts that hide the queue order.
 """
 
 import sys

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,6 @@ def _urls(value: Any) -> list[str]:
 
 def _max_num_seqs(vllm_args: str, default: int = 256) -> int:
     """The servers' ``--max-num-seqs`` from the launch arguments (vLLM's default otherwise)."""
-    import shlex
-
     words = shlex.split(vllm_args or "")
     for i, word in enumerate(words):
         value = word.partition("=")[2] if word.startswith("--max-num-seqs=") else \

@@ -159,7 +159,6 @@ def refine(costs: Costs, policy: Any, records: Sequence[RequestRecord], since: f
 
 def _lower_line(x: np.ndarray, y: np.ndarray, share: float = 0.3, rounds: int = 4) -> tuple[float, float]:
     """A line under the cloud: least squares, then again on the ``share`` of points with the lowest residuals."""
-    keep = np.ones(len(x), bool)
     a, b = _line(x, y)
     for _ in range(rounds):
         residual = y - (a + b * x)
