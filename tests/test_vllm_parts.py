@@ -203,3 +203,107 @@ def test_a_stream_broken_mid_answer_ends_with_an_error_event():
     assert "failed mid-stream" in body and '"code": 502' in body  # then a clear error, not a cut stream
     assert len(router.records) == 1 and router.records[0].outcome.startswith("error:")
     assert [kind for _, kind, _ in router.events] == ["down"]
+
+
+def test_a_slow_metrics_endpoint_is_not_a_dead_server():
+    """Test double for a busy CPU server whose /metrics answers late: the router keeps sending
+    it requests until three scrapes in a row time out, and marks it up when it answers again."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from autopoiesis.adapters.vllm.router import Router
+
+    slow = {"on": True}
+
+    async def metrics(request):
+        if slow["on"]:
+            await asyncio.sleep(0.5)
+        return web.Response(text="vllm:num_requests_waiting 3.0\n")
+
+    async def scenario():
+        app = web.Application()
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        router = Router([f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"], scrape_timeout_s=0.1)
+        router.session = aiohttp.ClientSession()  # scrapes driven one by one here, not by the router's watch
+        replica, ups = router.replicas[0], []
+        try:
+            for _ in range(3):
+                await router._scrape(replica)
+                ups.append(replica.up)
+            slow["on"] = False
+            await router._scrape(replica)
+            ups.append(replica.up)
+        finally:
+            await router.session.close()
+            await runner.cleanup()
+        return ups, router, replica
+
+    ups, router, replica = asyncio.run(scenario())
+    assert ups == [True, True, False, True]
+    assert [kind for _, kind, _ in router.events] == ["down", "up"] and "timed out 3 times" in router.events[0][2]
+    assert replica.waiting == 3.0 and replica.slow_scrapes == 0
+
+
+def test_a_client_that_hangs_up_aborts_its_request_and_leaves_the_server_up():
+    """Test double for a vLLM server streaming a long answer; the client reads one chunk and
+    hangs up. The router records it once, keeps the server up, and closes the upstream stream
+    (which is how vLLM learns to abort the request and free its slot)."""
+    import asyncio
+
+    import aiohttp
+    from aiohttp import web
+
+    from autopoiesis.adapters.vllm.router import Router
+
+    upstream_saw = {}
+
+    async def metrics(request):
+        return web.Response(text="")
+
+    async def long_answer(request):
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        try:
+            for _ in range(200):
+                await out.write(b'data: {"choices": [{"index": 0, "text": "t"}]}\n\n')
+                await asyncio.sleep(0.02)
+            upstream_saw["end"] = "finished"
+        except (ConnectionResetError, asyncio.CancelledError):
+            upstream_saw["end"] = "aborted"
+            raise
+        return out
+
+    async def scenario():
+        app = web.Application()
+        app.router.add_post("/v1/completions", long_answer)
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app, handler_cancellation=True)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        router = Router([f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"], scrape_s=60)
+        await router.start()
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
+                async with client.post(router.url + "/completions",
+                                       json={"model": "m", "prompt": "x", "stream": True}) as resp:
+                    await resp.content.readline()
+            for _ in range(100):  # the router notices at its next write
+                if router.records and "end" in upstream_saw:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            await router.stop()
+            await runner.cleanup()
+        return router
+
+    router = asyncio.run(scenario())
+    assert [r.outcome for r in router.records] == ["error: the client went away"]
+    assert router.replicas[0].up and not router.events
+    assert upstream_saw == {"end": "aborted"}

@@ -8,7 +8,9 @@ in-engine plugin orders the queue), streams the answer back and records one
 the router always streams (with usage), so a non-streaming client gets an assembled
 answer and the same measurements.
 
-A server that refuses connections or breaks a stream is marked down at once; a request
+A server that refuses connections or breaks a stream is marked down at once (one whose
+``/metrics`` is merely slow, as a busy CPU server's is, only after three timeouts in a
+row: slow is not dead); a request
 that has sent nothing to its client yet is retried on another server, one that has
 gets a clear error event. Every request ends in exactly one record, ``ok`` or not.
 The router runs on an asyncio loop that the caller drives (``observe`` in the
@@ -34,6 +36,7 @@ from autopoiesis.program import PolicyError
 from .scrape import Scraper
 
 PRIORITY_SCALE = 1000.0  # vLLM's priority is an integer: the policy's float, in thousandths
+SLOW_SCRAPES_TO_DOWN = 3
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Replica:
     running: float = 0.0
     waiting: float = 0.0
     kv_used_fraction: float = 0.0
+    slow_scrapes: int = 0  # /metrics timeouts in a row
 
     def view(self) -> SimpleNamespace:
         return SimpleNamespace(index=self.index, url=self.url, outstanding=self.outstanding, assigned=self.assigned,
@@ -55,6 +59,11 @@ class Replica:
 
 class Upstream(Exception):
     """A server failed (connection refused, broken stream): mark it down, maybe retry."""
+
+
+class ClientGone(Exception):
+    """The client hung up: not the server's fault. Leaving the upstream stream aborts the
+    request in vLLM, which frees its slot."""
 
 
 @dataclass
@@ -93,7 +102,7 @@ class Router:
     """Routes OpenAI-compatible requests to vLLM servers under the deployed policy."""
 
     def __init__(self, urls: list[str], priority_mode: str = "request", scrape_s: float = 1.0,
-                 request_timeout_s: float = 600.0):
+                 request_timeout_s: float = 600.0, scrape_timeout_s: float = 5.0):
         self.replicas = [Replica(i, u.rstrip("/").removesuffix("/v1")) for i, u in enumerate(urls)]
         self.priority_mode = priority_mode  # "request": send it; "plugin": the engine computes it
         self.policy: Any = None  # a HotPath with dispatch and priority
@@ -105,7 +114,7 @@ class Router:
         self.arrivals = 0
         self.on_record: Callable[[RequestRecord], None] | None = None
         self._ids = 0
-        self.scrape_s = scrape_s
+        self.scrape_s, self.scrape_timeout_s = scrape_s, scrape_timeout_s
         self.timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=5)
         self.scraper = Scraper()
         self.session: aiohttp.ClientSession | None = None
@@ -152,13 +161,21 @@ class Router:
 
     async def _scrape(self, replica: Replica) -> None:
         try:
-            async with self.session.get(replica.url + "/metrics", timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            timeout = aiohttp.ClientTimeout(total=self.scrape_timeout_s)
+            async with self.session.get(replica.url + "/metrics", timeout=timeout) as resp:
                 text = await resp.text()
                 if resp.status != 200:
                     raise Upstream(f"/metrics answered {resp.status}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, Upstream) as e:
+        except asyncio.TimeoutError:
+            replica.slow_scrapes += 1
+            if replica.slow_scrapes >= SLOW_SCRAPES_TO_DOWN:
+                self.mark_down(replica, f"/metrics timed out {replica.slow_scrapes} times in a row "
+                                        f"({self.scrape_timeout_s:g} s each)")
+            return
+        except (aiohttp.ClientError, Upstream) as e:
             self.mark_down(replica, f"/metrics: {type(e).__name__}: {e}")
             return
+        replica.slow_scrapes = 0
         sample = self.scraper.sample(replica.index, self.now(), text)
         replica.running, replica.waiting, replica.kv_used_fraction = sample.running, sample.waiting, sample.kv_usage
         self.samples.append(sample)
@@ -235,6 +252,9 @@ class Router:
                         break
                 finally:
                     replica.outstanding -= 1
+        except ClientGone:
+            outcome = "error: the client went away"
+            return response or web.Response(status=499)
         except (ConnectionResetError, asyncio.CancelledError):
             outcome = "error: the client went away"
             raise
@@ -284,7 +304,7 @@ class Router:
                         continue  # the usage-only chunk the client did not ask for
                     if out is None:
                         out = call.stream = await _open_stream(request)
-                    await out.write(b"data: " + data + b"\n\n")
+                    await _to_client(out, b"data: " + data + b"\n\n")
             except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
                 raise Upstream(f"{type(e).__name__}: {e}") from None
             if not call.usage and not chunks and out is None:
@@ -292,7 +312,7 @@ class Router:
             if client_stream:
                 if out is None:
                     out = await _open_stream(request)
-                await out.write(b"data: [DONE]\n\n")
+                await _to_client(out, b"data: [DONE]\n\n")
                 await out.write_eof()
                 return out
             return web.json_response(_assemble(chunks, call.usage))
@@ -331,8 +351,20 @@ def _has_token(choice: dict) -> bool:
 
 async def _open_stream(request: web.Request) -> web.StreamResponse:
     out = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
-    await out.prepare(request)
+    try:
+        await out.prepare(request)
+    except ConnectionResetError:
+        raise ClientGone() from None
     return out
+
+
+async def _to_client(out: web.StreamResponse, data: bytes) -> None:
+    """Write to the client; aiohttp's reset error is also a ClientError, which must not
+    be taken for the server's failure."""
+    try:
+        await out.write(data)
+    except ConnectionResetError:
+        raise ClientGone() from None
 
 
 async def _send_error_event(out: web.StreamResponse | None, message: str) -> None:
