@@ -15,12 +15,14 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
 
 from autopoiesis.adapters.vllm import VLLMAdapter, servers as fleet
+from autopoiesis.adapters.vllm.scrape import Scraper
 from autopoiesis.adapters.vllm.slots import DISPATCH_BASELINES, PRIORITY_BASELINES
 from autopoiesis.program import Program
 from conftest import ROOT
@@ -106,13 +108,15 @@ def test_router_serves_the_openai_client_and_records_each_request_once(servers, 
     assert (tmp_path / "requests.jsonl").read_text().count("\n") == 5
 
 
-def _burst(url):
-    """Two blockers fill the server's two slots; meanwhile 8 disfavoured requests (even prompt
-    length) queue, then 8 favoured ones (odd). Every one of them is queued when the blockers
-    finish, however slowly the client threads get them out on two busy cores."""
+def _burst(url, server_url):
+    """Two blockers take the server's two slots; 8 disfavoured requests (even prompt length)
+    queue behind them, then 8 favoured ones (odd). Only once the server reports all 16
+    waiting do the blockers hang up (vLLM aborts them), so the order is decided on a full
+    queue however slowly two busy cores let the client threads and the servers' API
+    processes work."""
     c = client(url)
-
     counter = iter(range(1000))
+    started, release = [threading.Event(), threading.Event()], threading.Event()
 
     def one(n, tokens=TOKENS):  # distinct prompts: a cached prefix would let a request skip the queue
         k = next(counter)
@@ -120,16 +124,40 @@ def _burst(url):
         return c.completions.create(model="tiny", prompt=prompt, max_tokens=tokens,
                                     extra_body={"min_tokens": tokens, "ignore_eos": True})
 
+    def blocker(i):
+        prompt = [5 + (i * 53 + j * 7) % 290 for j in range(30)]
+        with c.completions.create(model="tiny", prompt=prompt, max_tokens=2000, stream=True,
+                                  extra_body={"min_tokens": 2000, "ignore_eos": True}) as stream:
+            next(iter(stream))
+            started[i].set()
+            release.wait(120)  # leaving the block closes the stream: the client hangs up
+
     with ThreadPoolExecutor(18) as pool:
-        futures = [pool.submit(one, 30, BLOCKER_TOKENS) for _ in range(2)]
-        time.sleep(0.5)
-        futures += [pool.submit(one, 40) for _ in range(8)]
-        time.sleep(0.2)
-        futures += [pool.submit(one, 41) for _ in range(8)]
+        blockers = [pool.submit(blocker, i) for i in range(2)]
+        try:
+            assert all(e.wait(120) for e in started), "the blockers never started"
+            futures = [pool.submit(one, 40) for _ in range(8)]
+            time.sleep(0.2)
+            futures += [pool.submit(one, 41) for _ in range(8)]
+            _wait_for_waiting(server_url, 16)
+        finally:
+            release.set()
+        for b in blockers:
+            b.result()
         return [f.result() for f in futures]
 
 
-TOKENS, BLOCKER_TOKENS = 64, 320  # about 0.85 s and 4 s on the paced model
+def _wait_for_waiting(server_url, n, timeout=120.0):
+    scraper, deadline = Scraper(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(server_url + "/metrics", timeout=30) as r:
+            if scraper.sample(0, 0.0, r.read().decode()).waiting >= n:
+                return
+        time.sleep(0.1)
+    raise AssertionError(f"the server never had {n} requests waiting")
+
+
+TOKENS = 64  # about 0.85 s on the paced model
 FAVOUR_ODD = "def priority(request, now):\n    return 0.0 if request.prompt_tokens % 2 else 100.0\n"
 
 
@@ -142,9 +170,8 @@ def _mean(records, length, what):
 def _favoured(records):
     """Favoured requests (odd prompts) arrived later, yet start and finish sooner.
 
-    Two at a time behind the blockers: FCFS would give the favoured ones about twice the
-    others' mean TTFT; the program's order gives about half (measured 3.5 vs 8.1 s with
-    per-request priority, 2.4 vs 7.9 s with the plugin).
+    Two at a time once the blockers go: FCFS would give the favoured ones about twice the
+    others' mean TTFT; the program's order gives about half.
     """
     ttft = _mean(records, 41, "ttft"), _mean(records, 40, "ttft")
     print(f"mean TTFT favoured {ttft[0]:.2f} s, others {ttft[1]:.2f} s")
@@ -154,7 +181,7 @@ def _favoured(records):
 
 def test_the_priority_program_lowers_the_ttft_of_favoured_requests(servers, tmp_path):
     adapter = VLLMAdapter(urls=[servers[0].url], run_dir=str(tmp_path))
-    records, _, _ = serve(adapter, _burst, program(priority=FAVOUR_ODD))
+    records, _, _ = serve(adapter, lambda url: _burst(url, servers[0].url), program(priority=FAVOUR_ODD))
     _favoured(records)
 
 
@@ -162,7 +189,8 @@ def test_the_in_engine_plugin_orders_the_queue(servers, tmp_path, monkeypatch):
     policy_file = servers[0].log.parent / "policy.json"
     monkeypatch.setenv("AUTOPOIESIS_POLICY_FILE", str(policy_file))
     adapter = VLLMAdapter(urls=[servers[0].url], plugin=True, run_dir=str(tmp_path))
-    records, observations, _ = serve(adapter, _burst, program(priority=FAVOUR_ODD))
+    records, observations, _ = serve(adapter, lambda url: _burst(url, servers[0].url),
+                                     program(priority=FAVOUR_ODD))
     _favoured(records)
     status = [s for s in adapter.plugin_status() if s["calls"]]
     assert status and status[0]["fallbacks"] == 0 and not status[0]["error"]
@@ -174,8 +202,9 @@ def test_a_failing_plugin_program_falls_back_to_fcfs_and_is_counted(servers, tmp
     monkeypatch.setenv("AUTOPOIESIS_POLICY_FILE", str(policy_file))
     broken = program(priority="def priority(request, now):\n    return 1.0 / (request.prompt_tokens - 41)\n")
     adapter = VLLMAdapter(urls=[servers[0].url], plugin=True, run_dir=str(tmp_path / "broken"))
-    records, observations, _ = serve(adapter, _burst, broken)
-    assert sum(r.ok for r in records) == 18  # every request served, FCFS after the failure
+    records, observations, _ = serve(adapter, lambda url: _burst(url, servers[0].url), broken)
+    assert sum(r.ok for r in records) == 16  # every request served, FCFS after the failure
+    assert [r.outcome for r in records if not r.ok] == ["error: the client went away"] * 2  # the blockers
     assert sum(o.calls.get("priority", 0) for o in observations) >= 16  # counted in-engine, seen by the adapter
     assert sum(o.fallbacks.get("priority", 0) for o in observations) >= 8
     assert "ZeroDivisionError" in next(s["error"] for s in adapter.plugin_status() if s["fallbacks"])
