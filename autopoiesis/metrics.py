@@ -272,9 +272,9 @@ class DriftDetector:
     """Which signals of the live windows drifted, with a cooldown between triggers.
 
     Each named signal (arrival rate, mean prompt length, SLO attainment, ...) has its own
-    Page-Hinkley test; a cluster event (GPUs joining or leaving) triggers at once. After a
-    trigger, ``cooldown`` windows pass before the next one, so one change does not start
-    several evolutions.
+    Page-Hinkley test; a cluster event (GPUs joining or leaving) triggers at once, even while
+    cooling down: it is a fact, not noise. After a trigger, ``cooldown`` windows pass before
+    the next drift trigger, so one change does not start several evolutions.
     """
 
     def __init__(self, signals: Iterable[str] = ("rate", "mean_prompt", "slo_attainment"),
@@ -290,7 +290,7 @@ class DriftDetector:
             drifted.append("cluster")
         if self.quiet > 0:
             self.quiet -= 1
-            return []
+            drifted = ["cluster"] if cluster_events else []
         if drifted:
             self.quiet = self.cooldown
         return drifted

@@ -322,6 +322,7 @@ class Controller:
         self.job: _Job | None = None
         self.jobs = 0
         self.since_trigger = 0
+        self.cluster_owed = False  # a cluster change not yet evolved for (it came while busy)
         self.swapped = False
         self.in_flight: list[float] = []
         status = "done"
@@ -466,8 +467,13 @@ class Controller:
         self.since_trigger += 1
         if not reasons and cfg.period and self.since_trigger >= cfg.period:
             reasons = ["period"]
+        busy = self.job is not None or self.guard.watching
+        self.cluster_owed = self.cluster_owed or "cluster" in reasons
+        if self.cluster_owed and not busy and "cluster" not in reasons:
+            reasons = [*reasons, "cluster"]  # the cluster changed while an evolution or the guard was busy
         w.triggers = reasons
-        if reasons and self.job is None and not self.guard.watching:
+        if reasons and not busy:
+            self.cluster_owed = False
             self._start_job(end, reasons)
         self.archive.add_window(self.run_id, w.index, w.start, w.end, w.policy, w.metrics,
                                 {"arrivals": w.arrivals, "calls": w.calls, "fallbacks": w.fallbacks,
@@ -483,7 +489,7 @@ class Controller:
         verdict, why = self.guard.check(w.metrics, w.calls, w.fallbacks)
         if verdict == "suspect":  # ask the twin: would the incumbent have done better on this window?
             self.jobs += 1
-            snapshot = self.adapter.window_snapshot(w.start, w.end, self.live)
+            snapshot = self.adapter.window_snapshot(w.start, w.end, self.incumbent)  # the world had it stayed
             self.job = _Job("guard", self.jobs, now, time.monotonic(), snapshot, self.incumbent,
                             candidate=self.live, why=why)
             self.queue.put(self.job)

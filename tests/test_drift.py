@@ -55,3 +55,10 @@ def test_detector_names_what_drifted_and_cools_down():
 def test_cluster_events_trigger_at_once():
     detector = DriftDetector()
     assert detector.update({"rate": 10.0}, cluster_events=1) == ["cluster"]
+
+
+def test_a_cluster_event_triggers_even_while_cooling_down():
+    detector = DriftDetector(cooldown=3)
+    assert detector.update({"rate": 10.0}, cluster_events=1) == ["cluster"]
+    assert detector.update({"rate": 10.0}) == []  # cooling down
+    assert detector.update({"rate": 10.0}, cluster_events=1) == ["cluster"]  # a fact, not noise

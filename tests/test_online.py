@@ -178,3 +178,55 @@ def test_online_mistakes_are_one_line_errors(tmp_path):
 
     proc = cli("evolve", "--adapter", str(EXAMPLE), "--online", "--runs-dir", str(tmp_path))
     assert proc.returncode == 2 and "has no live system" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _compiled(adapter, program):
+    from autopoiesis.sandbox import compile_policy
+
+    return compile_policy(program.source, adapter.slots(), program.id)
+
+
+def test_the_twin_shows_a_candidate_the_cluster_changes_the_live_plan_ignored():
+    """``never`` leaves GPUs that joined idle. A snapshot taken afterwards carries that join
+    as unanswered, so ``on_change`` re-plans onto them in the replay (and, deployed live,
+    does the same at once); a spot notice's announced departure is in the snapshot too."""
+    adapter = SimulatorAdapter("scale_out")
+    programs = adapter.baselines()
+    never, on_change = programs["default"], programs["reschedule:on_change"]
+    adapter.start(seed=1000)
+    adapter.deploy(never, [])
+    adapter.observe(270.0)  # four GPUs joined at 200 s
+    snapshot = adapter.window_snapshot(210.0, 270.0, never)
+    assert [kind for kind, _ in snapshot.params["unanswered"]] == ["join"]
+    stay, replan = (adapter.evaluate(_compiled(adapter, p), snapshot) for p in (never, on_change))
+    assert stay["reconfigurations"] == 0 and replan["reconfigurations"] >= 1
+    assert replan["total_time"] < stay["total_time"]
+    gpus_before = {g for spec in snapshot.params["plan"] for g in spec[0]}
+    adapter.deploy(on_change, [never])
+    adapter.observe(330.0)
+    after = adapter.window_snapshot(300.0, 330.0, on_change).params
+    assert {g for spec in after["plan"] for g in spec[0]} > gpus_before and after["unanswered"] == []
+
+    spot = SimulatorAdapter("spot_loss")
+    spot.start(seed=1000)
+    spot.deploy(never, [])
+    spot.observe(240.0)  # notice at 220 s, leave at 250 s
+    params = spot.window_snapshot(180.0, 240.0, never).params
+    assert params["unanswered"] == [["notice", [0, 1]]] and params["announced"] == [[70.0, "leave", [0, 1]]]
+
+
+def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
+    """After a re-planning newcomer changed the plan live, the guard's counterfactual starts
+    from the plan the incumbent had, not from the newcomer's (which it would get for free)."""
+    adapter = SimulatorAdapter("scale_out")
+    programs = adapter.baselines()
+    never, on_change = programs["default"], programs["reschedule:on_change"]
+    adapter.start(seed=1000)
+    adapter.deploy(never, [])
+    adapter.observe(240.0)
+    left = adapter.window_snapshot(210.0, 240.0, never).params["plan"]
+    adapter.deploy(on_change, [never])
+    adapter.observe(300.0)
+    live = adapter.window_snapshot(270.0, 300.0, on_change).params
+    guard = adapter.window_snapshot(270.0, 300.0, never).params
+    assert live["plan"] != left and guard["plan"] == left and guard["unanswered"] == [["join", [4, 5, 6, 7]]]

@@ -223,6 +223,9 @@ class Simulation:
         self.overheads = Overheads()
         self.records: list[RequestRecord] = []
         self.cluster_log: list[ClusterEvent] = []
+        # Cluster events the plan in place was not re-planned for (``never`` ignores a join, say):
+        # a policy deployed later is shown them, so it can act on what its predecessor ignored.
+        self.unanswered: list[ClusterEvent] = []
         self.plans: list[tuple[float, tuple]] = []
         self.gpu_seconds = 0.0
         self.cost_usd = 0.0
@@ -305,9 +308,12 @@ class Simulation:
         for gid, gname in sc.initial_gpus:
             self.online[gid] = self.gpu_table[gname]
             self._gpu_online_since[gid] = 0.0
-        if sc.initial_plan is not None:  # a twin replay: the live plan is already loaded
+        if sc.initial_plan is not None:  # a twin replay: the candidate deployed on the live plan
             self._apply_plan(0.0, sc.initial_plan, initial=True, loaded=True)
+            self.unanswered = [ClusterEvent(0.0, kind, tuple(ids)) for kind, ids in sc.unanswered_events]
             plan_time = self.replan(0.0, self.workload_estimate) if sc.replan_at_start else 0.0
+            if self.unanswered:
+                self._reschedule(0.0, tuple(self.unanswered), self.workload_estimate)
         else:
             plan_time = self._apply_schedule(0.0)
         if sc.reschedule_interval:
@@ -329,12 +335,15 @@ class Simulation:
         self.policy = policy
         if replan:
             self.replan(self.now, self._window(self.now).workload)
+        if self.unanswered:
+            self._reschedule(self.now, tuple(self.unanswered))
 
     def replan(self, now: float, workload: Workload) -> float:
         """Run ``schedule`` on ``workload``; apply a different plan when its estimates are done."""
         view = CostModelView(self)
         decision = self._call_plan(lambda: self.policy.schedule(self.cluster_view(now), workload, view))
         self.overheads.scheduling_s += view._spent
+        self.unanswered = []
         plan_now = tuple(tuple(r.spec) for r in self.replicas if not r.removed)
         if decision and sorted(tuple(tuple(s) for s in decision)) != sorted(plan_now):
             self.push(now + view._spent, APPLY, decision)
@@ -429,14 +438,19 @@ class Simulation:
             return True
         return [spec for spec, _ in self.check_plan(plan)]
 
-    def _reschedule(self, now: float, events: tuple) -> None:
+    def _reschedule(self, now: float, events: tuple, workload: Workload | None = None) -> None:
+        """Ask ``reschedule``; ``workload`` stands in for the window's at a replay's start (nothing observed yet)."""
         view = CostModelView(self)
         window = self._window(now)
+        if workload is not None:
+            window.workload = workload
         plan_now = tuple(tuple(r.spec) for r in self.replicas if not r.removed)
         decision = self._call_plan(lambda: self.policy.reschedule(window, self.cluster_view(now, events), plan_now, view))
         if decision is True:  # "re-plan": run the schedule policy on what was observed
             decision = self._call_plan(lambda: self.policy.schedule(self.cluster_view(now, events), window.workload, view))
         self.overheads.scheduling_s += view._spent
+        if decision:
+            self.unanswered = []
         if decision:
             new = tuple(tuple(s) for s in decision)
             if sorted(new) != sorted(plan_now):
@@ -520,6 +534,7 @@ class Simulation:
             self.active_views = [self.views[r.index] for r in self.active]
             for req in orphans:
                 self._dispatch(req, now, migrated=True)
+        self.unanswered.append(event)
         self._reschedule(now, (event,))
 
     def _window(self, now: float) -> WindowView:

@@ -4,7 +4,10 @@
 deployed policy behind a ``HotPath``. ``window_snapshot`` cuts what the last windows
 saw (the requests, the GPUs online, the plan in place, the observed workload) into a
 ``Snapshot``; ``replay`` runs a candidate on it, starting from the live plan already
-loaded, so a candidate that plans differently pays for its reconfiguration.
+loaded, so a candidate that plans differently pays for its reconfiguration. The cluster is
+shown as the live system knows it: events the live plan ignored (a join under ``never``)
+are put to the candidate at the start, as a deployment would, and departures a spot notice
+announced happen at their time.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from autopoiesis.online import hot_path
 from autopoiesis.program import slot_code_id
 
 from . import scenario as scenarios
+from .engine import CLUSTER
 
 
 @functools.lru_cache(maxsize=8)
@@ -44,6 +48,8 @@ class LiveSimulation:
         self._arrived = 0
         self._events_seen = 0
         self._oldest = 0  # every request before this index has finished
+        self.program_id = ""
+        self.swapped_out: tuple[str, list, list] | None = None  # (program id, its plan, events it left unanswered)
 
     # -- serving --------------------------------------------------------------------------
     def now(self) -> float:
@@ -54,6 +60,9 @@ class LiveSimulation:
                   "schedule": lambda r, args: bool(self.sim.check_plan(r)),
                   "reschedule": lambda r, args: r is None or isinstance(r, bool) or bool(self.sim.check_plan(r))}
         previous = self.hot
+        if previous is not None:  # what the outgoing policy leaves: the guard's counterfactual starts here
+            self.swapped_out = (self.program_id, self._plan(), [[e.kind, list(e.gpus)] for e in self.sim.unanswered])
+        self.program_id = program.id
         self.hot = hot_path(program, fallbacks, self.slots, checks)
         if previous is not None:  # counts not yet observed carry over
             self.hot.calls.update(previous.calls)
@@ -92,8 +101,16 @@ class LiveSimulation:
         return metrics_of(self.scenario, self.sim.result())
 
     # -- the twin's input -----------------------------------------------------------------
+    def _plan(self) -> list:
+        return sorted((list(r.spec.gpus), r.spec.tp, r.spec.pp) for r in self.sim.active)
+
     def window_snapshot(self, since: float, until: float, incumbent) -> dict:
-        """What happened in [since, until]: the twin replays it from the live plan."""
+        """What happened in [since, until]: the twin replays it from ``incumbent``'s plan.
+
+        That is the live plan, unless ``incumbent`` was swapped out by the last deployment (the
+        guard asking whether it would have done better): then the plan it left, and the events it
+        left unanswered, so a re-planning newcomer pays again for the change it made live.
+        """
         sim = self.sim
         finished = [r for r in sim.requests if r.finish is not None and since <= r.arrival <= until]
         known_output = sum(r.output for r in finished) / len(finished) if finished else sim.workload_estimate.mean_output
@@ -104,12 +121,18 @@ class LiveSimulation:
                 output = r.output if r.finish is not None and r.finish <= until else max(1, round(known_output))
                 requests.append((round(max(0.0, r.arrival - since), 6), r.prompt, output))
         requests.sort()
-        plan = sorted((list(r.spec.gpus), r.spec.tp, r.spec.pp) for r in sim.active)
+        plan, unanswered = self._plan(), [[e.kind, list(e.gpus)] for e in sim.unanswered]
+        if self.swapped_out is not None and incumbent.id == self.swapped_out[0] != self.program_id:
+            plan, unanswered = self.swapped_out[1], self.swapped_out[2]
+        noticed = {g for e in sim.cluster_log if e.kind == "notice" for g in e.gpus}
+        announced = sorted([round(t - since, 6), payload[0], list(payload[1])] for t, _, kind, payload, _ in sim.events
+                           if kind == CLUSTER and payload[0] == "leave" and set(payload[1]) <= noticed)
         return {
             "kind": "window", "scenario": self.scenario_name, "digest": self.scenario.digest,
             "since": since, "until": until, "requests": requests,
             "gpus": sorted([gid, gpu.name] for gid, gpu in sim.online.items()),
             "plan": plan, "workload": list(sim._window(until).workload), "plan_code": plan_code(incumbent.source),
+            "unanswered": unanswered, "announced": announced,
         }
 
 
@@ -121,7 +144,9 @@ def replay(policy, params: dict):
     replans = plan_code(getattr(policy, "source", "")) != params["plan_code"]
     sc = dataclasses.replace(
         base, requests=[tuple(r) for r in params["requests"]], initial_gpus=[tuple(g) for g in params["gpus"]],
-        cluster_events=[], workload_estimate=tuple(params["workload"]),
-        initial_plan=[(tuple(ids), tp, pp) for ids, tp, pp in params["plan"]], replan_at_start=replans)
+        cluster_events=[(t, kind, tuple(ids)) for t, kind, ids in params.get("announced", [])],
+        workload_estimate=tuple(params["workload"]),
+        initial_plan=[(tuple(ids), tp, pp) for ids, tp, pp in params["plan"]], replan_at_start=replans,
+        unanswered_events=tuple((kind, tuple(ids)) for kind, ids in params.get("unanswered", [])))
     sim = build(sc, policy, params["scenario"])
     return metrics_of(sc, sim.run())

@@ -54,6 +54,7 @@ class Scenario:
     model_tables: tuple[str, ...] = ()
     initial_plan: tuple | None = None  # twin replays: the live plan, already loaded at t=0
     replan_at_start: bool = False  # twin replays: the candidate plans differently, so it re-plans at t=0
+    unanswered_events: tuple = ()  # twin replays: (kind, gpus) the live plan ignored; shown to the candidate at t=0
 
 
 def names() -> list[str]:
