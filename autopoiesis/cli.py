@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     on.add_argument("--online", action="store_true", help="run the live system and evolve, deploy and guard as it serves")
     on.add_argument("--window", type=_positive_float, default=30.0, help="seconds in one live window")
     on.add_argument("--history", type=_positive_int, default=2, help="windows the twin replays per evolution")
+    on.add_argument("--horizon", type=_positive_int, default=4,
+                    help="windows a candidate is scored over: the history's arrivals repeat to fill them (simulator)")
     on.add_argument("--period", type=_non_negative_int, default=4, help="windows between periodic evolutions (0: drift only)")
     on.add_argument("--cooldown", type=_non_negative_int, default=2, help="windows after a trigger before drift may trigger again")
     on.add_argument("--margin", type=float, default=0.01, help="relative gain on the twin a champion needs to deploy")
@@ -254,7 +256,7 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
     from autopoiesis.online import Controller, OnlineConfig
     from autopoiesis.online_view import LiveView, plot, print_report
 
-    online = OnlineConfig(window_s=args.window, history=args.history, period=args.period, cooldown=args.cooldown,
+    online = OnlineConfig(window_s=args.window, history=args.history, horizon=args.horizon, period=args.period, cooldown=args.cooldown,
                           margin=args.margin, guard_windows=args.guard_windows, guard_tolerance=args.guard_tolerance,
                           evolution_cost_s=args.evolution_cost, live_seed=args.live_seed, max_windows=args.max_windows)
     run_id = new_run_id(f"{adapter.name}-online")

@@ -17,6 +17,7 @@ deployment whose live fitness regresses against the incumbent's recent windows.
 
 from __future__ import annotations
 
+import inspect
 import math
 import queue
 import signal
@@ -186,6 +187,7 @@ class OnlineConfig:
 
     window_s: float = 30.0  # length of one live window
     history: int = 2  # windows the twin replays (the snapshot)
+    horizon: int = 4  # windows a winner is scored over (the history's arrivals repeat to fill it)
     period: int = 4  # windows between periodic evolutions (0: only drift triggers)
     cooldown: int = 2  # windows after a trigger before drift may trigger again
     drift_signals: tuple[str, ...] = ("rate", "mean_prompt", "slo_attainment")
@@ -524,12 +526,20 @@ class Controller:
         self.since_trigger = 0
         self.jobs += 1
         since = max(0.0, now - cfg.history * cfg.window_s)
-        snapshot = self.adapter.window_snapshot(since, now, self.incumbent)
+        snapshot = self._snapshot(since, now)
         conditions = {k: self.windows[-1].metrics.get(k, 0.0) for k in ("rate", "mean_prompt")}
         job = _Job("evolve", self.jobs, now, time.monotonic(), snapshot, self.incumbent, conditions)
         self.job = job
         self.on_event("trigger", {"time": now, "reasons": reasons, "job": job.number})
         self.queue.put(job)
+
+    def _snapshot(self, since: float, until: float):
+        """What the candidates are scored on: the last windows, replayed up to ``horizon`` windows
+        where the adapter can (``horizon_s``), since the winner will serve that long."""
+        horizon_s = self.config.horizon * self.config.window_s
+        if horizon_s > until - since and "horizon_s" in inspect.signature(self.adapter.window_snapshot).parameters:
+            return self.adapter.window_snapshot(since, until, self.incumbent, horizon_s=horizon_s)
+        return self.adapter.window_snapshot(since, until, self.incumbent)
 
     def _seeds(self, job: _Job) -> list[Program]:
         """The incumbent, earlier winners for the most similar conditions, then the baselines."""

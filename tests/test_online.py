@@ -230,3 +230,26 @@ def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
     live = adapter.window_snapshot(270.0, 300.0, on_change).params
     guard = adapter.window_snapshot(270.0, 300.0, never).params
     assert live["plan"] != left and guard["plan"] == left and guard["unanswered"] == [["join", [4, 5, 6, 7]]]
+
+
+def test_a_horizon_repeats_the_windows_arrivals_and_not_the_backlog(adapter, default):
+    adapter.start(seed=1000)
+    adapter.deploy(default, [])
+    adapter.observe(60.0)
+    plain = adapter.window_snapshot(30.0, 60.0, default).params["requests"]
+    longer = adapter.window_snapshot(30.0, 60.0, default, horizon_s=90.0).params["requests"]
+    arrived = [r for r in plain if r[0] > 0.0]
+    assert len(longer) == len(plain) + 2 * len(arrived)
+    assert max(r[0] for r in longer) == pytest.approx(max(r[0] for r in arrived) + 60.0)
+    assert sorted(longer) == longer
+
+
+def test_the_controller_scores_candidates_over_the_horizon(adapter, default, tmp_path):
+    controller = Controller(adapter, OnlineConfig(history=1, horizon=3), Config(population=4, generations=1, workers=1),
+                            archive=Archive(tmp_path / "a.db"))
+    adapter.start(seed=1000)
+    adapter.deploy(default, [])
+    adapter.observe(60.0)
+    controller.incumbent = default
+    snapshot = controller._snapshot(30.0, 60.0)
+    assert max(r[0] for r in snapshot.params["requests"]) > 60.0  # three windows' worth, not one

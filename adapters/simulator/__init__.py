@@ -105,8 +105,8 @@ class SimulatorAdapter(Adapter):
     def deploy(self, program, fallbacks=()) -> None:
         self._live().deploy(program, list(fallbacks))
 
-    def window_snapshot(self, since: float, until: float, incumbent) -> Snapshot:
-        params = self._live().window_snapshot(since, until, incumbent)
+    def window_snapshot(self, since: float, until: float, incumbent, horizon_s: float = 0.0) -> Snapshot:
+        params = self._live().window_snapshot(since, until, incumbent, horizon_s)
         return Snapshot(self.name, params, label=f"{self.scenario} live {since:.0f}-{until:.0f} s")
 
     def live_metrics(self) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 from autopoiesis.metrics import EngineSample, Observation
 from autopoiesis.online import hot_path
@@ -104,8 +105,12 @@ class LiveSimulation:
     def _plan(self) -> list:
         return sorted((list(r.spec.gpus), r.spec.tp, r.spec.pp) for r in self.sim.active)
 
-    def window_snapshot(self, since: float, until: float, incumbent) -> dict:
+    def window_snapshot(self, since: float, until: float, incumbent, horizon_s: float = 0.0) -> dict:
         """What happened in [since, until]: the twin replays it from ``incumbent``'s plan.
+
+        ``horizon_s``: how long the winner is expected to serve; the window's arrivals repeat
+        until the replay covers it (the workload assumed to go on as observed), so a change of
+        plan is weighed against its payoff over that time, not over one short window.
 
         That is the live plan, unless ``incumbent`` was swapped out by the last deployment (the
         guard asking whether it would have done better): then the plan it left, and the events it
@@ -120,6 +125,10 @@ class LiveSimulation:
                 # output lengths are known once a request finished; the rest get the window's mean
                 output = r.output if r.finish is not None and r.finish <= until else max(1, round(known_output))
                 requests.append((round(max(0.0, r.arrival - since), 6), r.prompt, output))
+        span = until - since
+        observed = [r for r in requests if r[0] > 0.0]  # arrivals in the window, not the backlog
+        repeats = math.ceil(horizon_s / span) - 1 if span > 0 and observed else 0
+        requests += [(round(a + k * span, 6), p, o) for k in range(1, repeats + 1) for a, p, o in observed]
         requests.sort()
         plan, unanswered = self._plan(), [[e.kind, list(e.gpus)] for e in sim.unanswered]
         if self.swapped_out is not None and incumbent.id == self.swapped_out[0] != self.program_id:
