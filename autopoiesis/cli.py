@@ -256,9 +256,10 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
     from autopoiesis.online import Controller, OnlineConfig
     from autopoiesis.online_view import LiveView, plot, print_report
 
-    online = OnlineConfig(window_s=args.window, history=args.history, horizon=args.horizon, period=args.period, cooldown=args.cooldown,
-                          margin=args.margin, guard_windows=args.guard_windows, guard_tolerance=args.guard_tolerance,
-                          evolution_cost_s=args.evolution_cost, live_seed=args.live_seed, max_windows=args.max_windows)
+    online = OnlineConfig(window_s=args.window, history=args.history, horizon=args.horizon, period=args.period,
+                          cooldown=args.cooldown, margin=args.margin, guard_windows=args.guard_windows,
+                          guard_tolerance=args.guard_tolerance, evolution_cost_s=args.evolution_cost,
+                          live_seed=args.live_seed, max_windows=args.max_windows)
     run_id = new_run_id(f"{adapter.name}-online")
     if hasattr(adapter, "run_dir") and not getattr(adapter, "run_dir", None):
         adapter.run_dir = str(Path(args.runs_dir) / run_id)  # server logs and requests.jsonl

@@ -253,3 +253,17 @@ def test_the_controller_scores_candidates_over_the_horizon(adapter, default, tmp
     controller.incumbent = default
     snapshot = controller._snapshot(30.0, 60.0)
     assert max(r[0] for r in snapshot.params["requests"]) > 60.0  # three windows' worth, not one
+
+
+def test_a_cluster_change_while_the_guard_watches_is_evolved_for_afterwards(tmp_path):
+    scale_out = SimulatorAdapter("scale_out", requests=4500)  # four GPUs join at 200 s; about 265 s
+    default = scale_out.baselines()["default"]
+    renamed = variant(default, "priority", "def priority(request, now):\n    return request.arrival + 0.0\n")
+    c = controller(scale_out, tmp_path, guard_windows=3)
+    c.force(renamed, at=180.0)  # watched from 195 s to 240 s: the join comes meanwhile
+    c.run()
+    confirmed = next(d.time for d in c.deployments if d.kind == "confirm")
+    assert confirmed >= 210.0
+    at_confirm = next(w for w in c.windows if w.end == pytest.approx(confirmed))
+    assert "cluster" in at_confirm.triggers  # owed while the guard watched, started once it was done
+    assert any(d.kind in ("deploy", "rejected") and d.time > confirmed for d in c.deployments)

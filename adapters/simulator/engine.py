@@ -450,8 +450,7 @@ class Simulation:
             decision = self._call_plan(lambda: self.policy.schedule(self.cluster_view(now, events), window.workload, view))
         self.overheads.scheduling_s += view._spent
         if decision:
-            self.unanswered = []
-        if decision:
+            self.unanswered = []  # the policy acted on what it was shown
             new = tuple(tuple(s) for s in decision)
             if sorted(new) != sorted(plan_now):
                 self.push(now + view._spent, APPLY, decision)

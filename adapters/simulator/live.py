@@ -108,13 +108,13 @@ class LiveSimulation:
     def window_snapshot(self, since: float, until: float, incumbent, horizon_s: float = 0.0) -> dict:
         """What happened in [since, until]: the twin replays it from ``incumbent``'s plan.
 
-        ``horizon_s``: how long the winner is expected to serve; the window's arrivals repeat
-        until the replay covers it (the workload assumed to go on as observed), so a change of
-        plan is weighed against its payoff over that time, not over one short window.
-
         That is the live plan, unless ``incumbent`` was swapped out by the last deployment (the
         guard asking whether it would have done better): then the plan it left, and the events it
         left unanswered, so a re-planning newcomer pays again for the change it made live.
+
+        ``horizon_s``: how long the winner is expected to serve; the window's arrivals repeat
+        until the replay covers it (the workload assumed to go on as observed), so a change of
+        plan is weighed against its payoff over that time, not over one short window.
         """
         sim = self.sim
         finished = [r for r in sim.requests if r.finish is not None and since <= r.arrival <= until]
