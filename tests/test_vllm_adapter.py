@@ -29,7 +29,7 @@ from conftest import ROOT
 
 VLLM_PYTHON = os.environ.get("AUTOPOIESIS_VLLM_PYTHON")
 pytestmark = pytest.mark.skipif(not VLLM_PYTHON, reason="real vLLM not set up (set AUTOPOIESIS_VLLM_PYTHON; .ci/run does)")
-SERVER_ARGS = "--max-num-seqs 2 --max-model-len 2048 --dtype bfloat16"
+SERVER_ARGS = "--max-num-seqs 2 --max-model-len 8192 --dtype bfloat16"
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,14 @@ def serve(adapter, client_work, prog=None):
     try:
         adapter.deploy(prog or program())
         result = {}
-        worker = threading.Thread(target=lambda: result.update(value=client_work(adapter.router.url)))
+
+        def work():
+            try:
+                result["value"] = client_work(adapter.router.url)
+            except BaseException as e:  # noqa: BLE001 - re-raised below, in the test's own thread
+                result["error"] = e
+
+        worker = threading.Thread(target=work)
         worker.start()
         while worker.is_alive() or adapter.router.open:
             observation = adapter.observe(adapter.now() + 0.2)
@@ -72,6 +79,8 @@ def serve(adapter, client_work, prog=None):
         worker.join()
     finally:
         adapter.stop()
+    if "error" in result:
+        raise result["error"]
     return records, observations, result.get("value")
 
 
@@ -113,7 +122,11 @@ def _burst(url, server_url):
     queue behind them, then 8 favoured ones (odd). Only once the server reports all 16
     waiting do the blockers hang up (vLLM aborts them), so the order is decided on a full
     queue however slowly two busy cores let the client threads and the servers' API
-    processes work."""
+    processes work. The blockers ask for BLOCKER_TOKENS (over 100 s of decoding) so they
+    never end on their own first: on CI's machine 2000 tokens ran out while the client
+    threads were still sending (these machines freeze for seconds at a time under full
+    load, the whole VM at once). The pool's threads are all started before the blockers,
+    so sending is only a hand-over."""
     c = client(url)
     counter = iter(range(1000))
     started, release = [threading.Event(), threading.Event()], threading.Event()
@@ -126,13 +139,17 @@ def _burst(url, server_url):
 
     def blocker(i):
         prompt = [5 + (i * 53 + j * 7) % 290 for j in range(30)]
-        with c.completions.create(model="tiny", prompt=prompt, max_tokens=2000, stream=True,
-                                  extra_body={"min_tokens": 2000, "ignore_eos": True}) as stream:
+        with c.completions.create(model="tiny", prompt=prompt, max_tokens=BLOCKER_TOKENS, stream=True,
+                                  extra_body={"min_tokens": BLOCKER_TOKENS, "ignore_eos": True}) as stream:
             next(iter(stream))
             started[i].set()
             release.wait(120)  # leaving the block closes the stream: the client hangs up
 
     with ThreadPoolExecutor(18) as pool:
+        ready = threading.Barrier(19)
+        for _ in range(18):
+            pool.submit(ready.wait, 60)
+        ready.wait(60)  # all 18 threads exist and are idle
         blockers = [pool.submit(blocker, i) for i in range(2)]
         try:
             assert all(e.wait(120) for e in started), "the blockers never started"
@@ -158,6 +175,7 @@ def _wait_for_waiting(server_url, n, timeout=120.0):
 
 
 TOKENS = 64  # about 0.85 s on the paced model
+BLOCKER_TOKENS = 8000  # within --max-model-len 8192 with a 30-token prompt
 FAVOUR_ODD = "def priority(request, now):\n    return 0.0 if request.prompt_tokens % 2 else 100.0\n"
 
 

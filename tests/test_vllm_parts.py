@@ -246,8 +246,8 @@ def test_a_slow_metrics_endpoint_is_not_a_dead_server():
 
     ups, router, replica = asyncio.run(scenario())
     assert ups == [True, True, False, True]
-    assert [kind for _, kind, _ in router.events] == ["down", "up"] and "timed out 3 times" in router.events[0][2]
-    assert replica.waiting == 3.0 and replica.slow_scrapes == 0
+    assert [kind for _, kind, _ in router.events] == ["down", "up"] and "3 timeouts in a row" in router.events[0][2]
+    assert replica.waiting == 3.0 and replica.timeouts == 0
 
 
 def test_a_client_that_hangs_up_aborts_its_request_and_leaves_the_server_up():
@@ -307,3 +307,80 @@ def test_a_client_that_hangs_up_aborts_its_request_and_leaves_the_server_up():
     assert [r.outcome for r in router.records] == ["error: the client went away"]
     assert router.replicas[0].up and not router.events
     assert upstream_saw == {"end": "aborted"}
+
+
+def test_a_server_that_does_not_take_connections_in_time_is_slow_then_down():
+    """Test double for a frozen or swamped server: a socket whose accept queue is full, so
+    connecting to it times out. Each request goes on to the live server; the slow one is
+    marked down only at its third timeout in a row. Alone, it gets each request three tries
+    and then a clear 503."""
+    import asyncio
+    import socket
+
+    import aiohttp
+    from aiohttp import web
+
+    from autopoiesis.adapters.vllm.router import Router
+
+    async def answer(request):
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        await out.write(b'data: {"choices": [{"index": 0, "text": "hi"}]}\n\ndata: [DONE]\n\n')
+        return out
+
+    async def metrics(request):
+        return web.Response(text="")
+
+    frozen = socket.socket()
+    frozen.bind(("127.0.0.1", 0))
+    frozen.listen(0)
+    fillers = []
+    for _ in range(5):  # fill its accept queue: from then on, connecting times out
+        filler = socket.socket()
+        filler.settimeout(0.2)
+        fillers.append(filler)
+        try:
+            filler.connect(frozen.getsockname())
+        except TimeoutError:
+            break
+    frozen_url = "http://127.0.0.1:%d" % frozen.getsockname()[1]
+
+    async def scenario():
+        app = web.Application()
+        app.router.add_post("/v1/completions", answer)
+        app.router.add_get("/metrics", metrics)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        live_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        results = {}
+        for name, urls in (("pair", [frozen_url, live_url]), ("alone", [frozen_url])):
+            router = Router(urls, scrape_s=60, scrape_timeout_s=60, connect_timeout_s=0.2)
+            await router.start()
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
+                    statuses, timeouts = [], []
+                    for _ in range(3):
+                        async with client.post(router.url + "/completions", json={"model": "m", "prompt": "x"}) as r:
+                            statuses.append((r.status, await r.text()))
+                        timeouts.append(router.replicas[0].timeouts)
+            finally:
+                await router.stop()
+            results[name] = statuses, timeouts, router
+        await runner.cleanup()
+        return results
+
+    try:
+        results = asyncio.run(scenario())
+    finally:
+        for s in fillers + [frozen]:
+            s.close()
+    statuses, timeouts, router = results["pair"]
+    assert [status for status, _ in statuses] == [200] * 3 and all('"hi"' in text for _, text in statuses)
+    assert timeouts == [1, 2, 3] and [r.replica for r in router.records] == [1, 1, 1]
+    assert [kind for _, kind, _ in router.events] == ["down"] and "3 timeouts in a row" in router.events[0][2]
+    statuses, timeouts, router = results["alone"]
+    assert statuses[0][0] == 503 and "timed out" in statuses[0][1]  # three tries, then a clear error
+    assert [status for status, _ in statuses[1:]] == [503, 503] and "no vLLM server is up" in statuses[1][1]
+    assert [r.outcome for r in router.records][0] == "error: every vLLM server failed or timed out on this request"

@@ -8,11 +8,12 @@ in-engine plugin orders the queue), streams the answer back and records one
 the router always streams (with usage), so a non-streaming client gets an assembled
 answer and the same measurements.
 
-A server that refuses connections or breaks a stream is marked down at once (one whose
-``/metrics`` is merely slow, as a busy CPU server's is, only after three timeouts in a
-row: slow is not dead); a request
-that has sent nothing to its client yet is retried on another server, one that has
-gets a clear error event. Every request ends in exactly one record, ``ok`` or not.
+A server that refuses connections or breaks a stream is marked down at once. One that
+is merely slow (its ``/metrics`` or a connection timing out, as a busy CPU server's or a
+briefly frozen machine's do) is marked down only after three timeouts in a row: slow is
+not dead. A request that has sent nothing to its client yet is retried, on another
+server first and on a slow one again if none is left; one that has gets a clear error
+event. Every request ends in exactly one record, ``ok`` or not.
 The router runs on an asyncio loop that the caller drives (``observe`` in the
 adapter), so policy calls happen on the main thread, under the hot path's deadline.
 """
@@ -36,7 +37,7 @@ from autopoiesis.program import PolicyError
 from .scrape import Scraper
 
 PRIORITY_SCALE = 1000.0  # vLLM's priority is an integer: the policy's float, in thousandths
-SLOW_SCRAPES_TO_DOWN = 3
+TIMEOUTS_TO_DOWN = 3
 
 
 @dataclass
@@ -49,7 +50,7 @@ class Replica:
     running: float = 0.0
     waiting: float = 0.0
     kv_used_fraction: float = 0.0
-    slow_scrapes: int = 0  # /metrics timeouts in a row
+    timeouts: int = 0  # /metrics or connection timeouts in a row
 
     def view(self) -> SimpleNamespace:
         return SimpleNamespace(index=self.index, url=self.url, outstanding=self.outstanding, assigned=self.assigned,
@@ -59,6 +60,10 @@ class Replica:
 
 class Upstream(Exception):
     """A server failed (connection refused, broken stream): mark it down, maybe retry."""
+
+
+class Slow(Upstream):
+    """A server did not answer in time (connecting, or before its first byte): it may be busy."""
 
 
 class ClientGone(Exception):
@@ -102,7 +107,7 @@ class Router:
     """Routes OpenAI-compatible requests to vLLM servers under the deployed policy."""
 
     def __init__(self, urls: list[str], priority_mode: str = "request", scrape_s: float = 1.0,
-                 request_timeout_s: float = 600.0, scrape_timeout_s: float = 5.0):
+                 request_timeout_s: float = 600.0, scrape_timeout_s: float = 5.0, connect_timeout_s: float = 5.0):
         self.replicas = [Replica(i, u.rstrip("/").removesuffix("/v1")) for i, u in enumerate(urls)]
         self.priority_mode = priority_mode  # "request": send it; "plugin": the engine computes it
         self.policy: Any = None  # a HotPath with dispatch and priority
@@ -115,7 +120,7 @@ class Router:
         self.on_record: Callable[[RequestRecord], None] | None = None
         self._ids = 0
         self.scrape_s, self.scrape_timeout_s = scrape_s, scrape_timeout_s
-        self.timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=5)
+        self.timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
         self.scraper = Scraper()
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
@@ -166,22 +171,24 @@ class Router:
                 text = await resp.text()
                 if resp.status != 200:
                     raise Upstream(f"/metrics answered {resp.status}")
-        except asyncio.TimeoutError:
-            replica.slow_scrapes += 1
-            if replica.slow_scrapes >= SLOW_SCRAPES_TO_DOWN:
-                self.mark_down(replica, f"/metrics timed out {replica.slow_scrapes} times in a row "
-                                        f"({self.scrape_timeout_s:g} s each)")
+        except asyncio.TimeoutError:  # aiohttp's connection timeout is one too
+            self.timed_out(replica, f"/metrics ({self.scrape_timeout_s:g} s)")
             return
         except (aiohttp.ClientError, Upstream) as e:
             self.mark_down(replica, f"/metrics: {type(e).__name__}: {e}")
             return
-        replica.slow_scrapes = 0
+        replica.timeouts = 0
         sample = self.scraper.sample(replica.index, self.now(), text)
         replica.running, replica.waiting, replica.kv_used_fraction = sample.running, sample.waiting, sample.kv_usage
         self.samples.append(sample)
         if not replica.up:
             replica.up = True
             self.events.append((self.now(), "up", f"replica {replica.index} ({replica.url}) answers again"))
+
+    def timed_out(self, replica: Replica, what: str) -> None:
+        replica.timeouts += 1
+        if replica.timeouts >= TIMEOUTS_TO_DOWN:
+            self.mark_down(replica, f"{replica.timeouts} timeouts in a row, the last one {what}")
 
     def mark_down(self, replica: Replica, why: str) -> None:
         if replica.up:
@@ -224,15 +231,17 @@ class Router:
                 pass  # no decision: the server's default order
         outcome = "ok"
         response: web.StreamResponse | None = None
-        tried: set[int] = set()
+        tried: set[int] = set()  # failed this request (or down)
+        slow: dict[int, int] = {}  # timeouts on this request: tried again only when no other is left
         try:
             while True:
-                replica = self._choose(view, tried)
+                replica = self._choose(view, tried, slow)
                 if replica is None:
-                    outcome = "error: no vLLM server is up"
+                    why = "every vLLM server failed or timed out on this request" if tried else \
+                        "no vLLM server is up"
+                    outcome = f"error: {why}"
                     if response is None:
-                        return _error(503, "no vLLM server is up" + (" (every one failed this request)"
-                                                                    if tried else ""))
+                        return _error(503, why)
                     break
                 tried.add(replica.index)
                 call.replica = replica.index
@@ -243,6 +252,11 @@ class Router:
                     if response.status >= 400:
                         outcome = f"rejected: {response.status}"
                     break
+                except Slow as e:
+                    self.timed_out(replica, str(e))
+                    slow[replica.index] = slow.get(replica.index, 0) + 1
+                    if slow[replica.index] < TIMEOUTS_TO_DOWN:
+                        tried.discard(replica.index)  # still up: eligible again once the others are tried
                 except Upstream as e:
                     self.mark_down(replica, str(e))
                     if call.sent_to_client:  # the client has part of an answer: end it with a clear error
@@ -262,8 +276,9 @@ class Router:
             self._record(call, outcome)
         return response
 
-    def _choose(self, view: SimpleNamespace, tried: set[int]) -> Replica | None:
+    def _choose(self, view: SimpleNamespace, tried: set[int], slow: Any = ()) -> Replica | None:
         candidates = [r for r in self.replicas if r.up and r.index not in tried]
+        candidates = [r for r in candidates if r.index not in slow] or candidates
         if not candidates:
             return None
         if len(candidates) == 1 or self.policy is None:
@@ -277,8 +292,11 @@ class Router:
                        client_stream: bool, wants_usage: bool) -> web.StreamResponse:
         try:
             resp = await self.session.post(replica.url + request.path, json=body)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+        except asyncio.TimeoutError as e:  # connecting, or no answer yet: slow, not dead
+            raise Slow(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
+        except aiohttp.ClientError as e:
             raise Upstream(f"{type(e).__name__}: {e}") from None
+        replica.timeouts = 0
         async with resp:
             if resp.status >= 400:  # the server refused the request itself (bad parameters): pass it on
                 return web.Response(status=resp.status, body=await resp.read(), content_type="application/json")
