@@ -256,7 +256,7 @@ def test_the_controller_scores_candidates_over_the_horizon(adapter, default, tmp
 
 
 def test_a_cluster_change_while_the_guard_watches_is_evolved_for_afterwards(tmp_path):
-    scale_out = SimulatorAdapter("scale_out", requests=4500)  # four GPUs join at 200 s; about 265 s
+    scale_out = SimulatorAdapter("scale_out", requests=6750)  # four GPUs join at 200 s; about 265 s
     default = scale_out.baselines()["default"]
     renamed = variant(default, "priority", "def priority(request, now):\n    return request.arrival + 0.0\n")
     c = controller(scale_out, tmp_path, guard_windows=3)
@@ -264,6 +264,6 @@ def test_a_cluster_change_while_the_guard_watches_is_evolved_for_afterwards(tmp_
     c.run()
     confirmed = next(d.time for d in c.deployments if d.kind == "confirm")
     assert confirmed >= 210.0
-    at_confirm = next(w for w in c.windows if w.end == pytest.approx(confirmed))
-    assert "cluster" in at_confirm.triggers  # owed while the guard watched, started once it was done
+    after_confirm = next(w for w in c.windows if w.end >= confirmed - 1e-6)  # a twin check may end mid-window
+    assert "cluster" in after_confirm.triggers  # owed while the guard watched, started once it was done
     assert any(d.kind in ("deploy", "rejected") and d.time > confirmed for d in c.deployments)
