@@ -156,6 +156,17 @@ def test_launch_settings_follow_the_server_arguments_and_the_cores(monkeypatch):
     assert servers.core_slices(6) == [None] * 6  # more replicas than cores: vLLM's own binding
 
 
+async def _fake_server(app, **runner_options):
+    """Start a test double's aiohttp app on a free port: (runner, its URL)."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, **runner_options)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+
+
 def test_a_stream_broken_mid_answer_ends_with_an_error_event():
     """Test double for a vLLM server that dies after its first token (the real-server kill test
     cannot choose when the kill lands): the client gets that token, then a clear error event."""
@@ -181,11 +192,7 @@ def test_a_stream_broken_mid_answer_ends_with_an_error_event():
         app = web.Application()
         app.router.add_post("/v1/completions", dying)
         app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        upstream = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        runner, upstream = await _fake_server(app)
         router = Router([upstream], scrape_s=60)
         await router.start()
         try:
@@ -225,11 +232,8 @@ def test_a_slow_metrics_endpoint_is_not_a_dead_server():
     async def scenario():
         app = web.Application()
         app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        router = Router([f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"], scrape_timeout_s=0.1)
+        runner, upstream = await _fake_server(app)
+        router = Router([upstream], scrape_timeout_s=0.1)
         router.session = aiohttp.ClientSession()  # scrapes driven one by one here, not by the router's watch
         replica, ups = router.replicas[0], []
         try:
@@ -283,11 +287,8 @@ def test_a_client_that_hangs_up_aborts_its_request_and_leaves_the_server_up():
         app = web.Application()
         app.router.add_post("/v1/completions", long_answer)
         app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app, handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        router = Router([f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"], scrape_s=60)
+        runner, upstream = await _fake_server(app, handler_cancellation=True)
+        router = Router([upstream], scrape_s=60)
         await router.start()
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as client:
@@ -349,11 +350,7 @@ def test_a_server_that_does_not_take_connections_in_time_is_slow_then_down():
         app = web.Application()
         app.router.add_post("/v1/completions", answer)
         app.router.add_get("/metrics", metrics)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        live_url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+        runner, live_url = await _fake_server(app)
         results = {}
         for name, urls in (("pair", [frozen_url, live_url]), ("alone", [frozen_url])):
             router = Router(urls, scrape_s=60, scrape_timeout_s=60, connect_timeout_s=0.2)
