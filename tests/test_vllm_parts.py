@@ -156,10 +156,18 @@ def test_launch_settings_follow_the_server_arguments_and_the_cores(monkeypatch):
     assert servers.core_slices(6) == [None] * 6  # more replicas than cores: vLLM's own binding
 
 
-async def _fake_server(app, **runner_options):
-    """Start a test double's aiohttp app on a free port: (runner, its URL)."""
+async def _fake_vllm(completions=None, metrics=None, **runner_options):
+    """Start a test double of a vLLM server on a free port: (runner, its URL). ``/metrics``
+    answers empty unless ``metrics`` is given; ``/v1/completions`` only if given."""
     from aiohttp import web
 
+    async def no_metrics(request):
+        return web.Response(text="")
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics or no_metrics)
+    if completions is not None:
+        app.router.add_post("/v1/completions", completions)
     runner = web.AppRunner(app, **runner_options)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -177,9 +185,6 @@ def test_a_stream_broken_mid_answer_ends_with_an_error_event():
 
     from autopoiesis.adapters.vllm.router import Router
 
-    async def metrics(request):
-        return web.Response(text="")
-
     async def dying(request):
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
@@ -189,10 +194,7 @@ def test_a_stream_broken_mid_answer_ends_with_an_error_event():
         return out
 
     async def scenario():
-        app = web.Application()
-        app.router.add_post("/v1/completions", dying)
-        app.router.add_get("/metrics", metrics)
-        runner, upstream = await _fake_server(app)
+        runner, upstream = await _fake_vllm(dying)
         router = Router([upstream], scrape_s=60)
         await router.start()
         try:
@@ -230,9 +232,7 @@ def test_a_slow_metrics_endpoint_is_not_a_dead_server():
         return web.Response(text="vllm:num_requests_waiting 3.0\n")
 
     async def scenario():
-        app = web.Application()
-        app.router.add_get("/metrics", metrics)
-        runner, upstream = await _fake_server(app)
+        runner, upstream = await _fake_vllm(metrics=metrics)
         router = Router([upstream], scrape_timeout_s=0.1)
         router.session = aiohttp.ClientSession()  # scrapes driven one by one here, not by the router's watch
         replica, ups = router.replicas[0], []
@@ -267,9 +267,6 @@ def test_a_client_that_hangs_up_aborts_its_request_and_leaves_the_server_up():
 
     upstream_saw = {}
 
-    async def metrics(request):
-        return web.Response(text="")
-
     async def long_answer(request):
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await out.prepare(request)
@@ -284,10 +281,7 @@ def test_a_client_that_hangs_up_aborts_its_request_and_leaves_the_server_up():
         return out
 
     async def scenario():
-        app = web.Application()
-        app.router.add_post("/v1/completions", long_answer)
-        app.router.add_get("/metrics", metrics)
-        runner, upstream = await _fake_server(app, handler_cancellation=True)
+        runner, upstream = await _fake_vllm(long_answer, handler_cancellation=True)
         router = Router([upstream], scrape_s=60)
         await router.start()
         try:
@@ -329,9 +323,6 @@ def test_a_server_that_does_not_take_connections_in_time_is_slow_then_down():
         await out.write(b'data: {"choices": [{"index": 0, "text": "hi"}]}\n\ndata: [DONE]\n\n')
         return out
 
-    async def metrics(request):
-        return web.Response(text="")
-
     frozen = socket.socket()
     frozen.bind(("127.0.0.1", 0))
     frozen.listen(0)
@@ -347,10 +338,7 @@ def test_a_server_that_does_not_take_connections_in_time_is_slow_then_down():
     frozen_url = "http://127.0.0.1:%d" % frozen.getsockname()[1]
 
     async def scenario():
-        app = web.Application()
-        app.router.add_post("/v1/completions", answer)
-        app.router.add_get("/metrics", metrics)
-        runner, live_url = await _fake_server(app)
+        runner, live_url = await _fake_vllm(answer)
         results = {}
         for name, urls in (("pair", [frozen_url, live_url]), ("alone", [frozen_url])):
             router = Router(urls, scrape_s=60, scrape_timeout_s=60, connect_timeout_s=0.2)
