@@ -215,6 +215,28 @@ def test_the_twin_shows_a_candidate_the_cluster_changes_the_live_plan_ignored():
     assert params["unanswered"] == [["notice", [0, 1]]] and params["announced"] == [[70.0, "leave", [0, 1]]]
 
 
+def test_the_twin_asks_reschedule_what_the_live_window_showed():
+    """A candidate shown an unanswered join decides on the live window's statistics in the
+    replay, as it will when deployed live, not on an empty window (p99 TTFT 0): a
+    condition that is false live must not re-plan on the twin and win a deployment that
+    then never re-plans."""
+    adapter = SimulatorAdapter("scale_out")
+    never = adapter.baselines()["default"]
+    adapter.start(seed=1000)
+    adapter.deploy(never, [])
+    adapter.observe(270.0)  # overloaded: the live window's p99 TTFT is far above a second
+    snapshot = adapter.window_snapshot(210.0, 270.0, never)
+    assert snapshot.params["window"]["p99_ttft"] > 1.0
+    when_calm, when_slow = (variant(never, "reschedule", f"def reschedule(window, cluster, plan, cost_model):\n"
+                                                         f"    return window.p99_ttft {op} 1.0\n") for op in "<>")
+    calm, slow = (adapter.evaluate(_compiled(adapter, p), snapshot) for p in (when_calm, when_slow))
+    assert calm["reconfigurations"] == 0 and slow["reconfigurations"] >= 1
+    plan = adapter.window_snapshot(240.0, 270.0, never).params["plan"]
+    adapter.deploy(when_calm, [never])  # live, the same candidate keeps the plan
+    adapter.observe(290.0)
+    assert adapter.window_snapshot(270.0, 290.0, when_calm).params["plan"] == plan
+
+
 def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
     """After a re-planning newcomer changed the plan live, the guard's counterfactual starts
     from the plan the incumbent had, not from the newcomer's (which it would get for free)."""

@@ -313,7 +313,7 @@ class Simulation:
             self.unanswered = [ClusterEvent(0.0, kind, tuple(ids)) for kind, ids in sc.unanswered_events]
             plan_time = self.replan(0.0, self.workload_estimate) if sc.replan_at_start else 0.0
             if self.unanswered:
-                self._reschedule(0.0, tuple(self.unanswered), self.workload_estimate)
+                self._reschedule(0.0, tuple(self.unanswered), self.workload_estimate, sc.initial_window)
         else:
             plan_time = self._apply_schedule(0.0)
         if sc.reschedule_interval:
@@ -438,10 +438,12 @@ class Simulation:
             return True
         return [spec for spec, _ in self.check_plan(plan)]
 
-    def _reschedule(self, now: float, events: tuple, workload: Workload | None = None) -> None:
-        """Ask ``reschedule``; ``workload`` stands in for the window's at a replay's start (nothing observed yet)."""
+    def _reschedule(self, now: float, events: tuple, workload: Workload | None = None,
+                    seen: dict | None = None) -> None:
+        """Ask ``reschedule``. At a replay's start nothing is observed yet: ``workload`` and ``seen``
+        (the live window's other fields) stand in, so the candidate decides as it would live."""
         view = CostModelView(self)
-        window = self._window(now)
+        window = WindowView(**seen, workload=workload) if seen else self._window(now)
         if workload is not None:
             window.workload = workload
         plan_now = tuple(tuple(r.spec) for r in self.replicas if not r.removed)

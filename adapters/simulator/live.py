@@ -133,6 +133,7 @@ class LiveSimulation:
         plan, unanswered = self._plan(), [[e.kind, list(e.gpus)] for e in sim.unanswered]
         if self.swapped_out is not None and incumbent.id == self.swapped_out[0] != self.program_id:
             plan, unanswered = self.swapped_out[1], self.swapped_out[2]
+        view = sim._window(until)
         noticed = {g for e in sim.cluster_log if e.kind == "notice" for g in e.gpus}
         announced = sorted([round(t - since, 6), payload[0], list(payload[1])] for t, _, kind, payload, _ in sim.events
                            if kind == CLUSTER and payload[0] == "leave" and set(payload[1]) <= noticed)
@@ -140,7 +141,8 @@ class LiveSimulation:
             "kind": "window", "scenario": self.scenario_name, "digest": self.scenario.digest,
             "since": since, "until": until, "requests": requests,
             "gpus": sorted([gid, gpu.name] for gid, gpu in sim.online.items()),
-            "plan": plan, "workload": list(sim._window(until).workload), "plan_code": plan_code(incumbent.source),
+            "plan": plan, "workload": list(view.workload),
+            "window": {k: getattr(view, k) for k in view.__slots__ if k != "workload"}, "plan_code": plan_code(incumbent.source),
             "unanswered": unanswered, "announced": announced,
         }
 
@@ -156,6 +158,7 @@ def replay(policy, params: dict):
         cluster_events=[(t, kind, tuple(ids)) for t, kind, ids in params.get("announced", [])],
         workload_estimate=tuple(params["workload"]),
         initial_plan=[(tuple(ids), tp, pp) for ids, tp, pp in params["plan"]], replan_at_start=replans,
-        unanswered_events=tuple((kind, tuple(ids)) for kind, ids in params.get("unanswered", [])))
+        unanswered_events=tuple((kind, tuple(ids)) for kind, ids in params.get("unanswered", [])),
+        initial_window=params.get("window"))
     sim = build(sc, policy, params["scenario"])
     return metrics_of(sc, sim.run())

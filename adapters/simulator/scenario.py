@@ -55,6 +55,7 @@ class Scenario:
     initial_plan: tuple | None = None  # twin replays: the live plan, already loaded at t=0
     replan_at_start: bool = False  # twin replays: the candidate plans differently, so it re-plans at t=0
     unanswered_events: tuple = ()  # twin replays: (kind, gpus) the live plan ignored; shown to the candidate at t=0
+    initial_window: dict | None = None  # twin replays: what the live window showed (WindowView fields but workload)
 
 
 def names() -> list[str]:
