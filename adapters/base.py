@@ -83,6 +83,9 @@ class Adapter:
     # -- the live system (online controller) ---------------------------------------
     #: the live-window metric the Guard compares (default: the first objective)
     guard_metric: str = ""
+    #: a metric that counts disruptive actions on the twin (re-plans, reloads): a champion that
+    #: takes more of them than the incumbent needs ``replan_margin``, not just ``margin``
+    disruption_metric: str = ""
 
     def start(self, seed: int = 1000) -> None:
         """Start or attach to the live system (``seed``: the workload, where the adapter replays one)."""

@@ -77,8 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     on.add_argument("--horizon", type=_positive_int, default=4,
                     help="windows a candidate is scored over: the history's arrivals repeat to fill them (simulator)")
     on.add_argument("--period", type=_non_negative_int, default=4, help="windows between periodic evolutions (0: drift only)")
+    on.add_argument("--step", type=_non_negative_float, default=5.0,
+                    help="seconds between looks at the live system; a cluster event starts an evolution at the next one")
     on.add_argument("--cooldown", type=_non_negative_int, default=2, help="windows after a trigger before drift may trigger again")
     on.add_argument("--margin", type=float, default=0.01, help="relative gain on the twin a champion needs to deploy")
+    on.add_argument("--replan-margin", type=float, default=0.05,
+                    help="relative gain a champion needs when it re-plans more than the incumbent on the twin")
     on.add_argument("--guard-windows", type=_positive_int, default=2, help="windows a deployment is watched")
     on.add_argument("--guard-tolerance", type=_positive_float, default=0.25, help="relative regression that makes a window suspect")
     on.add_argument("--evolution-cost", type=_non_negative_float,
@@ -257,7 +261,8 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
     from autopoiesis.online_view import LiveView, plot, print_report
 
     online = OnlineConfig(window_s=args.window, history=args.history, horizon=args.horizon, period=args.period,
-                          cooldown=args.cooldown, margin=args.margin, guard_windows=args.guard_windows,
+                          cooldown=args.cooldown, margin=args.margin, replan_margin=args.replan_margin,
+                          guard_windows=args.guard_windows, step_s=args.step,
                           guard_tolerance=args.guard_tolerance, evolution_cost_s=args.evolution_cost,
                           live_seed=args.live_seed, max_windows=args.max_windows)
     run_id = new_run_id(f"{adapter.name}-online")

@@ -51,7 +51,9 @@ class HotPath:
     A slot call runs the deployed function; an exception, a timeout (``timeout_s``, enforced
     with SIGALRM where the serving loop runs in the main thread) or a result the adapter's
     check refuses is answered by the next policy in ``fallbacks`` (the incumbent, then the
-    built-in baseline) and counted, so the serving plane never loses a decision.
+    built-in baseline) and counted, so the serving plane never loses a decision. The last
+    fallback is trusted (human-designed) and runs without a deadline: a machine that stalls
+    for longer than the deadline must not leave a request without a decision.
     """
 
     def __init__(self, policy: sandbox.Policy, fallbacks: Sequence[sandbox.Policy] = (),
@@ -76,9 +78,9 @@ class HotPath:
     def __contains__(self, slot: str) -> bool:
         return slot in self.functions
 
-    def _run(self, fn: Callable, args: tuple, check: Callable | None) -> bool | tuple[Any]:
+    def _run(self, fn: Callable, args: tuple, check: Callable | None, deadline: bool = True) -> bool | tuple[Any]:
         """(result,) when ``fn`` answered and ``check`` accepts it, else False; both under the deadline."""
-        if not self._timed or threading.get_ident() != self._main:
+        if not (deadline and self._timed) or threading.get_ident() != self._main:
             result = fn(*args)
             return (result,) if check is None or check(result, args) else False
         signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
@@ -90,13 +92,14 @@ class HotPath:
 
     def _guarded(self, slot: str, fns: list[Callable], check: Callable | None) -> Callable:
         calls, fallbacks, errors, run = self.calls, self.fallbacks, self.errors, self._run
+        trusted = len(fns) - 1 if len(fns) > 1 else -1  # a lone policy keeps its deadline
 
         def call(*args):
             calls[slot] += 1
             reason = ""
             for i, fn in enumerate(fns):
                 try:
-                    answer = run(fn, args, check)
+                    answer = run(fn, args, check, i != trusted)
                     if answer:
                         return answer[0]
                     reason = reason or "returned an answer the adapter cannot use"
@@ -193,6 +196,7 @@ class OnlineConfig:
     drift_signals: tuple[str, ...] = ("rate", "mean_prompt", "slo_attainment")
     drift_threshold: float = 1.0  # Page-Hinkley threshold (relative units)
     margin: float = 0.01  # the champion must beat the incumbent on the snapshot by this (relative)
+    replan_margin: float = 0.05  # ... by this when it disrupts more on the twin (the adapter's disruption_metric)
     guard_windows: int = 2
     guard_tolerance: float = 0.25
     guard_metric: str = ""  # default: the adapter's guard_metric, else the objective
@@ -202,6 +206,7 @@ class OnlineConfig:
     live_seed: int = 1000  # the live workload's seed (simulated live systems)
     similar: int = 2  # earlier winners for similar conditions seeded into each evolution
     max_windows: int | None = None  # stop after this many windows (default: when the live system is done)
+    step_s: float = 5.0  # the serving loop looks at the live system at least this often (cluster events act at once)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -325,6 +330,8 @@ class Controller:
         self.jobs = 0
         self.since_trigger = 0
         self.cluster_owed = False  # a cluster change not yet evolved for (it came while busy)
+        self.cluster_seen = 0  # this window's cluster events already acted on (or owed)
+        self.acted: list[str] = []  # triggers acted on inside the current window
         self.swapped = False
         self.in_flight: list[float] = []
         status = "done"
@@ -403,9 +410,14 @@ class Controller:
                 target = min(target, ready) if ready is not None else min(target, self._job_clock(job))
             if self.forced:
                 target = min(target, self.forced[0][0])
+            if cfg.step_s > 0:
+                target = min(target, adapter.now() + cfg.step_s)
             observation = adapter.observe(target)
             self._ingest(observation)
-            if observation.now >= next_close or observation.finished:
+            closes = observation.now >= next_close or observation.finished
+            if observation.events and not closes:  # at a window's end, closing it triggers
+                self._on_cluster_change(observation.now)
+            if closes:
                 self._close_window(window_start, observation.now)
                 window_start, next_close = observation.now, observation.now + cfg.window_s
             if observation.finished or (cfg.max_windows and len(self.windows) >= cfg.max_windows):
@@ -465,7 +477,8 @@ class Controller:
         self.windows.append(w)
         self._guard_window(w, end)
         signals = {k: metrics[k] for k in cfg.drift_signals if k in metrics and metrics.get("requests", 0) > 0}
-        reasons = self.drift.update(signals, cluster_events=len(cluster_events))
+        reasons = self.drift.update(signals, cluster_events=len(cluster_events) - self.cluster_seen)
+        self.cluster_seen = 0
         self.since_trigger += 1
         if not reasons and cfg.period and self.since_trigger >= cfg.period:
             reasons = ["period"]
@@ -473,7 +486,8 @@ class Controller:
         self.cluster_owed = self.cluster_owed or "cluster" in reasons
         if self.cluster_owed and not busy and "cluster" not in reasons:
             reasons = [*reasons, "cluster"]  # the cluster changed while an evolution or the guard was busy
-        w.triggers = reasons
+        w.triggers = list(dict.fromkeys([*self.acted, *reasons]))
+        self.acted = []
         if reasons and not busy:
             self.cluster_owed = False
             self._start_job(end, reasons)
@@ -483,6 +497,21 @@ class Controller:
                                  "events": [list(e) for e in cluster_events]})
         self.on_event("window", {"window": w, "incumbent": self.incumbent.id, "job": self.job is not None,
                                  "deployments": self.deployments})
+
+    def _on_cluster_change(self, now: float) -> None:
+        """GPUs joined, left or got notice: evolve for it now, not at the window's end.
+
+        A re-plan that waits for the window to close leaves joined GPUs idle (or a spot
+        notice unused) for up to a window; when an evolution or the guard is busy, the
+        change is owed and evolved for once they are done."""
+        self.cluster_seen = len(self.events)
+        self.drift.quiet = self.config.cooldown  # as a cluster trigger at a window's end does
+        if self.job is None and not self.guard.watching:
+            self.cluster_owed = False
+            self.acted.append("cluster")
+            self._start_job(now, ["cluster"])
+        else:
+            self.cluster_owed = True
 
     # -- guard ----------------------------------------------------------------------------
     def _guard_window(self, w: Window, now: float) -> None:
@@ -594,9 +623,10 @@ class Controller:
             self._record(Deployment(now, "rejected", champion.id, "the incumbent stays the best", **detail))
             return
         gain = self.objective.improvement(new_f, inc_f) if inc_f is not None else math.inf
-        if gain < self.config.margin:
-            self._record(Deployment(now, "rejected", champion.id,
-                                    f"gain {gain:+.2%} below the margin {self.config.margin:.0%}", **detail))
+        margin, disrupts = self.margin(inc, new)
+        if gain < margin:
+            self._record(Deployment(now, "rejected", champion.id, f"gain {gain:+.2%} below the "
+                                    f"{'re-plan ' if disrupts else ''}margin {margin:.0%}", **detail))
             return
         if job.incumbent.id != self.live.id or champion.id in self.refused:
             why = "rolled back before" if champion.id in self.refused else "the live policy changed meanwhile"
@@ -604,6 +634,18 @@ class Controller:
             return
         self.winners.append((job.conditions, champion))
         self._deploy(champion, now, "deploy", f"{gain:+.1%} {name} on the twin", **detail)
+
+    def margin(self, incumbent, champion) -> tuple[float, bool]:
+        """(the gain a champion needs on the twin, whether it disrupts more than the incumbent there).
+
+        A champion that re-plans more (the adapter's ``disruption_metric``) needs
+        ``replan_margin``: the twin assumes the observed window goes on, and a re-plan is a
+        bet on that forecast, paid up front in reloads and paid again if the guard rolls it
+        back, so it must win by more than the forecast's error."""
+        name = getattr(self.adapter, "disruption_metric", "")
+        disrupts = bool(name and incumbent is not None and incumbent.ok and champion is not None and champion.ok
+                        and champion.metrics.get(name, 0.0) > incumbent.metrics.get(name, 0.0))
+        return (max(self.config.margin, self.config.replan_margin) if disrupts else self.config.margin), disrupts
 
     def _conclude_guard(self, job: _Job, now: float) -> None:
         if job.candidate.id != self.live.id:
@@ -625,8 +667,9 @@ class Controller:
 
     # -- deployment -----------------------------------------------------------------------
     def _deploy(self, program: Program, now: float, kind: str, reason: str, **detail) -> None:
-        fallbacks = [p for p in (self.incumbent if kind == "deploy" else None, self.fallback)
-                     if p is not None and p.id != program.id]
+        # the built-in baseline always ends the chain, even behind itself: it answers without a deadline
+        incumbent = self.incumbent if kind == "deploy" and self.incumbent.id != program.id else None
+        fallbacks = [p for p in (incumbent, self.fallback) if p is not None]
         self.adapter.deploy(program, fallbacks)
         if kind == "deploy":
             self.previous = self.incumbent

@@ -37,7 +37,7 @@ def serve(adapter, program, fallbacks):
 
 
 def test_the_live_system_serves_every_request_once(adapter, default):
-    observation = serve(adapter, default, [])
+    observation = serve(adapter, default, [default])
     ids = [r.request_id for r in observation.records]
     assert len(ids) == REQUESTS and len(set(ids)) == REQUESTS
     assert observation.arrivals == REQUESTS
@@ -72,6 +72,23 @@ def test_a_policy_that_hangs_on_the_hot_path_times_out_and_falls_back(adapter, d
     observation = serve(adapter, hanging, [default])
     assert len({r.request_id for r in observation.records}) == REQUESTS
     assert observation.fallbacks["priority"] == sum(1 for i in range(REQUESTS) if i % 500 == 7)
+
+
+def test_the_trusted_last_fallback_answers_without_a_deadline(adapter, default):
+    """A machine can stall past the 50 ms deadline (these VMs freeze for seconds under load):
+    the built-in baseline that ends the chain still answers, so no request goes without a
+    decision. A lone policy keeps its deadline: nothing would answer for it if it hung."""
+    from autopoiesis.online import hot_path
+    from autopoiesis.program import PolicyError
+
+    hanging = variant(default, "priority", "def priority(request, now):\n    while True:\n        pass\n")
+    slow = variant(default, "priority", "def priority(request, now):\n    for _ in range(10_000_000):\n"
+                                        "        pass\n    return request.arrival\n")  # well over 50 ms
+    request = type("Request", (), {"id": 1, "arrival": 2.5, "prompt_tokens": 10, "generated": 0})()
+    path = hot_path(hanging, [slow], adapter.slots(), timeout_s=0.05)
+    assert path.priority(request, 3.0) == 2.5 and path.fallbacks["priority"] == 1
+    with pytest.raises(PolicyError, match="timed out"):
+        hot_path(hanging, [], adapter.slots(), timeout_s=0.05).priority(request, 3.0)
 
 
 def controller(adapter, tmp_path, **online):
@@ -133,7 +150,7 @@ def test_evolution_deploys_at_the_time_it_finished_and_the_live_plane_kept_servi
 
 def test_window_replay_is_deterministic_and_the_incumbent_does_not_replan(adapter, default):
     adapter.start(seed=1000)
-    adapter.deploy(default, [])
+    adapter.deploy(default, [default])
     adapter.observe(60.0)
     snapshot = adapter.window_snapshot(30.0, 60.0, default)
     assert snapshot.params["requests"] and snapshot.params["plan"]
@@ -194,7 +211,7 @@ def test_the_twin_shows_a_candidate_the_cluster_changes_the_live_plan_ignored():
     programs = adapter.baselines()
     never, on_change = programs["default"], programs["reschedule:on_change"]
     adapter.start(seed=1000)
-    adapter.deploy(never, [])
+    adapter.deploy(never, [never])
     adapter.observe(270.0)  # four GPUs joined at 200 s
     snapshot = adapter.window_snapshot(210.0, 270.0, never)
     assert [kind for kind, _ in snapshot.params["unanswered"]] == ["join"]
@@ -209,7 +226,7 @@ def test_the_twin_shows_a_candidate_the_cluster_changes_the_live_plan_ignored():
 
     spot = SimulatorAdapter("spot_loss")
     spot.start(seed=1000)
-    spot.deploy(never, [])
+    spot.deploy(never, [never])
     spot.observe(240.0)  # notice at 220 s, leave at 250 s
     params = spot.window_snapshot(180.0, 240.0, never).params
     assert params["unanswered"] == [["notice", [0, 1]]] and params["announced"] == [[70.0, "leave", [0, 1]]]
@@ -223,7 +240,7 @@ def test_the_twin_asks_reschedule_what_the_live_window_showed():
     adapter = SimulatorAdapter("scale_out")
     never = adapter.baselines()["default"]
     adapter.start(seed=1000)
-    adapter.deploy(never, [])
+    adapter.deploy(never, [never])
     adapter.observe(270.0)  # overloaded: the live window's p99 TTFT is far above a second
     snapshot = adapter.window_snapshot(210.0, 270.0, never)
     assert snapshot.params["window"]["p99_ttft"] > 1.0
@@ -237,6 +254,29 @@ def test_the_twin_asks_reschedule_what_the_live_window_showed():
     assert adapter.window_snapshot(270.0, 290.0, when_calm).params["plan"] == plan
 
 
+def test_a_champion_that_re_plans_on_the_twin_needs_the_re_plan_margin(tmp_path):
+    """A re-plan bets on the twin's forecast and pays reloads up front, so a champion that
+    re-plans more than the incumbent on the same replay needs ``replan_margin``; one that
+    only routes or orders differently needs ``margin``."""
+    from autopoiesis.evaluate import Evaluator, Task
+
+    adapter = SimulatorAdapter("scale_out")
+    programs = adapter.baselines()
+    never, on_change = programs["default"], programs["reschedule:on_change"]
+    reorder = programs["priority:shortest_prompt"]
+    adapter.start(seed=1000)
+    adapter.deploy(never, [never])
+    adapter.observe(270.0)  # four GPUs joined at 200 s, unanswered by never
+    snapshot = adapter.window_snapshot(210.0, 270.0, never)
+    with Evaluator(adapter, workers=1) as evaluator:
+        out = evaluator.evaluate([Task(p.id, p.source, snapshot) for p in (never, on_change, reorder)])
+    stays, replans, reorders = (out[(p.id, snapshot.key)] for p in (never, on_change, reorder))
+    c = Controller(adapter, OnlineConfig(margin=0.01, replan_margin=0.2), archive=Archive(tmp_path / "a.db"))
+    assert c.margin(stays, replans) == (0.2, True)
+    assert c.margin(stays, reorders) == (0.01, False)
+    assert c.margin(replans, stays) == (0.01, False)  # staying put is no bet
+
+
 def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
     """After a re-planning newcomer changed the plan live, the guard's counterfactual starts
     from the plan the incumbent had, not from the newcomer's (which it would get for free)."""
@@ -244,7 +284,7 @@ def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
     programs = adapter.baselines()
     never, on_change = programs["default"], programs["reschedule:on_change"]
     adapter.start(seed=1000)
-    adapter.deploy(never, [])
+    adapter.deploy(never, [never])
     adapter.observe(240.0)
     left = adapter.window_snapshot(210.0, 240.0, never).params["plan"]
     adapter.deploy(on_change, [never])
@@ -256,7 +296,7 @@ def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
 
 def test_a_horizon_repeats_the_windows_arrivals_and_not_the_backlog(adapter, default):
     adapter.start(seed=1000)
-    adapter.deploy(default, [])
+    adapter.deploy(default, [default])
     adapter.observe(60.0)
     plain = adapter.window_snapshot(30.0, 60.0, default).params["requests"]
     longer = adapter.window_snapshot(30.0, 60.0, default, horizon_s=90.0).params["requests"]
@@ -270,7 +310,7 @@ def test_the_controller_scores_candidates_over_the_horizon(adapter, default, tmp
     controller = Controller(adapter, OnlineConfig(history=1, horizon=3), Config(population=4, generations=1, workers=1),
                             archive=Archive(tmp_path / "a.db"))
     adapter.start(seed=1000)
-    adapter.deploy(default, [])
+    adapter.deploy(default, [default])
     adapter.observe(60.0)
     controller.incumbent = default
     snapshot = controller._snapshot(30.0, 60.0)
@@ -289,3 +329,16 @@ def test_a_cluster_change_while_the_guard_watches_is_evolved_for_afterwards(tmp_
     after_confirm = next(w for w in c.windows if w.end >= confirmed - 1e-6)  # a twin check may end mid-window
     assert "cluster" in after_confirm.triggers  # owed while the guard watched, started once it was done
     assert any(d.kind in ("deploy", "rejected") and d.time > confirmed for d in c.deployments)
+
+
+def test_a_cluster_change_starts_an_evolution_at_once_not_at_the_windows_end(tmp_path):
+    """Four GPUs join at 200 s, inside the 195-210 s window: the evolution for it starts
+    within ``step_s`` of the join, so a re-plan onto them need not wait for the window."""
+    scale_out = SimulatorAdapter("scale_out", requests=6000)
+    c = controller(scale_out, tmp_path, step_s=2.0)  # windows of 15 s, evolutions cost 2 s
+    c.run()
+    decision = next(d for d in c.deployments if d.kind in ("deploy", "rejected"))
+    assert 200.0 <= decision.time <= 200.0 + 2.0 + 2.0
+    window = next(w for w in c.windows if w.start <= 200.0 < w.end)
+    assert window.triggers == ["cluster"]
+    assert sum("cluster" in w.triggers for w in c.windows) == 1  # acted on once, not again at the window's end

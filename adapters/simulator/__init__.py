@@ -85,6 +85,7 @@ class SimulatorAdapter(Adapter):
 
     # -- the live system (online evolution) -----------------------------------------------
     guard_metric = "mean_e2e_open"  # a window's total time is its length; latency is what regresses
+    disruption_metric = "reconfigurations"  # a re-plan reloads weights and recomputes what migrates
 
     def start(self, seed: int = 1000) -> None:
         """Serve the scenario's workload for ``seed`` live, in simulated time."""
