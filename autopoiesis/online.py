@@ -33,7 +33,7 @@ from .archive import Archive
 from .evaluate import Evaluator, Limits, Task
 from .evolution import Config, Evolution, new_run_id
 from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, open_latency
-from .program import PolicyError, Program
+from .program import PolicyError, Program, slot_code_id
 
 
 # -- the hot path -----------------------------------------------------------------------
@@ -588,13 +588,15 @@ class Controller:
                 return
             cfg = replace(self.evolution_config, seed=self.evolution_config.seed * 1000 + job.number,
                           held_out_snapshots=0, train_snapshots=1)
+            seeds = self._seeds(job)
             evolution = Evolution(self.adapter, cfg, self.archive, operators=self.operators,
                                   adapter_spec=self.adapter_spec, adapter_options=self.adapter_options,
                                   extra_config={"parent": self.run_id, "trigger_time": job.started_live},
-                                  seeds=self._seeds(job), snapshots=[job.snapshot], evaluator=self.evaluator)
+                                  seeds=seeds, snapshots=[job.snapshot], evaluator=self.evaluator)
             result = evolution.run(run_id=f"{self.run_id}-e{job.number:03d}")
-            scores = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot) for p in (job.incumbent, result.champion)])
-            job.result = (result, scores)
+            candidates = list(dict.fromkeys([result.champion, *seeds]))  # seeds were scored there: cache hits
+            scores = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot) for p in [job.incumbent, *candidates]])
+            job.result = (result, scores, candidates)
         except Exception as e:  # noqa: BLE001 - the evolution plane must never take serving down
             job.error = f"{type(e).__name__}: {e}"
         finally:
@@ -609,10 +611,11 @@ class Controller:
             self._record(Deployment(now, "rejected", job.incumbent.id, f"evolution failed: {job.error}",
                                     evolution_s=elapsed))
             return
-        result, scores = job.result
+        result, scores, candidates = job.result
         self.evaluations += result.evaluated
-        champion = result.champion
         inc = scores.get((job.incumbent.id, job.snapshot.key))
+        chosen = self._choose(job.incumbent, candidates, scores, job.snapshot.key)
+        champion = chosen or result.champion
         new = scores.get((champion.id, job.snapshot.key))
         name = self.objective.name
         inc_f = inc.metrics.get(name) if inc is not None and inc.ok else None
@@ -633,7 +636,38 @@ class Controller:
             self._record(Deployment(now, "rejected", champion.id, why, **detail))
             return
         self.winners.append((job.conditions, champion))
-        self._deploy(champion, now, "deploy", f"{gain:+.1%} {name} on the twin", **detail)
+        smaller = "" if champion.id == result.champion.id else (
+            f"; the smallest change within {self.config.margin:.0%} of the best ({self._changes(job.incumbent, champion)} slot(s))")
+        self._deploy(champion, now, "deploy", f"{gain:+.1%} {name} on the twin{smaller}", **detail)
+
+    def _changes(self, incumbent: Program, program: Program) -> int:
+        """How many slots ``program`` decides differently from ``incumbent`` (by code)."""
+        return sum(slot_code_id(program.source, slot.name) != slot_code_id(incumbent.source, slot.name)
+                   for slot in self.slots)
+
+    def _choose(self, incumbent: Program, candidates: Sequence[Program], scores, key: str) -> Program | None:
+        """The program to offer, or None when no candidate clears its margin.
+
+        Of the candidates (the evolution's champion and its seeds) that beat the incumbent on
+        the twin by their margin, those within ``margin`` of the best gain are equals as far
+        as the twin's forecast can tell; the one that changes the fewest slots is the safer
+        bet (a one-slot baseline swap over a champion that also rewrites three other slots)."""
+        inc, name, options = scores.get((incumbent.id, key)), self.objective.name, []
+        if inc is None or not inc.ok or name not in inc.metrics:
+            return None
+        for program in candidates:
+            out = scores.get((program.id, key))
+            if program.id in (incumbent.id, *self.refused) or out is None or not out.ok or name not in out.metrics:
+                continue
+            gain = self.objective.improvement(out.metrics[name], inc.metrics[name])
+            if gain >= self.margin(inc, out)[0]:
+                options.append((gain, program))
+        if not options:
+            return None
+        best = max(gain for gain, _ in options)
+        near = [(self._changes(incumbent, p), -gain, i) for i, (gain, p) in enumerate(options)
+                if gain >= best - self.config.margin]
+        return options[min(near)[2]][1]
 
     def margin(self, incumbent, champion) -> tuple[float, bool]:
         """(the gain a champion needs on the twin, whether it disrupts more than the incumbent there).

@@ -277,6 +277,31 @@ def test_a_champion_that_re_plans_on_the_twin_needs_the_re_plan_margin(tmp_path)
     assert c.margin(replans, stays) == (0.01, False)  # staying put is no bet
 
 
+def test_of_near_equal_winners_the_smallest_change_is_offered(tmp_path):
+    """The twin cannot tell apart gains within the margin: of the candidates that clear it,
+    the one that changes the fewest slots goes live (a rolled-back one never does)."""
+    from autopoiesis.evaluate import Evaluator, Task
+
+    adapter = SimulatorAdapter("scale_out")
+    programs = adapter.baselines()
+    never, on_change = programs["default"], programs["reschedule:on_change"]
+    rewritten = variant(on_change, "priority", "def priority(request, now):\n    return request.arrival * 1.0\n")
+    same = variant(never, "priority", "def priority(request, now):\n    return request.arrival + 0.0\n")
+    adapter.start(seed=1000)
+    adapter.deploy(never, [never])
+    adapter.observe(270.0)  # four GPUs joined at 200 s: re-planning onto them wins big
+    snapshot = adapter.window_snapshot(210.0, 270.0, never)
+    with Evaluator(adapter, workers=1) as evaluator:
+        scores = evaluator.evaluate([Task(p.id, p.source, snapshot) for p in (never, on_change, rewritten, same)])
+    assert scores[(rewritten.id, snapshot.key)].metrics == scores[(on_change.id, snapshot.key)].metrics
+    c = Controller(adapter, OnlineConfig(), archive=Archive(tmp_path / "a.db"))
+    assert c._changes(never, rewritten) == 2 and c._changes(never, on_change) == 1
+    assert c._choose(never, [rewritten, same, on_change], scores, snapshot.key) is on_change
+    c.refused.add(on_change.id)
+    assert c._choose(never, [rewritten, same, on_change], scores, snapshot.key) is rewritten
+    assert c._choose(never, [same], scores, snapshot.key) is None  # no gain: nothing to offer
+
+
 def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
     """After a re-planning newcomer changed the plan live, the guard's counterfactual starts
     from the plan the incumbent had, not from the newcomer's (which it would get for free)."""
@@ -342,3 +367,18 @@ def test_a_cluster_change_starts_an_evolution_at_once_not_at_the_windows_end(tmp
     window = next(w for w in c.windows if w.start <= 200.0 < w.end)
     assert window.triggers == ["cluster"]
     assert sum("cluster" in w.triggers for w in c.windows) == 1  # acted on once, not again at the window's end
+
+
+def test_the_deploy_timing_benchmark_measures_the_same_policy_deployed_at_different_times():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy_timing_noise.py"
+    proc = subprocess.run([sys.executable, str(script), "--at", "200", "201", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    times = list(out["total_time"].values())
+    assert len(times) == 2 and all(t > 600.0 for t in times)  # the last request arrives near 600 s
+    assert out["spread"] == pytest.approx((max(times) - min(times)) / (sum(times) / 2))
