@@ -206,6 +206,11 @@ def write_docs(rows: list[dict], summary: dict, command: str, seconds: float) ->
         "Where the ceiling is a few percent, total time cannot separate policies; the latency and SLO "
         "columns then show what adaptation changes.",
         "",
+        "Total time is the completion of the very last request, so it is noisy: "
+        "`python benchmarks/deploy_timing_noise.py` deploys the same policy (on_change on scale_out) "
+        "1 to 10 s later and moves total time by 2.8% (706-727 s). Differences of a few percent on "
+        "one seed (`--quick`) are within that floor; `--seeds 3` averages it down.",
+        "",
         "| scenario | best baseline | its total (s) | hindsight (s) | Autopoiesis (s) | vs best | ceiling | vs hindsight "
         "| mean e2e (s) | p99 TTFT (s) | SLO attainment | reconfig. GPU-s | deploys | rollbacks |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
