@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 
+from autopoiesis.adapters import AdapterError
 from autopoiesis.adapters.simulator import SimulatorAdapter
 
 
@@ -39,6 +40,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    try:
+        labels = SimulatorAdapter(args.scenario).baselines()
+    except AdapterError as e:
+        parser.error(str(e))
+    if args.program not in labels:
+        parser.error(f"unknown baseline {args.program!r}; one of: {', '.join(labels)}")
     times = {at: total_time(args.scenario, args.program, at, args.seed) for at in args.at}
     spread = (max(times.values()) - min(times.values())) / statistics.fmean(times.values())
     if args.json:

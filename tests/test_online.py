@@ -29,6 +29,8 @@ def default(adapter):
 
 
 def serve(adapter, program, fallbacks):
+    """Serve the whole workload. Tests pass the baseline behind itself as the controller
+    deploys it: the trusted last of a chain answers without a deadline (a VM stall is no error)."""
     adapter.start(seed=1000)
     adapter.deploy(program, fallbacks)
     observation = adapter.observe(float("inf"))
