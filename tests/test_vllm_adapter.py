@@ -188,13 +188,18 @@ def _mean(records, length, what):
 def _favoured(records):
     """Favoured requests (odd prompts) arrived later, yet start and finish sooner.
 
-    Two at a time once the blockers go: FCFS would give the favoured ones about twice the
-    others' mean TTFT; the program's order gives about half.
+    Once the blockers go, the server takes two at a time from a queue of 16; FCFS would put
+    the 8 disfavoured first, the program's order puts the 8 favoured first. The check is on
+    the order in which first tokens and finishes reached the router, not on mean times: when
+    the VM freezes, vLLM's API process hands a stream over in one burst (CI saw a TTFT equal
+    to the end-to-end latency), which blurs means but keeps the order.
     """
-    ttft = _mean(records, 41, "ttft"), _mean(records, 40, "ttft")
-    print(f"mean TTFT favoured {ttft[0]:.2f} s, others {ttft[1]:.2f} s")
-    assert ttft[0] < 0.9 * ttft[1]
-    assert _mean(records, 41, "e2e") < 0.8 * _mean(records, 40, "e2e")
+    served = [r for r in records if r.ok and r.prompt_tokens in (40, 41)]
+    assert len(served) == 16
+    print(f"mean TTFT favoured {_mean(records, 41, 'ttft'):.2f} s, others {_mean(records, 40, 'ttft'):.2f} s")
+    for moment in ("first_token", "finish"):
+        order = [r.prompt_tokens for r in sorted(served, key=lambda r: getattr(r, moment))]
+        assert order[:8].count(41) >= 6, f"prompt lengths by {moment}: {order}"  # FCFS gives 0 (checked)
 
 
 def test_the_priority_program_lowers_the_ttft_of_favoured_requests(servers, tmp_path):
