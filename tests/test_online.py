@@ -412,3 +412,19 @@ def test_the_deploy_timing_benchmark_measures_the_same_policy_deployed_at_differ
     times = list(out["total_time"].values())
     assert len(times) == 2 and all(t > 600.0 for t in times)  # the last request arrives near 600 s
     assert out["spread"] == pytest.approx((max(times) - min(times)) / (sum(times) / 2))
+
+
+def test_the_twin_fidelity_benchmark_compares_the_snapshot_with_the_served_truth():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "twin_fidelity.py"
+    proc = subprocess.run([sys.executable, str(script), "--scenario", "burst", "--windows", "420:480", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (window,) = json.loads(proc.stdout)["windows"]
+    assert window["resumed"] > 0 and window["unfinished"] > 0
+    assert abs(window["twin_error"]) < 0.05 < abs(window["naive_error"])
+    bad = subprocess.run([sys.executable, str(script), "--windows", "60:30"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "SINCE must be" in bad.stderr and "Traceback" not in bad.stderr

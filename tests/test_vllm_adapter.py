@@ -220,6 +220,16 @@ def test_the_in_engine_plugin_orders_the_queue(servers, tmp_path, monkeypatch):
     assert sum(o.calls.get("priority", 0) for o in observations) >= 16  # counted in-engine, seen by the adapter
 
 
+def test_a_finished_plugin_run_leaves_no_program_in_the_servers(servers, tmp_path):
+    """The servers outlive the plugin run above: its program must not go on ordering their
+    queue unguarded. Stopping withdraws it, so a router run asking for FCFS gets FCFS."""
+    adapter = VLLMAdapter(urls=[servers[0].url], run_dir=str(tmp_path))
+    records, _, _ = serve(adapter, lambda url: _burst(url, servers[0].url), program())
+    served = [r for r in records if r.ok and r.prompt_tokens in (40, 41)]
+    order = [r.prompt_tokens for r in sorted(served, key=lambda r: r.first_token)]
+    assert len(order) == 16 and order[:8].count(41) <= 2, f"prompt lengths by first token: {order}"
+
+
 def test_a_failing_plugin_program_falls_back_to_fcfs_and_is_counted(servers, tmp_path, monkeypatch):
     policy_file = servers[0].log.parent / "policy.json"
     monkeypatch.setenv("AUTOPOIESIS_POLICY_FILE", str(policy_file))

@@ -44,6 +44,18 @@ def _max_num_seqs(vllm_args: str, default: int = 256) -> int:
     return default
 
 
+def _publish(live: dict, program) -> None:
+    """Hand ``program`` to the in-engine plugin (None withdraws it); it looks within 50 ms."""
+    path = live["policy_file"]
+    if path is not None:
+        live["version"] += 1
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"version": live["version"], "program": program.id if program else "",
+                                   "source": program.source if program else "",
+                                   "epoch_unix": time.time() - live["router"].now()}))
+        os.replace(tmp, path)
+
+
 class VLLMAdapter(Adapter):
     """Real vLLM servers (attached or launched) behind an evolving router and in-engine scheduler."""
 
@@ -221,13 +233,7 @@ class VLLMAdapter(Adapter):
         router = self.router
         checks = {"dispatch": lambda r, args: isinstance(r, int) and 0 <= r < len(args[1])}
         router.policy = hot_path(program, list(fallbacks), self.slots(), checks)
-        path = self.live["policy_file"]
-        if path is not None:  # the in-engine plugin picks it up within 50 ms
-            self.live["version"] += 1
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"version": self.live["version"], "program": program.id,
-                                       "source": program.source, "epoch_unix": time.time() - router.now()}))
-            os.replace(tmp, path)
+        _publish(self.live, program)
 
     def window_snapshot(self, since: float, until: float, incumbent) -> Snapshot:
         records = [r for r in self.live["records"] if r.ok and (since <= r.arrival <= until or
@@ -281,6 +287,8 @@ class VLLMAdapter(Adapter):
             return
         loop = live["loop"]
         try:
+            if "router" in live:  # attached servers outlive this run: no program stays in them unguarded
+                _publish(live, None)
             if live.get("load") is not None and not live["load"].done():
                 live["load"].cancel()
                 loop.run_until_complete(asyncio.gather(live["load"], return_exceptions=True))

@@ -100,6 +100,11 @@ class PolicyScheduler(AsyncScheduler):
         try:
             with open(self._path) as f:
                 published = json.load(f)
+            if not published.get("source"):  # withdrawn: requests keep their own priority again
+                self._fn, self._program, self._error = None, "", ""
+                self._version = published.get("version", 0)
+                self._write_status(force=True)
+                return
             policy = self._compile(published["source"], self._slots, published.get("program", ""))
             fn = policy.functions.get("priority")
             self._version, self._program = published.get("version", 0), published.get("program", "")
