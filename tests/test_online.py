@@ -333,34 +333,6 @@ def test_a_horizon_repeats_the_windows_arrivals_and_not_the_backlog(adapter, def
     assert sorted(longer) == longer
 
 
-def test_the_twin_resumes_part_answered_requests_and_expects_survivors_to_be_longer():
-    """A window's decode work as the twin sees it is within 5% of what it really was.
-
-    Requests answered in part when the window began resume there; unfinished ones get the
-    mean length of those that finished in the window and were longer than what they had
-    generated. Restarting the first and giving the rest the window's mean (what the twin did
-    before) was 24% short on this window: a burst leaves many long requests unfinished.
-    """
-    adapter = SimulatorAdapter("burst")
-    adapter.start(seed=1000)
-    default = adapter.baselines()["default"]
-    adapter.deploy(default, [default])
-    for t in range(5, 485, 5):
-        adapter.observe(float(t))
-    since, until = 420.0, 480.0
-    requests = adapter.window_snapshot(since, until, default).params["requests"]
-    resumed = [r for r in requests if len(r) == 4]
-    assert resumed and all(0 < r[3] < r[2] for r in resumed)
-    sim = adapter.live.sim
-    started = adapter.live._generated_at(since)
-    window = [r for r in sim.requests[: sim.next_arrival]
-              if r.arrival < since and (r.finish is None or r.finish > since) or since <= r.arrival <= until]
-    assert len(window) == len(requests) and any(r.finish is None for r in window)
-    estimated = sum(r[2] - (r[3] if len(r) == 4 else 0) for r in requests)
-    true = sum(r.output - started.get(r.id, 0) for r in window)  # outputs are the simulator's ground truth
-    assert abs(estimated - true) < 0.05 * true
-
-
 def test_the_controller_scores_candidates_over_the_horizon(adapter, default, tmp_path):
     controller = Controller(adapter, OnlineConfig(history=1, horizon=3), Config(population=4, generations=1, workers=1),
                             archive=Archive(tmp_path / "a.db"))
@@ -424,7 +396,10 @@ def test_the_twin_fidelity_benchmark_compares_the_snapshot_with_the_served_truth
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     (window,) = json.loads(proc.stdout)["windows"]
-    assert window["resumed"] > 0 and window["unfinished"] > 0
-    assert abs(window["twin_error"]) < 0.05 < abs(window["naive_error"])
+    assert window["part_answered"] > 0 and window["unfinished"] > 0
+    # the two known biases: tokens generated before the window are decoded again, and the
+    # unfinished requests (under a burst, the long ones) get the window's shorter mean
+    assert window["restarted_share"] > 0 > window["estimate_error"]
+    assert window["twin_error"] == pytest.approx(window["restarted_share"] + window["estimate_error"])
     bad = subprocess.run([sys.executable, str(script), "--windows", "60:30"], capture_output=True, text=True)
     assert bad.returncode == 2 and "SINCE must be" in bad.stderr and "Traceback" not in bad.stderr

@@ -89,15 +89,6 @@ def test_single_request_latency_is_the_cost_models_formula(prompt, output):
     assert record.ttft == pytest.approx(cost.request_latency(prompt, 1, 512), rel=1e-9)
 
 
-def test_a_resumed_request_recomputes_its_context_and_decodes_only_the_rest():
-    """Twin replays resume part-answered requests: (arrival, prompt, output, generated)."""
-    sim, result = run(one_gpu_scenario([(100.0, 100, 50, 40)]))
-    (record,) = result.records
-    cost = sim.replica_cost("A100-80GB", 1, 1)
-    assert record.output_tokens == 50 and record.prompt_tokens == 100
-    assert record.e2e == pytest.approx(cost.request_latency(140, 10, 512), rel=1e-9)
-
-
 def test_same_seed_same_metrics_to_the_last_bit():
     a, _ = simulate(policy("reschedule:periodic"), "mixed", seed=3)
     b, _ = simulate(policy("reschedule:periodic"), "mixed", seed=3)

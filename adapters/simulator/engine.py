@@ -41,14 +41,12 @@ class Request:
     __slots__ = ("id", "arrival", "prompt", "output", "info", "key", "seq", "replica", "target", "prefilled",
                  "generated", "join_counter", "done_counter", "first_token", "finish", "preemptions", "alive")
 
-    def __init__(self, rid: int, arrival: float, prompt: int, output: int, generated: int = 0):
-        """``generated`` > 0: a twin replay resuming a request the live system had part-answered
-        (its context is recomputed, as after a preemption, and only the rest is decoded)."""
+    def __init__(self, rid: int, arrival: float, prompt: int, output: int):
         self.id, self.arrival, self.prompt, self.output = rid, arrival, prompt, output
         self.replica = None
-        self.target = prompt + generated  # tokens to (re)compute before decoding
+        self.target = prompt  # tokens to (re)compute before decoding
         self.prefilled = 0
-        self.generated = generated
+        self.generated = 0
         self.join_counter = 0
         self.done_counter = 0
         self.first_token = None
@@ -57,7 +55,7 @@ class Request:
         self.alive = False  # in a replica's running set
         self.key = 0.0
         self.seq = rid
-        self.info = RequestInfo(rid, arrival, prompt, generated)
+        self.info = RequestInfo(rid, arrival, prompt, 0)
 
 
 class Replica:
@@ -304,7 +302,7 @@ class Simulation:
     def start(self) -> None:
         """Set up the cluster and the initial plan (the schedule policy runs here)."""
         sc = self.scenario
-        self.requests = [Request(i, *r) for i, r in enumerate(sc.requests)]
+        self.requests = [Request(i, a, p, o) for i, (a, p, o) in enumerate(sc.requests)]
         for t, kind, ids in sc.cluster_events:
             self.push(t, CLUSTER, (kind, tuple(ids)))
         for gid, gname in sc.initial_gpus:

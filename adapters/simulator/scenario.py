@@ -37,7 +37,7 @@ class Scenario:
     name: str
     description: str
     model: str
-    requests: list[tuple]  # (arrival, prompt, output), twin replays may add tokens already generated
+    requests: list[tuple[float, int, int]]
     initial_gpus: list[tuple[int, str]]
     cluster_events: list[tuple[float, str, tuple]]
     workload_estimate: tuple[float, float, float, float]
