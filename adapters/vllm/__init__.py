@@ -287,13 +287,13 @@ class VLLMAdapter(Adapter):
             return
         loop = live["loop"]
         try:
-            if "router" in live:  # attached servers outlive this run: no program stays in them unguarded
-                _publish(live, None)
             if live.get("load") is not None and not live["load"].done():
                 live["load"].cancel()
                 loop.run_until_complete(asyncio.gather(live["load"], return_exceptions=True))
             if "router" in live:
                 loop.run_until_complete(live["router"].stop())
+                if self.urls:  # attached servers outlive this run: no program stays in them unguarded
+                    _publish(live, None)
         finally:
             loop.close()
             live["log"].close()
