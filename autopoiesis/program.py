@@ -156,16 +156,30 @@ def replace_function(source: str, name: str, new_def: str) -> str:
 
 
 def slot_code_id(source: str, name: str) -> str:
-    """Hash of what decides one slot's behaviour: its function and the module-level constants.
+    """Hash of what decides one slot's behaviour: its function, the module-level functions
+    and constants it uses (and what those use), and the imports.
 
     Two programs with the same id here make the same decisions in that slot (for example,
-    a deployment that changes only ``priority`` keeps the serving plan).
+    a deployment that changes only ``priority`` keeps the serving plan), so a helper's edit
+    counts for the slots that call it, and a constant only another slot reads does not.
     """
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return program_id(source)
-    kept = [node for node in tree.body
-            if (isinstance(node, ast.FunctionDef) and node.name == name) or not isinstance(node, ast.FunctionDef)]
-    kept = [node for node in kept if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    owners: dict[str, ast.stmt] = {}  # module-level name -> the statement that binds it
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef):
+            owners[node.name] = node
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                owners.update((n.id, node) for n in ast.walk(target) if isinstance(n, ast.Name))
+    used, todo = set(), [name]
+    while todo:
+        node = owners.get(todo.pop())
+        if node is not None and id(node) not in used:
+            used.add(id(node))
+            todo.extend(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+    kept = [node for node in tree.body if id(node) in used or isinstance(node, (ast.Import, ast.ImportFrom))]
     return hashlib.sha256(ast.unparse(ast.Module(kept, [])).encode()).hexdigest()[:16]

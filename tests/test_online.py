@@ -279,6 +279,38 @@ def test_a_champion_that_re_plans_on_the_twin_needs_the_re_plan_margin(tmp_path)
     assert c.margin(replans, stays) == (0.01, False)  # staying put is no bet
 
 
+def test_a_slots_code_id_follows_the_helpers_and_constants_it_uses():
+    from autopoiesis.program import slot_code_id
+
+    base = """import math
+
+SCALE = 2.0
+STATE = {"seen": 0}
+
+
+def _weight(request):
+    return math.log1p(request.prompt_tokens) * SCALE
+
+
+def priority(request, now):
+    return request.arrival + _weight(request)
+
+
+def dispatch(request, replicas, now):
+    STATE["seen"] += 1
+    return STATE["seen"] % len(replicas)
+"""
+    helper = base.replace("math.log1p(request.prompt_tokens)", "math.sqrt(request.prompt_tokens)")
+    scale = base.replace("SCALE = 2.0", "SCALE = 3.0")
+    state = base.replace('{"seen": 0}', '{"seen": 1}')
+    ids = {name: {s: slot_code_id(src, s) for s in ("priority", "dispatch")}
+           for name, src in (("base", base), ("helper", helper), ("scale", scale), ("state", state))}
+    assert ids["helper"]["priority"] != ids["base"]["priority"]  # a helper's edit changes its caller's decisions
+    assert ids["scale"]["priority"] != ids["base"]["priority"]  # so does a constant the helper reads
+    assert ids["helper"]["dispatch"] == ids["scale"]["dispatch"] == ids["base"]["dispatch"]  # dispatch uses neither
+    assert ids["state"]["dispatch"] != ids["base"]["dispatch"] and ids["state"]["priority"] == ids["base"]["priority"]
+
+
 def test_of_near_equal_winners_the_smallest_change_is_offered(tmp_path):
     """The twin cannot tell apart gains within the margin: of the candidates that clear it,
     the one that changes the fewest slots goes live (a rolled-back one never does)."""
