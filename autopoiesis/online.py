@@ -83,7 +83,9 @@ class HotPath:
         if not (deadline and self._timed) or threading.get_ident() != self._main:
             result = fn(*args)
             return (result,) if check is None or check(result, args) else False
-        signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
+        # the alarm repeats until disarmed: one that lands in a garbage-collection callback
+        # is swallowed by Python ("Exception ignored in ..."), and a hang must not outlive it
+        signal.setitimer(signal.ITIMER_REAL, self.timeout_s, self.timeout_s)
         try:  # the check runs under the deadline too: it walks what untrusted code returned
             result = fn(*args)
             return (result,) if check is None or check(result, args) else False

@@ -93,6 +93,37 @@ def test_the_trusted_last_fallback_answers_without_a_deadline(adapter, default):
         hot_path(hanging, [], adapter.slots(), timeout_s=0.05).priority(request, 3.0)
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed alarm, on purpose
+def test_a_deadline_alarm_swallowed_by_a_gc_callback_recurs():
+    """Python ignores an exception raised in a finalizer ("Exception ignored in ..."), so an
+    alarm that lands in one is lost (CI logged it once, from a WeakSet callback). The deadline
+    repeats until disarmed, so a call that goes on spinning is still stopped."""
+    import gc
+    import time
+
+    from autopoiesis.online import HotPath
+    from autopoiesis.sandbox import Policy
+
+    class SlowFinalizer:
+        def __del__(self):
+            end = time.monotonic() + 0.2  # past the 50 ms deadline: the alarm lands in here
+            while time.monotonic() < end:
+                pass
+
+    def spinning(request, now):
+        SlowFinalizer()  # finalized at once, swallowing the first alarm
+        end = time.monotonic() + 3.0  # bounded, so a lost deadline fails the test instead of hanging it
+        while time.monotonic() < end:
+            pass
+        return -1.0
+
+    path = HotPath(Policy("spin", {"priority": spinning}), [Policy("fcfs", {"priority": lambda request, now: 7.0})])
+    gc.collect()
+    started = time.monotonic()
+    assert path.priority(None, 0.0) == 7.0 and path.fallbacks["priority"] == 1
+    assert time.monotonic() - started < 1.0
+
+
 def controller(adapter, tmp_path, **online):
     config = OnlineConfig(**{"window_s": 15.0, "period": 0, "drift_signals": (), "evolution_cost_s": 2.0, **online})
     return Controller(adapter, config, Config(population=4, generations=1, workers=1, held_out_snapshots=0),

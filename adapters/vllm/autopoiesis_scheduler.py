@@ -146,7 +146,7 @@ class PolicyScheduler(AsyncScheduler):
                                      generated=0)
         try:
             if self._timed:
-                signal.setitimer(signal.ITIMER_REAL, DEADLINE_S)
+                signal.setitimer(signal.ITIMER_REAL, DEADLINE_S, DEADLINE_S)  # repeats: a swallowed alarm recurs
             try:
                 value = float(fn(view, time.time() - self._epoch))
             finally:
