@@ -80,8 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     on.add_argument("--step", type=_non_negative_float, default=5.0,
                     help="seconds between looks at the live system; a cluster event starts an evolution at the next one")
     on.add_argument("--cooldown", type=_non_negative_int, default=2, help="windows after a trigger before drift may trigger again")
-    on.add_argument("--margin", type=float, default=0.01, help="relative gain on the twin a champion needs to deploy")
-    on.add_argument("--replan-margin", type=float, default=0.05,
+    on.add_argument("--margin", type=_non_negative_float, default=0.01, help="relative gain on the twin a champion needs to deploy")
+    on.add_argument("--replan-margin", type=_non_negative_float, default=0.05,
                     help="relative gain a champion needs when it re-plans more than the incumbent on the twin")
     on.add_argument("--guard-windows", type=_positive_int, default=2, help="windows a deployment is watched")
     on.add_argument("--guard-tolerance", type=_positive_float, default=0.25, help="relative regression that makes a window suspect")

@@ -224,6 +224,8 @@ def test_online_mistakes_are_one_line_errors(tmp_path):
     assert proc.returncode == 2 and "error" in proc.stderr and "Traceback" not in proc.stderr
     proc = cli("evolve", "--adapter", "simulator", "--online", "--window", "-3", "--runs-dir", str(tmp_path))
     assert proc.returncode == 2 and "must be positive" in proc.stderr
+    proc = cli("evolve", "--adapter", "simulator", "--online", "--replan-margin", "-0.05", "--runs-dir", str(tmp_path))
+    assert proc.returncode == 2 and "must be zero or more" in proc.stderr and "Traceback" not in proc.stderr
     from conftest import EXAMPLE
 
     proc = cli("evolve", "--adapter", str(EXAMPLE), "--online", "--runs-dir", str(tmp_path))
