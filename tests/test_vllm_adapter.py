@@ -80,6 +80,7 @@ def serve(adapter, client_work, prog=None):
     finally:
         adapter.stop()
     if "error" in result:
+        print("router events:", [e for o in observations for e in o.events])
         raise result["error"]
     return records, observations, result.get("value")
 
@@ -156,7 +157,7 @@ def _burst(url, server_url):
             futures = [pool.submit(one, 40) for _ in range(8)]
             time.sleep(0.2)
             futures += [pool.submit(one, 41) for _ in range(8)]
-            _wait_for_waiting(server_url, 16)
+            _wait_for_waiting(server_url, 16, futures)
         finally:
             release.set()
         for b in blockers:
@@ -164,14 +165,20 @@ def _burst(url, server_url):
         return [f.result() for f in futures]
 
 
-def _wait_for_waiting(server_url, n, timeout=120.0):
-    scraper, deadline = Scraper(), time.monotonic() + timeout
+def _wait_for_waiting(server_url, n, futures, timeout=120.0):
+    """Until the server reports ``n`` requests waiting; on failure, say what it saw instead."""
+    scraper, deadline, seen = Scraper(), time.monotonic() + timeout, []
     while time.monotonic() < deadline:
         with urllib.request.urlopen(server_url + "/metrics", timeout=30) as r:
-            if scraper.sample(0, 0.0, r.read().decode()).waiting >= n:
-                return
+            sample = scraper.sample(0, 0.0, r.read().decode())
+        if sample.waiting >= n:
+            return
+        seen.append((sample.running, sample.waiting))
         time.sleep(0.1)
-    raise AssertionError(f"the server never had {n} requests waiting")
+    failed = [repr(f.exception())[:200] for f in futures if f.done() and f.exception()]
+    raise AssertionError(f"the server never had {n} requests waiting: (running, waiting) last {seen[-3:]}, "
+                         f"most waiting {max(w for _, w in seen)}; {sum(f.done() for f in futures)} of "
+                         f"{len(futures)} requests ended, failures {failed[:3]}")
 
 
 TOKENS = 64  # about 0.85 s on the paced model

@@ -11,10 +11,11 @@ answer and the same measurements.
 A server that refuses connections or breaks a stream is marked down at once. One that
 is merely slow (its ``/metrics`` or a connection timing out, as a busy CPU server's or a
 briefly frozen machine's do) is marked down only after three timeouts in a row: slow is
-not dead. A request that has sent nothing to its client yet is retried, on another
-server first and on a slow one again if none is left; one that has gets a clear error
-event. Every request ends in exactly one record, ``ok`` or not.
-The router runs on an asyncio loop that the caller drives (``observe`` in the
+not dead. Attempts in flight together that time out together (a burst of requests during
+one stall of the machine) are one timeout, not several. A request that has sent nothing
+to its client yet is retried, on another server first and on a slow one again if none is
+left; one that has gets a clear error event. Every request ends in exactly one record,
+``ok`` or not. The router runs on an asyncio loop that the caller drives (``observe`` in the
 adapter), so policy calls happen on the main thread, under the hot path's deadline.
 """
 
@@ -50,7 +51,8 @@ class Replica:
     running: float = 0.0
     waiting: float = 0.0
     kv_used_fraction: float = 0.0
-    timeouts: int = 0  # /metrics or connection timeouts in a row
+    timeouts: int = 0  # /metrics or connection timeouts in a row (overlapping attempts' count once)
+    timed_out_at: float = -math.inf  # router time of the last counted timeout
 
     def view(self) -> SimpleNamespace:
         return SimpleNamespace(index=self.index, url=self.url, outstanding=self.outstanding, assigned=self.assigned,
@@ -165,6 +167,7 @@ class Router:
             await asyncio.sleep(self.scrape_s)
 
     async def _scrape(self, replica: Replica) -> None:
+        started = self.now()
         try:
             timeout = aiohttp.ClientTimeout(total=self.scrape_timeout_s)
             async with self.session.get(replica.url + "/metrics", timeout=timeout) as resp:
@@ -172,7 +175,7 @@ class Router:
                 if resp.status != 200:
                     raise Upstream(f"/metrics answered {resp.status}")
         except asyncio.TimeoutError:  # aiohttp's connection timeout is one too
-            self.timed_out(replica, f"/metrics ({self.scrape_timeout_s:g} s)")
+            self.timed_out(replica, f"/metrics ({self.scrape_timeout_s:g} s)", started)
             return
         except (aiohttp.ClientError, Upstream) as e:
             self.mark_down(replica, f"/metrics: {type(e).__name__}: {e}")
@@ -185,7 +188,14 @@ class Router:
             replica.up = True
             self.events.append((self.now(), "up", f"replica {replica.index} ({replica.url}) answers again"))
 
-    def timed_out(self, replica: Replica, what: str) -> None:
+    def timed_out(self, replica: Replica, what: str, started: float) -> None:
+        """Count a timeout of an attempt begun at ``started``, unless the last counted one came
+        after that: both waited out the same stall (of the server or of this machine, which
+        fires every pending timer at once), and counting each would take a server down for
+        one freeze with a burst in flight."""
+        if started < replica.timed_out_at:
+            return
+        replica.timed_out_at = self.now()
         replica.timeouts += 1
         if replica.timeouts >= TIMEOUTS_TO_DOWN:
             self.mark_down(replica, f"{replica.timeouts} timeouts in a row, the last one {what}")
@@ -247,13 +257,14 @@ class Router:
                 call.replica = replica.index
                 replica.assigned += 1
                 replica.outstanding += 1
+                started = self.now()
                 try:
                     response = await self._forward(request, replica, upstream, call, client_stream, wants_usage)
                     if response.status >= 400:
                         outcome = f"rejected: {response.status}"
                     break
                 except Slow as e:
-                    self.timed_out(replica, str(e))
+                    self.timed_out(replica, str(e), started)
                     slow[replica.index] = slow.get(replica.index, 0) + 1
                     if slow[replica.index] < TIMEOUTS_TO_DOWN:
                         tried.discard(replica.index)  # still up: eligible again once the others are tried
