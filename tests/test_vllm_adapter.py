@@ -250,6 +250,26 @@ def test_a_failing_plugin_program_falls_back_to_fcfs_and_is_counted(servers, tmp
     assert "ZeroDivisionError" in next(s["error"] for s in adapter.plugin_status() if s["fallbacks"])
 
 
+def test_a_stall_past_the_plugin_deadline_keeps_the_program(tmp_path):
+    """The plugin's 50 ms deadline is real time. When it passes while the program's thread
+    was not running (here another thread holds the GIL for 0.2 s, as vLLM's own
+    threads or a frozen machine can), that request is served FCFS and counted, and the
+    program stays (before, the stall dropped it until the next deployment, and every later
+    request was a fallback). A program that computes past the deadline is still dropped."""
+    import json
+
+    out = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_plugin_stall.py"), str(ROOT / "adapters" / "vllm"),
+                          str(ROOT / "autopoiesis"), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    stall, slow = result["stall"], result["slow"]
+    assert stall["took_s"] > 0.05 and stall["cpu_s"] < 0.025, stall  # a stall happened, not a slow program
+    assert stall["first"] == 0.0 and stall["second"] == 1.0, stall  # FCFS once, then the program again
+    assert (stall["fallbacks"], stall["stalls"], stall["error"]) == (1, 1, ""), stall
+    assert slow["first"] == slow["second"] == 0.0 and slow["error"] == "timed out", slow
+    assert (slow["fallbacks"], slow["stalls"]) == (2, 0), slow
+
+
 def test_an_uneven_dispatch_program_sets_the_load_split(servers, tmp_path):
     adapter = VLLMAdapter(urls=[s.url for s in servers], run_dir=str(tmp_path))
     uneven = "def dispatch(request, replicas, now):\n    return 1 if request.id % 4 == 0 else 0\n"

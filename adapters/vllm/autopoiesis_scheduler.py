@@ -13,12 +13,15 @@ installed in vLLM's environment. Environment:
 - ``AUTOPOIESIS_SANDBOX_DIR``: the folder of autopoiesis's ``sandbox.py``.
 
 Until a program is published the plugin changes nothing (per-request priorities from the
-router still apply). Each new request's priority is computed once, as it joins the waiting queue (vLLM's
-priority queue then orders by (priority, arrival)). Any failure of the program (an
-exception, a non-finite value, 50 ms without an answer, a program that does not
-compile) drops it until the next one is published: the queue is first come, first
-served for the requests that arrive meanwhile (priority 0), and each one is counted. Counts go to
-``AUTOPOIESIS_POLICY_FILE.status-PID`` for the controller to read.
+router still apply). Each new request's priority is computed once, as it joins the
+waiting queue (vLLM's priority queue then orders by (priority, arrival)). Any failure of
+the program (an exception, a non-finite value, 50 ms of computing without an answer, a
+program that does not compile) drops it until the next one is published: the queue is
+first come, first served for the requests that arrive meanwhile (priority 0), and each
+one is counted. A deadline that passes while the program's thread ran for less than half
+of it (the machine stalled, or another thread held the GIL) is the machine's fault, not
+the program's: that one request is served FCFS and counted, and the program stays. Counts go
+to ``AUTOPOIESIS_POLICY_FILE.status-PID`` for the controller to read.
 """
 
 from __future__ import annotations
@@ -58,15 +61,12 @@ def _alarm(signum, frame):
     raise _Timeout()
 
 
-class PolicyScheduler(AsyncScheduler):
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        if self.policy != SchedulingPolicy.PRIORITY:  # the program's order needs the priority queue
-            self.policy = SchedulingPolicy.PRIORITY
-            self.waiting = create_request_queue(self.policy)
-            self.kv_holding_waiting = create_request_queue(self.policy)
-        self._path = os.environ.get("AUTOPOIESIS_POLICY_FILE", "")
-        self._status_path = f"{self._path}.status-{os.getpid()}"
+class QueueOrder:
+    """The published program's priority for each new request: reloading, deadline, fallback, counts."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._status_path = f"{path}.status-{os.getpid()}"
         self._fn = None
         self._mtime = None
         self._checked_at = 0.0
@@ -75,7 +75,7 @@ class PolicyScheduler(AsyncScheduler):
         self._version = 0
         self._program = ""
         self._error = ""
-        self._calls = self._fallbacks = 0
+        self._calls = self._fallbacks = self._stalls = 0
         sandbox, program = _sandbox()
         self._compile = sandbox.compile_policy
         self._slots = [program.PolicySlot(name="priority", params=("request", "now"), doc="", returns=(int, float))]
@@ -83,6 +83,13 @@ class PolicyScheduler(AsyncScheduler):
         if self._timed:
             signal.signal(signal.SIGALRM, _alarm)
         self._reload()
+
+    def __call__(self, request) -> float | None:
+        """The request's priority (None: no program published, the request keeps its own)."""
+        self._reload()
+        value = self._priority(request)
+        self._write_status(force=True)  # a few bytes per request: the controller's counts stay current
+        return value
 
     # -- publishing -----------------------------------------------------------------------
     def _reload(self) -> None:
@@ -121,7 +128,7 @@ class PolicyScheduler(AsyncScheduler):
             return
         self._written_at = now
         status = {"version": self._version, "program": self._program, "calls": self._calls,
-                  "fallbacks": self._fallbacks, "error": self._error, "pid": os.getpid()}
+                  "fallbacks": self._fallbacks, "stalls": self._stalls, "error": self._error, "pid": os.getpid()}
         tmp = self._status_path + ".tmp"
         try:
             with open(tmp, "w") as f:
@@ -144,6 +151,7 @@ class PolicyScheduler(AsyncScheduler):
         arrival = request.arrival_time - self._epoch
         view = types.SimpleNamespace(id=self._calls, arrival=arrival, prompt_tokens=request.num_prompt_tokens,
                                      generated=0)
+        cpu = time.thread_time()
         try:
             if self._timed:
                 signal.setitimer(signal.ITIMER_REAL, DEADLINE_S, DEADLINE_S)  # repeats: a swallowed alarm recurs
@@ -157,16 +165,30 @@ class PolicyScheduler(AsyncScheduler):
             return value
         except (Exception, _Timeout) as e:  # noqa: BLE001 - untrusted code: FCFS until the next program
             self._fallbacks += 1
+            if isinstance(e, _Timeout) and time.thread_time() - cpu < DEADLINE_S / 2:
+                self._stalls += 1  # the thread ran under half the deadline: a stall, the program stays
+                self._write_status(force=True)
+                return 0.0
             self._fn = None
             self._error = "timed out" if isinstance(e, _Timeout) else f"{type(e).__name__}: {e}"[:300]
             self._write_status(force=True)
             return 0.0
 
+
+class PolicyScheduler(AsyncScheduler):
+    """vLLM's scheduler, its waiting queue ordered by ``QueueOrder``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.policy != SchedulingPolicy.PRIORITY:  # the program's order needs the priority queue
+            self.policy = SchedulingPolicy.PRIORITY
+            self.waiting = create_request_queue(self.policy)
+            self.kv_holding_waiting = create_request_queue(self.policy)
+        self._order = QueueOrder(os.environ.get("AUTOPOIESIS_POLICY_FILE", ""))
+
     def add_request(self, request) -> None:
         if request.request_id not in self.requests:
-            self._reload()
-            value = self._priority(request)
+            value = self._order(request)
             if value is not None:
                 request.priority = value
-            self._write_status(force=True)  # a few bytes per request: the controller's counts stay current
         super().add_request(request)

@@ -1,0 +1,59 @@
+"""Run by ``test_vllm_adapter`` in vLLM's environment: the in-engine plugin's deadline, a
+stall against a slow program.
+
+    python tests/vllm_plugin_stall.py PLUGIN_DIR SANDBOX_DIR WORK_DIR
+
+Publishes a program, asks ``QueueOrder`` for two priorities and prints the results as JSON.
+"stall": the program needs a few ms of CPU, but another thread takes the GIL for about
+0.2 s while it runs (as vLLM's own threads can; a frozen machine does the same), so the
+50 ms deadline passes with the program's thread not running. "slow": the program computes
+past the deadline.
+"""
+
+import json
+import os
+import sys
+import threading
+import time
+import types
+
+sys.path.insert(0, sys.argv[1])
+os.environ["AUTOPOIESIS_SANDBOX_DIR"] = sys.argv[2]
+import autopoiesis_scheduler as plugin  # noqa: E402 - found through the path set above
+
+SPIN = "def priority(request, now):\n    x = 0\n    for i in range({n}):\n        x += i\n    return 1.0\n"
+
+
+def hog(state):
+    """Contend for the GIL until told, then hold it: ``sum`` over a range never lets it go."""
+    while not state["go"]:
+        pass
+    sum(range(10**7))
+
+
+def run(case, n, stall):
+    path = os.path.join(sys.argv[3], f"{case}.json")
+    with open(path, "w") as f:
+        json.dump({"version": 1, "program": case, "source": SPIN.format(n=n), "epoch_unix": time.time()}, f)
+    order = plugin.QueueOrder(path)
+    request = types.SimpleNamespace(arrival_time=time.time(), num_prompt_tokens=10)
+    state = {"go": False}
+    hogger = threading.Thread(target=hog, args=(state,))
+    if stall:
+        sys.setswitchinterval(0.001)
+        hogger.start()
+    cpu, wall = time.thread_time(), time.perf_counter()
+    state["go"] = True
+    first = order(request)
+    took, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    if stall:
+        hogger.join()
+        sys.setswitchinterval(0.005)
+    second = order(request)
+    with open(f"{path}.status-{os.getpid()}") as f:
+        status = json.load(f)
+    return {"first": first, "second": second, "took_s": round(took, 3), "cpu_s": round(cpu, 4),
+            **{k: status[k] for k in ("calls", "fallbacks", "stalls", "error")}}
+
+
+print(json.dumps({"stall": run("stall", 50_000, True), "slow": run("slow", 10**9, False)}))
