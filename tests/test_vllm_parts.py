@@ -378,10 +378,11 @@ def test_a_server_that_does_not_take_connections_in_time_is_slow_then_down(froze
 
 
 def test_a_burst_timing_out_together_is_one_timeout(frozen_url):
-    """Requests in flight together time out together when the machine stalls (CI saw three
-    connects to a live local vLLM time out at once, which took the only server down and
-    failed the burst with 503s). They count as one timeout: the server stays up, and the
-    burst is served elsewhere; three bursts one after another still take it down."""
+    """Requests in flight together time out together when the machine stalls: under load,
+    three connects to a live local vLLM timed out at once in ``test_vllm_adapter``, which
+    took the only server down, and 6 of a 16-request burst never reached it (CI failed the
+    same way). They count as one timeout: the server stays up, and the burst is served
+    elsewhere; three bursts one after another still take it down."""
     import asyncio
 
     import aiohttp
