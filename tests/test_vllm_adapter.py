@@ -251,21 +251,24 @@ def test_a_failing_plugin_program_falls_back_to_fcfs_and_is_counted(servers, tmp
 
 
 def test_a_stall_past_the_plugin_deadline_keeps_the_program(tmp_path):
-    """The plugin's 50 ms deadline is real time. When it passes while the program's thread
-    was not running (here another thread holds the GIL for 0.2 s, as vLLM's own
-    threads or a frozen machine can), that request is served FCFS and counted, and the
-    program stays (before, the stall dropped it until the next deployment, and every later
-    request was a fallback). A program that computes past the deadline is still dropped."""
+    """The plugin's deadline is 50 ms of the program thread's CPU time. A stall (here another
+    thread holds the GIL for 0.2 s, as vLLM's own threads or a frozen machine can) lets the
+    call go on: the program answers, and the stall is counted. Before, the real-time alarm
+    dropped the program until the next deployment, and every later request was a fallback.
+    A stall past the cap gives that one call up and keeps the program. A program that
+    computes past the deadline is dropped."""
     import json
 
     out = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_plugin_stall.py"), str(ROOT / "adapters" / "vllm"),
                           str(ROOT / "autopoiesis"), str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
-    stall, slow = result["stall"], result["slow"]
-    assert stall["took_s"] > 0.05 and stall["cpu_s"] < 0.025, stall  # a stall happened, not a slow program
-    assert stall["first"] == 0.0 and stall["second"] == 1.0, stall  # FCFS once, then the program again
-    assert (stall["fallbacks"], stall["stalls"], stall["error"]) == (1, 1, ""), stall
+    stall, capped, slow = result["stall"], result["capped"], result["slow"]
+    for case in (stall, capped):
+        assert case["took_s"] > 0.1 and case["cpu_s"] < 0.05, case  # a stall happened, not a slow program
+    assert (stall["first"], stall["second"], stall["fallbacks"], stall["stalls"]) == (1.0, 1.0, 0, 1), stall
+    assert (capped["first"], capped["second"], capped["fallbacks"], capped["stalls"]) == (0.0, 1.0, 1, 1), capped
+    assert stall["error"] == capped["error"] == ""
     assert slow["first"] == slow["second"] == 0.0 and slow["error"] == "timed out", slow
     assert (slow["fallbacks"], slow["stalls"]) == (2, 0), slow
 

@@ -54,8 +54,8 @@ def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
     published = json.loads((run_dir / "policy.json").read_text())
     assert published["version"] == 1 + len(deployed) + sum(d["kind"] == "rollback" for d in report["deployments"])
     status = [json.loads(p.read_text()) for p in run_dir.glob("policy.json.status-*") if not p.name.endswith(".tmp")]
-    # no program failed; a stall of the machine past the deadline costs one decision each, counted as such
-    assert len(status) == 2 and all(s["calls"] > 0 and s["fallbacks"] == s["stalls"] and not s["error"]
+    # no program failed (a stall of the machine past the plugin's 1 s cap would cost one decision)
+    assert len(status) == 2 and all(s["calls"] > 0 and s["fallbacks"] <= s["stalls"] and not s["error"]
                                     for s in status)
     # a scheduler loads a publication when the next request arrives: the last one may come after the load ended
     programs = {d["program"] for d in report["deployments"]}

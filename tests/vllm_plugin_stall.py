@@ -6,8 +6,9 @@ stall against a slow program.
 Publishes a program, asks ``QueueOrder`` for two priorities and prints the results as JSON.
 "stall": the program needs a few ms of CPU, but another thread takes the GIL for about
 0.2 s while it runs (as vLLM's own threads can; a frozen machine does the same), so the
-50 ms deadline passes with the program's thread not running. "slow": the program computes
-past the deadline.
+50 ms deadline passes in real time with the program's thread not running. "capped": the
+same stall with the stall cap lowered to 0.1 s. "slow": the program computes past the
+deadline.
 """
 
 import json
@@ -31,11 +32,12 @@ def hog(state):
     sum(range(10**7))
 
 
-def run(case, n, stall):
+def run(case, n, stall, cap=plugin.STALL_CAP_S):
     path = os.path.join(sys.argv[3], f"{case}.json")
     with open(path, "w") as f:
         json.dump({"version": 1, "program": case, "source": SPIN.format(n=n), "epoch_unix": time.time()}, f)
     order = plugin.QueueOrder(path)
+    plugin.STALL_CAP_S = cap
     request = types.SimpleNamespace(arrival_time=time.time(), num_prompt_tokens=10)
     state = {"go": False}
     hogger = threading.Thread(target=hog, args=(state,))
@@ -56,4 +58,5 @@ def run(case, n, stall):
             **{k: status[k] for k in ("calls", "fallbacks", "stalls", "error")}}
 
 
-print(json.dumps({"stall": run("stall", 50_000, True), "slow": run("slow", 10**9, False)}))
+print(json.dumps({"stall": run("stall", 300_000, True), "capped": run("capped", 300_000, True, cap=0.1),
+                  "slow": run("slow", 10**9, False)}))

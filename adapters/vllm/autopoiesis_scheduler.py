@@ -18,10 +18,11 @@ waiting queue (vLLM's priority queue then orders by (priority, arrival)). Any fa
 the program (an exception, a non-finite value, 50 ms of computing without an answer, a
 program that does not compile) drops it until the next one is published: the queue is
 first come, first served for the requests that arrive meanwhile (priority 0), and each
-one is counted. A deadline that passes while the program's thread ran for less than half
-of it (the machine stalled, or another thread held the GIL) is the machine's fault, not
-the program's: that one request is served FCFS and counted, and the program stays. Counts go
-to ``AUTOPOIESIS_POLICY_FILE.status-PID`` for the controller to read.
+one is counted. The deadline is the program thread's CPU time, looked at by a real-time
+alarm: while the thread is not running (the machine stalled, another thread holds the
+GIL) the call goes on, and it is counted as a stall. A stall past 1 s gives that one call
+up (FCFS, counted as a fallback too) and keeps the program. Counts go to
+``AUTOPOIESIS_POLICY_FILE.status-PID`` for the controller to read.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ import types
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
 
-DEADLINE_S = 0.05
+DEADLINE_S = 0.05  # CPU time the program's thread may spend on one request
+STALL_CAP_S = 1.0  # real time after which a call is given up even if its thread hardly ran
+RECHECK_S = 0.01  # after the first alarm, how often the deadline is looked at again
 CHECK_EVERY_S = 0.05
 
 
@@ -57,7 +60,15 @@ class _Timeout(BaseException):
     pass
 
 
+_call = {"cpu": 0.0, "wall": 0.0}  # when the running call began, in thread CPU time and real time
+
+
 def _alarm(signum, frame):
+    """Stop the program once its thread has computed for the deadline. The alarm is real
+    time, so it also fires while the thread is not running (a frozen machine, another
+    thread holding the GIL): such a call goes on, up to ``STALL_CAP_S``."""
+    if time.thread_time() - _call["cpu"] < DEADLINE_S and time.monotonic() - _call["wall"] < STALL_CAP_S:
+        return
     raise _Timeout()
 
 
@@ -151,10 +162,10 @@ class QueueOrder:
         arrival = request.arrival_time - self._epoch
         view = types.SimpleNamespace(id=self._calls, arrival=arrival, prompt_tokens=request.num_prompt_tokens,
                                      generated=0)
-        cpu = time.thread_time()
+        _call["cpu"], _call["wall"] = time.thread_time(), time.monotonic()
         try:
             if self._timed:
-                signal.setitimer(signal.ITIMER_REAL, DEADLINE_S, DEADLINE_S)  # repeats: a swallowed alarm recurs
+                signal.setitimer(signal.ITIMER_REAL, DEADLINE_S, RECHECK_S)  # repeats: a swallowed alarm recurs
             try:
                 value = float(fn(view, time.time() - self._epoch))
             finally:
@@ -162,11 +173,13 @@ class QueueOrder:
                     signal.setitimer(signal.ITIMER_REAL, 0)
             if not math.isfinite(value):
                 raise ValueError(f"priority {value} is not finite")
+            if time.monotonic() - _call["wall"] > DEADLINE_S:
+                self._stalls += 1  # past the deadline in real time, not in computing: it answered all the same
             return value
         except (Exception, _Timeout) as e:  # noqa: BLE001 - untrusted code: FCFS until the next program
             self._fallbacks += 1
-            if isinstance(e, _Timeout) and time.thread_time() - cpu < DEADLINE_S / 2:
-                self._stalls += 1  # the thread ran under half the deadline: a stall, the program stays
+            if isinstance(e, _Timeout) and time.thread_time() - _call["cpu"] < DEADLINE_S:
+                self._stalls += 1  # given up at the cap, the program hardly ran: a stall, it stays
                 self._write_status(force=True)
                 return 0.0
             self._fn = None
