@@ -156,8 +156,9 @@ def replace_function(source: str, name: str, new_def: str) -> str:
 
 
 def slot_code_id(source: str, name: str) -> str:
-    """Hash of what decides one slot's behaviour: its function, the module-level functions
-    and constants it uses (and what those use), and the imports.
+    """Hash of what decides one slot's behaviour: its function, the module-level functions,
+    classes and constants it uses (and what those use), the imports, and any other
+    module-level statement (an ``if`` or a loop may bind anything, so it counts for every slot).
 
     Two programs with the same id here make the same decisions in that slot (for example,
     a deployment that changes only ``priority`` keeps the serving plan), so a helper's edit
@@ -167,19 +168,21 @@ def slot_code_id(source: str, name: str) -> str:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return program_id(source)
-    owners: dict[str, ast.stmt] = {}  # module-level name -> the statement that binds it
+    owners: dict[str, list[ast.stmt]] = {}  # module-level name -> the statements that bind it
     for node in tree.body:
-        if isinstance(node, ast.FunctionDef):
-            owners[node.name] = node
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            owners.setdefault(node.name, []).append(node)
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for target in targets:
-                owners.update((n.id, node) for n in ast.walk(target) if isinstance(n, ast.Name))
+            for n in (n for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)):
+                owners.setdefault(n.id, []).append(node)
     used, todo = set(), [name]
     while todo:
-        node = owners.get(todo.pop())
-        if node is not None and id(node) not in used:
-            used.add(id(node))
-            todo.extend(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
-    kept = [node for node in tree.body if id(node) in used or isinstance(node, (ast.Import, ast.ImportFrom))]
+        for node in owners.get(todo.pop(), ()):
+            if id(node) not in used:
+                used.add(id(node))
+                todo.extend(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
+    bindings = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
+    kept = [node for node in tree.body if id(node) in used or not isinstance(node, bindings)
+            and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]  # docstrings do nothing
     return hashlib.sha256(ast.unparse(ast.Module(kept, [])).encode()).hexdigest()[:16]

@@ -342,6 +342,11 @@ def dispatch(request, replicas, now):
     assert ids["scale"]["priority"] != ids["base"]["priority"]  # so does a constant the helper reads
     assert ids["helper"]["dispatch"] == ids["scale"]["dispatch"] == ids["base"]["dispatch"]  # dispatch uses neither
     assert ids["state"]["dispatch"] != ids["base"]["dispatch"] and ids["state"]["priority"] == ids["base"]["priority"]
+    rebound = base.replace("SCALE = 2.0\n", "SCALE = 2.0\nSCALE = SCALE * 1.5\n")
+    first = rebound.replace("SCALE = 2.0", "SCALE = 4.0")
+    assert slot_code_id(first, "priority") != slot_code_id(rebound, "priority")  # every binding of a name counts
+    branch = base + "\nif SCALE > 1:\n    STATE = {}\n"
+    assert all(slot_code_id(branch, s) != slot_code_id(base, s) for s in ("priority", "dispatch"))  # may bind anything
 
 
 def test_of_near_equal_winners_the_smallest_change_is_offered(tmp_path):
