@@ -81,12 +81,16 @@ def serve(adapter, client_work, prog=None):
         adapter.stop()
     if "error" in result:
         print("router events:", [e for o in observations for e in o.events])
+        print("router records (id, arrival, first token, finish, prompt, replica, outcome):")
+        for r in records:
+            print(f"  {r.request_id} {r.arrival:.2f} {r.first_token:.2f} {r.finish:.2f} {r.prompt_tokens} "
+                  f"{r.replica} {r.outcome}")
         raise result["error"]
     return records, observations, result.get("value")
 
 
-def client(url):
-    return openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+def client(url, timeout=120):
+    return openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=timeout)
 
 
 def test_router_serves_the_openai_client_and_records_each_request_once(servers, tmp_path):
@@ -118,7 +122,14 @@ def test_router_serves_the_openai_client_and_records_each_request_once(servers, 
     assert (tmp_path / "requests.jsonl").read_text().count("\n") == 5
 
 
-def _burst(url, server_url):
+TOKENS = 64  # about 0.85 s on the paced model
+BURST_TIMEOUT_S = 600  # how long a burst's request may take: slowness alone must not fail a test
+PATIENCE_S = 120  # the queue not growing for this long means a request was lost
+BLOCKER_TOKENS = 8000  # within --max-model-len 8192 with a 30-token prompt
+FAVOUR_ODD = "def priority(request, now):\n    return 0.0 if request.prompt_tokens % 2 else 100.0\n"
+
+
+def _burst(url, server):
     """Two blockers take the server's two slots; 8 disfavoured requests (even prompt length)
     queue behind them, then 8 favoured ones (odd). Only once the server reports all 16
     waiting do the blockers hang up (vLLM aborts them), so the order is decided on a full
@@ -127,8 +138,9 @@ def _burst(url, server_url):
     never end on their own first: on CI's machine 2000 tokens ran out while the client
     threads were still sending (these machines freeze for seconds at a time under full
     load, the whole VM at once). The pool's threads are all started before the blockers,
-    so sending is only a hand-over."""
-    c = client(url)
+    so sending is only a hand-over. A slow machine only makes the burst take longer: its
+    requests may wait BURST_TIMEOUT_S, and the wait fails only when the queue stops growing."""
+    c = client(url, timeout=BURST_TIMEOUT_S)
     counter = iter(range(1000))
     started, release = [threading.Event(), threading.Event()], threading.Event()
 
@@ -144,7 +156,7 @@ def _burst(url, server_url):
                                   extra_body={"min_tokens": BLOCKER_TOKENS, "ignore_eos": True}) as stream:
             next(iter(stream))
             started[i].set()
-            release.wait(120)  # leaving the block closes the stream: the client hangs up
+            release.wait(BURST_TIMEOUT_S)  # leaving the block closes the stream: the client hangs up
 
     with ThreadPoolExecutor(18) as pool:
         ready = threading.Barrier(19)
@@ -157,7 +169,7 @@ def _burst(url, server_url):
             futures = [pool.submit(one, 40) for _ in range(8)]
             time.sleep(0.2)
             futures += [pool.submit(one, 41) for _ in range(8)]
-            _wait_for_waiting(server_url, 16, futures)
+            _wait_for_waiting(server, 16, futures)
         finally:
             release.set()
         for b in blockers:
@@ -165,25 +177,27 @@ def _burst(url, server_url):
         return [f.result() for f in futures]
 
 
-def _wait_for_waiting(server_url, n, futures, timeout=120.0):
-    """Until the server reports ``n`` requests waiting; on failure, say what it saw instead."""
-    scraper, deadline, seen = Scraper(), time.monotonic() + timeout, []
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(server_url + "/metrics", timeout=30) as r:
+def _wait_for_waiting(server, n, futures, patience=PATIENCE_S):
+    """Until the server reports ``n`` requests waiting. However long that takes on a busy
+    machine, it fails only when a request fails or ``patience`` seconds pass without the queue
+    growing (a lost request, or blockers that ended first), and then says what it saw."""
+    scraper, start, seen = Scraper(), time.monotonic(), []
+    most, grew = -1.0, start
+    while time.monotonic() < grew + patience and not any(f.done() and f.exception() for f in futures):
+        with urllib.request.urlopen(server.url + "/metrics", timeout=30) as r:
             sample = scraper.sample(0, 0.0, r.read().decode())
         if sample.waiting >= n:
+            print(f"{n} waiting after {time.monotonic() - start:.1f} s")
             return
+        if sample.waiting > most:
+            most, grew = sample.waiting, time.monotonic()
         seen.append((sample.running, sample.waiting))
         time.sleep(0.1)
     failed = [repr(f.exception())[:200] for f in futures if f.done() and f.exception()]
-    raise AssertionError(f"the server never had {n} requests waiting: (running, waiting) last {seen[-3:]}, "
-                         f"most waiting {max(w for _, w in seen)}; {sum(f.done() for f in futures)} of "
-                         f"{len(futures)} requests ended, failures {failed[:3]}")
-
-
-TOKENS = 64  # about 0.85 s on the paced model
-BLOCKER_TOKENS = 8000  # within --max-model-len 8192 with a 30-token prompt
-FAVOUR_ODD = "def priority(request, now):\n    return 0.0 if request.prompt_tokens % 2 else 100.0\n"
+    print("the server's log, last lines:\n" + "\n".join(server.log_tail(6000).splitlines()[-40:]))
+    raise AssertionError(f"the server never had {n} requests waiting: most {most:g} after {grew - start:.0f} s, "
+                         f"then {time.monotonic() - grew:.0f} s without more; (running, waiting) last {seen[-3:]}; "
+                         f"{sum(f.done() for f in futures)} of {len(futures)} requests ended, failures {failed[:3]}")
 
 
 def _mean(records, length, what):
@@ -203,6 +217,8 @@ def _favoured(records):
     """
     served = [r for r in records if r.ok and r.prompt_tokens in (40, 41)]
     assert len(served) == 16
+    arrivals = sorted(r.arrival for r in served)
+    print(f"the 16 reached the router within {arrivals[-1] - arrivals[0]:.1f} s")
     print(f"mean TTFT favoured {_mean(records, 41, 'ttft'):.2f} s, others {_mean(records, 40, 'ttft'):.2f} s")
     for moment in ("first_token", "finish"):
         order = [r.prompt_tokens for r in sorted(served, key=lambda r: getattr(r, moment))]
@@ -211,7 +227,7 @@ def _favoured(records):
 
 def test_the_priority_program_lowers_the_ttft_of_favoured_requests(servers, tmp_path):
     adapter = VLLMAdapter(urls=[servers[0].url], run_dir=str(tmp_path))
-    records, _, _ = serve(adapter, lambda url: _burst(url, servers[0].url), program(priority=FAVOUR_ODD))
+    records, _, _ = serve(adapter, lambda url: _burst(url, servers[0]), program(priority=FAVOUR_ODD))
     _favoured(records)
 
 
@@ -219,7 +235,7 @@ def test_the_in_engine_plugin_orders_the_queue(servers, tmp_path, monkeypatch):
     policy_file = servers[0].log.parent / "policy.json"
     monkeypatch.setenv("AUTOPOIESIS_POLICY_FILE", str(policy_file))
     adapter = VLLMAdapter(urls=[servers[0].url], plugin=True, run_dir=str(tmp_path))
-    records, observations, _ = serve(adapter, lambda url: _burst(url, servers[0].url),
+    records, observations, _ = serve(adapter, lambda url: _burst(url, servers[0]),
                                      program(priority=FAVOUR_ODD))
     _favoured(records)
     status = [s for s in adapter.plugin_status() if s["calls"]]
@@ -231,7 +247,7 @@ def test_a_finished_plugin_run_leaves_no_program_in_the_servers(servers, tmp_pat
     """The servers outlive the plugin run above: its program must not go on ordering their
     queue unguarded. Stopping withdraws it, so a router run asking for FCFS gets FCFS."""
     adapter = VLLMAdapter(urls=[servers[0].url], run_dir=str(tmp_path))
-    records, _, _ = serve(adapter, lambda url: _burst(url, servers[0].url), program())
+    records, _, _ = serve(adapter, lambda url: _burst(url, servers[0]), program())
     served = [r for r in records if r.ok and r.prompt_tokens in (40, 41)]
     order = [r.prompt_tokens for r in sorted(served, key=lambda r: r.first_token)]
     assert len(order) == 16 and order[:8].count(41) <= 2, f"prompt lengths by first token: {order}"
@@ -242,7 +258,7 @@ def test_a_failing_plugin_program_falls_back_to_fcfs_and_is_counted(servers, tmp
     monkeypatch.setenv("AUTOPOIESIS_POLICY_FILE", str(policy_file))
     broken = program(priority="def priority(request, now):\n    return 1.0 / (request.prompt_tokens - 41)\n")
     adapter = VLLMAdapter(urls=[servers[0].url], plugin=True, run_dir=str(tmp_path / "broken"))
-    records, observations, _ = serve(adapter, lambda url: _burst(url, servers[0].url), broken)
+    records, observations, _ = serve(adapter, lambda url: _burst(url, servers[0]), broken)
     assert sum(r.ok for r in records) == 16  # every request served, FCFS after the failure
     assert [r.outcome for r in records if not r.ok] == ["error: the client went away"] * 2  # the blockers
     assert sum(o.calls.get("priority", 0) for o in observations) >= 16  # counted in-engine, seen by the adapter
@@ -266,9 +282,10 @@ def test_a_stall_past_the_plugin_deadline_keeps_the_program(tmp_path):
     stall, capped, slow = result["stall"], result["capped"], result["slow"]
     for case in (stall, capped):
         assert case["took_s"] > 0.1 and case["cpu_s"] < 0.05, case  # a stall happened, not a slow program
-    assert (stall["first"], stall["second"], stall["fallbacks"], stall["stalls"]) == (1.0, 1.0, 0, 1), stall
-    assert (capped["first"], capped["second"], capped["fallbacks"], capped["stalls"]) == (0.0, 1.0, 1, 1), capped
-    assert stall["error"] == capped["error"] == ""
+    # a busy machine can stall the second call too (six CPU burners did): a stall, never a fallback
+    assert (stall["first"], stall["second"], stall["fallbacks"]) == (1.0, 1.0, 0) and stall["stalls"] >= 1, stall
+    assert capped["first"] == 0.0 and 1 <= capped["fallbacks"] <= capped["stalls"], capped
+    assert stall["error"] == capped["error"] == ""  # both kept the program
     assert slow["first"] == slow["second"] == 0.0 and slow["error"] == "timed out", slow
     assert (slow["fallbacks"], slow["stalls"]) == (2, 0), slow
 

@@ -12,7 +12,9 @@ A server that refuses connections or breaks a stream is marked down at once. One
 is merely slow (its ``/metrics`` or a connection timing out, as a busy CPU server's or a
 briefly frozen machine's do) is marked down only after three timeouts in a row: slow is
 not dead. Attempts in flight together that time out together (a burst of requests during
-one stall of the machine) are one timeout, not several. A request that has sent nothing
+one stall of the machine) are one timeout, not several. A kept-alive connection that the
+server closed just before the router sent on it is no failure: the request goes out again
+on another connection. A request that has sent nothing
 to its client yet is retried, on another server first and on a slow one again if none is
 left; one that has gets a clear error event. Every request ends in exactly one record,
 ``ok`` or not. The router runs on an asyncio loop that the caller drives (``observe`` in the
@@ -134,7 +136,7 @@ class Router:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.session = aiohttp.ClientSession(timeout=self.timeout)
+        self.session = aiohttp.ClientSession(timeout=self.timeout, trace_configs=[_reuse_tracer()])
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_post("/v1/completions", self.handle)
         app.router.add_post("/v1/chat/completions", self.handle)
@@ -301,12 +303,7 @@ class Router:
 
     async def _forward(self, request: web.Request, replica: Replica, body: dict, call: _Call,
                        client_stream: bool, wants_usage: bool) -> web.StreamResponse:
-        try:
-            resp = await self.session.post(replica.url + request.path, json=body)
-        except asyncio.TimeoutError as e:  # connecting, or no answer yet: slow, not dead
-            raise Slow(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
-        except aiohttp.ClientError as e:
-            raise Upstream(f"{type(e).__name__}: {e}") from None
+        resp = await self._post(replica.url + request.path, body)
         replica.timeouts = 0
         async with resp:
             if resp.status >= 400:  # the server refused the request itself (bad parameters): pass it on
@@ -346,6 +343,26 @@ class Router:
                 return out
             return web.json_response(_assemble(chunks, call.usage))
 
+    async def _post(self, url: str, body: dict) -> aiohttp.ClientResponse:
+        """POST and wait for the answer's headers. A kept-alive connection that the server
+        closed before answering is tried again on another: vLLM's server (uvicorn) closes
+        idle ones after 5 s, and a router on a busy machine can send on one just as it does;
+        that is no server failure. The server read nothing, so a second try is safe (RFC 9112
+        9.3.1); each try discards the closed connection, so a fresh one ends the loop."""
+        while True:
+            attempt = SimpleNamespace(reused=False)
+            try:
+                return await self.session.post(url, json=body, trace_request_ctx=attempt)
+            except asyncio.TimeoutError as e:  # connecting, or no answer yet: slow, not dead
+                raise Slow(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
+            except aiohttp.ClientConnectorError as e:  # refused: nothing listens
+                raise Upstream(f"{type(e).__name__}: {e}") from None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as e:
+                if not attempt.reused:
+                    raise Upstream(f"{type(e).__name__}: {e}") from None
+            except aiohttp.ClientError as e:
+                raise Upstream(f"{type(e).__name__}: {e}") from None
+
     def _record(self, call: _Call, outcome: str) -> None:
         self.open.pop(call.id, None)
         finish = self.now()
@@ -362,6 +379,18 @@ class Router:
         out = self.records, self.samples, self.events, self.arrivals
         self.records, self.samples, self.events, self.arrivals = [], [], [], 0
         return out
+
+
+def _reuse_tracer() -> aiohttp.TraceConfig:
+    """Marks a request's ``trace_request_ctx`` when it goes out on a kept-alive connection."""
+
+    async def reused(session, context, params) -> None:
+        if context.trace_request_ctx is not None:
+            context.trace_request_ctx.reused = True
+
+    tracer = aiohttp.TraceConfig()
+    tracer.on_connection_reuseconn.append(reused)
+    return tracer
 
 
 def _as_vllm_priority(value: float) -> int:
