@@ -172,11 +172,11 @@ class Router:
         started = self.now()
         try:
             timeout = aiohttp.ClientTimeout(total=self.scrape_timeout_s)
-            async with self.session.get(replica.url + "/metrics", timeout=timeout) as resp:
+            async with await self._request("GET", replica.url + "/metrics", timeout=timeout) as resp:
                 text = await resp.text()
                 if resp.status != 200:
                     raise Upstream(f"/metrics answered {resp.status}")
-        except asyncio.TimeoutError:  # aiohttp's connection timeout is one too
+        except (Slow, asyncio.TimeoutError):  # aiohttp's connection timeout is one too
             self.timed_out(replica, f"/metrics ({self.scrape_timeout_s:g} s)", started)
             return
         except (aiohttp.ClientError, Upstream) as e:
@@ -215,9 +215,9 @@ class Router:
     async def models(self, request: web.Request) -> web.Response:
         for replica in [r for r in self.replicas if r.up]:
             try:
-                async with self.session.get(replica.url + "/v1/models") as resp:
+                async with await self._request("GET", replica.url + "/v1/models") as resp:
                     return web.json_response(await resp.json(), status=resp.status)
-            except aiohttp.ClientError as e:
+            except (aiohttp.ClientError, asyncio.TimeoutError, Upstream) as e:
                 self.mark_down(replica, f"{type(e).__name__}: {e}")
         return _error(503, "no vLLM server is up")
 
@@ -303,7 +303,7 @@ class Router:
 
     async def _forward(self, request: web.Request, replica: Replica, body: dict, call: _Call,
                        client_stream: bool, wants_usage: bool) -> web.StreamResponse:
-        resp = await self._post(replica.url + request.path, body)
+        resp = await self._request("POST", replica.url + request.path, json=body)
         replica.timeouts = 0
         async with resp:
             if resp.status >= 400:  # the server refused the request itself (bad parameters): pass it on
@@ -343,16 +343,18 @@ class Router:
                 return out
             return web.json_response(_assemble(chunks, call.usage))
 
-    async def _post(self, url: str, body: dict) -> aiohttp.ClientResponse:
-        """POST and wait for the answer's headers. A kept-alive connection that the server
+    async def _request(self, method: str, url: str, **options: Any) -> aiohttp.ClientResponse:
+        """Send and wait for the answer's headers. A kept-alive connection that the server
         closed before answering is tried again on another: vLLM's server (uvicorn) closes
-        idle ones after 5 s, and a router on a busy machine can send on one just as it does;
-        that is no server failure. The server read nothing, so a second try is safe (RFC 9112
-        9.3.1); each try discards the closed connection, so a fresh one ends the loop."""
+        idle ones after 5 s, and a router on a busy machine can send on one (or on several
+        pooled ones in turn) just as it does; that is no server failure. The server read
+        nothing, so trying again is safe, a POST included (RFC 9112 9.3.1); aiohttp itself
+        tries again once, for GET only. Each try discards the closed connection, so a fresh
+        one ends the loop."""
         while True:
             attempt = SimpleNamespace(reused=False)
             try:
-                return await self.session.post(url, json=body, trace_request_ctx=attempt)
+                return await self.session.request(method, url, trace_request_ctx=attempt, **options)
             except asyncio.TimeoutError as e:  # connecting, or no answer yet: slow, not dead
                 raise Slow(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
             except aiohttp.ClientConnectorError as e:  # refused: nothing listens
