@@ -20,7 +20,6 @@ from __future__ import annotations
 import inspect
 import math
 import queue
-import signal
 import statistics
 import threading
 import time
@@ -37,21 +36,15 @@ from .program import PolicyError, Program, slot_code_id
 
 
 # -- the hot path -----------------------------------------------------------------------
-class HotPathTimeout(BaseException):
-    """A deployed policy call ran past its deadline (a BaseException: ``except Exception`` in a policy cannot swallow it)."""
-
-
-def _on_alarm(signum, frame):
-    raise HotPathTimeout()
-
-
 class HotPath:
     """The deployed policy as the serving plane calls it: every failure falls back, per call.
 
-    A slot call runs the deployed function; an exception, a timeout (``timeout_s``, enforced
-    with SIGALRM where the serving loop runs in the main thread) or a result the adapter's
-    check refuses is answered by the next policy in ``fallbacks`` (the incumbent, then the
-    built-in baseline) and counted, so the serving plane never loses a decision. The last
+    A slot call runs the deployed function; an exception, a timeout (``timeout_s`` of the
+    thread's CPU time, ``sandbox.CpuDeadline``, where the serving loop runs in the main
+    thread) or a result the adapter's check refuses is answered by the next policy in
+    ``fallbacks`` (the incumbent, then the built-in baseline) and counted, so the serving
+    plane never loses a decision. A call that only stalled (a frozen machine, another thread
+    holding the GIL) goes on and answers, up to 1 s, and is counted in ``stalls``. The last
     fallback is trusted (human-designed) and runs without a deadline: a machine that stalls
     for longer than the deadline must not leave a request without a decision.
     """
@@ -62,11 +55,11 @@ class HotPath:
         self.calls: Counter[str] = Counter()
         self.fallbacks: Counter[str] = Counter()
         self.errors: deque[str] = deque(maxlen=20)
+        self.stalls = 0
         self.timeout_s = timeout_s
         self._main = threading.main_thread().ident
-        self._timed = timeout_s is not None and threading.get_ident() == self._main
-        if self._timed:
-            signal.signal(signal.SIGALRM, _on_alarm)
+        self._deadline = sandbox.CpuDeadline(timeout_s) if timeout_s is not None else None
+        self._timed = self._deadline is not None and self._deadline.armed
         chain = [policy, *fallbacks]
         checks = checks or {}
         self.functions: dict[str, Callable] = {}
@@ -83,14 +76,11 @@ class HotPath:
         if not (deadline and self._timed) or threading.get_ident() != self._main:
             result = fn(*args)
             return (result,) if check is None or check(result, args) else False
-        # the alarm repeats until disarmed: one that lands in a garbage-collection callback
-        # is swallowed by Python ("Exception ignored in ..."), and a hang must not outlive it
-        signal.setitimer(signal.ITIMER_REAL, self.timeout_s, self.timeout_s)
-        try:  # the check runs under the deadline too: it walks what untrusted code returned
+        with self._deadline as deadline:  # the check runs under it too: it walks what untrusted code returned
             result = fn(*args)
-            return (result,) if check is None or check(result, args) else False
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            answer = (result,) if check is None or check(result, args) else False
+        self.stalls += deadline.stalled
+        return answer
 
     def _guarded(self, slot: str, fns: list[Callable], check: Callable | None) -> Callable:
         calls, fallbacks, errors, run = self.calls, self.fallbacks, self.errors, self._run
@@ -105,7 +95,7 @@ class HotPath:
                     if answer:
                         return answer[0]
                     reason = reason or "returned an answer the adapter cannot use"
-                except HotPathTimeout:
+                except sandbox.DeadlinePassed:
                     reason = reason or "timed out"
                 except Exception as e:  # noqa: BLE001 - untrusted code: any failure falls back
                     reason = reason or f"{type(e).__name__}: {e}"[:200]

@@ -7,6 +7,7 @@ definitions). ``compile_policy`` executes what passed in a namespace whose built
 are an allowlist and whose modules are stripped proxies. The evaluator runs that in
 worker processes under ``apply_limits`` and a wall-clock deadline, so what slips
 through both layers (an infinite loop, a memory bomb) costs one worker, not the run.
+On a serving thread, ``CpuDeadline`` stops a call that computes too long.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ import builtins
 import math
 import re
 import resource
+import signal
+import threading
+import time
 import types
 from typing import Callable, Iterable, Mapping
 
@@ -265,6 +269,67 @@ def set_cpu_budget(seconds: float | None) -> None:
     if hard != resource.RLIM_INFINITY:
         soft = min(soft, hard)
     resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
+class DeadlinePassed(BaseException):
+    """A call computed past its deadline (a BaseException: ``except Exception`` in a policy cannot swallow it)."""
+
+
+class CpuDeadline:
+    """A deadline on the CPU time of the thread running an untrusted call on a serving thread.
+
+    Real time would punish the program for a frozen machine or another thread holding the
+    GIL, and a good program would fall back, or be dropped, for nothing. So a real-time
+    alarm (SIGALRM, the main thread only: elsewhere calls run unguarded) only looks, at
+    ``cpu_s`` and then every ``recheck_s`` (it repeats, so one swallowed in a finalizer
+    recurs). It raises ``DeadlinePassed`` once the thread has computed for ``cpu_s``, or
+    after ``cap_s`` of real time whatever it computed. ``stalled`` tells afterwards whether
+    the call ran past ``cpu_s`` in real time without computing for it.
+    """
+
+    def __init__(self, cpu_s: float = 0.05, cap_s: float = 1.0, recheck_s: float = 0.01):
+        self.cpu_s, self.cap_s, self.recheck_s = cpu_s, cap_s, recheck_s
+        self.armed = threading.current_thread() is threading.main_thread()
+        self._cpu = self._wall = 0.0
+        if self.armed:
+            signal.signal(signal.SIGALRM, _on_alarm)
+
+    def __enter__(self) -> CpuDeadline:
+        self._cpu, self._wall = time.thread_time(), time.monotonic()
+        if self.armed:
+            _timing[0] = self
+            signal.setitimer(signal.ITIMER_REAL, self.cpu_s, self.recheck_s)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.armed:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            _timing[0] = None
+
+    @property
+    def computed(self) -> float:
+        """CPU seconds the thread has used since the call began."""
+        return time.thread_time() - self._cpu
+
+    @property
+    def elapsed(self) -> float:
+        """Real seconds since the call began."""
+        return time.monotonic() - self._wall
+
+    @property
+    def stalled(self) -> bool:
+        return self.elapsed >= self.cpu_s and self.computed < self.cpu_s
+
+
+_timing: list[CpuDeadline | None] = [None]  # the call the alarm is for (one at a time: the main thread's)
+
+
+def _on_alarm(signum, frame) -> None:
+    deadline = _timing[0]
+    if deadline is None:  # a late alarm, after the call ended: nothing to stop
+        return
+    if deadline.computed >= deadline.cpu_s or deadline.elapsed >= deadline.cap_s:
+        raise DeadlinePassed()
 
 
 def _vm_bytes() -> int:

@@ -36,8 +36,8 @@ def run(case, n, stall, cap=plugin.STALL_CAP_S):
     path = os.path.join(sys.argv[3], f"{case}.json")
     with open(path, "w") as f:
         json.dump({"version": 1, "program": case, "source": SPIN.format(n=n), "epoch_unix": time.time()}, f)
-    order = plugin.QueueOrder(path)
     plugin.STALL_CAP_S = cap
+    order = plugin.QueueOrder(path)
     request = types.SimpleNamespace(arrival_time=time.time(), num_prompt_tokens=10)
     state = {"go": False}
     hogger = threading.Thread(target=hog, args=(state,))

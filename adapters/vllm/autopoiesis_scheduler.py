@@ -31,9 +31,7 @@ import importlib
 import json
 import math
 import os
-import signal
 import sys
-import threading
 import time
 import types
 
@@ -56,22 +54,6 @@ def _sandbox():
     return importlib.import_module(name + ".sandbox"), importlib.import_module(name + ".program")
 
 
-class _Timeout(BaseException):
-    pass
-
-
-_call = {"cpu": 0.0, "wall": 0.0}  # when the running call began, in thread CPU time and real time
-
-
-def _alarm(signum, frame):
-    """Stop the program once its thread has computed for the deadline. The alarm is real
-    time, so it also fires while the thread is not running (a frozen machine, another
-    thread holding the GIL): such a call goes on, up to ``STALL_CAP_S``."""
-    if time.thread_time() - _call["cpu"] < DEADLINE_S and time.monotonic() - _call["wall"] < STALL_CAP_S:
-        return
-    raise _Timeout()
-
-
 class QueueOrder:
     """The published program's priority for each new request: reloading, deadline, fallback, counts."""
 
@@ -90,9 +72,8 @@ class QueueOrder:
         sandbox, program = _sandbox()
         self._compile = sandbox.compile_policy
         self._slots = [program.PolicySlot(name="priority", params=("request", "now"), doc="", returns=(int, float))]
-        self._timed = threading.current_thread() is threading.main_thread()
-        if self._timed:
-            signal.signal(signal.SIGALRM, _alarm)
+        self._deadline = sandbox.CpuDeadline(DEADLINE_S, STALL_CAP_S, RECHECK_S)
+        self._deadline_passed = sandbox.DeadlinePassed
         self._reload()
 
     def __call__(self, request) -> float | None:
@@ -162,28 +143,23 @@ class QueueOrder:
         arrival = request.arrival_time - self._epoch
         view = types.SimpleNamespace(id=self._calls, arrival=arrival, prompt_tokens=request.num_prompt_tokens,
                                      generated=0)
-        _call["cpu"], _call["wall"] = time.thread_time(), time.monotonic()
+        deadline = self._deadline
         try:
-            if self._timed:
-                signal.setitimer(signal.ITIMER_REAL, DEADLINE_S, RECHECK_S)  # repeats: a swallowed alarm recurs
-            try:
+            with deadline:
                 value = float(fn(view, time.time() - self._epoch))
-            finally:
-                if self._timed:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
             if not math.isfinite(value):
                 raise ValueError(f"priority {value} is not finite")
-            if time.monotonic() - _call["wall"] > DEADLINE_S:
-                self._stalls += 1  # past the deadline in real time, not in computing: it answered all the same
+            self._stalls += deadline.stalled  # past the deadline in real time, not in computing: it answered
             return value
-        except (Exception, _Timeout) as e:  # noqa: BLE001 - untrusted code: FCFS until the next program
+        except (Exception, self._deadline_passed) as e:  # noqa: BLE001 - untrusted code: FCFS until the next program
             self._fallbacks += 1
-            if isinstance(e, _Timeout) and time.thread_time() - _call["cpu"] < DEADLINE_S:
+            timed_out = isinstance(e, self._deadline_passed)
+            if timed_out and deadline.computed < deadline.cpu_s:
                 self._stalls += 1  # given up at the cap, the program hardly ran: a stall, it stays
                 self._write_status(force=True)
                 return 0.0
             self._fn = None
-            self._error = "timed out" if isinstance(e, _Timeout) else f"{type(e).__name__}: {e}"[:300]
+            self._error = "timed out" if timed_out else f"{type(e).__name__}: {e}"[:300]
             self._write_status(force=True)
             return 0.0
 
