@@ -413,6 +413,7 @@ def test_a_burst_timing_out_together_is_one_timeout(frozen_url):
     assert timeouts == [1, 2, 3]  # counting each attempt gave [2, 4, 4]: down at the second burst
     assert [kind for _, kind, _ in router.events] == ["down"] and "3 timeouts in a row" in router.events[0][2]
 
+
 def test_a_kept_alive_connection_closed_by_the_server_is_tried_again_not_a_failure():
     """Test double for uvicorn's keep-alive timeout (vLLM's server closes connections idle for
     5 s): this server closes every connection that comes back for a second request, without
