@@ -107,12 +107,20 @@ class HotPath:
         call.__name__ = slot
         return call
 
-    def take_counts(self) -> tuple[dict[str, int], dict[str, int]]:
-        """(calls, fallbacks) by slot since the last take."""
-        calls, fallbacks = dict(self.calls), dict(self.fallbacks)
+    def take_counts(self) -> tuple[dict[str, int], dict[str, int], int]:
+        """(calls by slot, fallbacks by slot, stalls) since the last take."""
+        calls, fallbacks, stalls = dict(self.calls), dict(self.fallbacks), self.stalls
         self.calls.clear()
         self.fallbacks.clear()
-        return calls, fallbacks
+        self.stalls = 0
+        return calls, fallbacks, stalls
+
+    def carry_counts(self, previous: "HotPath | None") -> None:
+        """Take over the counts ``previous`` (the path this one replaces) has not reported yet."""
+        if previous is not None:
+            self.calls.update(previous.calls)
+            self.fallbacks.update(previous.fallbacks)
+            self.stalls += previous.stalls
 
 
 def hot_path(program: Program, fallbacks: Sequence[Program], slots, checks=None, timeout_s: float | None = 0.05) -> HotPath:
@@ -223,6 +231,7 @@ class Window:
     calls: int
     fallbacks: int
     triggers: list[str] = field(default_factory=list)
+    stalls: int = 0  # calls that passed the deadline in real time, not in CPU time, and answered
 
 
 @dataclass
@@ -315,7 +324,7 @@ class Controller:
         limits = Limits(timeout=self.evolution_config.timeout, memory_mb=self.evolution_config.memory_mb)
         self.records: list[RequestRecord] = []
         self.pending: list[RequestRecord] = []
-        self.calls = self.fallback_calls = 0
+        self.calls = self.fallback_calls = self.stalled_calls = 0
         self.arrivals = 0
         self.events: list[tuple[float, str, str]] = []
         self.job: _Job | None = None
@@ -385,6 +394,7 @@ class Controller:
             "deployments": sum(d.kind == "deploy" for d in self.deployments),
             "rollbacks": sum(d.kind == "rollback" for d in self.deployments),
             "fallbacks": sum(w.fallbacks for w in self.windows),
+            "stalls": sum(w.stalls for w in self.windows),
             "final_policy": self.incumbent.id, "metrics": overall,
             "live": getattr(self.adapter, "live_metrics", lambda: {})(),
         }
@@ -446,6 +456,7 @@ class Controller:
         self.in_flight = observation.in_flight
         self.calls += sum(observation.calls.values())
         self.fallback_calls += sum(observation.fallbacks.values())
+        self.stalled_calls += observation.stalls
 
     def _close_window(self, start: float, end: float) -> None:
         cfg = self.config
@@ -462,10 +473,11 @@ class Controller:
         if extra is not None:
             metrics.update(extra(start, end, self.live))
         w = Window(len(self.windows), start, end, self.live.id, self.swapped, metrics, self.arrivals,
-                   self.calls, self.fallback_calls)
+                   self.calls, self.fallback_calls, stalls=self.stalled_calls)
         self.swapped = False
         cluster_events = list(self.events)
         self.pending, self.arrivals, self.calls, self.fallback_calls, self.events = [], 0, 0, 0, []
+        self.stalled_calls = 0
         self.windows.append(w)
         self._guard_window(w, end)
         signals = {k: metrics[k] for k in cfg.drift_signals if k in metrics and metrics.get("requests", 0) > 0}
@@ -484,7 +496,7 @@ class Controller:
             self.cluster_owed = False
             self._start_job(end, reasons)
         self.archive.add_window(self.run_id, w.index, w.start, w.end, w.policy, w.metrics,
-                                {"arrivals": w.arrivals, "calls": w.calls, "fallbacks": w.fallbacks,
+                                {"arrivals": w.arrivals, "calls": w.calls, "fallbacks": w.fallbacks, "stalls": w.stalls,
                                  "triggers": w.triggers, "swapped": w.swapped,
                                  "events": [list(e) for e in cluster_events]})
         self.on_event("window", {"window": w, "incumbent": self.incumbent.id, "job": self.job is not None,

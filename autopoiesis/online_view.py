@@ -16,6 +16,12 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else str(value)
 
 
+def _hot_path(w: dict[str, Any]) -> str:
+    """Fallbacks/calls, and the calls that stalled (the machine's fault, not the policy's) when any."""
+    stalls = w.get("stalls", 0)
+    return f"{w.get('fallbacks', 0)}/{w.get('calls', 0)}" + (f", {stalls} stalled" if stalls else "")
+
+
 def windows_table(windows: list[dict[str, Any]], title: str = "live windows", last: int | None = None) -> Table:
     table = Table(title=title)
     twin = any("twin_error" in w["metrics"] for w in windows)  # adapters with a measured twin report its error
@@ -29,7 +35,7 @@ def windows_table(windows: list[dict[str, Any]], title: str = "live windows", la
                       f"{m.get('requests', 0):.0f}", f"{m.get('in_flight', 0):.0f}", _fmt(m.get("mean_e2e")),
                       _fmt(m.get("p99_ttft")), _fmt(m.get("slo_attainment")),
                       *((f"{error:.0%}" if error is not None else "-",) if twin else ()), w["policy"][:8],
-                      f"{w.get('fallbacks', 0)}/{w.get('calls', 0)}", ", ".join(w.get("triggers", [])))
+                      _hot_path(w), ", ".join(w.get("triggers", [])))
     return table
 
 
@@ -58,7 +64,7 @@ class LiveView:
         if kind == "window":
             w = data["window"]
             self.windows.append({"index": w.index, "start": w.start, "end": w.end, "policy": w.policy,
-                                 "metrics": w.metrics, "calls": w.calls, "fallbacks": w.fallbacks,
+                                 "metrics": w.metrics, "calls": w.calls, "fallbacks": w.fallbacks, "stalls": w.stalls,
                                  "triggers": w.triggers})
             self.evolving = data["job"]
             if not self.console.is_terminal:
@@ -95,7 +101,8 @@ def print_report(console: Console, archive, run_id: str, plot_path: Path | None 
         console.print(f"whole run: total time {live.get('total_time', 0):.1f} s, mean e2e {live.get('mean_e2e', 0):.2f} s, "
                       f"p99 TTFT {live.get('p99_ttft', 0):.2f} s, SLO attainment {live.get('slo_attainment', 0):.3f}; "
                       f"{kinds.count('deploy')} deployment(s), {kinds.count('rollback')} rollback(s), "
-                      f"{sum(w.get('fallbacks', 0) for w in windows)} hot-path fallback(s)", highlight=False)
+                      f"{sum(w.get('fallbacks', 0) for w in windows)} hot-path fallback(s), "
+                      f"{sum(w.get('stalls', 0) for w in windows)} stalled call(s)", highlight=False)
     errors = [w["metrics"]["twin_error"] for w in windows if "twin_error" in w["metrics"]]
     if errors:
         ordered = sorted(errors)

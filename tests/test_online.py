@@ -164,6 +164,9 @@ def test_a_stalled_call_on_the_hot_path_answers_and_counts_as_a_stall():
         sys.setswitchinterval(interval)
     assert took > 0.1 and cpu < 0.05, (took, cpu)  # a stall happened, not a slow policy
     assert answer == 1.0 and path.fallbacks["priority"] == 0 and path.stalls == 1
+    successor = HotPath(Policy("fcfs", {"priority": lambda r, n: 7.0}))
+    successor.carry_counts(path)  # a deployment keeps what the outgoing path has not reported
+    assert successor.take_counts() == ({"priority": 1}, {}, 1) and successor.take_counts() == ({}, {}, 0)
 
 
 def controller(adapter, tmp_path, **online):
@@ -206,6 +209,38 @@ def test_a_good_program_is_confirmed_not_rolled_back(adapter, default, tmp_path)
     c.force(same_but_renamed, at=30.0)
     c.run()
     assert [d.kind for d in c.deployments] == ["initial", "deploy", "confirm"]
+
+
+class StallingSimulator(SimulatorAdapter):
+    """Test double around the real simulator: every look at the live system reports one
+    stalled hot-path call (a machine freeze cannot be had on demand; the HotPath test above
+    makes a real one)."""
+
+    looks = 0
+
+    def observe(self, until):
+        observation = super().observe(until)
+        self.looks += 1
+        observation.stalls += 1
+        return observation
+
+
+def test_stalled_calls_reach_the_windows_the_archive_and_the_report_and_roll_nothing_back(default, tmp_path):
+    from rich.console import Console
+
+    from autopoiesis.online_view import print_report
+
+    adapter = StallingSimulator(SCENARIO, requests=REQUESTS)
+    c = controller(adapter, tmp_path, guard_windows=2)
+    c.force(variant(default, "priority", "def priority(request, now):\n    return request.arrival + 0.0\n"), at=30.0)
+    c.run()
+    assert [d.kind for d in c.deployments] == ["initial", "deploy", "confirm"]  # a stall is no fallback
+    assert sum(w.stalls for w in c.windows) == c.summary()["stalls"] == adapter.looks > 0
+    assert [w["stalls"] for w in c.archive.windows(c.run_id)] == [w.stalls for w in c.windows]
+    console = Console(record=True, width=200)
+    print_report(console, c.archive, c.run_id)
+    text = console.export_text()
+    assert f"{c.summary()['stalls']} stalled call(s)" in text and f"{c.windows[0].stalls} stalled" in text
 
 
 def test_evolution_deploys_at_the_time_it_finished_and_the_live_plane_kept_serving(adapter, tmp_path):
@@ -515,3 +550,4 @@ def test_the_twin_fidelity_benchmark_compares_the_snapshot_with_the_served_truth
     assert window["twin_error"] == pytest.approx(window["restarted_share"] + window["estimate_error"])
     bad = subprocess.run([sys.executable, str(script), "--windows", "60:30"], capture_output=True, text=True)
     assert bad.returncode == 2 and "SINCE must be" in bad.stderr and "Traceback" not in bad.stderr
+

@@ -57,6 +57,7 @@ def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
     # no program failed (a stall of the machine past the plugin's 1 s cap would cost one decision)
     assert len(status) == 2 and all(s["calls"] > 0 and s["fallbacks"] <= s["stalls"] and not s["error"]
                                     for s in status)
+    assert summary["stalls"] == sum(w["stalls"] for w in report["windows"])  # the plugin's and the router's
     # a scheduler loads a publication when the next request arrives: the last one may come after the load ended
     programs = {d["program"] for d in report["deployments"]}
     assert all(s["program"] in programs and s["version"] >= 2 for s in status)

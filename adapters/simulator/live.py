@@ -65,9 +65,7 @@ class LiveSimulation:
             self.swapped_out = (self.program_id, self._plan(), [[e.kind, list(e.gpus)] for e in self.sim.unanswered])
         self.program_id = program.id
         self.hot = hot_path(program, fallbacks, self.slots, checks)
-        if previous is not None:  # counts not yet observed carry over
-            self.hot.calls.update(previous.calls)
-            self.hot.fallbacks.update(previous.fallbacks)
+        self.hot.carry_counts(previous)
         code, self.code = self.code, plan_code(program.source)
         if not self.started:
             self.sim.policy = self.hot
@@ -82,12 +80,12 @@ class LiveSimulation:
         arrived, self._arrived = sim.next_arrival - self._arrived, sim.next_arrival
         log = sim.cluster_log[self._events_seen:]
         self._events_seen = len(sim.cluster_log)
-        calls, fallbacks = self.hot.take_counts()
+        calls, fallbacks, stalls = self.hot.take_counts()
         samples = [EngineSample(sim.now, r.index, r.running + len(r.prefilling), len(r.waiting),
                                 r.kv_used / max(1, r.capacity)) for r in sim.active]
         return Observation(now=sim.now, records=records, samples=samples,
                            events=[(e.time, e.kind, f"{len(e.gpus)} GPU(s)") for e in log],
-                           arrivals=arrived, calls=calls, fallbacks=fallbacks, finished=sim.finished,
+                           arrivals=arrived, calls=calls, fallbacks=fallbacks, stalls=stalls, finished=sim.finished,
                            in_flight=self._in_flight())
 
     def _in_flight(self) -> list[float]:

@@ -191,23 +191,25 @@ class VLLMAdapter(Adapter):
         router, loop = self.router, self.live["loop"]
         loop.run_until_complete(asyncio.sleep(max(0.0, until - router.now())))
         records, samples, events, arrivals = router.take()
-        calls, fallbacks = router.policy.take_counts() if router.policy is not None else ({}, {})
-        for slot, (c, f) in self._plugin_counts().items():
+        calls, fallbacks, stalls = router.policy.take_counts() if router.policy is not None else ({}, {}, 0)
+        for slot, (c, f, s) in self._plugin_counts().items():
             calls[slot] = calls.get(slot, 0) + c
             fallbacks[slot] = fallbacks.get(slot, 0) + f
+            stalls += s
         task = self.live["load"]
         finished = task is not None and task.done() and not router.open
         if task is not None and task.done() and self.live["outcome"] is None:
             self.live["outcome"] = task.result()
         return Observation(now=router.now(), records=records, samples=samples, events=events, arrivals=arrivals,
-                           calls=calls, fallbacks=fallbacks, finished=finished, in_flight=sorted(router.open.values()))
+                           calls=calls, fallbacks=fallbacks, stalls=stalls, finished=finished,
+                           in_flight=sorted(router.open.values()))
 
-    def _plugin_counts(self) -> dict[str, tuple[int, int]]:
-        """New in-engine priority calls and fallbacks since the last look, from the plugin's status files."""
+    def _plugin_counts(self) -> dict[str, tuple[int, int, int]]:
+        """New in-engine priority calls, fallbacks and stalls since the last look, from the plugin's status files."""
         path = self.live["policy_file"]
         if path is None:
             return {}
-        seen, calls, fallbacks = self.live["plugin_counts"], 0, 0
+        seen, calls, fallbacks, stalls = self.live["plugin_counts"], 0, 0, 0
         for status in path.parent.glob(path.name + ".status-*"):
             if status.name.endswith(".tmp"):
                 continue
@@ -215,11 +217,12 @@ class VLLMAdapter(Adapter):
                 data = json.loads(status.read_text())
             except (OSError, ValueError):
                 continue
-            before = seen.get(status.name, (0, 0))
+            before = seen.get(status.name, (0, 0, 0))
             calls += max(0, data["calls"] - before[0])
             fallbacks += max(0, data["fallbacks"] - before[1])
-            seen[status.name] = (data["calls"], data["fallbacks"])
-        return {"priority": (calls, fallbacks)} if calls else {}
+            stalls += max(0, data.get("stalls", 0) - before[2])
+            seen[status.name] = (data["calls"], data["fallbacks"], data.get("stalls", 0))
+        return {"priority": (calls, fallbacks, stalls)} if calls else {}
 
     def plugin_status(self) -> list[dict]:
         """Each plugin-loaded server's counts (readable after ``stop`` too)."""
@@ -232,7 +235,8 @@ class VLLMAdapter(Adapter):
 
         router = self.router
         checks = {"dispatch": lambda r, args: isinstance(r, int) and 0 <= r < len(args[1])}
-        router.policy = hot_path(program, list(fallbacks), self.slots(), checks)
+        previous, router.policy = router.policy, hot_path(program, list(fallbacks), self.slots(), checks)
+        router.policy.carry_counts(previous)
         _publish(self.live, program)
 
     def window_snapshot(self, since: float, until: float, incumbent) -> Snapshot:
