@@ -163,7 +163,7 @@ class Observation:
     arrivals: int = 0  # requests that arrived
     calls: dict[str, int] = field(default_factory=dict)  # hot-path policy calls by slot
     fallbacks: dict[str, int] = field(default_factory=dict)  # of which fell back to the incumbent's decision
-    stalls: int = 0  # of which passed the deadline only because the machine stalled (they answered)
+    stalls: int = 0  # calls that passed the deadline in real time while hardly computing (a stalled machine)
     finished: bool = False  # the live system has nothing more to serve (a replayed workload ended)
     in_flight: list[float] = field(default_factory=list)  # arrival times of requests not finished at ``now``
 
