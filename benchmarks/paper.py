@@ -231,6 +231,10 @@ def write_docs(rows: list[dict], summary: dict, command: str, seconds: float) ->
         "1 to 10 s later and moves total time by 2.8% (706-727 s). Differences of a few percent on "
         "one seed (`--quick`) are within that floor; `--seeds 3` averages it down.",
         "",
+        "How much adapting could win at all: `python benchmarks/switching_oracle.py` switches between "
+        "the baselines at 4 or 12 points of each run, choosing each switch knowing the whole trace, and "
+        "gains about 1% on the best static baseline (docs/online.md, Measured).",
+        "",
         "| scenario | best baseline | its total (s) | hindsight (s) | Autopoiesis (s) | vs best | ceiling | vs hindsight "
         "| mean e2e (s) | p99 TTFT (s) | SLO attainment | reconfig. GPU-s | deploys | rollbacks |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
