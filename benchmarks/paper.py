@@ -138,7 +138,7 @@ def run_scenario(name: str, seeds: list[int], workers: int, make_llm) -> dict:
 
 def vs_each_baseline(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Autopoiesis against each static baseline shipped unchanged to every dynamic scenario:
-    the mean and best improvement on total time. The per-scenario best baseline above is
+    the mean, best and worst improvement on total time. The per-scenario best baseline is
     picked knowing each scenario's results; a system ships one policy for all of them."""
     dynamic = [r for r in rows if r["scenario"] != STATIONARY]
     labels = set.intersection(*(set(r["baselines"]) for r in dynamic)) if dynamic else set()
