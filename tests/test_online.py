@@ -552,12 +552,21 @@ def test_the_twin_fidelity_benchmark_compares_the_snapshot_with_the_served_truth
     assert bad.returncode == 2 and "SINCE must be" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_the_paper_benchmark_compares_with_each_static_baseline_shipped_everywhere():
+def _benchmark(name: str):
+    """A script under benchmarks/, imported as a module."""
+    import importlib
     import sys
     from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from paper import summary_of, vs_each_baseline
+    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
+
+
+def test_the_paper_benchmark_compares_with_each_static_baseline_shipped_everywhere():
+    paper = _benchmark("paper")
+    summary_of, vs_each_baseline = paper.summary_of, paper.vs_each_baseline
 
     def row(name, auto, **baselines):
         best = min(baselines, key=baselines.get)
@@ -580,13 +589,10 @@ def test_the_paper_benchmark_compares_with_each_static_baseline_shipped_everywhe
 
 
 def test_the_switching_oracle_is_never_worse_than_the_best_static_baseline():
-    import sys
-    from pathlib import Path
-
     import multiprocess
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from switching_oracle import oracle, total_time
+    switching = _benchmark("switching_oracle")
+    oracle, total_time = switching.oracle, switching.total_time
 
     labels = ["default", "dispatch:round_robin", "reschedule:on_change"]
     with multiprocess.Pool(2) as pool:
@@ -602,11 +608,8 @@ def test_the_switching_oracle_is_never_worse_than_the_best_static_baseline():
 
 def test_the_hindsight_check_tunes_in_sample_and_scores_on_unseen_seeds():
     import math
-    import sys
-    from pathlib import Path
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from hindsight_out_of_sample import measure
+    measure = _benchmark("hindsight_out_of_sample").measure
 
     out = measure(SimulatorAdapter("mixed", requests=600), budget=24, workers=1, tuned_on=(1000,), held_out=(1003,))
     # the tuning starts from the best baseline and keeps the best it scored on the seed it tunes on
