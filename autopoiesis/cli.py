@@ -158,8 +158,10 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     from autopoiesis.adapters.base import canonical_spec, load_adapter
     from autopoiesis.evolution import Config, Evolution
 
-    archive = _open_archive(args.runs_dir, create=True)
     llm_settings = _llm_settings(args)
+    replaying = any(s.startswith("replay:") for s in (llm_settings or {}).get("spec") or [])
+    # a new run creates the archive only once its adapter loads: a typo leaves no empty runs/ behind
+    archive = _open_archive(args.runs_dir, create=False) if args.resume or replaying else None
     replay_source, llm_settings = _replay_setup(args, archive, llm_settings)
     if args.resume:
         run = archive.run(args.resume)
@@ -192,6 +194,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         )
     adapter = load_adapter(spec, options)
     _check_objectives(adapter, config.objectives)
+    archive = archive or _open_archive(args.runs_dir, create=True)
     if getattr(adapter, "online_only", False) and not args.online and not args.resume:
         Console(stderr=True).print(f"adapter {adapter.name} evolves on its live system: running with --online")
         args.online = True
@@ -343,9 +346,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     bench = args.command == "bench"
     if bench and not (options.get("scenario") or options.get("trace")):
         raise UserError("bench needs a load: --scenario NAME or --trace FILE")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    options.setdefault("run_dir", str(Path(args.runs_dir) / f"{args.command}-{stamp}"))
     adapter = load_adapter(args.adapter, options)
+    run_dir = getattr(adapter, "run_dir", None) or str(Path(args.runs_dir) / f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if hasattr(adapter, "run_dir"):
+        adapter.run_dir = run_dir  # server logs and requests.jsonl
     baselines = adapter.baselines()
     program = next(iter(baselines.values()))
     if args.policy:
@@ -362,7 +366,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 source += "\n\n" + "\n".join(program.source.splitlines()[found[1] - 1:found[2]]) + "\n"
         program = Program(source, name=Path(args.policy).stem)
     console = Console(stderr=True)
-    console.print(f"starting {adapter.name} ({adapter.describe()}); logs in {options['run_dir']}")
+    console.print(f"starting {adapter.name} ({adapter.describe()})"
+                  + (f"; logs in {run_dir}" if hasattr(adapter, "run_dir") else ""))
     adapter.start()
     window, total = RollingWindow(), RollingWindow()
     try:
@@ -408,7 +413,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _replay_setup(args: argparse.Namespace, archive: Archive, settings: dict[str, Any] | None):
+def _replay_setup(args: argparse.Namespace, archive: Archive | None, settings: dict[str, Any] | None):
     """``--llm replay:RUN`` repeats RUN's whole configuration (so the same questions get asked)."""
     replays = [s for s in (settings or {}).get("spec") or [] if s.startswith("replay:")]
     if not replays:

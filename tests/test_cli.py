@@ -61,7 +61,7 @@ def test_evolve_json_summary_and_report(tmp_path):
     (["evolve", "--adapter", str(EXAMPLE), "--option", "colour=3"], "cannot create adapter"),
     (["evolve", "--adapter", str(EXAMPLE), "--objective", "up:speed"], "direction"),
     (["evolve", "--adapter", str(EXAMPLE), "--objective", "speed", "--generations", "0"], "no metric speed"),
-    (["evolve", "--resume", "nope"], "no run 'nope'"),
+    (["evolve", "--resume", "nope"], "no archive"),
     (["report", "nope"], "no archive"),
     (["bogus"], "invalid choice"),
 ])
@@ -189,6 +189,27 @@ def test_simulate_runs_a_policy_file(tmp_path):
     assert metrics["requests"] > 1000 and metrics["total_time"] > 0
     listing = cli("simulate", "--list", env=dict(os.environ, COLUMNS="200"))
     assert "spot_loss" in listing.stdout and "capacity_jsq" in listing.stdout
+
+
+def test_a_mistaken_evolve_leaves_no_archive(tmp_path):
+    runs = tmp_path / "runs"
+    assert_one_line_error(cli("evolve", "--adapter", "simulator", "--scenario", "atlantis", "--runs-dir", str(runs)),
+                          "unknown scenario")
+    assert not runs.exists()
+    cli("evolve", "--adapter", str(EXAMPLE), "--generations", "0", "--population", "4", "--runs-dir", str(runs))
+    assert_one_line_error(cli("evolve", "--resume", "nope", "--runs-dir", str(runs)), "no run 'nope'")
+
+
+def test_bench_serves_the_simulator_live_as_simulate_runs_it(tmp_path):
+    """``bench`` drives the live system window by window; the one-shot run of the same seed must agree."""
+    bench = cli("bench", "--adapter", "simulator", "--scenario", "stationary", "--json", cwd=tmp_path)
+    assert bench.returncode == 0, bench.stderr
+    assert "finished" in bench.stderr  # a progress line per window
+    once = cli("simulate", "--scenario", "stationary", "--seed", "1000", "--json")
+    live, offline = json.loads(bench.stdout), json.loads(once.stdout)
+    assert live["requests"] == offline["requests"] > 1000
+    assert live["total_time"] == pytest.approx(offline["total_time"], rel=1e-9)
+    assert not (tmp_path / "runs").exists()  # the simulator writes no server logs
 
 
 @pytest.mark.parametrize("args, fragment", [
