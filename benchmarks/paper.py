@@ -30,8 +30,10 @@ from rich.console import Console
 from rich.table import Table
 
 from autopoiesis import Evaluator, Task
+from autopoiesis.adapters.base import AdapterError
 from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
 from autopoiesis.archive import Archive
+from autopoiesis.cli import UserError
 from autopoiesis.evolution import Config, Evolution
 from autopoiesis.online import Controller, OnlineConfig
 from autopoiesis.operators.tune import Constants
@@ -290,14 +292,24 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write-docs", action="store_true", help="rewrite docs/results.md and its plot")
     args = parser.parse_args()
+    if args.seeds < 1 or args.workers < 1:
+        parser.error("--seeds and --workers must be at least 1")
     seeds = [1000 + i for i in range(1 if args.quick else args.seeds)]
     names = args.scenario or scenarios.names()
+    try:  # every mistake is reported before minutes of work, not after
+        for name in names:
+            SimulatorAdapter(name)
+        make_llm = llm_operators(args)
+        if make_llm:
+            make_llm(Archive(), "paper-check")
+    except (AdapterError, UserError) as e:
+        parser.error(str(e))
     console = Console(stderr=True)
     started = time.monotonic()
     rows = []
     for name in names:
         t0 = time.monotonic()
-        rows.append(run_scenario(name, seeds, args.workers, llm_operators(args)))
+        rows.append(run_scenario(name, seeds, args.workers, make_llm))
         r = rows[-1]
         console.print(f"{name}: best baseline {r['best_baseline']} {r['best_baseline_total_time']:.1f} s, hindsight "
                       f"{r['hindsight_total_time']:.1f} s, Autopoiesis {r['autopoiesis_total_time']:.1f} s "

@@ -588,6 +588,30 @@ def test_the_paper_benchmark_compares_with_each_static_baseline_shipped_everywhe
     assert summary["dynamic_mean_improvement_vs_default"] == pytest.approx(0.05)
 
 
+def test_the_paper_benchmark_runs_every_arm_and_prints_what_the_issue_asks():
+    """One short scenario end to end: the acceptance JSON's fields, its arithmetic and its fairness."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paper.py"
+    proc = subprocess.run([sys.executable, str(script), "--quick", "--scenario", "trace_code", "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)["scenarios"]
+    best = row["best_baseline_total_time"]
+    assert row["best_baseline"] == min(row["baselines"], key=row["baselines"].get)
+    assert best == row["baselines"][row["best_baseline"]]
+    assert row["hindsight_total_time"] <= best  # the tuned best baseline, never worse than itself
+    assert row["improvement_vs_best_baseline"] == pytest.approx((best - row["autopoiesis_total_time"]) / best)
+    assert row["improvement_vs_best_baseline"] <= row["improvement_ceiling"]
+    assert row["hindsight_evaluations"] >= row["autopoiesis_evaluations"] > 0  # hindsight gets at least our budget
+    assert isinstance(row["deployments"], int) and isinstance(row["rollbacks"], int)
+    for mistake, says in ((["--scenario", "atlantis"], "unknown scenario"), (["--seeds", "0"], "at least 1")):
+        bad = subprocess.run([sys.executable, str(script), *mistake], capture_output=True, text=True, timeout=60)
+        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_the_switching_oracle_is_never_worse_than_the_best_static_baseline():
     import multiprocess
 
