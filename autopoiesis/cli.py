@@ -41,18 +41,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                     help="keyword argument for the adapter (repeatable; VALUE is JSON or a string)")
     ev.add_argument("--scenario", help="scenario for adapters that take one (same as -o scenario=NAME)")
-    ev.add_argument("--population", type=_positive_int, help="programs per generation (default 16; online 8)")
+    ev.add_argument("--population", type=positive_int, help="programs per generation (default 16; online 8)")
     ev.add_argument("--generations", type=_non_negative_int, help="generations (default 10; online 3 per evolution)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--objective", action="append", default=[], metavar="[min:|max:]METRIC",
                     help="metric to optimise (repeat for several, e.g. with --strategy nsga2)")
     ev.add_argument("--strategy", default="generational",
                     choices=["generational", "mu-plus-lambda", "islands", "nsga2"])
-    ev.add_argument("--budget", type=_positive_int, help="most programs to evaluate")
-    ev.add_argument("--workers", type=_positive_int, default=max(1, min(4, os.cpu_count() or 1)))
-    ev.add_argument("--timeout", type=_positive_float, default=10.0, help="seconds per evaluation")
-    ev.add_argument("--memory-mb", type=_positive_int, default=1024, help="memory per worker for untrusted code")
-    ev.add_argument("--train-snapshots", type=_positive_int, default=3)
+    ev.add_argument("--budget", type=positive_int, help="most programs to evaluate")
+    ev.add_argument("--workers", type=positive_int, default=max(1, min(4, os.cpu_count() or 1)))
+    ev.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per evaluation")
+    ev.add_argument("--memory-mb", type=positive_int, default=1024, help="memory per worker for untrusted code")
+    ev.add_argument("--train-snapshots", type=positive_int, default=3)
     ev.add_argument("--held-out-snapshots", type=_non_negative_int, default=5)
     ev.add_argument("--runs-dir", default="runs", help="where the archive and run folders live")
     ev.add_argument("--resume", metavar="RUN", help="continue a run that was interrupted")
@@ -63,18 +63,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--llm-url", help="any OpenAI-compatible server (vLLM, SGLang, llama.cpp, a gateway)")
     ev.add_argument("--llm-model", help="model name on --llm-url")
     ev.add_argument("--llm-rate", type=float, default=0.5, help="share of children the LLM operators make (0-1)")
-    ev.add_argument("--llm-max-calls", type=_positive_int, help="stop (resumably) after this many LLM calls")
-    ev.add_argument("--llm-max-tokens", type=_positive_int, help="stop (resumably) after this many tokens")
-    ev.add_argument("--llm-max-usd", type=_positive_float, help="stop (resumably) after this much money")
-    ev.add_argument("--llm-concurrency", type=_positive_int, default=1, help="most LLM calls in flight at once")
+    ev.add_argument("--llm-max-calls", type=positive_int, help="stop (resumably) after this many LLM calls")
+    ev.add_argument("--llm-max-tokens", type=positive_int, help="stop (resumably) after this many tokens")
+    ev.add_argument("--llm-max-usd", type=positive_float, help="stop (resumably) after this much money")
+    ev.add_argument("--llm-concurrency", type=positive_int, default=1, help="most LLM calls in flight at once")
     ev.add_argument("--prompts", help="folder of prompt templates that override the shipped ones")
-    ev.add_argument("--llm-max-output-tokens", type=_positive_int, default=2048, help="longest reply per call")
+    ev.add_argument("--llm-max-output-tokens", type=positive_int, default=2048, help="longest reply per call")
     _add_live_args(ev)
     on = ev.add_argument_group("online evolution (--online): evolve while the live system serves")
     on.add_argument("--online", action="store_true", help="run the live system and evolve, deploy and guard as it serves")
-    on.add_argument("--window", type=_positive_float, default=30.0, help="seconds in one live window")
-    on.add_argument("--history", type=_positive_int, default=2, help="windows the twin replays per evolution")
-    on.add_argument("--horizon", type=_positive_int, default=4,
+    on.add_argument("--window", type=positive_float, default=30.0, help="seconds in one live window")
+    on.add_argument("--history", type=positive_int, default=2, help="windows the twin replays per evolution")
+    on.add_argument("--horizon", type=positive_int, default=4,
                     help="windows a candidate is scored over: the history's arrivals repeat to fill them (simulator)")
     on.add_argument("--period", type=_non_negative_int, default=4, help="windows between periodic evolutions (0: drift only)")
     on.add_argument("--step", type=_non_negative_float, default=5.0,
@@ -83,12 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     on.add_argument("--margin", type=_non_negative_float, default=0.01, help="relative gain on the twin a champion needs to deploy")
     on.add_argument("--replan-margin", type=_non_negative_float, default=0.05,
                     help="relative gain a champion needs when it re-plans more than the incumbent on the twin")
-    on.add_argument("--guard-windows", type=_positive_int, default=2, help="windows a deployment is watched")
-    on.add_argument("--guard-tolerance", type=_positive_float, default=0.25, help="relative regression that makes a window suspect")
+    on.add_argument("--guard-windows", type=positive_int, default=2, help="windows a deployment is watched")
+    on.add_argument("--guard-tolerance", type=positive_float, default=0.25, help="relative regression that makes a window suspect")
     on.add_argument("--evolution-cost", type=_non_negative_float,
                     help="simulated seconds each evolution takes (default: its measured wall-clock time)")
     on.add_argument("--live-seed", type=int, default=1000, help="seed of the live workload (simulated live systems)")
-    on.add_argument("--max-windows", type=_positive_int, help="stop after this many windows")
+    on.add_argument("--max-windows", type=positive_int, help="stop after this many windows")
 
     rp = sub.add_parser("report", help="show a run: champion, progress, lineage, baselines")
     rp.add_argument("run", metavar="RUN", nargs="?", help="run id (default: the latest)")
@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE")
         sv.add_argument("--scenario", help="a named load (vLLM: steady, shift, burst)")
         sv.add_argument("--policy", metavar="FILE", help="policy functions to serve with (default: the first baselines)")
-        sv.add_argument("--window", type=_positive_float, default=10.0, help="seconds per progress line")
+        sv.add_argument("--window", type=positive_float, default=10.0, help="seconds per progress line")
         sv.add_argument("--runs-dir", default="runs", help="where the server logs and requests.jsonl go")
         sv.add_argument("--json", action="store_true", help="print the metrics as JSON at the end")
         _add_live_args(sv)
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Python file with policy functions (repeatable); slots it leaves out use the first baseline")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--json", action="store_true")
-    sim.add_argument("--timeout", type=_positive_float, default=600.0, help="seconds before the run is stopped")
+    sim.add_argument("--timeout", type=positive_float, default=600.0, help="seconds before the run is stopped")
     sim.add_argument("--list", action="store_true", help="list the scenarios and baselines, then exit")
     return parser
 
@@ -310,14 +310,14 @@ def _add_live_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vllm-url", action="append", default=[], metavar="URL",
                    help="attach to a running OpenAI-compatible vLLM server (repeatable)")
     g.add_argument("--vllm-launch", metavar="MODEL_DIR", help="launch vLLM servers of this model (stopped at the end)")
-    g.add_argument("--replicas", type=_positive_int, help="servers to launch (default 1)")
+    g.add_argument("--replicas", type=positive_int, help="servers to launch (default 1)")
     g.add_argument("--vllm-python", metavar="PYTHON", help="the Python that has vLLM (default $AUTOPOIESIS_VLLM_PYTHON)")
     g.add_argument("--vllm-args", metavar="ARGS", help="extra vLLM server arguments, e.g. '--max-num-seqs 8'")
     g.add_argument("--plugin", action="store_true", help="order each server's queue in-engine (scheduler plugin)")
     g.add_argument("--trace", metavar="FILE", help="replay a trace CSV as the load")
-    g.add_argument("--rate", type=_positive_float, help="load: mean requests/s (default 2)")
-    g.add_argument("--duration", type=_positive_float, help="load: seconds (default 120)")
-    g.add_argument("--token-scale", type=_positive_float, help="trace: multiply token counts (fit a small model)")
+    g.add_argument("--rate", type=positive_float, help="load: mean requests/s (default 2)")
+    g.add_argument("--duration", type=positive_float, help="load: seconds (default 120)")
+    g.add_argument("--token-scale", type=positive_float, help="trace: multiply token counts (fit a small model)")
     g.add_argument("--port", type=int, help="the router's port (default: a free one)")
 
 
@@ -790,7 +790,8 @@ def _open_archive(runs_dir: str, create: bool) -> Archive:
     return Archive(path)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """An argparse type (the benchmarks use it too): a mistake is one line of usage, not a traceback."""
     value = _parse(int, text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
@@ -804,7 +805,7 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def positive_float(text: str) -> float:
     value = _parse(float, text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")

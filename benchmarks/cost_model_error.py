@@ -135,6 +135,10 @@ def main() -> None:
             ce, me, ko = fit(points, gname)
             print(f"[{gname}]\ncompute_efficiency = {ce:.2f}\nmemory_efficiency = {me:.2f}\nkernel_overhead_s = {ko:.1e}\n")
         return
+    try:
+        calibration(args.calibration, next(iter(GPUS.values())))  # a wrong name is one line of usage
+    except FileNotFoundError as e:
+        parser.error(str(e))
     rows = errors(points, lambda g: calibration(args.calibration, g))
     summary = summarize(rows)
     everything = [r["error"] for r in rows if r["tp"] in (1, 2, 4) and r["phase"]]

@@ -20,6 +20,7 @@ from autopoiesis.adapters.simulator.engine import RequestInfo
 from autopoiesis.adapters.simulator.slots import _ExampleReplica
 from autopoiesis.online import HotPath
 from autopoiesis.sandbox import compile_policy
+from autopoiesis.cli import positive_int
 
 
 def per_call_us(fn, args, calls: int) -> float:
@@ -62,7 +63,7 @@ def measure(calls: int) -> dict[str, dict[str, float]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=200_000)
+    parser.add_argument("--calls", type=positive_int, default=200_000)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     out = measure(args.calls)

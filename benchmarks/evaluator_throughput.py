@@ -22,6 +22,7 @@ from rich.table import Table
 
 from autopoiesis import Evaluator, Program, Task
 from autopoiesis.operators import gp
+from autopoiesis.cli import positive_int
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "single_queue.py"
 
@@ -58,8 +59,8 @@ def measure(adapter, programs, workers: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--programs", type=int, default=400)
-    parser.add_argument("--jobs", type=int, default=300, help="jobs per snapshot (work per evaluation)")
+    parser.add_argument("--programs", type=positive_int, default=400)
+    parser.add_argument("--jobs", type=positive_int, default=300, help="jobs per snapshot (work per evaluation)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

@@ -27,6 +27,7 @@ from autopoiesis.operators.tune import Constants
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper import STATIONARY, baselines  # noqa: E402 - the same best baseline as paper.py
+from autopoiesis.cli import positive_int
 
 TUNED_ON, HELD_OUT = (1000, 1001, 1002), (1003, 1004, 1005)
 
@@ -56,12 +57,10 @@ def measure(adapter: SimulatorAdapter, budget: int, workers: int = 2,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", action="append", help="only these scenarios (default: every dynamic one)")
-    parser.add_argument("--budget", type=int, default=150, help="evaluations for the tuning (per seed set)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--budget", type=positive_int, default=150, help="evaluations for the tuning (per seed set)")
+    parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    if args.budget < 1:
-        parser.error("--budget must be at least 1")
     try:
         adapters = [SimulatorAdapter(n) for n in args.scenario or [n for n in scenarios.names() if n != STATIONARY]]
     except AdapterError as e:

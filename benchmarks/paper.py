@@ -37,6 +37,7 @@ from autopoiesis.cli import UserError
 from autopoiesis.evolution import Config, Evolution
 from autopoiesis.online import Controller, OnlineConfig
 from autopoiesis.operators.tune import Constants
+from autopoiesis.cli import positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIONARY = "stationary"
@@ -283,17 +284,15 @@ def write_docs(rows: list[dict], summary: dict, command: str, seconds: float) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one seed per scenario (under 10 minutes on 2 cores)")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=positive_int, default=3)
     parser.add_argument("--scenario", action="append", help="only these scenarios")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--llm", action="append", default=[], help="also run Autopoiesis with LLM operators")
     parser.add_argument("--llm-url")
     parser.add_argument("--llm-model")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write-docs", action="store_true", help="rewrite docs/results.md and its plot")
     args = parser.parse_args()
-    if args.seeds < 1 or args.workers < 1:
-        parser.error("--seeds and --workers must be at least 1")
     seeds = [1000 + i for i in range(1 if args.quick else args.seeds)]
     names = args.scenario or scenarios.names()
     try:  # every mistake is reported before minutes of work, not after

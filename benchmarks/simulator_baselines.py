@@ -20,20 +20,25 @@ from rich.console import Console
 from rich.table import Table
 
 from autopoiesis import Evaluator, Task
+from autopoiesis.adapters import AdapterError
 from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
+from autopoiesis.cli import positive_int
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seeds", type=positive_int, default=3)
+    parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--scenario", action="append", help="only these scenarios")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    try:
+        adapters = {name: SimulatorAdapter(name) for name in args.scenario or scenarios.names()}
+    except AdapterError as e:
+        parser.error(str(e))
 
     rows = []
-    for name in args.scenario or scenarios.names():
-        adapter = SimulatorAdapter(name)
+    for name, adapter in adapters.items():
         programs = adapter.baselines()
         snapshots = [adapter.snapshot(1000 + i) for i in range(args.seeds)]
         with Evaluator(adapter, workers=args.workers) as evaluator:

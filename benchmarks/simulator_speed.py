@@ -20,6 +20,7 @@ from autopoiesis.adapters.simulator import SimulatorAdapter, hardware, scenario 
 from autopoiesis.adapters.simulator.costmodel import calibration
 from autopoiesis.adapters.simulator.engine import Simulation
 from autopoiesis.sandbox import compile_policy
+from autopoiesis.cli import positive_float
 
 SPEC = """
 name = "mixed-32"
@@ -59,7 +60,7 @@ shifts = [[2000, 0.3]]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rate", type=float, default=15.0, help="mean arrival rate, requests/s")
+    parser.add_argument("--rate", type=positive_float, default=15.0, help="mean arrival rate, requests/s")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 

@@ -21,6 +21,7 @@ import statistics
 
 from autopoiesis.adapters import AdapterError
 from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
+from autopoiesis.cli import positive_int
 
 STATIONARY = "stationary"
 
@@ -72,9 +73,9 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenario", action="append", help="only these scenarios (default: every dynamic one)")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--switches", type=int, default=4, help="stretches of the run, each may switch")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seeds", type=positive_int, default=3)
+    parser.add_argument("--switches", type=positive_int, default=4, help="stretches of the run, each may switch")
+    parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     names = args.scenario or [n for n in scenarios.names() if n != STATIONARY]
@@ -82,8 +83,6 @@ def main() -> None:
         labels = {n: list(SimulatorAdapter(n).baselines()) for n in names}
     except AdapterError as e:
         parser.error(str(e))
-    if args.switches < 1 or args.seeds < 1:
-        parser.error("--switches and --seeds must be at least 1")
     rows = []
     with multiprocess.Pool(args.workers) as pool:
         for name in names:

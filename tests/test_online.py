@@ -607,9 +607,6 @@ def test_the_paper_benchmark_runs_every_arm_and_prints_what_the_issue_asks():
     assert row["improvement_vs_best_baseline"] <= row["improvement_ceiling"]
     assert row["hindsight_evaluations"] >= row["autopoiesis_evaluations"] > 0  # hindsight gets at least our budget
     assert isinstance(row["deployments"], int) and isinstance(row["rollbacks"], int)
-    for mistake, says in ((["--scenario", "atlantis"], "unknown scenario"), (["--seeds", "0"], "at least 1")):
-        bad = subprocess.run([sys.executable, str(script), *mistake], capture_output=True, text=True, timeout=60)
-        assert bad.returncode == 2 and says in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_the_switching_oracle_is_never_worse_than_the_best_static_baseline():

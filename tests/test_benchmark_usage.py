@@ -1,0 +1,31 @@
+"""Every benchmark script answers a mistaken argument with one line of usage, before any work."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+
+@pytest.mark.parametrize("script, args, fragment", [
+    ("paper", ["--scenario", "atlantis"], "unknown scenario 'atlantis'"),
+    ("paper", ["--workers", "0"], "must be at least 1"),
+    ("paper", ["--quick", "--llm", "bogus"], "--llm expects"),
+    ("switching_oracle", ["--switches", "0"], "must be at least 1"),
+    ("hindsight_out_of_sample", ["--scenario", "atlantis"], "unknown scenario"),
+    ("simulator_baselines", ["--scenario", "atlantis"], "unknown scenario"),
+    ("simulator_baselines", ["--seeds", "0"], "must be at least 1"),
+    ("deploy_timing_noise", ["--program", "nope"], "unknown baseline 'nope'"),
+    ("twin_fidelity", ["--scenario", "atlantis"], "unknown scenario"),
+    ("cost_model_error", ["--calibration", "nope"], "no calibration 'nope'"),
+    ("decision_overhead", ["--calls", "0"], "must be at least 1"),
+    ("evaluator_throughput", ["--jobs", "-3"], "must be at least 1"),
+    ("simulator_speed", ["--rate", "-1"], "must be positive"),
+])
+def test_a_mistaken_argument_is_one_line_of_usage(script, args, fragment):
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert fragment in proc.stderr.splitlines()[-1]
