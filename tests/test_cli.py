@@ -216,6 +216,7 @@ def test_bench_serves_the_simulator_live_as_simulate_runs_it(tmp_path):
     (["simulate", "--scenario", "atlantis"], "unknown scenario 'atlantis'"),
     (["simulate", "--policy", "nope.py"], "cannot read policy file"),
     (["evolve", "--adapter", "simulator", "--scenario", "atlantis"], "unknown scenario"),
+    (["simulate", "--scenario", "mixed@twice"], "load factor after @ must be a number"),
 ])
 def test_simulator_mistakes_get_one_line(tmp_path, args, fragment):
     assert_one_line_error(cli(*args), fragment)

@@ -124,6 +124,30 @@ def test_waiting_grows_without_bound_past_capacity():
     assert means[0] * 1.6 < means[1] and means[1] * 1.6 < means[2]
 
 
+@pytest.mark.parametrize("name", ["burst", "trace_code"])
+def test_a_load_factor_scales_every_arrival_rate_and_nothing_else(name):
+    shipped, heavier = scenarios.load(name, 3), scenarios.load(f"{name}@1.5", 3)
+
+    def rate(sc):  # a trace replays faster, and ends sooner if it runs out (trace_code does)
+        return len(sc.requests) / max(r[0] for r in sc.requests)
+
+    assert 1.4 < rate(heavier) / rate(shipped) < 1.6
+    assert heavier.workload_estimate[0] == pytest.approx(1.5 * shipped.workload_estimate[0])  # the operator knows
+    assert heavier.cluster_events == shipped.cluster_events and heavier.initial_gpus == shipped.initial_gpus
+    assert heavier.name == f"{name}@1.5" and "x1.5" in scenarios.describe(f"{name}@1.5")
+    # the snapshot key changes with the factor; factor 1 is the shipped scenario itself
+    assert scenarios.digest(f"{name}@1.5") != scenarios.digest(name) == scenarios.digest(f"{name}@1")
+    assert scenarios.load(f"{name}@1", 3).requests == shipped.requests
+
+
+@pytest.mark.parametrize("name, says", [("mixed@x", "must be a number"), ("mixed@0", "positive"),
+                                        ("mixed@-2", "positive"), ("mixed@nan", "positive"),
+                                        ("atlantis@2", "unknown scenario 'atlantis'")])
+def test_a_bad_load_factor_says_what_is_wrong(name, says):
+    with pytest.raises(scenarios.ScenarioError, match=says):
+        scenarios.load(name)
+
+
 def test_adapter_evaluates_through_the_sandbox():
     from autopoiesis import Evaluator, Task
 

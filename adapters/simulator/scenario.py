@@ -1,6 +1,8 @@
 """Scenarios: a cluster timeline, a model and a workload, in a TOML file a user can copy.
 
-A scenario name is a file in ``scenarios/`` (shipped) or a path to a ``.toml`` file.
+A scenario name is a file in ``scenarios/`` (shipped) or a path to a ``.toml`` file,
+optionally with a load factor: ``mixed@1.5`` is ``mixed`` with every arrival rate 1.5 times
+as high (the same pattern, bursts and shifts; the operator's planning estimate scales too).
 The seed given at load time varies the workload draw (and the trace window), so
 training and held-out snapshots are different samples of the same scenario.
 """
@@ -62,7 +64,24 @@ def names() -> list[str]:
     return sorted(p.stem for p in SCENARIOS.glob("*.toml"))
 
 
+def split_load(name: str) -> tuple[str, float]:
+    """``NAME@F`` -> (NAME, F); a name without ``@F`` has load factor 1."""
+    base, at, factor = name.rpartition("@")
+    if not at:
+        return name, 1.0
+    try:
+        value = float(factor)
+    except ValueError:
+        if name.endswith(".toml"):  # a path with an @ in it
+            return name, 1.0
+        raise ScenarioError(f"scenario '{name}': the load factor after @ must be a number, got '{factor}'") from None
+    if not 0 < value < float("inf"):
+        raise ScenarioError(f"scenario '{name}': the load factor after @ must be a positive number, got '{factor}'")
+    return base, value
+
+
 def path_of(name: str) -> Path:
+    name = split_load(name)[0]
     path = Path(name)
     if name.endswith(".toml"):
         if not path.is_file():
@@ -77,12 +96,19 @@ def path_of(name: str) -> Path:
 def describe(name: str) -> str:
     """A scenario's description, without building its workload."""
     with open(path_of(name), "rb") as f:
-        return tomllib.load(f).get("description", "")
+        text = tomllib.load(f).get("description", "")
+    factor = split_load(name)[1]
+    return f"{text} Arrival rate x{factor:g}.".strip() if factor != 1.0 else text
 
 
 def digest(name: str) -> str:
-    """Content hash of a scenario file (part of every snapshot key: edit the file, lose the cache)."""
-    return hashlib.sha256(path_of(name).read_bytes()).hexdigest()[:12]
+    """Content hash of a scenario file and its load factor (part of every snapshot key: edit the file,
+    lose the cache)."""
+    return _digest(path_of(name).read_bytes(), split_load(name)[1])
+
+
+def _digest(text: bytes, factor: float) -> str:
+    return hashlib.sha256(text + (f"@{factor!r}".encode() if factor != 1.0 else b"")).hexdigest()[:12]
 
 
 def load(name: str, seed: int = 0, requests_limit: int | None = None) -> Scenario:
@@ -92,8 +118,13 @@ def load(name: str, seed: int = 0, requests_limit: int | None = None) -> Scenari
         spec = tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ScenarioError(f"{path}: {e}") from None
+    factor = split_load(name)[1]
     try:
-        return _build(spec, path, seed, requests_limit, hashlib.sha256(text).hexdigest()[:12])
+        if factor != 1.0:
+            spec["workload"]["rate"] = float(spec["workload"]["rate"]) * factor
+            spec["name"] = f"{spec.get('name', path.stem)}@{factor:g}"
+            spec["description"] = f"{spec.get('description', '')} Arrival rate x{factor:g}.".strip()
+        return _build(spec, path, seed, requests_limit, _digest(text, factor))
     except KeyError as e:
         raise ScenarioError(f"{path}: missing field {e}") from None
 
