@@ -603,6 +603,7 @@ def test_the_paper_benchmark_runs_every_arm_and_prints_what_the_issue_asks():
     assert row["best_baseline"] == min(row["baselines"], key=row["baselines"].get)
     assert best == row["baselines"][row["best_baseline"]]
     assert row["hindsight_total_time"] <= best  # the tuned best baseline, never worse than itself
+    assert row["final_program_static_total_time"] > 0  # the program it ended with, served alone from t=0
     assert row["improvement_vs_best_baseline"] == pytest.approx((best - row["autopoiesis_total_time"]) / best)
     assert row["improvement_vs_best_baseline"] <= row["improvement_ceiling"]
     assert row["hindsight_evaluations"] >= row["autopoiesis_evaluations"] > 0  # hindsight gets at least our budget
