@@ -35,11 +35,10 @@ from autopoiesis import Evaluator, Task
 from autopoiesis.adapters.base import AdapterError
 from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
 from autopoiesis.archive import Archive
-from autopoiesis.cli import UserError
+from autopoiesis.cli import UserError, positive_float, positive_int
 from autopoiesis.evolution import Config, Evolution
 from autopoiesis.online import Controller, OnlineConfig
 from autopoiesis.operators.tune import Constants
-from autopoiesis.cli import positive_float, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIONARY = "stationary"
