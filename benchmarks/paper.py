@@ -32,6 +32,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autopoiesis import Evaluator, Task
+from autopoiesis.evaluate import Limits
 from autopoiesis.adapters.base import AdapterError
 from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
 from autopoiesis.archive import Archive
@@ -75,9 +76,13 @@ def online(adapter, seed, workers, operators=None):
 def final_static(adapter, finals, snapshots, workers):
     """Each seed's final program served static from t=0: if the online run beats it, the gain is the
     switching over time (adaptation), not a better program found on the way."""
-    with Evaluator(adapter, workers=workers) as evaluator:
+    # the whole run, not a window: a program tuned to one phase may serve the others slowly
+    with Evaluator(adapter, workers=workers, limits=Limits(timeout=600.0)) as evaluator:
         outcomes = evaluator.evaluate(Task(p.id, p.source, s) for p, s in zip(finals, snapshots))
     results = [outcomes[(p.id, s.key)] for p, s in zip(finals, snapshots)]
+    for r in results:
+        if not r.ok:
+            Console(stderr=True).print(f"{adapter.scenario}: the final program failed static: {r.error}", highlight=False)
     return mean_metrics([r.metrics for r in results]) if all(r.ok for r in results) else None
 
 
