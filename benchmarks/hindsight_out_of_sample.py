@@ -26,7 +26,7 @@ from autopoiesis.evolution import Config, Evolution
 from autopoiesis.operators.tune import Constants
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper import STATIONARY, baselines  # noqa: E402 - the same best baseline as paper.py
+from paper import STATIONARY, WHOLE_RUN, baselines  # noqa: E402 - the same best baseline as paper.py
 from autopoiesis.cli import positive_int
 
 TUNED_ON, HELD_OUT = (1000, 1001, 1002), (1003, 1004, 1005)
@@ -41,7 +41,7 @@ def measure(adapter: SimulatorAdapter, budget: int, workers: int = 2,
                           Archive(), operators=[(Constants(), 1.0)], seeds=[programs[best]], snapshots=snapshots)
     tuned = evolution.run().champion
     unseen = [adapter.snapshot(s) for s in held_out]
-    with Evaluator(adapter, workers=workers) as evaluator:
+    with Evaluator(adapter, workers=workers, limits=WHOLE_RUN) as evaluator:
         out = evaluator.evaluate(Task(p.id, p.source, s) for p in (tuned, programs[best]) for s in snapshots + unseen)
 
     def total(program, snaps):
