@@ -13,6 +13,7 @@ On a serving thread, ``CpuDeadline`` stops a call that computes too long.
 from __future__ import annotations
 
 import ast
+import _signal
 import builtins
 import math
 import re
@@ -285,26 +286,39 @@ class CpuDeadline:
     recurs). It raises ``DeadlinePassed`` once the thread has computed for ``cpu_s``, or
     after ``cap_s`` of real time whatever it computed. ``stalled`` tells afterwards whether
     the call ran past ``cpu_s`` in real time without computing for it.
+
+    SIGALRM and the real-time timer belong to the host process too (pytest-timeout, an
+    application's ``signal.alarm``). The alarm handler passes every alarm that comes outside
+    a call to the handler it replaced, and a call puts the host's pending timer back when it
+    ends, less the time it took (one due meanwhile fires at once).
     """
 
     def __init__(self, cpu_s: float = 0.05, cap_s: float = 1.0, recheck_s: float = 0.01):
         self.cpu_s, self.cap_s, self.recheck_s = cpu_s, cap_s, recheck_s
         self.armed = threading.current_thread() is threading.main_thread()
         self._cpu = self._wall = 0.0
-        if self.armed:
-            signal.signal(signal.SIGALRM, _on_alarm)
+        self._host_timer = (0.0, 0.0)
 
     def __enter__(self) -> CpuDeadline:
         self._cpu, self._wall = time.thread_time(), time.monotonic()
         if self.armed:
+            # _signal's getsignal: signal's wrapper tries to make an enum of the handler (2 us a call)
+            if _signal.getsignal(SIGALRM) is not _on_alarm:  # first call, or the host set its own since
+                _host_handler[0] = signal.signal(SIGALRM, _on_alarm)
             _timing[0] = self
-            signal.setitimer(signal.ITIMER_REAL, self.cpu_s, self.recheck_s)
+            self._host_timer = signal.setitimer(signal.ITIMER_REAL, self.cpu_s, self.recheck_s)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.armed:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            _timing[0] = None
+        if not self.armed:
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        _timing[0] = _LATE
+        _handle_pending_signals()  # an alarm of ours that came just now is dropped, not passed on
+        _timing[0] = None
+        delay, interval = self._host_timer
+        if delay > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(delay - self.elapsed, 1e-6), interval)
 
     @property
     def computed(self) -> float:
@@ -321,12 +335,27 @@ class CpuDeadline:
         return self.elapsed >= self.cpu_s and self.computed < self.cpu_s
 
 
-_timing: list[CpuDeadline | None] = [None]  # the call the alarm is for (one at a time: the main thread's)
+SIGALRM = int(signal.SIGALRM)
+_LATE = object()  # a call just ended: an alarm now is its own, late
+_timing: list = [None]  # the call the alarm is for (one at a time: the main thread's), _LATE or None
+_host_handler: list = [signal.SIG_DFL]  # the SIGALRM handler _on_alarm replaced
+
+
+def _handle_pending_signals() -> None:
+    """Nothing: calling a Python function makes the interpreter run the signal handlers due."""
 
 
 def _on_alarm(signum, frame) -> None:
     deadline = _timing[0]
-    if deadline is None:  # a late alarm, after the call ended: nothing to stop
+    if deadline is _LATE:
+        return
+    if deadline is None:  # the host's alarm
+        host = _host_handler[0]
+        if callable(host):
+            host(signum, frame)
+        elif host == signal.SIG_DFL:  # its default action: end the process
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.raise_signal(signal.SIGALRM)
         return
     if deadline.computed >= deadline.cpu_s or deadline.elapsed >= deadline.cap_s:
         raise DeadlinePassed()

@@ -124,6 +124,64 @@ def test_a_deadline_alarm_swallowed_by_a_gc_callback_recurs():
     assert time.monotonic() - started < 2.0  # 50 ms of CPU, or the 1 s cap on a busy machine; not the 3 s spin
 
 
+def test_the_hot_path_leaves_the_host_process_its_alarm():
+    """SIGALRM is the host's too: pytest-timeout stops a hung test with it, an application
+    with ``signal.alarm``. Building a hot path replaced the host's handler for good and each
+    call cancelled its timer, so a stuck test ran on past its timeout (CI: 321 s of a 300 s
+    limit). Now the host's handler is back after every call, and its timer goes on, less the
+    time the calls took, even when one of them computes past its deadline."""
+    import signal
+    import time
+
+    from autopoiesis.online import HotPath
+    from autopoiesis.sandbox import Policy
+
+    def spinning(request, now):
+        while True:
+            pass
+
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(time.monotonic()))
+    try:
+        path = HotPath(Policy("spin", {"priority": spinning}), [Policy("fcfs", {"priority": lambda r, n: 7.0})])
+        quick = HotPath(Policy("quick", {"priority": lambda r, n: 1.0}))
+        started = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, 1.0)
+        assert path.priority(None, 0.0) == 7.0 and path.fallbacks["priority"] == 1  # its deadline still works
+        assert sum(quick.priority(None, 0.0) for _ in range(1000)) == 1000.0
+        left = signal.getitimer(signal.ITIMER_REAL)[0]
+        assert 0 < left <= 1.0 - (time.monotonic() - started) + 0.01  # still set, and counting down
+        while not fired and time.monotonic() < started + 10:
+            time.sleep(0.01)
+        assert len(fired) == 1 and 0.99 <= fired[0] - started < 3.0  # once, on time, to the host's handler
+        signal.setitimer(signal.ITIMER_REAL, 0.01)  # and an alarm due during a policy call fires after it
+        fired.clear()
+        path.priority(None, 0.0)
+        time.sleep(0.05)
+        assert len(fired) == 1
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_an_alarm_the_host_left_to_its_default_action_still_ends_the_process():
+    """``signal.alarm(n)`` with no handler is how a script caps its own run time."""
+    import signal
+    import subprocess
+    import sys
+
+    script = ("import signal, time\n"
+              "from autopoiesis.online import HotPath\n"
+              "from autopoiesis.sandbox import Policy\n"
+              "path = HotPath(Policy('quick', {'priority': lambda r, n: 1.0}))\n"
+              "signal.alarm(1)\n"
+              "for _ in range(1000):\n"
+              "    path.priority(None, 0.0)\n"
+              "time.sleep(10)\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -signal.SIGALRM, (out.returncode, out.stderr[-500:])
+
+
 def test_a_stalled_call_on_the_hot_path_answers_and_counts_as_a_stall():
     """The deadline is 50 ms of the serving thread's CPU time. Here another thread holds the
     GIL for about 0.2 s while the policy runs (a frozen machine does the same): 50 ms pass in
