@@ -28,7 +28,8 @@ from autopoiesis.program import Program
 from conftest import ROOT
 
 VLLM_PYTHON = os.environ.get("AUTOPOIESIS_VLLM_PYTHON")
-pytestmark = pytest.mark.skipif(not VLLM_PYTHON, reason="real vLLM not set up (set AUTOPOIESIS_VLLM_PYTHON; .ci/run does)")
+pytestmark = [pytest.mark.skipif(not VLLM_PYTHON, reason="real vLLM not set up (set AUTOPOIESIS_VLLM_PYTHON; .ci/run does)"),
+              pytest.mark.timeout(1200)]  # a burst may wait out a stall and be set up twice (see _burst)
 SERVER_ARGS = "--max-num-seqs 2 --max-model-len 8192 --dtype bfloat16"
 
 
@@ -139,7 +140,32 @@ def _burst(url, server):
     threads were still sending (these machines freeze for seconds at a time under full
     load, the whole VM at once). The pool's threads are all started before the blockers,
     so sending is only a hand-over. A slow machine only makes the burst take longer: its
-    requests may wait BURST_TIMEOUT_S, and the wait fails only when the queue stops growing."""
+    requests may wait BURST_TIMEOUT_S, and the wait fails only when the queue stops growing.
+
+    Only a stall of this process longer than the blockers (over 300 s) defeats that: CI once
+    saw neither the router nor the queue watcher run for minutes while vLLM went on, so the
+    blockers finished, every request was served, and the queue never held 16. That is a
+    burst that was never set up, not a lost request, so it is set up once more and says so;
+    the tests look only at the last burst's records (``_last_burst``)."""
+    for attempt in range(2):
+        try:
+            return _one_burst(url, server)
+        except BlockersRanOut as e:
+            if attempt:
+                raise AssertionError(f"twice: {e}") from None
+            print(f"{e}: setting the burst up again")
+
+
+class BlockersRanOut(Exception):
+    """Every request of a burst was served before the queue held them all."""
+
+
+def _last_burst(records):
+    """The records of the last burst: its two blockers and 16 requests are the last 18 ids."""
+    return sorted(records, key=lambda r: r.request_id)[-18:]
+
+
+def _one_burst(url, server):
     c = client(url, timeout=BURST_TIMEOUT_S)
     counter = iter(range(1000))
     started, release = [threading.Event(), threading.Event()], threading.Event()
@@ -182,8 +208,9 @@ def _wait_for_waiting(server, n, futures, patience=PATIENCE_S):
     machine, it fails only when a request fails or ``patience`` seconds pass without the queue
     growing (a lost request, or blockers that ended first), and then says what it saw."""
     scraper, start, seen = Scraper(), time.monotonic(), []
-    most, grew = -1.0, start
+    most, grew, looked, stalled = -1.0, start, start, 0.0
     while time.monotonic() < grew + patience and not any(f.done() and f.exception() for f in futures):
+        stalled, looked = max(stalled, time.monotonic() - looked), time.monotonic()  # one look takes ~0.1 s
         with urllib.request.urlopen(server.url + "/metrics", timeout=30) as r:
             sample = scraper.sample(0, 0.0, r.read().decode())
         if sample.waiting >= n:
@@ -194,10 +221,14 @@ def _wait_for_waiting(server, n, futures, patience=PATIENCE_S):
         seen.append((sample.running, sample.waiting))
         time.sleep(0.1)
     failed = [repr(f.exception())[:200] for f in futures if f.done() and f.exception()]
+    what = (f"the server never had {n} requests waiting: most {most:g} after {grew - start:.0f} s, "
+            f"then {time.monotonic() - grew:.0f} s without more; (running, waiting) last {seen[-3:]}; "
+            f"{sum(f.done() for f in futures)} of {len(futures)} requests ended, failures {failed[:3]}; "
+            f"the longest gap between two looks at the queue was {stalled:.0f} s")
+    if all(f.done() for f in futures) and not failed:
+        raise BlockersRanOut(what)
     print("the server's log, last lines:\n" + "\n".join(server.log_tail(6000).splitlines()[-40:]))
-    raise AssertionError(f"the server never had {n} requests waiting: most {most:g} after {grew - start:.0f} s, "
-                         f"then {time.monotonic() - grew:.0f} s without more; (running, waiting) last {seen[-3:]}; "
-                         f"{sum(f.done() for f in futures)} of {len(futures)} requests ended, failures {failed[:3]}")
+    raise AssertionError(what)
 
 
 def _mean(records, length, what):
@@ -215,6 +246,7 @@ def _favoured(records):
     the VM freezes, vLLM's API process hands a stream over in one burst (CI saw a TTFT equal
     to the end-to-end latency), which blurs means but keeps the order.
     """
+    records = _last_burst(records)
     served = [r for r in records if r.ok and r.prompt_tokens in (40, 41)]
     assert len(served) == 16
     arrivals = sorted(r.arrival for r in served)
@@ -248,7 +280,7 @@ def test_a_finished_plugin_run_leaves_no_program_in_the_servers(servers, tmp_pat
     queue unguarded. Stopping withdraws it, so a router run asking for FCFS gets FCFS."""
     adapter = VLLMAdapter(urls=[servers[0].url], run_dir=str(tmp_path))
     records, _, _ = serve(adapter, lambda url: _burst(url, servers[0]), program())
-    served = [r for r in records if r.ok and r.prompt_tokens in (40, 41)]
+    served = [r for r in _last_burst(records) if r.ok and r.prompt_tokens in (40, 41)]
     order = [r.prompt_tokens for r in sorted(served, key=lambda r: r.first_token)]
     assert len(order) == 16 and order[:8].count(41) <= 2, f"prompt lengths by first token: {order}"
 
@@ -259,6 +291,7 @@ def test_a_failing_plugin_program_falls_back_to_fcfs_and_is_counted(servers, tmp
     broken = program(priority="def priority(request, now):\n    return 1.0 / (request.prompt_tokens - 41)\n")
     adapter = VLLMAdapter(urls=[servers[0].url], plugin=True, run_dir=str(tmp_path / "broken"))
     records, observations, _ = serve(adapter, lambda url: _burst(url, servers[0]), broken)
+    records = _last_burst(records)
     assert sum(r.ok for r in records) == 16  # every request served, FCFS after the failure
     assert [r.outcome for r in records if not r.ok] == ["error: the client went away"] * 2  # the blockers
     assert sum(o.calls.get("priority", 0) for o in observations) >= 16  # counted in-engine, seen by the adapter
