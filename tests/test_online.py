@@ -696,3 +696,41 @@ def test_the_hindsight_check_tunes_in_sample_and_scores_on_unseen_seeds():
     assert out["best_baseline"] in SimulatorAdapter("mixed").baselines() and not out["tuned_is_the_baseline"]
     assert out["in_sample_gain"] > 0.0 and math.isfinite(out["out_of_sample_gain"])
     assert out["out_of_sample_gain"] != out["in_sample_gain"]  # scored on a seed it never saw
+
+
+def test_a_periodic_champion_that_loses_on_the_stretch_before_is_not_offered(tmp_path):
+    """A periodic trigger saw no drift, so the windows before the snapshot are another sample
+    of the same workload. On stationary@1.5 at 420 s, least_outstanding wins by 3.6% on the
+    snapshot (360-420 s) and loses by 7.8% on 300-360 s: it fits that minute's requests.
+    fcfs_aging wins on both by about 1% and is offered instead."""
+    from autopoiesis.evaluate import Evaluator, Task
+    from autopoiesis.online import _Job
+
+    adapter = SimulatorAdapter("stationary@1.5")
+    programs = adapter.baselines()
+    default, jsq, aging = (programs[k] for k in ("default", "dispatch:least_outstanding", "priority:fcfs_aging"))
+    adapter.start(seed=1000)
+    adapter.deploy(default, [default])
+    adapter.observe(420.0)
+    c = Controller(adapter, OnlineConfig(window_s=30.0, history=2, margin=0.01), archive=Archive(tmp_path / "a.db"))
+    c.incumbent = default
+    snapshot = c._snapshot(360.0, 420.0)
+    holdout = c._holdout(["period"], 360.0)
+    assert c._holdout(["rate"], 360.0) is None and c._holdout(["period", "cluster"], 360.0) is None
+    assert c._holdout(["period"], 30.0) is None  # no stretch before the first windows
+    with Evaluator(adapter, workers=1) as evaluator:
+        scores = evaluator.evaluate([Task(p.id, p.source, s) for p in (default, jsq, aging) for s in (snapshot, holdout)])
+
+    def gain(program, snap):
+        inc, out = (scores[(p.id, snap.key)].metrics["total_time"] for p in (default, program))
+        return (inc - out) / inc
+
+    assert gain(jsq, snapshot) > 0.02 and gain(jsq, holdout) < -0.05
+    assert gain(aging, snapshot) > 0.01 and gain(aging, holdout) > 0.0
+    assert c._choose(default, [jsq, aging], scores, snapshot.key) is jsq  # the snapshot alone picks the fit
+    job = _Job("evolve", 1, 420.0, 0.0, snapshot, default, holdout=holdout)
+    overfit = c._overfit(job, [jsq, aging], scores)
+    assert list(overfit) == [jsq.id] and "total_time" in overfit[jsq.id]
+    assert c._choose(default, [p for p in (jsq, aging) if p.id not in overfit], scores, snapshot.key) is aging
+    job.holdout = None
+    assert c._overfit(job, [jsq, aging], scores) == {}
