@@ -126,6 +126,7 @@ def test_router_serves_the_openai_client_and_records_each_request_once(servers, 
 TOKENS = 64  # about 0.85 s on the paced model
 BURST_TIMEOUT_S = 600  # how long a burst's request may take: slowness alone must not fail a test
 PATIENCE_S = 120  # the queue not growing for this long means a request was lost
+IDLE_PATIENCE_S = 60  # what an earlier burst left running must be gone by then (aborted, not decoded to the end)
 BLOCKER_TOKENS = 8000  # within --max-model-len 8192 with a 30-token prompt
 FAVOUR_ODD = "def priority(request, now):\n    return 0.0 if request.prompt_tokens % 2 else 100.0\n"
 
@@ -184,6 +185,7 @@ def _one_burst(url, server):
             started[i].set()
             release.wait(BURST_TIMEOUT_S)  # leaving the block closes the stream: the client hangs up
 
+    _wait_for_idle(server)
     with ThreadPoolExecutor(18) as pool:
         ready = threading.Barrier(19)
         for _ in range(18):
@@ -191,7 +193,7 @@ def _one_burst(url, server):
         ready.wait(60)  # all 18 threads exist and are idle
         blockers = [pool.submit(blocker, i) for i in range(2)]
         try:
-            assert all(e.wait(120) for e in started), "the blockers never started"
+            _wait_for_blockers(started, blockers)
             futures = [pool.submit(one, 40) for _ in range(8)]
             time.sleep(0.2)
             futures += [pool.submit(one, 41) for _ in range(8)]
@@ -203,22 +205,61 @@ def _one_burst(url, server):
         return [f.result() for f in futures]
 
 
+def _queue(server) -> tuple[float, float]:
+    """The server's (running, waiting), from its /metrics."""
+    with urllib.request.urlopen(server.url + "/metrics", timeout=30) as r:
+        sample = Scraper().sample(0, 0.0, r.read().decode())
+    return sample.running, sample.waiting
+
+
+def _wait_for_idle(server, patience=IDLE_PATIENCE_S):
+    """Nothing running or waiting before a burst. An earlier burst's blocker still running
+    would hold a slot for minutes: that is the router failing to pass a client's hang-up on
+    (vLLM aborts a request when its stream is closed), and this says so."""
+    start, state = time.monotonic(), _queue(server)
+    while state != (0, 0):
+        if time.monotonic() > start + patience:
+            raise AssertionError(f"the server still has (running, waiting) {state} {patience} s after the last "
+                                 "burst: an earlier request was not aborted when its client hung up")
+        time.sleep(0.2)
+        state = _queue(server)
+
+
+def _wait_for_blockers(started, blockers, limit=BURST_TIMEOUT_S):
+    """Until both blockers stream. A slow or frozen machine only delays that: CI once saw
+    both blockers' first tokens reach the router 120 s after they were sent, just as a
+    120 s wait gave up. It fails when a blocker fails or ``limit`` seconds pass, and reports
+    the longest gap between two looks (a gap is this process, or the machine, not running)."""
+    start = looked = time.monotonic()
+    stalled = 0.0
+    while not all(e.is_set() for e in started):
+        for b in blockers:
+            if b.done():
+                b.result()  # raises the blocker's failure; a blocker that returned did start
+        now = time.monotonic()
+        stalled, looked = max(stalled, now - looked), now
+        assert now < start + limit, f"the blockers never started in {limit} s; longest gap between looks {stalled:.0f} s"
+        time.sleep(0.2)
+    took = time.monotonic() - start
+    if took > 10:
+        print(f"the blockers started after {took:.0f} s; longest gap between looks {stalled:.0f} s")
+
+
 def _wait_for_waiting(server, n, futures, patience=PATIENCE_S):
     """Until the server reports ``n`` requests waiting. However long that takes on a busy
     machine, it fails only when a request fails or ``patience`` seconds pass without the queue
     growing (a lost request, or blockers that ended first), and then says what it saw."""
-    scraper, start, seen = Scraper(), time.monotonic(), []
+    start, seen = time.monotonic(), []
     most, grew, looked, stalled = -1.0, start, start, 0.0
     while time.monotonic() < grew + patience and not any(f.done() and f.exception() for f in futures):
         stalled, looked = max(stalled, time.monotonic() - looked), time.monotonic()  # one look takes ~0.1 s
-        with urllib.request.urlopen(server.url + "/metrics", timeout=30) as r:
-            sample = scraper.sample(0, 0.0, r.read().decode())
-        if sample.waiting >= n:
+        running, waiting = _queue(server)
+        if waiting >= n:
             print(f"{n} waiting after {time.monotonic() - start:.1f} s")
             return
-        if sample.waiting > most:
-            most, grew = sample.waiting, time.monotonic()
-        seen.append((sample.running, sample.waiting))
+        if waiting > most:
+            most, grew = waiting, time.monotonic()
+        seen.append((running, waiting))
         time.sleep(0.1)
     failed = [repr(f.exception())[:200] for f in futures if f.done() and f.exception()]
     what = (f"the server never had {n} requests waiting: most {most:g} after {grew - start:.0f} s, "
