@@ -212,62 +212,73 @@ def _queue(server) -> tuple[float, float]:
     return sample.running, sample.waiting
 
 
+class _Looks:
+    """The time a wait has looked for, in which a gap between two looks counts as one second:
+    in a gap this process, or the whole machine, was frozen (CI saw 120-200 s), so nothing
+    was seen to go wrong. It keeps the longest gap, for the failure message."""
+
+    def __init__(self):
+        self.last = time.monotonic()
+        self.ran = self.longest_gap = 0.0
+
+    def look(self) -> float:
+        now = time.monotonic()
+        self.longest_gap, self.ran = max(self.longest_gap, now - self.last), self.ran + min(now - self.last, 1.0)
+        self.last = now
+        return self.ran
+
+
 def _wait_for_idle(server, patience=IDLE_PATIENCE_S):
     """Nothing running or waiting before a burst. An earlier burst's blocker still running
     would hold a slot for minutes: that is the router failing to pass a client's hang-up on
-    (vLLM aborts a request when its stream is closed), and this says so. A freeze of the
-    machine counts as one second of ``patience``: vLLM did not run either."""
-    waited, looked, state = 0.0, time.monotonic(), _queue(server)
-    while state != (0, 0):
-        waited, looked = waited + min(time.monotonic() - looked, 1.0), time.monotonic()
-        if waited > patience:
+    (vLLM aborts a request when its stream is closed), and this says so."""
+    looks = _Looks()
+    while (state := _queue(server)) != (0, 0):
+        if looks.look() > patience:
             raise AssertionError(f"the server still has (running, waiting) {state} {patience} s after the last "
                                  "burst: an earlier request was not aborted when its client hung up")
         time.sleep(0.2)
-        state = _queue(server)
 
 
-def _wait_for_blockers(started, blockers, limit=BURST_TIMEOUT_S):
+def _wait_for_blockers(started, blockers, patience=BURST_TIMEOUT_S):
     """Until both blockers stream. A slow or frozen machine only delays that: CI once saw
     both blockers' first tokens reach the router 120 s after they were sent, just as a
-    120 s wait gave up. It fails when a blocker fails or ``limit`` seconds pass, and reports
-    the longest gap between two looks (a gap is this process, or the machine, not running)."""
-    start = looked = time.monotonic()
-    stalled = 0.0
+    120 s wait gave up (a 130 s SIGSTOP of this process does the same). It fails when a
+    blocker fails or it has looked for ``patience`` seconds."""
+    looks, start = _Looks(), time.monotonic()
     while not all(e.is_set() for e in started):
         for b in blockers:
             if b.done():
                 b.result()  # raises the blocker's failure; a blocker that returned did start
-        now = time.monotonic()
-        stalled, looked = max(stalled, now - looked), now
-        assert now < start + limit, f"the blockers never started in {limit} s; longest gap between looks {stalled:.0f} s"
+        assert looks.look() < patience, (f"the blockers never started in {patience} s; "
+                                         f"the longest gap between looks was {looks.longest_gap:.0f} s")
         time.sleep(0.2)
-    took = time.monotonic() - start
-    if took > 10:
-        print(f"the blockers started after {took:.0f} s; longest gap between looks {stalled:.0f} s")
+    if time.monotonic() - start > 10:
+        print(f"the blockers started after {time.monotonic() - start:.0f} s; "
+              f"the longest gap between looks was {looks.longest_gap:.0f} s")
 
 
 def _wait_for_waiting(server, n, futures, patience=PATIENCE_S):
     """Until the server reports ``n`` requests waiting. However long that takes on a busy
-    machine, it fails only when a request fails or ``patience`` seconds pass without the queue
-    growing (a lost request, or blockers that ended first), and then says what it saw."""
-    start, seen = time.monotonic(), []
-    most, grew, looked, stalled = -1.0, start, start, 0.0
-    while time.monotonic() < grew + patience and not any(f.done() and f.exception() for f in futures):
-        stalled, looked = max(stalled, time.monotonic() - looked), time.monotonic()  # one look takes ~0.1 s
-        running, waiting = _queue(server)
+    machine, it fails only when a request fails or it has looked for ``patience`` seconds
+    without the queue growing (a lost request, or blockers that ended first), and then says
+    what it saw."""
+    looks, start, seen = _Looks(), time.monotonic(), []
+    most, grew = -1.0, 0.0
+    while looks.look() < grew + patience and not any(f.done() and f.exception() for f in futures):
+        running, waiting = _queue(server)  # one look takes ~0.1 s
         if waiting >= n:
             print(f"{n} waiting after {time.monotonic() - start:.1f} s")
             return
         if waiting > most:
-            most, grew = waiting, time.monotonic()
+            most, grew = waiting, looks.ran
         seen.append((running, waiting))
         time.sleep(0.1)
     failed = [repr(f.exception())[:200] for f in futures if f.done() and f.exception()]
-    what = (f"the server never had {n} requests waiting: most {most:g} after {grew - start:.0f} s, "
-            f"then {time.monotonic() - grew:.0f} s without more; (running, waiting) last {seen[-3:]}; "
+    what = (f"the server never had {n} requests waiting: most {most:g} after {grew:.0f} s, "
+            f"then {looks.ran - grew:.0f} s without more; (running, waiting) last {seen[-3:]}; "
             f"{sum(f.done() for f in futures)} of {len(futures)} requests ended, failures {failed[:3]}; "
-            f"the longest gap between two looks at the queue was {stalled:.0f} s")
+            f"the longest gap between two looks at the queue was {looks.longest_gap:.0f} s")
     if all(f.done() for f in futures) and not failed:
         raise BlockersRanOut(what)
     print("the server's log, last lines:\n" + "\n".join(server.log_tail(6000).splitlines()[-40:]))
