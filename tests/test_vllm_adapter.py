@@ -193,7 +193,7 @@ def _one_burst(url, server):
         ready.wait(60)  # all 18 threads exist and are idle
         blockers = [pool.submit(blocker, i) for i in range(2)]
         try:
-            _wait_for_blockers(started, blockers)
+            _wait_for_blockers(started, blockers, server)
             futures = [pool.submit(one, 40) for _ in range(8)]
             time.sleep(0.2)
             futures += [pool.submit(one, 41) for _ in range(8)]
@@ -240,7 +240,7 @@ def _wait_for_idle(server, patience=IDLE_PATIENCE_S):
         time.sleep(0.2)
 
 
-def _wait_for_blockers(started, blockers, patience=BURST_TIMEOUT_S):
+def _wait_for_blockers(started, blockers, server, patience=BURST_TIMEOUT_S):
     """Until both blockers stream. A slow or frozen machine only delays that: CI once saw
     both blockers' first tokens reach the router 120 s after they were sent, just as a
     120 s wait gave up (a 130 s SIGSTOP of this process does the same). It fails when a
@@ -250,8 +250,10 @@ def _wait_for_blockers(started, blockers, patience=BURST_TIMEOUT_S):
         for b in blockers:
             if b.done():
                 b.result()  # raises the blocker's failure; a blocker that returned did start
-        assert looks.look() < patience, (f"the blockers never started in {patience} s; "
-                                         f"the longest gap between looks was {looks.longest_gap:.0f} s")
+        if looks.look() > patience:
+            _print_log_tail(server)
+            raise AssertionError(f"the blockers never started in {patience} s; "
+                                 f"the longest gap between looks was {looks.longest_gap:.0f} s")
         time.sleep(0.2)
     if time.monotonic() - start > 10:
         print(f"the blockers started after {time.monotonic() - start:.0f} s; "
@@ -281,8 +283,12 @@ def _wait_for_waiting(server, n, futures, patience=PATIENCE_S):
             f"the longest gap between two looks at the queue was {looks.longest_gap:.0f} s")
     if all(f.done() for f in futures) and not failed:
         raise BlockersRanOut(what)
-    print("the server's log, last lines:\n" + "\n".join(server.log_tail(6000).splitlines()[-40:]))
+    _print_log_tail(server)
     raise AssertionError(what)
+
+
+def _print_log_tail(server):
+    print("the server's log, last lines:\n" + "\n".join(server.log_tail(6000).splitlines()[-40:]))
 
 
 def _mean(records, length, what):
