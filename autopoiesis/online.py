@@ -610,10 +610,11 @@ class Controller:
                                   seeds=seeds, snapshots=[job.snapshot], evaluator=self.evaluator)
             result = evolution.run(run_id=f"{self.run_id}-e{job.number:03d}")
             candidates = list(dict.fromkeys([result.champion, *seeds]))  # seeds were scored there: cache hits
-            tasks = [Task(p.id, p.source, job.snapshot) for p in [job.incumbent, *candidates]]
-            if job.holdout is not None:
-                tasks += [Task(p.id, p.source, job.holdout) for p in [job.incumbent, *candidates]]
-            scores = self.evaluator.evaluate(tasks)
+            scores = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot) for p in [job.incumbent, *candidates]])
+            contenders = [p for _, p in self._contenders(job.incumbent, candidates, scores, job.snapshot.key)]
+            if job.holdout is not None and contenders:  # only a contender can be offered: the rest need no holdout
+                scores = {**scores, **self.evaluator.evaluate([Task(p.id, p.source, job.holdout)
+                                                               for p in [job.incumbent, *contenders]])}
             job.result = (result, scores, candidates)
         except Exception as e:  # noqa: BLE001 - the evolution plane must never take serving down
             job.error = f"{type(e).__name__}: {e}"
@@ -695,6 +696,22 @@ class Controller:
         return sum(slot_code_id(program.source, slot.name) != slot_code_id(incumbent.source, slot.name)
                    for slot in self.slots)
 
+    def _contenders(self, incumbent: Program, candidates: Sequence[Program], scores, key: str) -> list:
+        """(gain, program) for each candidate that beats the incumbent on ``key`` by its margin
+        and was never rolled back: the only ones ``_choose`` can offer."""
+        inc, name, options = scores.get((incumbent.id, key)), self.objective.name, []
+        if inc is None or not inc.ok or name not in inc.metrics:
+            return []
+        for program in candidates:
+            out = scores.get((program.id, key))
+            if program.id == incumbent.id or program.id in self.refused or out is None or not out.ok \
+                    or name not in out.metrics:
+                continue
+            gain = self.objective.improvement(out.metrics[name], inc.metrics[name])
+            if gain >= self.margin(inc, out)[0]:
+                options.append((gain, program))
+        return options
+
     def _choose(self, incumbent: Program, candidates: Sequence[Program], scores, key: str) -> Program | None:
         """The program to offer, or None when no candidate clears its margin.
 
@@ -702,16 +719,7 @@ class Controller:
         the twin by their margin, those within ``margin`` of the best gain are equals as far
         as the twin's forecast can tell; the one that changes the fewest slots is the safer
         bet (a one-slot baseline swap over a champion that also rewrites three other slots)."""
-        inc, name, options = scores.get((incumbent.id, key)), self.objective.name, []
-        if inc is None or not inc.ok or name not in inc.metrics:
-            return None
-        for program in candidates:
-            out = scores.get((program.id, key))
-            if program.id in (incumbent.id, *self.refused) or out is None or not out.ok or name not in out.metrics:
-                continue
-            gain = self.objective.improvement(out.metrics[name], inc.metrics[name])
-            if gain >= self.margin(inc, out)[0]:
-                options.append((gain, program))
+        options = self._contenders(incumbent, candidates, scores, key)
         if not options:
             return None
         best = max(gain for gain, _ in options)

@@ -734,3 +734,46 @@ def test_a_periodic_champion_that_loses_on_the_stretch_before_is_not_offered(tmp
     assert c._choose(default, [p for p in (jsq, aging) if p.id not in overfit], scores, snapshot.key) is aging
     job.holdout = None
     assert c._overfit(job, [jsq, aging], scores) == {}
+
+
+def test_only_contenders_are_replayed_on_the_holdout(tmp_path):
+    """The holdout can only exclude a candidate that could be offered, one that beats the
+    incumbent on the snapshot by the margin, so only those (and the incumbent) are replayed
+    there: the offer is the one scoring every candidate there gives."""
+    from autopoiesis.evaluate import Evaluator, Task
+    from autopoiesis.online import _Job
+
+    class Recording(Evaluator):  # the real evaluator, remembering what it was asked to replay
+        asked: list = []
+
+        def evaluate(self, tasks):
+            tasks = list(tasks)
+            self.asked.extend(tasks)
+            return super().evaluate(tasks)
+
+    adapter = SimulatorAdapter("stationary@1.5")
+    default = adapter.baselines()["default"]
+    adapter.start(seed=1000)
+    adapter.deploy(default, [default])
+    adapter.observe(420.0)
+    c = Controller(adapter, OnlineConfig(window_s=30.0, history=2, margin=0.01), archive=Archive(tmp_path / "a.db"),
+                   evolution=Config(population=4, generations=1, workers=1, held_out_snapshots=0))
+    c.incumbent = default
+    snapshot, holdout = c._snapshot(360.0, 420.0), c._holdout(["period"], 360.0)
+    job = _Job("evolve", 1, 420.0, 0.0, snapshot, default, holdout=holdout)
+    with Recording(adapter, workers=1) as evaluator:
+        c.evaluator = evaluator
+        c._evolve(job)
+        assert job.error is None, job.error
+        _, scores, candidates = job.result
+        contenders = [p for _, p in c._contenders(default, candidates, scores, snapshot.key)]
+        replayed = [t.program_id for t in evaluator.asked if t.snapshot.key == holdout.key]
+        assert 1 <= len(contenders) < len(candidates) - 1  # some clear the margin, not all
+        assert sorted(replayed) == sorted(p.id for p in [default, *contenders])
+        everywhere = {**scores, **evaluator.evaluate([Task(p.id, p.source, holdout) for p in candidates])}
+    offered = c._choose(default, [p for p in candidates if p.id not in c._overfit(job, candidates, scores)],
+                        scores, snapshot.key)  # what the controller offers
+    assert offered is c._choose(default, [p for p in candidates if p.id not in c._overfit(job, candidates, everywhere)],
+                                everywhere, snapshot.key)
+    overfit = c._overfit(job, candidates, scores)
+    assert overfit and offered is not None and offered.id not in overfit  # it still keeps the fit one out
