@@ -1,6 +1,7 @@
 """Online evolution on the simulator's live system: hot path, guard, rollback, honest time."""
 
 import json
+import math
 
 import pytest
 
@@ -686,9 +687,27 @@ def test_the_switching_oracle_is_never_worse_than_the_best_static_baseline():
     assert out["schedule"][0][0] == 0.0 and all(a[1] != b[1] for a, b in zip(out["schedule"], out["schedule"][1:]))
 
 
-def test_the_hindsight_check_tunes_in_sample_and_scores_on_unseen_seeds():
-    import math
+def test_the_static_combinations_are_every_mix_of_human_parts_and_include_each_baseline():
+    static = _benchmark("static_combinations")
+    adapter = SimulatorAdapter("mixed", requests=300)
+    programs = static.combinations(adapter)
+    sizes = [len(slot.baselines) for slot in adapter.slots()]
+    assert len(programs) == len({p.id for p in programs.values()}) == math.prod(sizes)
+    # paper.py's baselines (default and each one-slot swap) are among them, by their very source
+    ids = {p.id for p in programs.values()}
+    assert all(p.id in ids for p in adapter.baselines().values())
+    assert static.single_slot_label(adapter, programs[
+        "schedule:search+reschedule:never+dispatch:capacity_jsq+priority:fcfs"]) == "default"
 
+    out = static.measure(adapter, [1000], workers=2)
+    assert out["scored"] == len(programs)  # every human part runs with every other
+    assert out["best_baseline"] in adapter.baselines()
+    assert out["best_combination_total_time"] <= out["best_baseline_total_time"]
+    assert out["gain"] == pytest.approx(
+        (out["best_baseline_total_time"] - out["best_combination_total_time"]) / out["best_baseline_total_time"])
+
+
+def test_the_hindsight_check_tunes_in_sample_and_scores_on_unseen_seeds():
     measure = _benchmark("hindsight_out_of_sample").measure
 
     out = measure(SimulatorAdapter("mixed", requests=600), budget=24, workers=1, tuned_on=(1000,), held_out=(1003,))
