@@ -121,13 +121,15 @@ class Evolution:
         self.adapter = adapter
         self.config = config or Config()
         self.archive = archive or Archive()
-        self.operators = list(operators or offline())
+        self.slots = {slot.name: slot for slot in adapter.slots()}
+        self.operators = [(op, w) for op, w in (operators or offline()) if op.applies_to(self.slots)]
+        if not self.operators:
+            raise EvolutionError("none of the operators can vary programs of this adapter's slots")
         self.strategy = strategy or make(self.config.strategy)
         self.adapter_spec = adapter_spec or type(adapter).__name__
         self.adapter_options = dict(adapter_options or {})
         self.extra_config = dict(extra_config or {})  # stored with the run (e.g. the LLM settings)
         self.on_event = on_event or (lambda kind, data: None)
-        self.slots = {slot.name: slot for slot in adapter.slots()}
         self.objectives = self._objectives()
         self.fitness_cls = fitness_class(self.objectives)
         self.failures: deque[str] = deque(maxlen=6)  # recent reasons children failed: feedback for LLM operators

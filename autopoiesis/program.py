@@ -168,21 +168,42 @@ def slot_code_id(source: str, name: str) -> str:
         tree = ast.parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return program_id(source)
-    owners: dict[str, list[ast.stmt]] = {}  # module-level name -> the statements that bind it
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            owners.setdefault(node.name, []).append(node)
-        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-            for n in (n for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)):
-                owners.setdefault(n.id, []).append(node)
-    used, todo = set(), [name]
-    while todo:
-        for node in owners.get(todo.pop(), ()):
-            if id(node) not in used:
-                used.add(id(node))
-                todo.extend(n.id for n in ast.walk(node) if isinstance(n, ast.Name))
-    bindings = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
-    kept = [node for node in tree.body if id(node) in used or not isinstance(node, bindings)
+    used = slot_statements(tree, name)
+    kept = [node for i, node in enumerate(tree.body) if i in used or not is_binding(node)
             and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]  # docstrings do nothing
     return hashlib.sha256(ast.unparse(ast.Module(kept, [])).encode()).hexdigest()[:16]
+
+
+_BINDINGS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
+
+
+def is_binding(node: ast.stmt) -> bool:
+    """A module-level def, class or assignment: it binds names that a slot may use."""
+    return isinstance(node, _BINDINGS)
+
+
+def bound_names(node: ast.stmt) -> list[str]:
+    """The module-level names a binding statement binds."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, (ast.Assign, ast.AnnAssign)):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        return [n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name)]
+    return []
+
+
+def slot_statements(tree: ast.Module, name: str) -> set[int]:
+    """Indices into ``tree.body`` of the function ``name`` and the module-level functions,
+    classes and constants it uses, and what those use."""
+    owners: dict[str, list[int]] = {}  # module-level name -> the statements that bind it
+    for i, node in enumerate(tree.body):
+        for bound in bound_names(node):
+            owners.setdefault(bound, []).append(i)
+    used: set[int] = set()
+    todo = [name]
+    while todo:
+        for i in owners.get(todo.pop(), ()):
+            if i not in used:
+                used.add(i)
+                todo.extend(n.id for n in ast.walk(tree.body[i]) if isinstance(n, ast.Name))
+    return used

@@ -115,3 +115,92 @@ def test_program_id_ignores_comments_and_layout():
     a = Program("def priority(job, now):\n    return job.size  # short first\n")
     b = Program("def priority(job,now):\n\n    return (job.size)\n")
     assert a.id == b.id
+
+
+# -- recombine.Slots: one slot's whole policy from the other parent ---------------------
+
+def _simulator():
+    from autopoiesis.adapters.simulator import SimulatorAdapter
+
+    adapter = SimulatorAdapter("burst")
+    return adapter.baselines(), {slot.name: slot for slot in adapter.slots()}
+
+
+def _combination(**parts):
+    """The program that fills every slot with the named baselines (others: default's)."""
+    from autopoiesis.adapters.simulator.slots import SLOTS
+
+    choice = {"schedule": "search", "reschedule": "never", "dispatch": "capacity_jsq", "priority": "fcfs", **parts}
+    return Program("\n\n\n".join(slot.baselines[choice[slot.name]].strip() for slot in SLOTS) + "\n")
+
+
+def test_recombining_slots_hands_one_slot_over_whole():
+    from autopoiesis.operators.recombine import Slots
+
+    baselines, slots = _simulator()
+    first, second = baselines["reschedule:periodic"], baselines["dispatch:least_outstanding"]
+    children = {Slots()([first, second], Context(slots, random.Random(seed))).id for seed in range(12)}
+    # the two slots in which they differ, each taken whole: exactly two static combinations
+    assert children == {_combination(reschedule="periodic", dispatch="least_outstanding").id,
+                        _combination().id}
+    child = Slots()([first, second], Context(slots, random.Random(0)))
+    assert child.operator == "recombine.Slots" and child.parents == (first.id, second.id)
+
+
+def test_recombining_slots_moves_the_constants_a_slot_needs_and_drops_the_ones_it_leaves():
+    from autopoiesis.operators.recombine import Slots
+
+    baselines, slots = _simulator()
+    periodic, threshold = baselines["reschedule:periodic"], baselines["reschedule:threshold"]
+    gained = Slots()([threshold, periodic], Context(slots, random.Random(0)))
+    assert gained.id == _combination(reschedule="periodic").id  # STATE and EVERY came with it
+    lost = Slots()([periodic, threshold], Context(slots, random.Random(0)))
+    assert lost.id == _combination(reschedule="threshold").id
+    assert "EVERY" not in lost.source and "STATE" not in lost.source
+    assert "BUDGET = 12" in lost.source  # schedule still needs it
+    sandbox.compile_policy(lost.source, list(slots.values()))
+
+
+def test_recombining_slots_brings_imports_and_keeps_shared_helpers_once():
+    from autopoiesis.operators.recombine import Slots
+
+    _, slots = _simulator()
+    first = Program(_combination().source.replace(
+        "def dispatch(", "def load(replica):\n    return replica.outstanding\n\n\ndef dispatch(").replace(
+        "key=lambda i: (replicas[i].outstanding + 1.0) / replicas[i].speed", "key=lambda i: load(replicas[i])"))
+    second_source = first.source.replace(
+        "    return None", "    return math.log1p(window.outstanding) > 3.0  # busy: re-plan")
+    second = Program("import math\n\n\n" + second_source)
+    child = Slots()([first, second], Context(slots, random.Random(0)))
+    assert child.source.startswith("import math\n")
+    assert "math.log1p(window.outstanding) > 3.0  # busy: re-plan" in child.source  # comments survive
+    assert child.source.count("def load(") == 1
+    sandbox.compile_policy(child.source, list(slots.values()))
+
+
+def test_recombining_slots_refuses_a_constant_that_means_two_things():
+    from autopoiesis.operators.recombine import Slots
+
+    _, slots = _simulator()
+    base = _combination().source.replace("def reschedule(", "W = 1.0\n\n\ndef reschedule(").replace(
+        "    return None", "    return window.outstanding > W * 100").replace(
+        "(replicas[i].outstanding + 1.0)", "(replicas[i].outstanding + W)")
+    first, second = Program(base), Program(base.replace("W = 1.0", "W = 3.0"))
+    with pytest.raises(OperatorError, match="W means one thing"):
+        Slots()([first, second], Context(slots, random.Random(0)))
+    with pytest.raises(OperatorError, match="do not differ"):
+        Slots()([first, first], Context(slots, random.Random(0)))
+
+
+def test_the_offline_mix_recombines_slots_where_there_is_more_than_one():
+    from autopoiesis.adapters.simulator import SimulatorAdapter
+    from autopoiesis.evolution import Evolution, EvolutionError
+    from autopoiesis.operators import offline
+    from autopoiesis.operators.recombine import Slots
+
+    assert any(isinstance(op, Slots) for op, weight in offline() if weight > 0)
+    assert any(isinstance(op, Slots) for op, _ in Evolution(SimulatorAdapter("burst")).operators)
+    # one slot: taking it whole would only copy the second parent, so it is left out
+    assert not any(isinstance(op, Slots) for op, _ in Evolution(single_queue.SingleQueueAdapter(jobs=20)).operators)
+    with pytest.raises(EvolutionError, match="none of the operators"):
+        Evolution(single_queue.SingleQueueAdapter(jobs=20), operators=[(Slots(), 1.0)])
