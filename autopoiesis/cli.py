@@ -234,7 +234,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     from autopoiesis.evolution import new_run_id
 
     run_id = args.resume or new_run_id(adapter.name)
-    operators = _operators(llm_settings, archive, run_id, replay_source)
+    operators = _operators(llm_settings, archive, run_id, replay_source, [s.name for s in adapter.slots()])
     evolution = Evolution(adapter, config, archive, operators=operators, adapter_spec=spec, adapter_options=options,
                           extra_config={"llm": llm_settings} if llm_settings else None, on_event=on_event)
     try:
@@ -273,7 +273,7 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
     run_id = new_run_id(f"{adapter.name}-online")
     if hasattr(adapter, "run_dir") and not getattr(adapter, "run_dir", None):
         adapter.run_dir = str(Path(args.runs_dir) / run_id)  # server logs and requests.jsonl
-    operators = _operators(llm_settings, archive, run_id, replay_source)
+    operators = _operators(llm_settings, archive, run_id, replay_source, [s.name for s in adapter.slots()])
     sessions = [op.session for op, _ in operators or [] if hasattr(op, "session")]
 
     def replayed_latency() -> float:  # replayed LLM answers come at once; their recorded latency still counts
@@ -447,7 +447,8 @@ def _llm_settings(args: argparse.Namespace) -> dict[str, Any] | None:
             "concurrency": args.llm_concurrency}
 
 
-def _operators(settings: dict[str, Any] | None, archive: Archive, run_id: str, replay_source: str | None):
+def _operators(settings: dict[str, Any] | None, archive: Archive, run_id: str, replay_source: str | None,
+               slots: Sequence[str]):
     """Offline operators, plus LLM ones sharing ``rate`` of the children when an LLM is configured."""
     from autopoiesis.llm import Budget, LLMError, Session, parse_specs
     from autopoiesis.operators import llm as llm_ops
@@ -472,7 +473,7 @@ def _operators(settings: dict[str, Any] | None, archive: Archive, run_id: str, r
         raise UserError(str(e)) from None
     rate = float(settings.get("rate", 0.5))
     reply = int(settings.get("max_output_tokens") or 2048)
-    return [(op, w * (1 - rate)) for op, w in offline()] + [
+    return [(op, w * (1 - rate)) for op, w in offline(slots)] + [
         (llm_ops.Mutate(session, templates, max_tokens=reply), 0.7 * rate),
         (llm_ops.Crossover(session, templates, max_tokens=reply), 0.3 * rate)]
 

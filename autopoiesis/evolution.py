@@ -122,9 +122,7 @@ class Evolution:
         self.config = config or Config()
         self.archive = archive or Archive()
         self.slots = {slot.name: slot for slot in adapter.slots()}
-        self.operators = [(op, w) for op, w in (operators or offline()) if op.applies_to(self.slots)]
-        if not self.operators:
-            raise EvolutionError("none of the operators can vary programs of this adapter's slots")
+        self.operators = list(operators or offline(self.slots))
         self.strategy = strategy or make(self.config.strategy)
         self.adapter_spec = adapter_spec or type(adapter).__name__
         self.adapter_options = dict(adapter_options or {})

@@ -194,13 +194,15 @@ def test_recombining_slots_refuses_a_constant_that_means_two_things():
 
 def test_the_offline_mix_recombines_slots_where_there_is_more_than_one():
     from autopoiesis.adapters.simulator import SimulatorAdapter
-    from autopoiesis.evolution import Evolution, EvolutionError
+    from autopoiesis.evolution import Evolution
     from autopoiesis.operators import offline
     from autopoiesis.operators.recombine import Slots
 
-    assert any(isinstance(op, Slots) for op, weight in offline() if weight > 0)
+    for slots in (["schedule", "dispatch"], ["priority"]):
+        assert sum(w for _, w in offline(slots)) == pytest.approx(1.0)  # --llm-rate stays the LLM's share
     assert any(isinstance(op, Slots) for op, _ in Evolution(SimulatorAdapter("burst")).operators)
-    # one slot: taking it whole would only copy the second parent, so it is left out
+    # one slot: taking it whole would only copy the second parent, so it is left out, and refuses
     assert not any(isinstance(op, Slots) for op, _ in Evolution(single_queue.SingleQueueAdapter(jobs=20)).operators)
-    with pytest.raises(EvolutionError, match="none of the operators"):
-        Evolution(single_queue.SingleQueueAdapter(jobs=20), operators=[(Slots(), 1.0)])
+    first, second = Program(single_queue.FCFS), Program(single_queue.SJF)
+    with pytest.raises(OperatorError, match="no other slot"):
+        Slots()([first, second], context())

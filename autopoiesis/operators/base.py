@@ -38,10 +38,6 @@ class Operator:
     def __call__(self, parents: Sequence[Program], context: Context) -> Program:
         raise NotImplementedError
 
-    def applies_to(self, slots: Mapping[str, PolicySlot]) -> bool:
-        """Whether it can ever make a child for an adapter with these slots (else it is left out)."""
-        return True
-
     def child(self, source: str, parents: Sequence[Program], context: Context) -> Program:
         return Program(
             source,

@@ -26,9 +26,6 @@ class Slots(Operator):
     name = "recombine.Slots"
     arity = 2
 
-    def applies_to(self, slots) -> bool:
-        return len(slots) > 1  # with one slot, taking it whole would copy the second parent
-
     def __call__(self, parents: Sequence[Program], context: Context) -> Program:
         first, second = parents
         try:
@@ -41,6 +38,8 @@ class Slots(Operator):
         if not choices:
             raise OperatorError("the parents do not differ in any slot they both define")
         slot = context.rng.choice(sorted(choices))
+        if not any(name in defined_a for name in context.slots if name != slot):
+            raise OperatorError("the first parent has no other slot: taking this one whole would copy the second")
         others = set().union(*(slot_statements(a, name) for name in context.slots
                                if name != slot and name in defined_a))
         return self.child(_take(first.source, a, second.source, b, slot, others), parents, context)
