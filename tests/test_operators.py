@@ -206,3 +206,14 @@ def test_the_offline_mix_recombines_slots_where_there_is_more_than_one():
     first, second = Program(single_queue.FCFS), Program(single_queue.SJF)
     with pytest.raises(OperatorError, match="no other slot"):
         Slots()([first, second], context())
+
+
+def test_recombining_slots_declines_parents_it_cannot_read():
+    from autopoiesis.operators.recombine import Slots
+
+    baselines, slots = _simulator()
+    deep = Program("def dispatch(request, replicas, now):\n    return " + "(" * 400 + "0" + ")" * 400 + "\n")
+    broken = Program("def dispatch(request, replicas, now) return 0\n")
+    for parents in ([deep, baselines["default"]], [baselines["default"], broken]):
+        with pytest.raises(OperatorError, match="cannot recombine"):
+            Slots()(parents, Context(slots, random.Random(0)))

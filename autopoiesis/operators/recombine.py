@@ -27,11 +27,13 @@ class Slots(Operator):
     arity = 2
 
     def __call__(self, parents: Sequence[Program], context: Context) -> Program:
-        first, second = parents
         try:
-            a, b = ast.parse(first.source), ast.parse(second.source)
-        except SyntaxError as e:
-            raise OperatorError(f"a parent does not parse: {e.msg}") from None
+            return self._recombine(*parents, context)
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as e:  # generated code may be anything
+            raise OperatorError(f"cannot recombine these parents: {type(e).__name__}: {e}") from None
+
+    def _recombine(self, first: Program, second: Program, context: Context) -> Program:
+        a, b = ast.parse(first.source), ast.parse(second.source)
         defined_a, defined_b = _functions(a), _functions(b)
         choices = [name for name in context.slots if name in defined_a and name in defined_b
                    and _code(a, name) != _code(b, name)]
@@ -42,7 +44,7 @@ class Slots(Operator):
             raise OperatorError("the first parent has no other slot: taking this one whole would copy the second")
         others = set().union(*(slot_statements(a, name) for name in context.slots
                                if name != slot and name in defined_a))
-        return self.child(_take(first.source, a, second.source, b, slot, others), parents, context)
+        return self.child(_take(first.source, a, second.source, b, slot, others), (first, second), context)
 
 
 def _functions(tree: ast.Module) -> set[str]:
