@@ -56,8 +56,9 @@ def mean_metrics(runs: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.fmean(r[k] for r in runs) for k in COLUMNS}
 
 
-def baselines(adapter, seeds, workers):
-    programs = adapter.baselines()
+def whole_runs(adapter, programs: dict, seeds, workers):
+    """Each program (by label) served alone over whole runs of ``seeds``: the snapshots and the
+    mean metrics of every program that finished them all."""
     snapshots = [adapter.snapshot(s) for s in seeds]
     with Evaluator(adapter, workers=workers, limits=WHOLE_RUN) as evaluator:
         outcomes = evaluator.evaluate(Task(p.id, p.source, s) for p in programs.values() for s in snapshots)
@@ -66,6 +67,12 @@ def baselines(adapter, seeds, workers):
         results = [outcomes[(program.id, s.key)] for s in snapshots]
         if all(r.ok for r in results):
             scores[label] = mean_metrics([r.metrics for r in results])
+    return snapshots, scores
+
+
+def baselines(adapter, seeds, workers):
+    programs = adapter.baselines()
+    snapshots, scores = whole_runs(adapter, programs, seeds, workers)
     return programs, snapshots, scores
 
 

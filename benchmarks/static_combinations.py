@@ -23,14 +23,13 @@ import statistics
 import sys
 from pathlib import Path
 
-from autopoiesis import Evaluator, Task
 from autopoiesis.adapters import AdapterError
 from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
 from autopoiesis.cli import positive_float, positive_int
 from autopoiesis.program import Program
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper import STATIONARY, WHOLE_RUN  # noqa: E402 - the same whole-run limits as paper.py
+from paper import STATIONARY, whole_runs  # noqa: E402 - scored exactly as paper.py scores its baselines
 
 
 def combinations(adapter) -> dict[str, Program]:
@@ -52,14 +51,8 @@ def single_slot_label(adapter, program: Program) -> str | None:
 def measure(adapter: SimulatorAdapter, seeds: list[int], workers: int) -> dict:
     """Every combination on whole runs of ``seeds``; the best one against the best single-slot baseline."""
     programs = combinations(adapter)
-    snapshots = [adapter.snapshot(s) for s in seeds]
-    with Evaluator(adapter, workers=workers, limits=WHOLE_RUN) as evaluator:
-        outcomes = evaluator.evaluate(Task(p.id, p.source, s) for p in programs.values() for s in snapshots)
-    totals = {}
-    for label, program in programs.items():
-        results = [outcomes[(program.id, s.key)] for s in snapshots]
-        if all(r.ok for r in results):
-            totals[label] = statistics.fmean(r.metrics["total_time"] for r in results)
+    _, scores = whole_runs(adapter, programs, seeds, workers)
+    totals = {label: metrics["total_time"] for label, metrics in scores.items()}
     paper_labels = {label: single_slot_label(adapter, programs[label]) for label in totals}
     baselines = {paper_labels[label]: t for label, t in totals.items() if paper_labels[label]}
     best_baseline = min(baselines, key=baselines.get)
