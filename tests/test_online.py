@@ -647,6 +647,18 @@ def test_the_paper_benchmark_compares_with_each_static_baseline_shipped_everywhe
     assert summary["dynamic_mean_improvement_vs_default"] == pytest.approx(0.05)
 
 
+def test_the_paper_benchmark_builds_its_llm_arm_with_the_simulator_operator_mix():
+    import argparse
+
+    make_llm = _benchmark("paper").llm_operators(
+        argparse.Namespace(llm=None, llm_url="http://127.0.0.1:9/v1", llm_model="tiny"))
+    operators = make_llm(Archive(), "paper-test")  # builds clients only: no call goes out
+    names = [op.name for op, _ in operators]
+    assert {"llm.Mutate", "llm.Crossover", "recombine.Slots"} <= set(names)
+    llm_share = sum(w for op, w in operators if op.name.startswith("llm."))
+    assert llm_share == pytest.approx(0.5 * sum(w for _, w in operators))  # the rate it asks for
+
+
 def test_the_paper_benchmark_runs_every_arm_and_prints_what_the_issue_asks():
     """One short scenario end to end: the acceptance JSON's fields, its arithmetic and its fairness."""
     import subprocess
