@@ -43,18 +43,13 @@ def combinations(adapter) -> dict[str, Program]:
     return out
 
 
-def single_slot_label(adapter, program: Program) -> str | None:
-    """paper.py's label for a combination that is one of its baselines (same source), else None."""
-    return next((label for label, p in adapter.baselines().items() if p.id == program.id), None)
-
-
 def measure(adapter: SimulatorAdapter, seeds: list[int], workers: int) -> dict:
     """Every combination on whole runs of ``seeds``; the best one against the best single-slot baseline."""
     programs = combinations(adapter)
     _, scores = whole_runs(adapter, programs, seeds, workers)
     totals = {label: metrics["total_time"] for label, metrics in scores.items()}
-    paper_labels = {label: single_slot_label(adapter, programs[label]) for label in totals}
-    baselines = {paper_labels[label]: t for label, t in totals.items() if paper_labels[label]}
+    paper_labels = {p.id: label for label, p in adapter.baselines().items()}  # default and the one-slot swaps
+    baselines = {paper_labels[programs[label].id]: t for label, t in totals.items() if programs[label].id in paper_labels}
     best_baseline = min(baselines, key=baselines.get)
     best = min(totals, key=totals.get)
     return {"scenario": adapter.scenario, "seeds": seeds, "combinations": len(programs), "scored": len(totals),

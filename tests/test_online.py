@@ -708,8 +708,8 @@ def test_the_static_combinations_are_every_mix_of_human_parts_and_include_each_b
     # paper.py's baselines (default and each one-slot swap) are among them, by their very source
     ids = {p.id for p in programs.values()}
     assert all(p.id in ids for p in adapter.baselines().values())
-    assert static.single_slot_label(adapter, programs[
-        "schedule:search+reschedule:never+dispatch:capacity_jsq+priority:fcfs"]) == "default"
+    assert programs["schedule:search+reschedule:never+dispatch:capacity_jsq+priority:fcfs"].id == \
+        adapter.baselines()["default"].id
 
     out = static.measure(adapter, [1000], workers=2)
     assert out["scored"] == len(programs)  # every human part runs with every other
