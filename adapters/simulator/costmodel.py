@@ -83,6 +83,7 @@ class ReplicaCost:
         # KV is split over tp (heads) and pp (layers); stages run one after another
         self.kv_read_per_token = m.bytes_per_kv_token / tp / self.bandwidth
         self._decode_cache: dict[int, float] = {}
+        self._linear_cache: dict[tuple[int, int], float] = {}
 
     # -- memory ------------------------------------------------------------------------
     @property
@@ -137,7 +138,13 @@ class ReplicaCost:
         return context_tokens * self.kv_read_per_token + flops / (self.gpu.bf16_tflops * 1e12 * self.cal.attention_efficiency)
 
     def step_time(self, tokens: int, sequences: int, context_tokens: float, prefill_pairs: float = 0.0) -> float:
-        return self.linear_time(tokens, sequences) + self.attention_time(context_tokens, prefill_pairs)
+        key = (tokens, sequences)  # a chunked-prefill step: few distinct shapes, one per (tokens, sequences)
+        linear = self._linear_cache.get(key)
+        if linear is None:
+            linear = self.linear_time(tokens, sequences)
+            if len(self._linear_cache) < 1 << 16:
+                self._linear_cache[key] = linear
+        return linear + self.attention_time(context_tokens, prefill_pairs)
 
     def decode_coefficients(self, batch: int) -> tuple[float, float]:
         """(A, b) with decode step time = A + b * total context of the batch."""

@@ -72,7 +72,7 @@ def generate(spec: Mapping[str, Any], duration: float, seed: int, max_context: i
 def _clip(times, prompts, outputs, max_context: int) -> list[tuple[float, int, int]]:
     prompts = np.clip(np.round(prompts), 1, max_context // 2).astype(int)
     outputs = np.clip(np.round(outputs), 1, max_context // 2).astype(int)
-    return [(float(t), int(p), int(o)) for t, p, o in zip(times, prompts, outputs)]
+    return list(zip(np.asarray(times, dtype=float).tolist(), prompts.tolist(), outputs.tolist()))  # Python floats and ints
 
 
 def from_trace(spec: Mapping[str, Any], path: Path, duration: float, seed: int, max_context: int):
