@@ -18,6 +18,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from . import __version__
 from .archive import Archive, ArchiveError
 
 ARCHIVE_NAME = "archive.db"
@@ -34,6 +35,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="autopoiesis", description="Serving policies that evolve while the system serves.")
+    parser.add_argument("--version", action="version", version=f"autopoiesis {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
 
     ev = sub.add_parser("evolve", help="evolve policies for an adapter")

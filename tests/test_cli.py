@@ -70,6 +70,14 @@ def test_user_mistakes_get_one_line(tmp_path, args, fragment):
     assert_one_line_error(proc, fragment)
 
 
+def test_version_matches_the_package_metadata():
+    from importlib.metadata import version
+
+    proc = cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"autopoiesis {version('autopoiesis')}"
+
+
 def test_corrupt_archive_is_one_line(tmp_path):
     (tmp_path / "archive.db").write_bytes(b"\x00garbage" * 512)
     assert_one_line_error(cli("report", "--runs-dir", str(tmp_path)), "not a usable archive")
