@@ -33,6 +33,16 @@ def hog(state):
 
 
 def run(case, n, stall, cap=plugin.STALL_CAP_S):
+    """One case; a stall case is set up again (up to 5 times) when the hog missed the call,
+    which a loaded machine can do by scheduling the hog late: then no stall was tried."""
+    for attempt in range(1, 6):
+        result = attempt_once(f"{case}-{attempt}", n, stall, cap)
+        if not stall or result["took_s"] > 0.1:
+            break
+    return dict(result, attempts=attempt)
+
+
+def attempt_once(case, n, stall, cap):
     path = os.path.join(sys.argv[3], f"{case}.json")
     with open(path, "w") as f:
         json.dump({"version": 1, "program": case, "source": SPIN.format(n=n), "epoch_unix": time.time()}, f)
@@ -58,9 +68,9 @@ def run(case, n, stall, cap=plugin.STALL_CAP_S):
             **{k: status[k] for k in ("calls", "fallbacks", "stalls", "error")}}
 
 
-# 100,000 additions: about 5 ms of thread CPU time, a tenth of the 50 ms deadline, yet long enough
-# that the hog takes the GIL mid-call. 300,000 (15 ms measured alone) once passed 50 ms in a CI run
-# on a busy virtual machine, whose stolen time counts as the thread's, and the unstalled second
-# call of "capped" was dropped as a slow program.
+# 100,000 additions: about 5 ms of thread CPU time, a tenth of the 50 ms deadline. 300,000 (15 ms
+# measured alone) once passed 50 ms in a CI run on a busy virtual machine, whose stolen time counts
+# as the thread's, and the unstalled second call of "capped" was dropped as a slow program. The
+# shorter call is easier for a late hog to miss, hence the retries in run().
 print(json.dumps({"stall": run("stall", 100_000, True), "capped": run("capped", 100_000, True, cap=0.1),
                   "slow": run("slow", 10**9, False)}))
