@@ -48,6 +48,33 @@ def test_cpu_limit_kills_a_busy_worker(queue_adapter):
     assert outcome.seconds < 10
 
 
+class LambdaSnapshots(single_queue.SingleQueueAdapter):
+    """A user adapter whose snapshots hold a function, and whose evaluate consumes what it is given."""
+
+    def snapshot(self, seed):
+        return single_queue.Snapshot(self.name, {"seed": seed, "jobs": lambda: self.jobs, "load": self.load})
+
+    def evaluate(self, policy, snapshot):
+        params = snapshot.params
+        jobs = single_queue.make_jobs(params.pop("seed"), params.pop("jobs")(), params["load"])
+        mean, worst = single_queue.mean_completion_time(policy.priority, jobs)
+        return {"mean_completion_time": mean, "max_completion_time": worst}
+
+
+def test_snapshots_the_c_pickler_cannot_take_still_reach_the_workers():
+    """Snapshots are pickled once per run; one holding a lambda goes by dill, and each task gets its own copy."""
+    adapter = LambdaSnapshots(jobs=60)
+    programs = [Program(single_queue.FCFS), SJF]
+    with Evaluator(adapter, workers=1) as evaluator:
+        out = evaluator.evaluate(tasks(adapter, programs))  # two programs on each snapshot, one worker
+    assert len(out) == 4 and all(o.ok for o in out.values()), [o.error for o in out.values()]
+    plain = single_queue.SingleQueueAdapter(jobs=60)
+    with Evaluator(plain, workers=1) as evaluator:
+        expected = evaluator.evaluate(tasks(plain, programs))
+    assert sorted(o.metrics["mean_completion_time"] for o in out.values()) == sorted(
+        o.metrics["mean_completion_time"] for o in expected.values())
+
+
 def test_archive_is_a_persistent_cache(tmp_path, queue_adapter):
     path = tmp_path / "a.db"
     archive = Archive(path)
