@@ -282,8 +282,10 @@ class CpuDeadline:
     Real time would punish the program for a frozen machine or another thread holding the
     GIL, and a good program would fall back, or be dropped, for nothing. So a real-time
     alarm (SIGALRM, the main thread only: elsewhere calls run unguarded) only looks, at
-    ``cpu_s`` and then every ``recheck_s`` (it repeats, so one swallowed in a finalizer
-    recurs). It raises ``DeadlinePassed`` once the thread has computed for ``cpu_s``, or
+    ``cpu_s`` and then every ``recheck_s`` (each alarm sets the next before it raises, so
+    one swallowed in a finalizer recurs, and no two are ever pending at once). An alarm
+    that comes as the call ends is ignored: the call is over. It raises ``DeadlinePassed``
+    once the thread has computed for ``cpu_s``, or
     after ``cap_s`` of real time whatever it computed. ``stalled`` tells afterwards whether
     the call ran past ``cpu_s`` in real time without computing for it.
 
@@ -306,7 +308,7 @@ class CpuDeadline:
             if _signal.getsignal(SIGALRM) is not _on_alarm:  # first call, or the host set its own since
                 _host_handler[0] = signal.signal(SIGALRM, _on_alarm)
             _timing[0] = self
-            self._host_timer = signal.setitimer(signal.ITIMER_REAL, self.cpu_s, self.recheck_s)
+            self._host_timer = signal.setitimer(signal.ITIMER_REAL, self.cpu_s)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -336,6 +338,7 @@ class CpuDeadline:
 
 
 SIGALRM = int(signal.SIGALRM)
+_EXIT = CpuDeadline.__exit__.__code__
 _LATE = object()  # a call just ended: an alarm now is its own, late
 _timing: list = [None]  # the call the alarm is for (one at a time: the main thread's), _LATE or None
 _host_handler: list = [signal.SIG_DFL]  # the SIGALRM handler _on_alarm replaced
@@ -343,6 +346,17 @@ _host_handler: list = [signal.SIG_DFL]  # the SIGALRM handler _on_alarm replaced
 
 def _handle_pending_signals() -> None:
     """Nothing: calling a Python function makes the interpreter run the signal handlers due."""
+
+
+def _disarming(frame, depth: int = 4) -> bool:
+    """The alarm came in ``CpuDeadline.__exit__`` (or in a handler running there): the call is
+    over. Raising there would skip the disarming, and the timer would go on firing between
+    calls, into the serving loop, until an alarm taken for the host's ended the process."""
+    while frame is not None and depth > 0:
+        if frame.f_code is _EXIT:
+            return True
+        frame, depth = frame.f_back, depth - 1
+    return False
 
 
 def _on_alarm(signum, frame) -> None:
@@ -357,7 +371,11 @@ def _on_alarm(signum, frame) -> None:
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGALRM)
         return
-    if deadline.computed >= deadline.cpu_s or deadline.elapsed >= deadline.cap_s:
+    if _disarming(frame):
+        return
+    passed = deadline.computed >= deadline.cpu_s or deadline.elapsed >= deadline.cap_s
+    signal.setitimer(signal.ITIMER_REAL, deadline.recheck_s)  # the next look; __exit__ cancels it
+    if passed:
         raise DeadlinePassed()
 
 
