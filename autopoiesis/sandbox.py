@@ -282,12 +282,13 @@ class CpuDeadline:
     Real time would punish the program for a frozen machine or another thread holding the
     GIL, and a good program would fall back, or be dropped, for nothing. So a real-time
     alarm (SIGALRM, the main thread only: elsewhere calls run unguarded) only looks, at
-    ``cpu_s`` and then every ``recheck_s`` (each alarm sets the next before it raises, so
-    one swallowed in a finalizer recurs, and no two are ever pending at once). An alarm
-    that comes as the call ends is ignored: the call is over. It raises ``DeadlinePassed``
-    once the thread has computed for ``cpu_s``, or
-    after ``cap_s`` of real time whatever it computed. ``stalled`` tells afterwards whether
-    the call ran past ``cpu_s`` in real time without computing for it.
+    ``cpu_s`` and then every ``recheck_s``. It raises ``DeadlinePassed`` once the thread has
+    computed for ``cpu_s``, or after ``cap_s`` of real time whatever it computed. Each alarm
+    sets the next before it raises, so one swallowed in a finalizer recurs, and no two are
+    ever pending at once. An alarm that comes as the call ends is ignored (the call is
+    over), and one that comes before it starts (a garbage collection right after arming)
+    starts its clock again. ``stalled`` tells afterwards whether the call ran past
+    ``cpu_s`` in real time without computing for it.
 
     SIGALRM and the real-time timer belong to the host process too (pytest-timeout, an
     application's ``signal.alarm``). The alarm handler passes every alarm that comes outside
@@ -338,7 +339,7 @@ class CpuDeadline:
 
 
 SIGALRM = int(signal.SIGALRM)
-_EXIT = CpuDeadline.__exit__.__code__
+_ENTER, _EXIT = CpuDeadline.__enter__.__code__, CpuDeadline.__exit__.__code__
 _LATE = object()  # a call just ended: an alarm now is its own, late
 _timing: list = [None]  # the call the alarm is for (one at a time: the main thread's), _LATE or None
 _host_handler: list = [signal.SIG_DFL]  # the SIGALRM handler _on_alarm replaced
@@ -348,15 +349,18 @@ def _handle_pending_signals() -> None:
     """Nothing: calling a Python function makes the interpreter run the signal handlers due."""
 
 
-def _disarming(frame, depth: int = 4) -> bool:
-    """The alarm came in ``CpuDeadline.__exit__`` (or in a handler running there): the call is
-    over. Raising there would skip the disarming, and the timer would go on firing between
-    calls, into the serving loop, until an alarm taken for the host's ended the process."""
+def _outside_the_call(frame, depth: int = 4) -> str:
+    """"enter" or "exit" when the alarm came in ``CpuDeadline.__enter__`` or ``__exit__`` (or in a
+    handler running there), not in the call: raising there would escape the ``with`` before the
+    body, or skip the disarming, and the timer would go on firing between calls, into the
+    serving loop, until an alarm taken for the host's ended the process."""
     while frame is not None and depth > 0:
+        if frame.f_code is _ENTER:
+            return "enter"
         if frame.f_code is _EXIT:
-            return True
+            return "exit"
         frame, depth = frame.f_back, depth - 1
-    return False
+    return ""
 
 
 def _on_alarm(signum, frame) -> None:
@@ -371,7 +375,12 @@ def _on_alarm(signum, frame) -> None:
             signal.signal(signal.SIGALRM, signal.SIG_DFL)
             signal.raise_signal(signal.SIGALRM)
         return
-    if _disarming(frame):
+    outside = _outside_the_call(frame)
+    if outside == "exit":  # the call is over
+        return
+    if outside == "enter":  # a pause (a garbage collection) between arming and the call: its clock starts now
+        deadline._cpu, deadline._wall = time.thread_time(), time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, deadline.cpu_s)
         return
     passed = deadline.computed >= deadline.cpu_s or deadline.elapsed >= deadline.cap_s
     signal.setitimer(signal.ITIMER_REAL, deadline.recheck_s)  # the next look; __exit__ cancels it

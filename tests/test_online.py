@@ -230,6 +230,53 @@ print(leaks, len(outside), passed)
     assert 0 < passed < 2000  # both sides of the deadline were exercised
 
 
+def test_a_pause_between_arming_and_the_call_neither_escapes_nor_takes_the_host_timer(monkeypatch):
+    """A garbage collection right after ``__enter__`` armed the timer ran past the deadline, and the
+    alarm raised in ``__enter__``: the body never ran and ``__exit__`` never disarmed. The next call
+    took the leftover timer for the host's and put it back after it ended, so an alarm went to
+    pytest-timeout's handler seconds into a test ("Timeout (>300.0s)" after 7 s, in the switching
+    oracle's test). Here the pause is a test double: a ``signal`` module whose ``setitimer`` computes
+    for 50 ms after arming."""
+    import signal
+    import time
+
+    from autopoiesis import sandbox
+
+    setitimer, pausing = signal.setitimer, [True]
+
+    class PausingSignal:  # stands in for a long garbage collection right after arming
+        def __getattr__(self, name):
+            return getattr(signal, name)
+
+        @staticmethod
+        def setitimer(which, seconds, interval=0.0):
+            previous = setitimer(which, seconds, interval)
+            if pausing[0] and seconds > 0:
+                pausing[0] = False
+                end = time.thread_time() + 0.05
+                while time.thread_time() < end:
+                    pass
+            return previous
+
+    fired = []
+    previous_handler = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(1))
+    monkeypatch.setattr(sandbox, "signal", PausingSignal())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 5.0)  # the host's timer
+        deadline = sandbox.CpuDeadline(cpu_s=0.01, recheck_s=0.005)
+        with deadline:
+            answer = 42
+        assert answer == 42 and sandbox._timing[0] is None
+        assert 4.5 < signal.getitimer(signal.ITIMER_REAL)[0] <= 5.0 and not fired  # the host's, not ours
+        with pytest.raises(sandbox.DeadlinePassed):  # and the deadline still stops a call that spins
+            with deadline:
+                while True:
+                    pass
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+
+
 def test_a_stalled_call_on_the_hot_path_answers_and_counts_as_a_stall():
     """The deadline is 50 ms of the serving thread's CPU time. Here another thread holds the
     GIL for about 0.2 s while the policy runs (a frozen machine does the same): 50 ms pass in
