@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import __version__
 from .archive import Archive, ArchiveError
+from .program import Program, function_source
 
 ARCHIVE_NAME = "archive.db"
 
@@ -93,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated seconds each evolution takes (default: its measured wall-clock time)")
     on.add_argument("--live-seed", type=int, default=1000, help="seed of the live workload (simulated live systems)")
     on.add_argument("--max-windows", type=positive_int, help="stop after this many windows")
+    on.add_argument("--policy", metavar="FILE|RUN",
+                    help="what the live system starts serving: a file of policy functions (slots it leaves out keep "
+                         "the first baselines) or a run in --runs-dir: an offline run's champion, an online run's "
+                         "last live program (default: the first baselines)")
 
     rp = sub.add_parser("report", help="show a run: champion, progress, lineage, baselines")
     rp.add_argument("run", metavar="RUN", nargs="?", help="run id (default: the latest)")
@@ -198,17 +203,27 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         )
     adapter = load_adapter(spec, options)
     _check_objectives(adapter, config.objectives)
-    archive = archive or _open_archive(args.runs_dir, create=True)
     if getattr(adapter, "online_only", False) and not args.online and not args.resume:
         Console(stderr=True).print(f"adapter {adapter.name} evolves on its live system: running with --online")
         args.online = True
         config = Config.from_dict({**config.to_dict(), "population": args.population or 8,
                                    "generations": 3 if args.generations is None else args.generations})
+    initial = None
+    if args.policy:
+        if not args.online:
+            raise UserError("--policy sets what an online run starts serving; add --online "
+                            "(offline evolution starts from the baselines)")
+        if not Path(args.policy).is_file() and archive is None:  # a run id: found in the archive there is
+            if not (Path(args.runs_dir) / ARCHIVE_NAME).exists():
+                raise UserError(f"--policy {args.policy}: no such file, and no archive in {args.runs_dir} to find a run in")
+            archive = _open_archive(args.runs_dir, create=False)
+        initial = _starting_program(args.policy, adapter, archive)
+    archive = archive or _open_archive(args.runs_dir, create=True)
     if args.online:
         if args.resume:
             raise UserError("an online run serves a live system and cannot be resumed; start a new one "
                             "(its windows and deployments so far are in the archive: autopoiesis report RUN)")
-        return _cmd_online(args, adapter, spec, options, config, archive, llm_settings, replay_source)
+        return _cmd_online(args, adapter, spec, options, config, archive, llm_settings, replay_source, initial)
 
     console = Console(stderr=True)
     progress = Progress(
@@ -260,7 +275,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, replay_source) -> int:
+def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, replay_source, initial=None) -> int:
     from rich.live import Live
 
     from autopoiesis.evolution import new_run_id
@@ -284,7 +299,8 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
     console = Console(stderr=True)
     view = LiveView(console, run_id)
     controller = Controller(adapter, online, config, archive, operators, run_id=run_id, adapter_spec=spec,
-                            adapter_options=options, extra_latency=replayed_latency, on_event=view.on_event,
+                            adapter_options=options, initial=initial, extra_latency=replayed_latency,
+                            on_event=view.on_event,
                             extra_config={"llm": llm_settings} if llm_settings else None)
     try:
         if console.is_terminal and not args.json:
@@ -341,7 +357,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve with one fixed policy; ``bench`` stops when its load is done and prints the metrics."""
     from autopoiesis.adapters.base import load_adapter
     from autopoiesis.metrics import SLO, RollingWindow
-    from autopoiesis.program import Program
 
     options = _parse_options(args.option)
     if args.scenario:
@@ -357,18 +372,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     baselines = adapter.baselines()
     program = next(iter(baselines.values()))
     if args.policy:
-        try:
-            source = Path(args.policy).read_text()
-        except OSError as e:
-            raise UserError(f"cannot read policy file {args.policy}: {e.strerror}") from None
-        missing = [s for s in adapter.slots() if f"def {s.name}(" not in source]
-        from autopoiesis.program import function_source
-
-        for slot in missing:  # slots the file leaves out keep the first baseline
-            found = function_source(program.source, slot.name)
-            if found:
-                source += "\n\n" + "\n".join(program.source.splitlines()[found[1] - 1:found[2]]) + "\n"
-        program = Program(source, name=Path(args.policy).stem)
+        program = _policy_file(args.policy, adapter.slots(), program)
     console = Console(stderr=True)
     console.print(f"starting {adapter.name} ({adapter.describe()})"
                   + (f"; logs in {run_dir}" if hasattr(adapter, "run_dir") else ""))
@@ -782,6 +786,50 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 # -- helpers ----------------------------------------------------------------------------
+def _policy_file(path: str, slots, base: Program) -> Program:
+    """A file of policy functions as a whole program: the slots it leaves out keep ``base``'s."""
+    try:
+        source = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read policy file {path}: {getattr(e, 'strerror', None) or e}") from None
+    for slot in slots:
+        found = None if f"def {slot.name}(" in source else function_source(base.source, slot.name)
+        if found:
+            source += "\n\n" + "\n".join(base.source.splitlines()[found[1] - 1:found[2]]) + "\n"
+    return Program(source, name=Path(path).stem)
+
+
+def _starting_program(spec: str, adapter, archive: Archive | None) -> Program:
+    """``evolve --online --policy``: a policy file, or what a run in ``archive`` ended with."""
+    from autopoiesis import sandbox
+
+    first = next(iter(adapter.baselines().values()))
+    if Path(spec).is_file():
+        program = _policy_file(spec, adapter.slots(), first)
+    else:
+        try:
+            run = archive.run(spec)
+        except ArchiveError:
+            raise UserError(f"--policy {spec}: no such file, and no run of that id in {archive.path}") from None
+        if run["config"].get("mode") == "online":
+            windows = archive.windows(spec)
+            pid = windows[-1]["policy"] if windows else None
+        else:
+            champion = next((r for r in archive.results(spec) if r["kind"] == "champion"), None)
+            stats = archive.generation_stats(spec)  # an unfinished run: its latest generation's best
+            pid = champion["program"] if champion else (stats[-1].get("champion") if stats else None)
+        if pid is None:
+            raise UserError(f"--policy {spec}: that run has no program to start from yet")
+        program = archive.program(pid)
+    try:  # what deploying it does first; a mistake is said before the live system starts
+        sandbox.compile_policy(program.source, adapter.slots(), program.id)
+    except sandbox.Rejected as e:
+        raise UserError(f"--policy {spec} is rejected for adapter {adapter.name}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - its module-level code failed
+        raise UserError(f"--policy {spec} fails to load: {type(e).__name__}: {e}") from None
+    return program
+
+
 def _console() -> Console:
     """Stdout console; wide when writing to a file or pipe, so tables stay legible in logs."""
     console = Console()

@@ -447,6 +447,46 @@ def test_the_cli_runs_online_and_reports_windows_deployments_and_a_plot(tmp_path
     assert [d["kind"] for d in data["deployments"]][0] == "initial"
 
 
+def test_the_cli_starts_an_online_run_from_a_policy_file_or_from_a_run(tmp_path):
+    """``--policy``: a file (the slots it leaves out keep the first baselines), an offline run's
+    champion, or the program an online run ended with."""
+    from test_cli import assert_one_line_error, cli
+
+    runs = str(tmp_path / "runs")
+    load = ("--adapter", "simulator", "--scenario", SCENARIO, "-o", "requests=600", "--runs-dir", runs, "--json")
+    live = (*load, "--online", "--max-windows", "1")
+
+    def started_with(proc):
+        assert proc.returncode == 0, proc.stderr
+        out = json.loads(proc.stdout)
+        deployments = Archive(tmp_path / "runs" / "archive.db").deployments(out["run"])
+        assert deployments[0]["kind"] == "initial"
+        return out, deployments[0]["program"]
+
+    mine = tmp_path / "mine.py"
+    mine.write_text("def dispatch(request, replicas, now):\n    return len(replicas) - 1\n")
+    online, program = started_with(cli("evolve", *live, "--policy", str(mine)))
+    source = Archive(tmp_path / "runs" / "archive.db").program(program).source
+    assert source.startswith(mine.read_text()) and "def schedule(" in source and "def priority(" in source
+    assert program != SimulatorAdapter(SCENARIO).baselines()["default"].id
+
+    offline = cli("evolve", *load, "--generations", "1", "--population", "4", "--train-snapshots", "1",
+                  "--held-out-snapshots", "1")
+    assert offline.returncode == 0, offline.stderr
+    champion = json.loads(offline.stdout)
+    assert started_with(cli("evolve", *live, "--policy", champion["run"]))[1] == champion["champion"]
+    assert started_with(cli("evolve", *live, "--policy", online["run"]))[1] == online["final_policy"]
+
+    assert_one_line_error(cli("evolve", *load, "--policy", str(mine)), "add --online")
+    assert_one_line_error(cli("evolve", *live, "--policy", "nope"), "no such file, and no run of that id")
+    assert_one_line_error(cli("evolve", *live, "--policy", "nope", "--runs-dir", str(tmp_path / "none")),
+                          "no such file, and no archive")
+    assert not (tmp_path / "none").exists()
+    hostile = tmp_path / "hostile.py"
+    hostile.write_text("import os\ndef dispatch(request, replicas, now):\n    return 0\n")
+    assert_one_line_error(cli("evolve", *live, "--policy", str(hostile)), "rejected", "import of 'os'")
+
+
 def test_online_mistakes_are_one_line_errors(tmp_path):
     from test_cli import cli
 
