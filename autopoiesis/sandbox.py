@@ -287,7 +287,7 @@ class CpuDeadline:
     sets the next before it raises, so one swallowed in a finalizer recurs, and no two are
     ever pending at once. An alarm that comes as the call ends is ignored (the call is
     over), and one that comes before it starts (a garbage collection right after arming)
-    starts its clock again. ``stalled`` tells afterwards whether the call ran past
+    starts its CPU clock again. ``stalled`` tells afterwards whether the call ran past
     ``cpu_s`` in real time without computing for it.
 
     SIGALRM and the real-time timer belong to the host process too (pytest-timeout, an
@@ -378,8 +378,8 @@ def _on_alarm(signum, frame) -> None:
     outside = _outside_the_call(frame)
     if outside == "exit":  # the call is over
         return
-    if outside == "enter":  # a pause (a garbage collection) between arming and the call: its clock starts now
-        deadline._cpu, deadline._wall = time.thread_time(), time.monotonic()
+    if outside == "enter":  # a pause (a garbage collection) between arming and the call: its CPU clock starts now
+        deadline._cpu = time.thread_time()
         signal.setitimer(signal.ITIMER_REAL, deadline.cpu_s)
         return
     passed = deadline.computed >= deadline.cpu_s or deadline.elapsed >= deadline.cap_s
