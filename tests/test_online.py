@@ -457,16 +457,20 @@ def test_the_cli_starts_an_online_run_from_a_policy_file_or_from_a_run(tmp_path)
     live = (*load, "--online", "--max-windows", "1")
 
     def started_with(proc):
+        """The run's summary and the program it started serving, with that program's source."""
         assert proc.returncode == 0, proc.stderr
         out = json.loads(proc.stdout)
-        deployments = Archive(tmp_path / "runs" / "archive.db").deployments(out["run"])
-        assert deployments[0]["kind"] == "initial"
-        return out, deployments[0]["program"]
+        archive = Archive(tmp_path / "runs" / "archive.db")
+        try:
+            first = archive.deployments(out["run"])[0]
+            assert first["kind"] == "initial"
+            return out, first["program"], archive.program(first["program"]).source
+        finally:
+            archive.close()
 
     mine = tmp_path / "mine.py"
     mine.write_text("def dispatch(request, replicas, now):\n    return len(replicas) - 1\n")
-    online, program = started_with(cli("evolve", *live, "--policy", str(mine)))
-    source = Archive(tmp_path / "runs" / "archive.db").program(program).source
+    online, program, source = started_with(cli("evolve", *live, "--policy", str(mine)))
     assert source.startswith(mine.read_text()) and "def schedule(" in source and "def priority(" in source
     assert program != SimulatorAdapter(SCENARIO).baselines()["default"].id
 
