@@ -85,6 +85,11 @@ def check(source: str, slots: Iterable[PolicySlot]) -> ast.Module:
                 f"line {stmt.lineno}: only imports, function definitions and constant "
                 f"assignments may run at module level (found {type(stmt).__name__})"
             )
+        if isinstance(stmt, ast.FunctionDef):  # defaults run when the module does, outside any deadline
+            for default in stmt.args.defaults + [d for d in stmt.args.kw_defaults if d is not None]:
+                if not (_is_literal(default) or _is_dotted_name(default)):
+                    raise Rejected(f"line {default.lineno}: a default value of {stmt.name} must be a "
+                                   "constant or a name (it runs when the program loads)")
     # Report the first offence in reading order, not ast.walk's breadth-first order.
     for node in sorted(nodes, key=lambda n: (getattr(n, "lineno", 0), getattr(n, "col_offset", 0),
                                               getattr(n, "end_col_offset", 0) or 0)):
@@ -123,6 +128,12 @@ def _is_literal(node: ast.expr) -> bool:
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return False
     return sum(1 for _ in ast.walk(node)) <= 1_000
+
+
+def _is_dotted_name(node: ast.expr) -> bool:
+    while isinstance(node, ast.Attribute):
+        node = node.value
+    return isinstance(node, ast.Name)
 
 
 def _check_node(node: ast.AST) -> None:
