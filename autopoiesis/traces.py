@@ -3,11 +3,14 @@
 The Azure LLM inference trace (``TIMESTAMP,ContextTokens,GeneratedTokens``) and the
 ``arrived_at,num_prefill_tokens,num_decode_tokens`` format of ``shared/data/traces``.
 The simulator replays them in simulated time; the vLLM load generator at real time.
+``phased`` and ``rescaled`` make the (arrival, prompt, output) lists the live adapters'
+loads replay: a synthetic mix in phases, or a trace fitted to a rate and a model's limits.
 """
 
 from __future__ import annotations
 
 import csv
+import math
 from datetime import datetime
 from pathlib import Path
 
@@ -35,3 +38,33 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     order = np.argsort(t, kind="stable")
     t, p, o = t[order], p[order], o[order]
     return t - t[0], p, o
+
+
+#: (prompt median, sigma, output median, sigma) of a lognormal request class
+Lengths = tuple[float, float, float, float]
+
+
+def phased(phases, rate: float, duration: float, seed: int, short: Lengths, long: Lengths,
+           max_prompt: int, max_output: int, min_output: int = 2) -> list[tuple[float, int, int]]:
+    """Poisson arrivals in phases ``(share of duration, rate factor, share of long requests)``."""
+    rng = np.random.default_rng(seed)
+    out, start = [], 0.0
+    for share, factor, long_share in phases:
+        span = share * duration
+        n = rng.poisson(rate * factor * span)
+        for t in np.sort(rng.uniform(start, start + span, n)):
+            pm, ps, om, os_ = long if rng.uniform() < long_share else short
+            out.append((float(t), int(np.clip(rng.lognormal(math.log(pm), ps), 1, max_prompt)),
+                        int(np.clip(rng.lognormal(math.log(om), os_), min_output, max_output))))
+        start += span
+    return out
+
+
+def rescaled(path: Path, rate: float, duration: float, token_scale: float, max_prompt: int, max_output: int,
+             min_output: int = 2) -> list[tuple[float, int, int]]:
+    """A trace's first ``duration`` seconds after scaling time to ``rate`` and tokens by ``token_scale``."""
+    t, p, o = read_trace(Path(path))
+    t = t / (rate / (len(t) / max(t[-1], 1e-9)))
+    keep = t < duration
+    return [(float(a), int(np.clip(round(x * token_scale), 1, max_prompt)),
+             int(np.clip(round(y * token_scale), min_output, max_output))) for a, x, y in zip(t[keep], p[keep], o[keep])]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from autopoiesis.traces import read_trace
+from autopoiesis.traces import phased, rescaled
 
 # name: (description, phases: (duration s, rate req/s, share of long prompts))
 LOADS = {
@@ -48,28 +47,14 @@ def named(name: str, rate: float = 2.0, duration: float = 120.0, seed: int = 0,
     if name not in LOADS:
         raise ValueError(f"unknown load '{name}' (known: {', '.join(LOADS)}; or give --trace FILE)")
     description, phases = LOADS[name]
-    rng = np.random.default_rng(seed)
-    out, start = [], 0.0
-    for share, factor, long_share in phases:
-        span = share * duration
-        n = rng.poisson(rate * factor * span)
-        for t in np.sort(rng.uniform(start, start + span, n)):
-            pm, ps, om, os_ = LONG if rng.uniform() < long_share else SHORT
-            out.append((float(t), int(np.clip(rng.lognormal(math.log(pm), ps), 1, max_prompt)),
-                        int(np.clip(rng.lognormal(math.log(om), os_), 2, max_output))))
-        start += span
+    out = phased(phases, rate, duration, seed, SHORT, LONG, max_prompt, max_output)
     return Load(name, out, f"{description}: {rate:g} req/s base, {duration:.0f} s")
 
 
 def from_trace(path: str | Path, rate: float = 2.0, duration: float = 120.0, token_scale: float = 1.0,
                max_prompt: int = 2048, max_output: int = 256) -> Load:
     """The trace's first ``duration`` seconds after scaling time to ``rate`` and tokens by ``token_scale``."""
-    t, p, o = read_trace(Path(path))
-    scale = rate / (len(t) / max(t[-1], 1e-9))
-    t = t / scale
-    keep = t < duration
-    requests = [(float(a), int(np.clip(round(x * token_scale), 1, max_prompt)),
-                 int(np.clip(round(y * token_scale), 2, max_output))) for a, x, y in zip(t[keep], p[keep], o[keep])]
+    requests = rescaled(Path(path), rate, duration, token_scale, max_prompt, max_output)
     return Load(Path(path).stem, requests, f"trace {Path(path).name} at {rate:g} req/s, tokens x{token_scale:g}")
 
 
