@@ -1,0 +1,222 @@
+"""Continuous batching with a reserved KV cache: the engine's decisions, without its model.
+
+One ``Engine`` is both the live engine and its twin. It keeps the waiting queue (a heap
+ordered by the policy's ``priority``, asked once when a request arrives), admits from its
+head while the batch has room and the KV cache can reserve the request's whole length
+(prompt plus ``max_tokens``, so a running request is never preempted), and runs steps:
+each step prefills what it admitted, which gives their first tokens, and decodes one token
+for every request already running. What a step costs comes from its executor: the torch
+model (``model.TorchExecutor``, wall-clock seconds measured) or ``Costs`` fitted to that
+model (``Modelled``, deterministic). So the twin replays a window with the very
+scheduling code that served it, and only the step times are a model.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import asdict, astuple, dataclass, field
+from types import SimpleNamespace
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from autopoiesis.metrics import RequestRecord
+
+
+@dataclass
+class Request:
+    id: int
+    arrival: float
+    prompt_tokens: int
+    max_tokens: int
+    generated: int = 0
+    first_token: float = math.nan
+    finish: float = math.nan
+    slot: int = -1  # the executor's KV slot while running
+
+    @property
+    def length(self) -> int:
+        """Tokens the KV cache holds for it at the end: what admission reserves."""
+        return self.prompt_tokens + self.max_tokens
+
+    def view(self) -> SimpleNamespace:
+        """What a policy sees: a copy, so untrusted code cannot change the engine's request."""
+        return SimpleNamespace(id=self.id, arrival=self.arrival, prompt_tokens=self.prompt_tokens,
+                               max_tokens=self.max_tokens)
+
+    def record(self) -> RequestRecord:
+        return RequestRecord(self.arrival, self.first_token, self.finish, self.prompt_tokens, self.generated,
+                             replica=0, request_id=self.id)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The engine's limits: sequences per batch, and KV-cache tokens (reserved per request)."""
+
+    max_batch: int = 16
+    kv_tokens: int = 4096
+    max_prompt: int = 1024
+    max_output: int = 256
+
+    def check(self, prompt_tokens: int, max_tokens: int) -> str:
+        """Why a request cannot be served ('' when it can)."""
+        if not 1 <= prompt_tokens <= self.max_prompt:
+            return f"prompt of {prompt_tokens} tokens (1-{self.max_prompt})"
+        if not 1 <= max_tokens <= self.max_output:
+            return f"max_tokens {max_tokens} (1-{self.max_output})"
+        if prompt_tokens + max_tokens > self.kv_tokens:
+            return f"{prompt_tokens + max_tokens} tokens exceed the KV cache ({self.kv_tokens})"
+        return ""
+
+
+class Engine:
+    """The waiting heap, the running batch, and one step at a time (see the module's docstring)."""
+
+    def __init__(self, config: Config, executor: Any, priority: Callable[[Any, float], float]):
+        self.config, self.executor, self.priority = config, executor, priority
+        self.waiting: list[tuple[float, float, int, Request]] = []  # (priority, arrival, id, request)
+        self.running: list[Request] = []
+        self.reserved = 0
+        self.steps = 0
+        self.tokens = 0  # generated so far
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.running or self.waiting)
+
+    def add(self, request: Request, now: float) -> None:
+        key = float(self.priority(request.view(), now))
+        if not math.isfinite(key):
+            key = math.inf  # NaN would break the heap's order; +-inf are orders too
+        heapq.heappush(self.waiting, (key, request.arrival, request.id, request))
+
+    def _admit(self) -> list[Request]:
+        admitted: list[Request] = []
+        cfg = self.config
+        while self.waiting and len(self.running) + len(admitted) < cfg.max_batch:
+            request = self.waiting[0][3]
+            if self.reserved + request.length > cfg.kv_tokens:
+                break  # strict order: the head waits for room, nothing overtakes it
+            heapq.heappop(self.waiting)
+            self.reserved += request.length
+            admitted.append(request)
+        return admitted
+
+    def step(self, now: float) -> tuple[float, list[Request]]:
+        """Run one step that starts at ``now``: (when it ended, the requests it finished)."""
+        admitted = self._admit()
+        decoding = list(self.running)
+        if not admitted and not decoding:
+            return now, []
+        end = now + self.executor.step(admitted, decoding)
+        self.steps += 1
+        self.tokens += len(decoding) + len(admitted)
+        done = []
+        for r in decoding:
+            r.generated += 1
+        for r in admitted:  # a prefill yields the first token
+            r.generated, r.first_token = 1, end
+        self.running = [r for r in decoding if r.generated < r.max_tokens]
+        for r in decoding + admitted:
+            if r.generated >= r.max_tokens:
+                r.finish = end
+                self.reserved -= r.length
+                self.executor.release(r)
+                done.append(r)
+            elif r in admitted:
+                self.running.append(r)
+        return end, done
+
+
+# -- the twin's step costs ----------------------------------------------------------------
+def shape(prefill: Sequence[Request], decode: Sequence[Request]) -> tuple[float, ...]:
+    """What a step's cost depends on, in ``Costs``' order (the torch model pads a decode batch
+    to its longest context, so decode attention costs sequences x that context)."""
+    return (1.0 if prefill else 0.0, float(sum(r.prompt_tokens for r in prefill)),
+            1.0 if decode else 0.0, float(len(decode)),
+            float(len(decode) * max((r.prompt_tokens + r.generated for r in decode), default=0)))
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Seconds per step: the sum of each coefficient times the step's ``shape``.
+
+    step = prefill_base_s [any prefill] + prefill_per_token_s x prompt tokens prefilled
+         + decode_base_s [any decode] + decode_per_seq_s x sequences
+         + decode_per_context_s x sequences x the longest context among them
+    """
+
+    prefill_base_s: float = 2e-3
+    prefill_per_token_s: float = 2e-5
+    decode_base_s: float = 4e-3
+    decode_per_seq_s: float = 2e-4
+    decode_per_context_s: float = 1e-7
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    def step(self, prefill: Sequence[Request], decode: Sequence[Request]) -> float:
+        return self.step_of(shape(prefill, decode))
+
+    def step_of(self, x: Sequence[float]) -> float:
+        return sum(c * v for c, v in zip(astuple(self), x))
+
+
+@dataclass
+class Modelled:
+    """An executor that computes nothing and charges ``costs`` per step: the twin."""
+
+    costs: Costs = field(default_factory=Costs)
+
+    def step(self, prefill: Sequence[Request], decode: Sequence[Request]) -> float:
+        return self.costs.step(prefill, decode)
+
+    def release(self, request: Request) -> None:
+        pass
+
+
+def fit(steps: Sequence[tuple[tuple[float, ...], float]], fastest: bool = False) -> Costs:
+    """``Costs`` fitted to timed steps ((shape, seconds) pairs), by least squares on relative error.
+
+    ``fastest``: fit the fastest half of each shape's repeats (a calibration's, where a step
+    slowed by another process is noise); live steps are fitted as they ran, slowdowns and all,
+    since the twin must predict what serving costs. A coefficient the data would make negative
+    is held at zero (at 1 us for the two bases) and the others are refitted.
+    """
+    if fastest:
+        by_shape: dict[tuple, list[float]] = {}
+        for x, seconds in steps:
+            by_shape.setdefault(tuple(x), []).append(seconds)
+        steps = [(x, float(np.median(sorted(ts)[: max(1, len(ts) // 2)]))) for x, ts in by_shape.items()]
+    x = np.array([s[0] for s in steps], float)
+    y = np.array([s[1] for s in steps], float)
+    floor = np.array([1e-6, 0.0, 1e-6, 0.0, 0.0])
+    w = 1.0 / np.maximum(y, 1e-9)  # a 2 ms step matters as much as an 80 ms one
+    free = [j for j in range(5) if np.any(x[:, j])]
+    coef = floor.copy()
+    while free:
+        fixed = [j for j in range(5) if j not in free]
+        target = y - x[:, fixed] @ coef[fixed]
+        solved = np.linalg.lstsq(x[:, free] * w[:, None], target * w, rcond=None)[0]
+        low = [j for j, v in zip(free, solved) if v < floor[j]]
+        if not low:
+            coef[free] = solved
+            break
+        free = [j for j in free if j not in low]
+    return Costs(*(float(c) for c in coef))
+
+
+def replay(policy: Any, requests: Sequence[Sequence[float]], config: Config, costs: Costs) -> list[RequestRecord]:
+    """Serve ``requests`` ((arrival, prompt, max_tokens), sorted) on the twin; one record each."""
+    engine = Engine(config, Modelled(costs), policy.priority)
+    pending = [Request(i, float(a), int(p), int(m)) for i, (a, p, m) in enumerate(requests)]
+    now, i = 0.0, 0
+    while i < len(pending) or engine.busy:
+        if not engine.busy:
+            now = max(now, pending[i].arrival)
+        while i < len(pending) and pending[i].arrival <= now:
+            engine.add(pending[i], pending[i].arrival)
+            i += 1
+        now, _ = engine.step(now)
+    return [r.record() for r in pending]

@@ -1,0 +1,235 @@
+"""The torch engine adapter: its scheduler, its model's KV cache, the twin's costs, and the live engine.
+
+The live tests run the real torch model in this process at real time (a few seconds of load each).
+"""
+
+import json
+import math
+import random
+import subprocess
+import sys
+
+import pytest
+
+torch = pytest.importorskip("torch")  # the engine's extra; `pip install -e '.[dev]'` installs it
+
+from autopoiesis.adapters.base import AdapterError, load_adapter  # noqa: E402
+from autopoiesis.adapters.engine import EngineAdapter  # noqa: E402
+from autopoiesis.adapters.engine.engine import Config, Costs, Engine, Modelled, Request, fit, replay, shape  # noqa: E402
+from autopoiesis.adapters.engine.model import Shape, TinyLM  # noqa: E402
+from autopoiesis.adapters.engine.slots import PRIORITY_BASELINES, SLOTS  # noqa: E402
+from autopoiesis.program import Program  # noqa: E402
+from autopoiesis.sandbox import compile_policy  # noqa: E402
+
+
+def policy(name="fcfs"):
+    return compile_policy(PRIORITY_BASELINES[name], SLOTS)
+
+
+def workload(n=300, seed=0, span=20.0):
+    rng = random.Random(seed)
+    return sorted((rng.uniform(0, span), rng.choice([24, 600]), rng.choice([8, 96])) for _ in range(n))
+
+
+class Watching(Modelled):
+    """Modelled costs that also check every step against the engine's limits."""
+
+    def __init__(self, costs, config, engine_ref):
+        super().__init__(costs)
+        self.config, self.engine_ref, self.batches = config, engine_ref, []
+
+    def step(self, prefill, decode):
+        engine = self.engine_ref[0]
+        assert len(prefill) + len(decode) <= self.config.max_batch
+        assert sum(r.length for r in prefill + decode) == engine.reserved <= self.config.kv_tokens
+        self.batches.append(len(prefill) + len(decode))
+        return super().step(prefill, decode)
+
+
+def test_the_engine_keeps_its_limits_and_serves_every_request_its_max_tokens():
+    config, ref = Config(max_batch=4, kv_tokens=1500), []
+    executor = Watching(Costs(), config, ref)
+    order = []
+    engine = Engine(config, executor, lambda r, now: (order.append(r.id), r.prompt_tokens)[1])
+    ref.append(engine)
+    requests = [Request(i, a, p, m) for i, (a, p, m) in enumerate(workload(60, span=1.0))]
+    now, i = 0.0, 0
+    while i < len(requests) or engine.busy:
+        if not engine.busy:
+            now = max(now, requests[i].arrival)
+        while i < len(requests) and requests[i].arrival <= now:
+            engine.add(requests[i], requests[i].arrival)
+            i += 1
+        now, _ = engine.step(now)
+    assert order == list(range(60))  # priority is asked once per request, on arrival
+    assert all(r.generated == r.max_tokens and r.arrival <= r.first_token <= r.finish for r in requests)
+    assert max(executor.batches) == 4 and engine.reserved == 0
+
+
+def test_the_head_of_the_queue_waits_for_room_and_nothing_overtakes_it():
+    config = Config(max_batch=8, kv_tokens=1000)
+    big, small = Request(0, 0.0, 700, 10), Request(1, 0.0, 20, 10)
+    running = Request(2, 0.0, 500, 50)
+    engine = Engine(config, Modelled(Costs()), lambda r, now: -r.prompt_tokens)  # biggest first
+    engine.add(running, 0.0)
+    engine.step(0.0)
+    engine.add(big, 0.1)
+    engine.add(small, 0.1)
+    engine.step(0.1)
+    assert engine.running == [running] and small.generated == 0  # the small one fits, but waits behind the big
+    while running.generated < running.max_tokens:
+        engine.step(1.0)
+    engine.step(2.0)
+    assert big.generated == 1 and small.generated == 1
+
+
+def test_the_twin_is_deterministic_and_the_queue_order_matters_under_load():
+    config, costs = Config(max_batch=8, kv_tokens=3000), Costs()
+    requests = workload(400, span=8.0)
+    fcfs = replay(policy("fcfs"), requests, config, costs)
+    assert fcfs == replay(policy("fcfs"), requests, config, costs)
+    smallest = replay(policy("smallest_request"), requests, config, costs)
+    mean = lambda recs: sum(r.e2e for r in recs) / len(recs)
+    assert mean(smallest) < 0.7 * mean(fcfs)
+    assert len(smallest) == 400 and all(r.output_tokens == m for r, (_, _, m) in zip(smallest, requests))
+
+
+def test_fit_recovers_step_costs_from_timings():
+    truth = Costs(0.003, 9e-5, 0.0018, 2e-4, 3e-6)
+    rng = random.Random(1)
+    steps = []
+    for _ in range(3):
+        for n in (16, 64, 256, 640):
+            steps.append((shape([Request(0, 0.0, n, 4)], []), 0.0))
+        for b in (1, 4, 16):
+            for ctx in (32, 300, 1000):
+                steps.append((shape([], [Request(i, 0.0, ctx, 4, generated=1) for i in range(b)]), 0.0))
+    steps = [(x, truth.step_of(x)) for x, _ in steps]
+    slowed = [(x, t * (2 + rng.random())) for x, t in steps[::2]]  # a repeat slowed by another process
+    calibrated = fit(steps + slowed, fastest=True)
+    both = [tuple(a + b for a, b in zip(x, y)) for (x, _), (y, _) in zip(steps[:4], steps[4:8])]  # prefill + decode
+    mixed = [(x, truth.step_of(x)) for x in both]
+    live = fit(steps + mixed)
+    for name, value in truth.to_dict().items():
+        assert getattr(calibrated, name) == pytest.approx(value, rel=0.02), name
+        assert getattr(live, name) == pytest.approx(value, rel=0.02), name
+
+
+def test_fit_holds_a_cost_the_data_would_make_negative_at_its_floor():
+    steps = [((1.0, float(n), 0.0, 0.0, 0.0), 0.01 - 1e-6 * n) for n in (10, 100, 1000)]  # longer is faster
+    steps += [((0.0, 0.0, 1.0, float(b), b * 100.0), 0.002 + 1e-4 * b) for b in (1, 4, 8)]
+    costs = fit(steps)
+    assert costs.prefill_per_token_s == 0.0 and costs.prefill_base_s > 0
+    assert costs.decode_per_seq_s > 0 and min(costs.to_dict().values()) >= 0
+
+
+def test_the_kv_cache_decodes_what_a_full_forward_computes():
+    model = TinyLM(Shape(vocab=97, hidden=64, layers=2, heads=2), max_len=64).eval()
+    k = torch.zeros(2, 3, 2, 64, 32)
+    v = torch.zeros_like(k)
+    a, b = torch.randint(97, (1, 20)), torch.randint(97, (1, 9))
+    with torch.inference_mode():
+        expected = model(a, torch.arange(20).view(1, -1), torch.tensor([0]), k.clone(), v.clone())
+        model(a[:, :17], torch.arange(17).view(1, -1), torch.tensor([1]), k, v)  # prefill, slot 1
+        model(b[:, :6], torch.arange(6).view(1, -1), torch.tensor([2]), k, v)  # a shorter one, slot 2
+        for step in range(3):  # decode both in one batch: rows of different lengths
+            tokens = torch.tensor([[a[0, 17 + step]], [b[0, 6 + step]]])
+            logits = model(tokens, torch.tensor([[17 + step], [6 + step]]), torch.tensor([1, 2]), k, v)
+        other = model(b, torch.arange(9).view(1, -1), torch.tensor([0]), torch.zeros_like(k), torch.zeros_like(v))
+    assert torch.allclose(logits[0], expected[0], atol=1e-4)
+    assert torch.allclose(logits[1], other[0], atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def small_engine():
+    """A small, fast model; its costs are timed once for the module."""
+    adapter = EngineAdapter(scenario="burst", rate=8.0, duration=6.0, hidden=64, layers=2, heads=2, vocab=256,
+                            max_batch=8, kv_tokens=2048, max_prompt=512, max_output=64)
+    adapter.fitted_costs()
+    return adapter
+
+
+def test_a_policy_that_raises_or_overflows_on_the_live_engine_never_drops_a_request(small_engine, tmp_path):
+    adapter = small_engine
+    adapter.run_dir = str(tmp_path)
+    bad = Program("def priority(request, now):\n    if request.id % 2:\n        raise ValueError('odd')\n"
+                  "    if request.id % 4 == 0:\n        return 10 ** 400\n"  # an int no float can hold
+                  "    return request.arrival\n", name="bad")
+    adapter.start(seed=7)
+    try:
+        adapter.deploy(bad, [adapter.baselines()["fcfs"]])
+        records, calls, fallbacks = [], 0, 0
+        obs = adapter.observe(adapter.now() + 2.0)
+        while True:
+            records += obs.records
+            calls += obs.calls.get("priority", 0)
+            fallbacks += obs.fallbacks.get("priority", 0)
+            if obs.finished:
+                break
+            obs = adapter.observe(adapter.now() + 2.0)
+    finally:
+        adapter.stop()
+    load = adapter.load(7)
+    assert len(records) == len(load) == calls > 10
+    assert fallbacks == sum(i % 2 or i % 4 == 0 for i in range(len(load)))
+    assert sorted(r.request_id for r in records) == list(range(len(load)))
+    assert all(r.arrival <= r.first_token <= r.finish and r.output_tokens == load[r.request_id][2] for r in records)
+    logged = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
+    assert len(logged) == len(records)
+
+
+def test_a_live_window_replays_on_the_twin_close_to_what_was_served(small_engine, tmp_path):
+    adapter = small_engine
+    adapter.run_dir = str(tmp_path)
+    adapter.start(seed=3)
+    try:
+        fcfs = adapter.baselines()["fcfs"]
+        adapter.deploy(fcfs)
+        while not adapter.observe(adapter.now() + 1.0).finished:
+            pass
+        until = adapter.now()
+        snapshot = adapter.window_snapshot(0.0, until, fcfs)
+        metrics = adapter.window_metrics(0.0, until, fcfs)
+        later = adapter.window_snapshot(0.0, until, fcfs)
+        served = list(adapter.live["records"])
+    finally:
+        adapter.stop()
+    assert len(snapshot.params["requests"]) == len(served)
+    replayed = adapter.evaluate(policy("fcfs"), snapshot)
+    assert replayed["requests"] == len(served)
+    assert metrics["cost_scale"] > 0 and math.isfinite(metrics["twin_error"])
+    start = adapter.fitted_costs().to_dict()
+    assert snapshot.params["costs"] == start != later.params["costs"]  # then costs refitted on the live steps
+    assert metrics["twin_error"] < 1.0  # the same scheduler on timed costs: within a factor of two
+
+
+def test_options_are_checked_with_one_line_errors():
+    for options, message in (({"scenario": "nope"}, "unknown engine load 'nope'"),
+                             ({"hidden": 100, "heads": 3}, "multiple of heads"),
+                             ({"rate": 0}, "rate must be positive"),
+                             ({"trace": "/no/such.csv"}, "trace file not found")):
+        with pytest.raises(AdapterError, match=message):
+            load_adapter("engine", options)
+    if not torch.cuda.is_available():
+        with pytest.raises(AdapterError, match="no CUDA GPU"):
+            load_adapter("engine", {"device": "cuda"}).fitted_costs()
+
+
+def test_the_cli_evolves_the_engine_offline_and_online(tmp_path):
+    common = [sys.executable, "-m", "autopoiesis.cli", "evolve", "--adapter", "engine", "--scenario", "burst",
+              "-o", "hidden=64", "-o", "layers=2", "-o", "heads=2", "-o", "vocab=256", "--runs-dir", str(tmp_path),
+              "--workers", "1", "--json"]
+    offline = subprocess.run(common + ["--population", "6", "--generations", "2", "--train-snapshots", "2",
+                                       "--held-out-snapshots", "2", "--rate", "6", "--duration", "30"],
+                             capture_output=True, text=True, timeout=240)
+    assert offline.returncode == 0, offline.stderr[-2000:]
+    result = json.loads(offline.stdout)
+    assert result["evaluations"] >= 6 and result["champion"]
+    online = subprocess.run(common + ["--online", "--rate", "8", "--duration", "16", "--window", "4", "--period", "1",
+                                      "--history", "1"], capture_output=True, text=True, timeout=240)
+    assert online.returncode == 0, online.stderr[-2000:]
+    summary = json.loads(online.stdout)
+    assert summary["windows"] >= 4 and summary["evolutions"] >= 1 and summary["requests"] > 50
+    assert (tmp_path / summary["run"] / "online.png").is_file()
+    bad = subprocess.run([a if a != "burst" else "nope" for a in common], capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "unknown engine load 'nope'" in bad.stderr and "Traceback" not in bad.stderr
