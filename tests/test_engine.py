@@ -95,7 +95,7 @@ def test_the_twin_is_deterministic_and_the_queue_order_matters_under_load():
 
 
 def test_fit_recovers_step_costs_from_timings():
-    truth = Costs(0.003, 9e-5, 0.0018, 2e-4, 3e-6)
+    truth = Costs(0.003, 9e-5, 2e-8, 0.0018, 2e-4, 3e-6, 1e-10)
     rng = random.Random(1)
     steps = []
     for _ in range(3):
@@ -116,10 +116,10 @@ def test_fit_recovers_step_costs_from_timings():
 
 
 def test_fit_holds_a_cost_the_data_would_make_negative_at_its_floor():
-    steps = [((1.0, float(n), 0.0, 0.0, 0.0), 0.01 - 1e-6 * n) for n in (10, 100, 1000)]  # longer is faster
-    steps += [((0.0, 0.0, 1.0, float(b), b * 100.0), 0.002 + 1e-4 * b) for b in (1, 4, 8)]
+    steps = [((1.0, float(n), float(n * n), 0.0, 0.0, 0.0, 0.0), 0.01 - 1e-6 * n) for n in (10, 100, 1000)]
+    steps += [((0.0, 0.0, 0.0, 1.0, float(b), b * 100.0, (b * 100.0) ** 2), 0.002 + 1e-4 * b) for b in (1, 4, 8)]
     costs = fit(steps)
-    assert costs.prefill_per_token_s == 0.0 and costs.prefill_base_s > 0
+    assert costs.prefill_per_token_s == costs.prefill_per_token_sq_s == 0.0 and costs.prefill_base_s > 0  # longer: faster
     assert costs.decode_per_seq_s > 0 and min(costs.to_dict().values()) >= 0
 
 

@@ -36,7 +36,7 @@ LOADS = {
                                                                        (0.4, 0.75, 0.2)]),
 }
 SHORT, LONG = (48, 0.6, 24, 0.6), (480, 0.3, 96, 0.4)  # (prompt median, sigma, output median, sigma)
-STEPS_KEPT = 2000  # live steps the twin's costs are refitted on
+STEPS_KEPT = 20_000  # live steps the twin's costs are refitted on (a burst's big steps must stay in)
 
 
 def score(policy: Any, params: dict) -> dict[str, float]:
@@ -157,7 +157,8 @@ class EngineAdapter(Adapter):
                 f"{cfg['kv_tokens']} KV tokens are reserved at once. Step costs: prefill "
                 f"{c['prefill_base_s'] * 1e3:.2f} ms + {c['prefill_per_token_s'] * 1e6:.1f} us/token; decode "
                 f"{c['decode_base_s'] * 1e3:.2f} ms + {c['decode_per_seq_s'] * 1e3:.3f} ms/sequence + "
-                f"{c['decode_per_context_s'] * 1e6:.2f} us per sequence per token of the longest context.")
+                f"{c['decode_per_context_s'] * 1e6:.2f} us per sequence per token of the longest context "
+                f"(squared terms in docs/engine.md).")
 
     # -- the live system ------------------------------------------------------------------
     def start(self, seed: int = 1000) -> None:

@@ -24,7 +24,7 @@ import numpy as np
 from autopoiesis.metrics import RequestRecord
 
 
-@dataclass
+@dataclass(eq=False)  # a request is itself: the engine finds it by identity
 class Request:
     id: int
     arrival: float
@@ -131,11 +131,16 @@ class Engine:
 
 # -- the twin's step costs ----------------------------------------------------------------
 def shape(prefill: Sequence[Request], decode: Sequence[Request]) -> tuple[float, ...]:
-    """What a step's cost depends on, in ``Costs``' order (the torch model pads a decode batch
-    to its longest context, so decode attention costs sequences x that context)."""
+    """What a step's cost depends on, in ``Costs``' order.
+
+    The torch model pads a decode batch to its longest context, so decode attention costs
+    sequences x that context; past a size the padded batch outgrows the CPU's caches and the
+    cost grows faster, hence the squares (a prefill's attention is quadratic in its prompt).
+    """
+    padded = float(len(decode) * max((r.prompt_tokens + r.generated for r in decode), default=0))
     return (1.0 if prefill else 0.0, float(sum(r.prompt_tokens for r in prefill)),
-            1.0 if decode else 0.0, float(len(decode)),
-            float(len(decode) * max((r.prompt_tokens + r.generated for r in decode), default=0)))
+            float(sum(r.prompt_tokens ** 2 for r in prefill)),
+            1.0 if decode else 0.0, float(len(decode)), padded, padded ** 2)
 
 
 @dataclass(frozen=True)
@@ -143,15 +148,19 @@ class Costs:
     """Seconds per step: the sum of each coefficient times the step's ``shape``.
 
     step = prefill_base_s [any prefill] + prefill_per_token_s x prompt tokens prefilled
+         + prefill_per_token_sq_s x the sum of the squared prompt lengths
          + decode_base_s [any decode] + decode_per_seq_s x sequences
-         + decode_per_context_s x sequences x the longest context among them
+         + decode_per_context_s x P + decode_per_context_sq_s x P^2,
+           P = sequences x the longest context among them
     """
 
     prefill_base_s: float = 2e-3
-    prefill_per_token_s: float = 2e-5
-    decode_base_s: float = 4e-3
-    decode_per_seq_s: float = 2e-4
-    decode_per_context_s: float = 1e-7
+    prefill_per_token_s: float = 8e-5
+    prefill_per_token_sq_s: float = 0.0
+    decode_base_s: float = 1.5e-3
+    decode_per_seq_s: float = 1.5e-4
+    decode_per_context_s: float = 2e-6
+    decode_per_context_sq_s: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -181,8 +190,9 @@ def fit(steps: Sequence[tuple[tuple[float, ...], float]], fastest: bool = False)
 
     ``fastest``: fit the fastest half of each shape's repeats (a calibration's, where a step
     slowed by another process is noise); live steps are fitted as they ran, slowdowns and all,
-    since the twin must predict what serving costs. A coefficient the data would make negative
-    is held at zero (at 1 us for the two bases) and the others are refitted.
+    since the twin must predict what serving costs: the fitted costs are then scaled so that
+    they add up to the steps' measured total. A coefficient the data would make negative is
+    held at zero (at 1 us for the two bases) and the others are refitted.
     """
     if fastest:
         by_shape: dict[tuple, list[float]] = {}
@@ -191,19 +201,22 @@ def fit(steps: Sequence[tuple[tuple[float, ...], float]], fastest: bool = False)
         steps = [(x, float(np.median(sorted(ts)[: max(1, len(ts) // 2)]))) for x, ts in by_shape.items()]
     x = np.array([s[0] for s in steps], float)
     y = np.array([s[1] for s in steps], float)
-    floor = np.array([1e-6, 0.0, 1e-6, 0.0, 0.0])
+    floor = np.array([1e-6, 0.0, 0.0, 1e-6, 0.0, 0.0, 0.0])
     w = 1.0 / np.maximum(y, 1e-9)  # a 2 ms step matters as much as an 80 ms one
-    free = [j for j in range(5) if np.any(x[:, j])]
+    free = [j for j in range(len(floor)) if np.any(x[:, j])]
     coef = floor.copy()
     while free:
-        fixed = [j for j in range(5) if j not in free]
+        fixed = [j for j in range(len(floor)) if j not in free]
         target = y - x[:, fixed] @ coef[fixed]
-        solved = np.linalg.lstsq(x[:, free] * w[:, None], target * w, rcond=None)[0]
+        scale = np.abs(x[:, free]).max(axis=0)  # columns from 1 to 1e7: solve on a common scale
+        solved = np.linalg.lstsq(x[:, free] / scale * w[:, None], target * w, rcond=None)[0] / scale
         low = [j for j, v in zip(free, solved) if v < floor[j]]
         if not low:
             coef[free] = solved
             break
         free = [j for j in free if j not in low]
+    if not fastest:  # the occasional slow step (a collection, the OS) is part of what serving costs
+        coef *= y.sum() / max(float((x @ coef).sum()), 1e-12)
     return Costs(*(float(c) for c in coef))
 
 
