@@ -15,7 +15,8 @@ torch = pytest.importorskip("torch")  # the engine's extra; `pip install -e '.[d
 
 from autopoiesis.adapters.base import AdapterError, load_adapter  # noqa: E402
 from autopoiesis.adapters.engine import EngineAdapter  # noqa: E402
-from autopoiesis.adapters.engine.engine import Config, Costs, Engine, Modelled, Request, fit, replay, shape  # noqa: E402
+from autopoiesis.adapters.engine.engine import (  # noqa: E402
+    Config, Costs, Engine, Modelled, Request, fit, replay, scale, shape)
 from autopoiesis.adapters.engine.model import Shape, TinyLM  # noqa: E402
 from autopoiesis.adapters.engine.slots import PRIORITY_BASELINES, SLOTS  # noqa: E402
 from autopoiesis.program import Program  # noqa: E402
@@ -94,25 +95,24 @@ def test_the_twin_is_deterministic_and_the_queue_order_matters_under_load():
     assert len(smallest) == 400 and all(r.output_tokens == m for r, (_, _, m) in zip(smallest, requests))
 
 
-def test_fit_recovers_step_costs_from_timings():
+def test_fit_recovers_step_costs_from_timings_and_scale_follows_the_live_level():
     truth = Costs(0.003, 9e-5, 2e-8, 0.0018, 2e-4, 3e-6, 1e-10)
     rng = random.Random(1)
     steps = []
     for _ in range(3):
         for n in (16, 64, 256, 640):
-            steps.append((shape([Request(0, 0.0, n, 4)], []), 0.0))
+            steps.append(shape([Request(0, 0.0, n, 4)], []))
         for b in (1, 4, 16):
             for ctx in (32, 300, 1000):
-                steps.append((shape([], [Request(i, 0.0, ctx, 4, generated=1) for i in range(b)]), 0.0))
-    steps = [(x, truth.step_of(x)) for x, _ in steps]
-    slowed = [(x, t * (2 + rng.random())) for x, t in steps[::2]]  # a repeat slowed by another process
-    calibrated = fit(steps + slowed, fastest=True)
-    both = [tuple(a + b for a, b in zip(x, y)) for (x, _), (y, _) in zip(steps[:4], steps[4:8])]  # prefill + decode
-    mixed = [(x, truth.step_of(x)) for x in both]
-    live = fit(steps + mixed)
+                steps.append(shape([], [Request(i, 0.0, ctx, 4, generated=1) for i in range(b)]))
+    timed = [(x, truth.step_of(x)) for x in steps]
+    slowed = [(x, t * (2 + rng.random())) for x, t in timed[::2]]  # a repeat slowed by another process
+    got = fit(timed + slowed)
     for name, value in truth.to_dict().items():
-        assert getattr(calibrated, name) == pytest.approx(value, rel=0.02), name
-        assert getattr(live, name) == pytest.approx(value, rel=0.02), name
+        assert getattr(got, name) == pytest.approx(value, rel=0.02), name
+    live = [(x, 1.3 * truth.step_of(x)) for x in steps[:10]]
+    assert scale(got, live) == pytest.approx(1.3, rel=0.02) and scale(got, []) == 1.0
+    assert got.scaled(2.0).decode_per_seq_s == pytest.approx(2 * got.decode_per_seq_s)
 
 
 def test_fit_holds_a_cost_the_data_would_make_negative_at_its_floor():
@@ -198,8 +198,9 @@ def test_a_live_window_replays_on_the_twin_close_to_what_was_served(small_engine
     replayed = adapter.evaluate(policy("fcfs"), snapshot)
     assert replayed["requests"] == len(served)
     assert metrics["cost_scale"] > 0 and math.isfinite(metrics["twin_error"])
-    start = adapter.fitted_costs().to_dict()
-    assert snapshot.params["costs"] == start != later.params["costs"]  # then costs refitted on the live steps
+    start = adapter.fitted_costs()
+    assert snapshot.params["costs"] == start.to_dict()  # at first, the costs timed at start
+    assert later.params["costs"] == start.scaled(metrics["cost_scale"]).to_dict()  # then at the live level
     assert metrics["twin_error"] < 1.0  # the same scheduler on timed costs: within a factor of two
 
 

@@ -26,6 +26,7 @@ def test_wheel_layout(wheel):
     assert "autopoiesis/adapters/base.py" in names
     assert "autopoiesis/search/nsga2.py" in names
     assert "autopoiesis/operators/gp.py" in names
+    assert "autopoiesis/adapters/engine/model.py" in names and "autopoiesis/adapters/vllm/router.py" in names
     for data in ("autopoiesis/adapters/simulator/data/gpus.toml", "autopoiesis/adapters/simulator/scenarios/mixed.toml",
                  "autopoiesis/adapters/simulator/baselines/dispatch_round_robin.py",
                  "autopoiesis/adapters/simulator/data/calibration/default.toml"):

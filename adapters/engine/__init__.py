@@ -23,7 +23,7 @@ from autopoiesis.adapters.base import Adapter, AdapterError
 from autopoiesis.metrics import SLO, EngineSample, Objective, Observation, RollingWindow, Snapshot
 from autopoiesis.traces import phased, rescaled
 
-from .engine import Config, Costs, Engine, Request, fit, replay, shape
+from .engine import Config, Costs, Engine, Request, fit, replay, scale, shape
 from .slots import SLOTS
 
 __all__ = ["EngineAdapter"]
@@ -36,7 +36,7 @@ LOADS = {
                                                                        (0.4, 0.75, 0.2)]),
 }
 SHORT, LONG = (48, 0.6, 24, 0.6), (480, 0.3, 96, 0.4)  # (prompt median, sigma, output median, sigma)
-STEPS_KEPT = 20_000  # live steps the twin's costs are refitted on (a burst's big steps must stay in)
+STEPS_KEPT = 2000  # the live steps the twin's cost level follows (about 10-40 s of serving)
 
 
 def score(policy: Any, params: dict) -> dict[str, float]:
@@ -115,7 +115,7 @@ class EngineAdapter(Adapter):
         if self.costs is None:
             from .model import calibrate
 
-            self.costs = fit(calibrate(self._executor(), self.config), fastest=True)
+            self.costs = fit(calibrate(self._executor(), self.config))
         return self.costs
 
     # -- scoring --------------------------------------------------------------------------
@@ -250,12 +250,11 @@ class EngineAdapter(Adapter):
         return [(round(r.arrival - start, 6), r.prompt_tokens, r.max_tokens) for r in pool], (served, pool)
 
     def window_metrics(self, since: float, until: float, incumbent) -> dict[str, float]:
-        """The twin's error replaying this window, then its costs refitted on the live steps.
+        """The twin's error replaying this window, then its costs rescaled to the last live steps.
 
         The error is out of sample: the costs come from before the window (at first, the
-        timing at start). Under the evolution plane's workers a live step takes longer than
-        a timed one, so the costs the next snapshots carry are fitted to the last live steps
-        as they ran (``cost_scale``: their median time over the start's prediction).
+        timing at start). ``cost_scale``: how much longer the last live steps took than the
+        start's costs predict (``engine.scale``); the next snapshots carry the costs times it.
         """
         from autopoiesis.online import hot_path
 
@@ -271,13 +270,9 @@ class EngineAdapter(Adapter):
                 out["twin_error"] = abs(predicted - observed) / observed
         except Exception:  # noqa: BLE001 - the twin's view is a report, never a reason to stop serving
             pass
-        steps = list(live["steps"])
-        if sum(x[0] > 0 for x, _ in steps) >= 10 and sum(x[2] > 0 for x, _ in steps) >= 10:
-            live["costs"] = fit(steps)
-        start = self.fitted_costs()
-        ratios = [seconds / start.step_of(x) for x, seconds in steps if start.step_of(x) > 0]
-        if ratios:
-            out["cost_scale"] = statistics.median(ratios)
+        if live["steps"]:
+            out["cost_scale"] = scale(self.fitted_costs(), live["steps"])
+            live["costs"] = self.fitted_costs().scaled(out["cost_scale"])
         return out
 
     def live_metrics(self) -> dict[str, float]:

@@ -171,6 +171,9 @@ class Costs:
     def step_of(self, x: Sequence[float]) -> float:
         return sum(c * v for c, v in zip(astuple(self), x))
 
+    def scaled(self, factor: float) -> "Costs":
+        return Costs(*(c * factor for c in astuple(self)))
+
 
 @dataclass
 class Modelled:
@@ -185,22 +188,19 @@ class Modelled:
         pass
 
 
-def fit(steps: Sequence[tuple[tuple[float, ...], float]], fastest: bool = False) -> Costs:
+def fit(steps: Sequence[tuple[tuple[float, ...], float]]) -> Costs:
     """``Costs`` fitted to timed steps ((shape, seconds) pairs), by least squares on relative error.
 
-    ``fastest``: fit the fastest half of each shape's repeats (a calibration's, where a step
-    slowed by another process is noise); live steps are fitted as they ran, slowdowns and all,
-    since the twin must predict what serving costs: the fitted costs are then scaled so that
-    they add up to the steps' measured total. A coefficient the data would make negative is
-    held at zero (at 1 us for the two bases) and the others are refitted.
+    Each shape's time is the median of the fastest half of its repeats (a step slowed by
+    another process is noise here; ``scale`` puts the live level back). A coefficient the
+    data would make negative is held at zero (at 1 us for the two bases) and the others
+    are refitted.
     """
-    if fastest:
-        by_shape: dict[tuple, list[float]] = {}
-        for x, seconds in steps:
-            by_shape.setdefault(tuple(x), []).append(seconds)
-        steps = [(x, float(np.median(sorted(ts)[: max(1, len(ts) // 2)]))) for x, ts in by_shape.items()]
-    x = np.array([s[0] for s in steps], float)
-    y = np.array([s[1] for s in steps], float)
+    by_shape: dict[tuple, list[float]] = {}
+    for x, seconds in steps:
+        by_shape.setdefault(tuple(x), []).append(seconds)
+    x = np.array(list(by_shape), float)
+    y = np.array([np.median(sorted(ts)[: max(1, len(ts) // 2)]) for ts in by_shape.values()])
     floor = np.array([1e-6, 0.0, 0.0, 1e-6, 0.0, 0.0, 0.0])
     w = 1.0 / np.maximum(y, 1e-9)  # a 2 ms step matters as much as an 80 ms one
     free = [j for j in range(len(floor)) if np.any(x[:, j])]
@@ -208,16 +208,26 @@ def fit(steps: Sequence[tuple[tuple[float, ...], float]], fastest: bool = False)
     while free:
         fixed = [j for j in range(len(floor)) if j not in free]
         target = y - x[:, fixed] @ coef[fixed]
-        scale = np.abs(x[:, free]).max(axis=0)  # columns from 1 to 1e7: solve on a common scale
-        solved = np.linalg.lstsq(x[:, free] / scale * w[:, None], target * w, rcond=None)[0] / scale
+        scale_ = np.abs(x[:, free]).max(axis=0)  # columns from 1 to 1e7: solve on a common scale
+        solved = np.linalg.lstsq(x[:, free] / scale_ * w[:, None], target * w, rcond=None)[0] / scale_
         low = [j for j, v in zip(free, solved) if v < floor[j]]
         if not low:
             coef[free] = solved
             break
         free = [j for j in free if j not in low]
-    if not fastest:  # the occasional slow step (a collection, the OS) is part of what serving costs
-        coef *= y.sum() / max(float((x @ coef).sum()), 1e-12)
     return Costs(*(float(c) for c in coef))
+
+
+def scale(costs: Costs, steps: Sequence[tuple[tuple[float, ...], float]]) -> float:
+    """How much longer ``steps`` took in all than ``costs`` predicts (1.0 without steps).
+
+    Live steps pay the serving loop's bookkeeping, the evolution plane's share of the cores,
+    the odd garbage collection, and the machine's drift; their total over the prediction's
+    is the one factor the twin's costs are scaled by. Only the level moves: the shape of
+    the costs stays the calibration's, which covers batch sizes a quiet stretch never shows.
+    """
+    predicted = sum(costs.step_of(x) for x, _ in steps)
+    return sum(seconds for _, seconds in steps) / predicted if predicted > 0 else 1.0
 
 
 def replay(policy: Any, requests: Sequence[Sequence[float]], config: Config, costs: Costs) -> list[RequestRecord]:
