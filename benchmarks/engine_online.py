@@ -5,10 +5,11 @@
 Every arm serves the same load (per seed) on the same model at real time: each
 human-designed ``priority`` baseline static, then Autopoiesis online starting from ``fcfs``
 (offline operators, one worker: the evolution plane shares the two cores with the engine,
-as it would in production). For each static arm the twin also replays the whole load, with
+as it would in production), then the same online run with a margin no champion meets,
+which serves fcfs throughout and so measures what the evolution plane alone costs serving. For each static arm the twin also replays the whole load, with
 the step costs timed at start and with those costs scaled to the level of that run's own
 live steps (as the online twin scales them), which gives its error on whole runs and whether it ranks the
-baselines as the live engine does. Takes about (baselines + 1) x duration per seed.
+baselines as the live engine does. Takes about (baselines + 2) x duration per seed.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from autopoiesis.online import Controller, OnlineConfig
 from autopoiesis.sandbox import compile_policy
 
 HEADLINE = ("mean_e2e", "mean_ttft", "p99_ttft", "slo_attainment")
+PLANE_ONLY = "fcfs, evolving, never deploying"  # the serving cost of the evolution plane alone
 
 
 def static(adapter: EngineAdapter, program, seed: int) -> tuple[dict[str, float], float]:
@@ -51,8 +53,10 @@ def static(adapter: EngineAdapter, program, seed: int) -> tuple[dict[str, float]
         adapter.stop()
 
 
-def online(adapter: EngineAdapter, seed: int, window_s: float, workers: int) -> tuple[dict, dict]:
-    controller = Controller(adapter, OnlineConfig(window_s=window_s, live_seed=seed),
+def online(adapter: EngineAdapter, seed: int, window_s: float, workers: int, deploys: bool = True) -> tuple[dict, dict]:
+    """Serve from ``fcfs`` and evolve; ``deploys=False`` keeps fcfs (what the evolution plane costs)."""
+    knobs = {} if deploys else {"margin": 1e9}
+    controller = Controller(adapter, OnlineConfig(window_s=window_s, live_seed=seed, **knobs),
                             Config(population=8, generations=3, workers=workers, held_out_snapshots=0, seed=seed),
                             archive=Archive())
     summary = controller.run()
@@ -94,12 +98,15 @@ def main(argv=None) -> int:
             console.print(f"seed {seed} {name}: live mean e2e {live['mean_e2e']:.3f} s; twin {twin_rows[name][-1]:.3f} s "
                           f"(timed costs), {refit_rows[name][-1]:.3f} s (costs x the run's level, {factor:.2f}) "
                           f"({time.monotonic() - started:.0f} s)", highlight=False)
-        started, adapter.run_dir = time.monotonic(), f"{logs}/online-{seed}"
-        live, summary = online(adapter, seed, args.window, args.workers)
-        rows.setdefault("autopoiesis online", []).append(live)
-        extra.append({k: summary[k] for k in ("deployments", "rollbacks", "evolutions", "evaluations", "fallbacks")})
-        console.print(f"seed {seed} online: live mean e2e {live['mean_e2e']:.3f} s, {summary['deployments']} "
-                      f"deployment(s) ({time.monotonic() - started:.0f} s)", highlight=False)
+        for arm, deploys in (("autopoiesis online", True), (PLANE_ONLY, False)):
+            started, adapter.run_dir = time.monotonic(), f"{logs}/online-{seed}" + ("" if deploys else "-no-deploy")
+            live, summary = online(adapter, seed, args.window, args.workers, deploys)
+            rows.setdefault(arm, []).append(live)
+            if deploys:
+                extra.append({k: summary[k] for k in ("deployments", "rollbacks", "evolutions", "evaluations",
+                                                      "fallbacks")})
+            console.print(f"seed {seed} {arm}: live mean e2e {live['mean_e2e']:.3f} s, {summary['deployments']} "
+                          f"deployment(s) ({time.monotonic() - started:.0f} s)", highlight=False)
 
     mean = {arm: {k: statistics.fmean(r[k] for r in runs) for k in HEADLINE} for arm, runs in rows.items()}
     twin = {arm: statistics.fmean(v) for arm, v in twin_rows.items()}
@@ -118,6 +125,7 @@ def main(argv=None) -> int:
         "scenario": args.scenario, "rate": args.rate, "duration": args.duration, "seeds": args.seeds,
         "costs": costs.to_dict(), "arms": mean, "twin_mean_e2e": twin, "twin_refit_mean_e2e": refit,
         "best_baseline": best, "improvement_vs_best_baseline": (mean[best]["mean_e2e"] - ours) / mean[best]["mean_e2e"],
+        "evolution_plane_cost": mean[PLANE_ONLY]["mean_e2e"] / mean["fcfs"]["mean_e2e"] - 1,
         "twin_error": error(twin), "twin_refit_error": error(refit),
         "twin_ranks_like_live": same_order(twin), "twin_refit_ranks_like_live": same_order(refit),
         "online": extra,
@@ -135,6 +143,7 @@ def main(argv=None) -> int:
     Console().print(table)
     print(f"online vs the best static ({best}): {result['improvement_vs_best_baseline']:+.1%} on mean e2e; "
           f"deployments {sum(e['deployments'] for e in extra)}, rollbacks {sum(e['rollbacks'] for e in extra)}")
+    print(f"the evolution plane alone (never deploying) changed fcfs's mean e2e by {result['evolution_plane_cost']:+.1%}")
     for label, key in (("timed at start", "twin"), ("scaled to each run's steps", "twin_refit")):
         print(f"twin on whole runs, costs {label}: mean error {result[key + '_error']:.0%}; "
               f"ranks the baselines as live does: {result[key + '_ranks_like_live']}")

@@ -59,16 +59,6 @@ class Config:
     max_prompt: int = 1024
     max_output: int = 256
 
-    def check(self, prompt_tokens: int, max_tokens: int) -> str:
-        """Why a request cannot be served ('' when it can)."""
-        if not 1 <= prompt_tokens <= self.max_prompt:
-            return f"prompt of {prompt_tokens} tokens (1-{self.max_prompt})"
-        if not 1 <= max_tokens <= self.max_output:
-            return f"max_tokens {max_tokens} (1-{self.max_output})"
-        if prompt_tokens + max_tokens > self.kv_tokens:
-            return f"{prompt_tokens + max_tokens} tokens exceed the KV cache ({self.kv_tokens})"
-        return ""
-
 
 class Engine:
     """The waiting heap, the running batch, and one step at a time (see the module's docstring)."""
@@ -86,6 +76,7 @@ class Engine:
         return bool(self.running or self.waiting)
 
     def add(self, request: Request, now: float) -> None:
+        """Queue ``request`` at the place its priority says (an int past float's range raises)."""
         key = float(self.priority(request.view(), now))
         if not math.isfinite(key):
             key = math.inf  # NaN would break the heap's order; +-inf are orders too
@@ -112,20 +103,16 @@ class Engine:
         end = now + self.executor.step(admitted, decoding)
         self.steps += 1
         self.tokens += len(decoding) + len(admitted)
-        done = []
         for r in decoding:
             r.generated += 1
         for r in admitted:  # a prefill yields the first token
             r.generated, r.first_token = 1, end
-        self.running = [r for r in decoding if r.generated < r.max_tokens]
-        for r in decoding + admitted:
-            if r.generated >= r.max_tokens:
-                r.finish = end
-                self.reserved -= r.length
-                self.executor.release(r)
-                done.append(r)
-            elif r in admitted:
-                self.running.append(r)
+        done = [r for r in decoding + admitted if r.generated >= r.max_tokens]
+        self.running = [r for r in decoding + admitted if r.generated < r.max_tokens]
+        for r in done:
+            r.finish = end
+            self.reserved -= r.length
+            self.executor.release(r)
         return end, done
 
 
