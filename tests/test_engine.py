@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")  # the engine's extra; `pip install -e '.[d
 from autopoiesis.adapters.base import AdapterError, load_adapter  # noqa: E402
 from autopoiesis.adapters.engine import EngineAdapter  # noqa: E402
 from autopoiesis.adapters.engine.engine import (  # noqa: E402
-    Config, Costs, Engine, Modelled, Request, fit, replay, scale, shape)
+    Config, Costs, Engine, Modelled, Request, fit, replay, scale, serve, shape)
 from autopoiesis.adapters.engine.model import Shape, TinyLM  # noqa: E402
 from autopoiesis.adapters.engine.slots import PRIORITY_BASELINES, SLOTS  # noqa: E402
 from autopoiesis.program import Program  # noqa: E402
@@ -54,14 +54,7 @@ def test_the_engine_keeps_its_limits_and_serves_every_request_its_max_tokens():
     engine = Engine(config, executor, lambda r, now: (order.append(r.id), r.prompt_tokens)[1])
     ref.append(engine)
     requests = [Request(i, a, p, m) for i, (a, p, m) in enumerate(workload(60, span=1.0))]
-    now, i = 0.0, 0
-    while i < len(requests) or engine.busy:
-        if not engine.busy:
-            now = max(now, requests[i].arrival)
-        while i < len(requests) and requests[i].arrival <= now:
-            engine.add(requests[i], requests[i].arrival)
-            i += 1
-        now, _ = engine.step(now)
+    serve(engine, requests)
     assert order == list(range(60))  # priority is asked once per request, on arrival
     assert all(r.generated == r.max_tokens and r.arrival <= r.first_token <= r.finish for r in requests)
     assert max(executor.batches) == 4 and engine.reserved == 0

@@ -217,16 +217,20 @@ def scale(costs: Costs, steps: Sequence[tuple[tuple[float, ...], float]]) -> flo
     return sum(seconds for _, seconds in steps) / predicted if predicted > 0 else 1.0
 
 
-def replay(policy: Any, requests: Sequence[Sequence[float]], config: Config, costs: Costs) -> list[RequestRecord]:
-    """Serve ``requests`` ((arrival, prompt, max_tokens), sorted) on the twin; one record each."""
-    engine = Engine(config, Modelled(costs), policy.priority)
-    pending = [Request(i, float(a), int(p), int(m)) for i, (a, p, m) in enumerate(requests)]
+def serve(engine: Engine, requests: Sequence[Request]) -> None:
+    """Serve ``requests`` (sorted by arrival) on ``engine`` in its executor's time, to the last token."""
     now, i = 0.0, 0
-    while i < len(pending) or engine.busy:
+    while i < len(requests) or engine.busy:
         if not engine.busy:
-            now = max(now, pending[i].arrival)
-        while i < len(pending) and pending[i].arrival <= now:
-            engine.add(pending[i], pending[i].arrival)
+            now = max(now, requests[i].arrival)
+        while i < len(requests) and requests[i].arrival <= now:
+            engine.add(requests[i], requests[i].arrival)
             i += 1
         now, _ = engine.step(now)
+
+
+def replay(policy: Any, requests: Sequence[Sequence[float]], config: Config, costs: Costs) -> list[RequestRecord]:
+    """Serve ``requests`` ((arrival, prompt, max_tokens), sorted) on the twin; one record each."""
+    pending = [Request(i, float(a), int(p), int(m)) for i, (a, p, m) in enumerate(requests)]
+    serve(Engine(config, Modelled(costs), policy.priority), pending)
     return [r.record() for r in pending]
