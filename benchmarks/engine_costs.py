@@ -43,13 +43,14 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=positive_int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    from autopoiesis.adapters.engine.model import calibrate
-
     try:
         adapter = EngineAdapter()
-        steps = calibrate(adapter._executor(), adapter.config, args.repeats)
+        executor = adapter._executor()  # without torch: one line
     except AdapterError as e:
         parser.error(str(e))
+    from autopoiesis.adapters.engine.model import calibrate
+
+    steps = calibrate(executor, adapter.config, args.repeats)
     costs = fit(steps)
     flat = [(tuple(0.0 if j in SQUARED else v for j, v in enumerate(x)), s) for x, s in steps]
     linear = fit(flat)

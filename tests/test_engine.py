@@ -209,6 +209,14 @@ def test_options_are_checked_with_one_line_errors():
             load_adapter("engine", {"device": "cuda"}).fitted_costs()
 
 
+def test_without_torch_the_engine_says_so_in_one_line(tmp_path):
+    code = ("import sys; sys.modules['torch'] = None; from autopoiesis.cli import main; "  # as if not installed
+            f"sys.exit(main(['evolve', '--adapter', 'engine', '--runs-dir', {str(tmp_path)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "needs torch" in proc.stderr and "autopoiesis[engine]" in proc.stderr
+
+
 def test_the_cli_evolves_the_engine_offline_and_online(tmp_path):
     common = [sys.executable, "-m", "autopoiesis.cli", "evolve", "--adapter", "engine", "--scenario", "burst",
               "-o", "hidden=64", "-o", "layers=2", "-o", "heads=2", "-o", "vocab=256", "--runs-dir", str(tmp_path),

@@ -113,9 +113,10 @@ class EngineAdapter(Adapter):
     def fitted_costs(self) -> Costs:
         """The twin's step costs, timed on this machine's model once (a few seconds)."""
         if self.costs is None:
+            executor = self._executor()  # first: without torch, a one-line error
             from .model import calibrate
 
-            self.costs = fit(calibrate(self._executor(), self.config))
+            self.costs = fit(calibrate(executor, self.config))
         return self.costs
 
     # -- scoring --------------------------------------------------------------------------
