@@ -35,6 +35,8 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     else:
         raise ValueError(f"{path}: unknown trace format (columns {sorted(fields)}); expected "
                          "TIMESTAMP,ContextTokens,GeneratedTokens or arrived_at,num_prefill_tokens,num_decode_tokens")
+    if not len(t):
+        raise ValueError(f"{path}: the trace has no requests")
     order = np.argsort(t, kind="stable")
     t, p, o = t[order], p[order], o[order]
     return t - t[0], p, o

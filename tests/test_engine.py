@@ -197,7 +197,11 @@ def test_a_live_window_replays_on_the_twin_close_to_what_was_served(small_engine
     assert metrics["twin_error"] < 1.0  # the same scheduler on timed costs: within a factor of two
 
 
-def test_options_are_checked_with_one_line_errors():
+def test_options_are_checked_with_one_line_errors(tmp_path):
+    empty = tmp_path / "empty.csv"
+    empty.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n")
+    with pytest.raises(AdapterError, match="cannot read trace .*no requests"):
+        load_adapter("engine", {"trace": str(empty)}).load(0)
     for options, message in (({"scenario": "nope"}, "unknown engine load 'nope'"),
                              ({"hidden": 100, "heads": 3}, "multiple of heads"),
                              ({"rate": 0}, "rate must be positive"),
