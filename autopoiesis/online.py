@@ -467,6 +467,8 @@ class Controller:
             window.add(record)
         metrics = window.summary(self.slo) if self.pending else {"requests": 0.0}
         metrics["rate"] = self.arrivals / max(end - start, 1e-9)
+        if self.pending:  # the length mix, for drift detection and the conditions winners are filed under
+            metrics["mean_prompt"] = statistics.fmean(r.prompt_tokens for r in self.pending)
         metrics["in_flight"] = float(len(self.in_flight))
         open_e2e = open_latency(self.pending, self.in_flight, end)
         if open_e2e is not None:

@@ -364,6 +364,19 @@ def test_a_good_program_is_confirmed_not_rolled_back(adapter, default, tmp_path)
     assert [d.kind for d in c.deployments] == ["initial", "deploy", "confirm"]
 
 
+def test_windows_carry_the_length_mix_and_a_length_shift_triggers_drift_on_it():
+    """length_shift's prompts grow at 300 s at a steady rate: only the length mix shows it."""
+    c = Controller(SimulatorAdapter("length_shift"), OnlineConfig(window_s=30.0, period=0, margin=10.0,
+                                                                  drift_signals=("mean_prompt",), evolution_cost_s=1.0),
+                   Config(population=2, generations=0, workers=1, held_out_snapshots=0), archive=Archive())
+    c.run()
+    before = [w.metrics["mean_prompt"] for w in c.windows if w.end <= 300.0]
+    after = [w.metrics["mean_prompt"] for w in c.windows if 330.0 <= w.start < 600.0]
+    assert min(after) > 1.5 * max(before)
+    drifted = [w.end for w in c.windows if "mean_prompt" in w.triggers]
+    assert drifted and 300.0 < drifted[0] <= 390.0
+
+
 class StallingSimulator(SimulatorAdapter):
     """Test double around the real simulator: every look at the live system reports one
     stalled hot-path call (a machine freeze cannot be had on demand; the HotPath test above
