@@ -185,6 +185,30 @@ class Archive:
                                (run_id,)).fetchall()
         return [{**json.loads(r[4]), "time": r[0], "kind": r[1], "program": r[2], "reason": r[3]} for r in rows]
 
+    def confirmed_winners(self, adapter: str, exclude: str | None = None) -> list[dict[str, Any]]:
+        """What online runs of ``adapter`` evolved, deployed and kept past the guard, newest first:
+        ``{"run", "program", "conditions", "time"}``. A later run seeds its evolutions with them.
+
+        A winner is a deployment of an evolved program (it carries the conditions it was bred
+        for) that the guard then confirmed; one rolled back, forced by the caller, or still
+        under watch when its run ended is not."""
+        rows = self.db.execute(
+            "SELECT d.run, d.time, d.kind, d.program, d.detail FROM deployments d JOIN runs r ON d.run = r.id "
+            "WHERE r.adapter=? AND r.id IS NOT ? ORDER BY r.created, d.seq", (adapter, exclude)).fetchall()
+        winners: list[dict[str, Any]] = []
+        watched: dict[str, Any] | None = None
+        for run, time_s, kind, program, detail in rows:
+            if kind == "deploy":
+                conditions = json.loads(detail).get("conditions") or {}
+                watched = {"run": run, "program": program, "conditions": conditions, "time": time_s} \
+                    if conditions else None
+            elif kind == "confirm" and watched and watched["run"] == run and watched["program"] == program:
+                winners.append(watched)
+                watched = None
+            elif kind == "rollback":
+                watched = None
+        return winners[::-1]
+
     def births(self, run_id: str, before_generation: int | None = None) -> list[dict[str, Any]]:
         sql = "SELECT program, generation, operator, parents, name, status, error FROM births WHERE run=?"
         args: tuple = (run_id,)

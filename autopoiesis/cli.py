@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="relative gain a champion needs when it re-plans more than the incumbent on the twin")
     on.add_argument("--holdout", action=argparse.BooleanOptionalAction, default=True,
                     help="a periodic trigger's champion must not lose on the stretch before its snapshot")
+    on.add_argument("--recall", action=argparse.BooleanOptionalAction, default=True,
+                    help="seed evolutions with the winners the guard confirmed in earlier online runs of this "
+                         "adapter in --runs-dir (the closest conditions first)")
     on.add_argument("--guard-windows", type=positive_int, default=2, help="windows a deployment is watched")
     on.add_argument("--guard-tolerance", type=positive_float, default=0.25, help="relative regression that makes a window suspect")
     on.add_argument("--evolution-cost", type=_non_negative_float,
@@ -284,7 +287,7 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
 
     online = OnlineConfig(window_s=args.window, history=args.history, horizon=args.horizon, period=args.period,
                           cooldown=args.cooldown, margin=args.margin, replan_margin=args.replan_margin, holdout=args.holdout,
-                          guard_windows=args.guard_windows, step_s=args.step,
+                          guard_windows=args.guard_windows, step_s=args.step, recall=args.recall,
                           guard_tolerance=args.guard_tolerance, evolution_cost_s=args.evolution_cost,
                           live_seed=args.live_seed, max_windows=args.max_windows)
     run_id = new_run_id(f"{adapter.name}-online")

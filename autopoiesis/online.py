@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from . import sandbox
-from .archive import Archive
+from .archive import Archive, ArchiveError
 from .evaluate import Evaluator, Limits, Task
 from .evolution import Config, Evolution, new_run_id
 from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, open_latency
@@ -206,6 +206,7 @@ class OnlineConfig:
     evolution_cost_s: float | None = None  # None: the measured wall-clock time; a number: fixed (reproducible)
     live_seed: int = 1000  # the live workload's seed (simulated live systems)
     similar: int = 2  # earlier winners for similar conditions seeded into each evolution
+    recall: bool = True  # ... counting those confirmed in earlier online runs of this adapter in the same archive
     max_windows: int | None = None  # stop after this many windows (default: when the live system is done)
     step_s: float = 5.0  # the serving loop looks at the live system at least this often (cluster events act at once)
 
@@ -245,6 +246,7 @@ class Deployment:
     champion_fitness: float | None = None
     evolution_s: float = 0.0
     evaluations: int = 0
+    conditions: dict[str, float] = field(default_factory=dict)  # what an evolved program was bred for
 
 
 @dataclass
@@ -305,6 +307,7 @@ class Controller:
         self.windows: list[Window] = []
         self.deployments: list[Deployment] = []
         self.winners: list[tuple[dict[str, float], Program]] = []  # (conditions, program) library
+        self.recalled: dict[str, str] = {}  # program id -> the earlier run whose guard confirmed it
         self.refused: set[str] = set()  # rolled back: never deployed again
         self.evaluations = 0
         self.forced: list[tuple[float, Program]] = []
@@ -314,11 +317,33 @@ class Controller:
         self.forced.append((at, program))
         self.forced.sort(key=lambda tp: tp[0])
 
+    def _recall(self) -> None:
+        """Load the winners earlier online runs of this adapter kept past the guard (``Archive.
+        confirmed_winners``) into the library evolutions are seeded from: a burst like last
+        week's starts its evolution with last week's answer among the seeds. A seed is only
+        scored; it goes live only by beating the incumbent on this run's twin."""
+        baselines = {p.id for p in self.baselines.values()}  # seeded every time anyway
+        for winner in self.archive.confirmed_winners(self.adapter_spec, exclude=self.run_id):
+            if winner["program"] in baselines:
+                continue
+            try:
+                program = self.archive.program(winner["program"])
+            except ArchiveError:
+                continue
+            self.winners.append((winner["conditions"], program))
+            self.recalled.setdefault(program.id, winner["run"])
+        if self.recalled:
+            runs = len(set(self.recalled.values()))
+            self.on_event("recall", {"programs": len(self.recalled), "runs": runs})
+
     # -- public --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         cfg, adapter = self.config, self.adapter
+        if cfg.recall:
+            self._recall()
         self.archive.create_run(self.run_id, self.adapter_spec, {
             "mode": "online", "online": cfg.to_dict(), **self.evolution_config.to_dict(),
+            "recalled": dict(self.recalled),
             "objective_list": [str(self.objective)], "adapter_options": self.adapter_options,
             "headline": list(getattr(adapter, "headline", ()) or [o.name for o in adapter.objectives]),
             **self.extra_config})
@@ -392,7 +417,7 @@ class Controller:
         overall = window.summary(self.slo) if self.records else {}
         return {
             "run": self.run_id, "windows": len(self.windows), "requests": len(self.records),
-            "evolutions": self.jobs, "evaluations": self.evaluations,
+            "evolutions": self.jobs, "evaluations": self.evaluations, "recalled": len(self.recalled),
             "deployments": sum(d.kind == "deploy" for d in self.deployments),
             "rollbacks": sum(d.kind == "rollback" for d in self.deployments),
             "fallbacks": sum(w.fallbacks for w in self.windows),
@@ -592,7 +617,8 @@ class Controller:
         def distance(conditions):
             return sum(abs(conditions.get(k, 0.0) - v) / (abs(v) + 1e-9) for k, v in job.conditions.items())
 
-        similar = [p for _, p in sorted(self.winners, key=lambda cp: distance(cp[0]))][: self.config.similar]
+        nearest = [p for _, p in sorted(self.winners, key=lambda cp: distance(cp[0]))]
+        similar = list(dict.fromkeys(p for p in nearest if p.id != job.incumbent.id))[: self.config.similar]
         seeds = [job.incumbent, *similar, *self.baselines.values()]
         return [p for p in dict.fromkeys(seeds) if p.id not in self.refused or p.id == job.incumbent.id]
 
@@ -664,7 +690,9 @@ class Controller:
         self.winners.append((job.conditions, champion))
         smaller = "" if champion.id == result.champion.id else (
             f"; the smallest change within {self.config.margin:.0%} of the best ({self._changes(job.incumbent, champion)} slot(s))")
-        self._deploy(champion, now, "deploy", f"{gain:+.1%} {name} on the twin{smaller}", **detail)
+        recalled = f"; recalled: confirmed in {self.recalled[champion.id]}" if champion.id in self.recalled else ""
+        self._deploy(champion, now, "deploy", f"{gain:+.1%} {name} on the twin{smaller}{recalled}",
+                     conditions=job.conditions, **detail)
 
     def _overfit(self, job: _Job, candidates: Sequence[Program], scores) -> dict[str, str]:
         """Candidates that lose to the incumbent by more than ``margin`` on the job's holdout.

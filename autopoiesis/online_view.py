@@ -79,6 +79,9 @@ class LiveView:
                 self.console.print(f"  {d.time:.1f} s {d.kind} {d.program[:8]}: {d.reason}", highlight=False)
         elif kind == "trigger":
             self.evolving = True
+        elif kind == "recall":
+            self.console.print(f"recalled {data['programs']} winner(s) of {data['runs']} earlier online run(s) "
+                               "as seeds", highlight=False)
 
     def __rich__(self) -> Group:
         live_time = self.windows[-1]["end"] if self.windows else 0.0
@@ -108,6 +111,10 @@ def print_report(console: Console, archive, run_id: str, plot_path: Path | None 
         ordered = sorted(errors)
         console.print(f"twin prediction error (mean e2e, out of sample): median {ordered[len(ordered) // 2]:.0%}, "
                       f"mean {sum(errors) / len(errors):.0%} over {len(errors)} window(s)", highlight=False)
+    recalled = archive.run(run_id)["config"].get("recalled") or {}
+    if recalled:
+        console.print(f"seeded from {len(recalled)} winner(s) of {len(set(recalled.values()))} earlier online run(s) "
+                      "(--recall)", highlight=False)
     if plot_path is not None:
         console.print(f"plot: {plot_path}")
 

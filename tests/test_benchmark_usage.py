@@ -28,6 +28,8 @@ from conftest import ROOT
     ("engine_online", ["--scenario", "atlantis"], "unknown engine load 'atlantis'"),
     ("engine_online", ["--rate", "0"], "must be positive"),
     ("engine_costs", ["--repeats", "0"], "must be at least 1"),
+    ("recall", ["--scenario", "atlantis"], "unknown scenario 'atlantis'"),
+    ("recall", ["--teach", "0"], "must be at least 1"),
 ])
 def test_a_mistaken_argument_is_one_line_of_usage(script, args, fragment):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],

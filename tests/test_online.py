@@ -377,6 +377,58 @@ def test_windows_carry_the_length_mix_and_a_length_shift_triggers_drift_on_it():
     assert drifted and 300.0 < drifted[0] <= 390.0
 
 
+def test_the_archive_recalls_only_evolved_winners_the_guard_confirmed(tmp_path):
+    archive = Archive(tmp_path / "a.db")
+    bred = {"conditions": {"rate": 20.0, "mean_prompt": 700.0}}
+    for run, adapter in (("first", "simulator"), ("other", "engine"), ("second", "simulator")):
+        archive.create_run(run, adapter, {"mode": "online"})
+    log = [("first", "initial", "a", {}), ("first", "deploy", "kept", bred), ("first", "confirm", "kept", {}),
+           ("first", "deploy", "undone", bred), ("first", "rollback", "a", {}),
+           ("first", "deploy", "forced", {}), ("first", "confirm", "forced", {}),  # forced: bred for nothing
+           ("other", "deploy", "engine's", bred), ("other", "confirm", "engine's", {}),
+           ("second", "deploy", "watched", bred),  # the run ended with it under watch
+           ("second", "deploy", "later", {"conditions": {"rate": 9.0}}), ("second", "confirm", "later", {})]
+    for i, (run, kind, program, detail) in enumerate(log):
+        archive.add_deployment(run, float(i), kind, program, "", detail)
+    winners = archive.confirmed_winners("simulator")
+    assert [(w["run"], w["program"]) for w in winners] == [("second", "later"), ("first", "kept")]
+    assert winners[1]["conditions"] == bred["conditions"]
+    assert [w["program"] for w in archive.confirmed_winners("simulator", exclude="second")] == ["kept"]
+
+
+def test_a_later_online_run_seeds_its_evolutions_with_the_winners_earlier_runs_confirmed(adapter, tmp_path):
+    """A program bred and confirmed in an earlier run, and no baseline, is among the seeds of
+    a new run's evolutions; it goes live there only by beating the incumbent on this run's
+    twin, and says where it came from. ``recall=False`` leaves it out."""
+    archive = Archive(tmp_path / "a.db")
+    aging = adapter.baselines()["priority:fcfs_aging"]
+    earlier = variant(aging, "priority", "def priority(request, now):\n"
+                                         "    return request.arrival + (15.0 if request.prompt_tokens > 1024 else 0.0)\n")
+    archive.create_run("earlier", "SimulatorAdapter", {"mode": "online"})
+    archive.add_program(earlier)
+    archive.add_deployment("earlier", 40.0, "deploy", earlier.id, "", {"conditions": {"rate": 20.0}})
+    archive.add_deployment("earlier", 70.0, "confirm", earlier.id, "", {})
+    archive.add_deployment("earlier", 80.0, "deploy", aging.id, "", {"conditions": {"rate": 20.0}})
+    archive.add_deployment("earlier", 110.0, "confirm", aging.id, "", {})  # a baseline: a seed anyway
+
+    def seeded(recall):
+        c = Controller(adapter, OnlineConfig(window_s=15.0, period=2, drift_signals=(), evolution_cost_s=2.0,
+                                             margin=0.0, recall=recall),
+                       Config(population=4, generations=0, workers=1, held_out_snapshots=0), archive=archive)
+        c.run()
+        evolutions = [r["id"] for r in archive.runs() if r["id"].startswith(c.run_id + "-e")]
+        assert evolutions
+        return c, [earlier.id in {b["program"] for b in archive.births(r)} for r in evolutions]
+
+    c, seeds = seeded(True)
+    assert all(seeds) and c.summary()["recalled"] == 1 and archive.run(c.run_id)["config"]["recalled"] == {
+        earlier.id: "earlier"}
+    deployed = [d for d in c.deployments if d.kind == "deploy" and d.program == earlier.id]
+    assert deployed and "recalled: confirmed in earlier" in deployed[0].reason
+    assert deployed[0].conditions["rate"] > 0 and deployed[0].conditions["mean_prompt"] > 0
+    assert not any(seeded(False)[1])
+
+
 class StallingSimulator(SimulatorAdapter):
     """Test double around the real simulator: every look at the live system reports one
     stalled hot-path call (a machine freeze cannot be had on demand; the HotPath test above
@@ -458,6 +510,32 @@ def test_the_cli_runs_online_and_reports_windows_deployments_and_a_plot(tmp_path
     data = json.loads(cli("report", out["run"], "--runs-dir", str(runs), "--json").stdout)
     assert len(data["windows"]) == out["windows"] and data["live"]["total_time"] > 0
     assert [d["kind"] for d in data["deployments"]][0] == "initial"
+
+    # the next run in this archive recalls what the guard confirmed in earlier ones (baselines
+    # are seeds anyway), unless told not to; one more earlier run, by hand, for a bred winner
+    default = SimulatorAdapter(SCENARIO).baselines()["default"]
+    bred = variant(default, "priority", "def priority(request, now):\n    return request.arrival - 0.5\n")
+    archive = Archive(runs / "archive.db")
+    try:
+        archive.create_run("by-hand", "simulator", {"mode": "online"})
+        archive.add_program(bred)
+        archive.add_deployment("by-hand", 40.0, "deploy", bred.id, "", {"conditions": {"rate": 20.0}})
+        archive.add_deployment("by-hand", 70.0, "confirm", bred.id, "", {})
+        baselines = {p.id for p in SimulatorAdapter(SCENARIO).baselines().values()}
+        winners = {w["program"]: w["run"] for w in archive.confirmed_winners("simulator") if w["program"] not in baselines}
+    finally:
+        archive.close()
+    assert bred.id in winners
+    again = ("evolve", "--adapter", "simulator", "--scenario", SCENARIO, "-o", "requests=600", "--online",
+             "--max-windows", "1", "--runs-dir", str(runs), "--json")
+    recalled = cli(*again)
+    assert recalled.returncode == 0, recalled.stderr
+    assert json.loads(recalled.stdout)["recalled"] == len(winners)
+    assert f"recalled {len(winners)} winner(s) of {len(set(winners.values()))} earlier online run(s)" in recalled.stderr
+    forgot = cli(*again, "--no-recall")
+    assert json.loads(forgot.stdout)["recalled"] == 0 and "recalled" not in forgot.stderr
+    report = cli("report", json.loads(recalled.stdout)["run"], "--runs-dir", str(runs))
+    assert f"seeded from {len(winners)} winner(s)" in report.stdout
 
 
 def test_the_cli_starts_an_online_run_from_a_policy_file_or_from_a_run(tmp_path):
