@@ -361,6 +361,7 @@ class Controller:
         self.cluster_seen = 0  # this window's cluster events already acted on (or owed)
         self.acted: list[str] = []  # triggers acted on inside the current window
         self.swapped = False
+        self.signals_checked = False
         self.in_flight: list[float] = []
         status = "done"
         self.queue: queue.Queue = queue.Queue()
@@ -510,6 +511,12 @@ class Controller:
         self.windows.append(w)
         self._guard_window(w, end)
         signals = {k: metrics[k] for k in cfg.drift_signals if k in metrics and metrics.get("requests", 0) > 0}
+        if metrics.get("requests", 0) > 0 and not self.signals_checked:  # a name no window has is never tested
+            self.signals_checked = True
+            missing = [k for k in cfg.drift_signals if k not in metrics]
+            if missing:
+                self.on_event("warning", {"message": f"drift signal(s) {', '.join(missing)} are not among this "
+                                                     f"adapter's window metrics: they never trigger"})
         reasons = self.drift.update(signals, cluster_events=len(cluster_events) - self.cluster_seen)
         self.cluster_seen = 0
         self.since_trigger += 1

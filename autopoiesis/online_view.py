@@ -79,6 +79,8 @@ class LiveView:
                 self.console.print(f"  {d.time:.1f} s {d.kind} {d.program[:8]}: {d.reason}", highlight=False)
         elif kind == "trigger":
             self.evolving = True
+        elif kind == "warning":
+            self.console.print(f"warning: {data['message']}", highlight=False)
         elif kind == "recall":
             self.console.print(f"recalled {data['programs']} winner(s) of {data['runs']} earlier online run(s) "
                                "as seeds", highlight=False)

@@ -377,6 +377,17 @@ def test_windows_carry_the_length_mix_and_a_length_shift_triggers_drift_on_it():
     assert drifted and 300.0 < drifted[0] <= 390.0
 
 
+def test_a_drift_signal_no_window_carries_is_named_once_not_ignored_in_silence(adapter):
+    events = []
+    c = Controller(adapter, OnlineConfig(window_s=15.0, period=0, drift_signals=("rate", "mean_promt", "p99_ttft"),
+                                         max_windows=3),
+                   Config(population=2, generations=0, workers=1, held_out_snapshots=0), archive=Archive(),
+                   on_event=lambda kind, data: events.append((kind, data)))
+    c.run()
+    warnings = [data["message"] for kind, data in events if kind == "warning"]
+    assert len(warnings) == 1 and "mean_promt are not among" in warnings[0] and "p99_ttft" not in warnings[0]
+
+
 def test_the_archive_recalls_only_evolved_winners_the_guard_confirmed(tmp_path):
     archive = Archive(tmp_path / "a.db")
     bred = {"conditions": {"rate": 20.0, "mean_prompt": 700.0}}
