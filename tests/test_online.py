@@ -440,6 +440,24 @@ def test_a_later_online_run_seeds_its_evolutions_with_the_winners_earlier_runs_c
     assert not any(seeded(False)[1])
 
 
+def test_hostile_or_hanging_recalled_programs_are_scored_in_the_sandbox_and_never_go_live(adapter, default, tmp_path):
+    """The archive is a file: what it recalls is untrusted code like any other."""
+    hostile = Program("import os\n" + replace_function(default.source, "priority", "def priority(request, now):\n"
+                      f"    os.system('touch {tmp_path}/pwned')\n    return 0.0\n"))
+    hanging = variant(default, "priority", "def priority(request, now):\n    while True:\n        pass\n")
+    archive = Archive(tmp_path / "a.db")
+    archive.create_run("earlier", "SimulatorAdapter", {"mode": "online"})
+    for i, program in enumerate((hostile, hanging)):
+        archive.add_program(program)
+        archive.add_deployment("earlier", 10.0 + 20 * i, "deploy", program.id, "", {"conditions": {"rate": 20.0}})
+        archive.add_deployment("earlier", 20.0 + 20 * i, "confirm", program.id, "", {})
+    c = Controller(adapter, OnlineConfig(window_s=15.0, period=2, drift_signals=(), evolution_cost_s=2.0, margin=0.0),
+                   Config(population=4, generations=0, workers=1, held_out_snapshots=0, timeout=2.0), archive=archive)
+    summary = c.run()
+    assert summary["recalled"] == 2 and summary["requests"] == REQUESTS
+    assert not {d.program for d in c.deployments} & {hostile.id, hanging.id}
+    assert not (tmp_path / "pwned").exists()
+
 class StallingSimulator(SimulatorAdapter):
     """Test double around the real simulator: every look at the live system reports one
     stalled hot-path call (a machine freeze cannot be had on demand; the HotPath test above
