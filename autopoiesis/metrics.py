@@ -161,6 +161,7 @@ class Observation:
     samples: list[EngineSample] = field(default_factory=list)
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (time, kind, detail): cluster changes
     arrivals: int = 0  # requests that arrived
+    arrival_prompts: list[int] = field(default_factory=list)  # their prompt lengths, where known on arrival
     calls: dict[str, int] = field(default_factory=dict)  # hot-path policy calls by slot
     fallbacks: dict[str, int] = field(default_factory=dict)  # of which fell back to the incumbent's decision
     stalls: int = 0  # calls that passed the deadline in real time while hardly computing (a stalled machine)

@@ -353,6 +353,7 @@ class Controller:
         self.pending: list[RequestRecord] = []
         self.calls = self.fallback_calls = self.stalled_calls = 0
         self.arrivals = 0
+        self.arrival_prompts: list[int] = []
         self.events: list[tuple[float, str, str]] = []
         self.job: _Job | None = None
         self.jobs = 0
@@ -480,6 +481,7 @@ class Controller:
         self.pending.extend(observation.records)
         self.records.extend(observation.records)
         self.arrivals += observation.arrivals
+        self.arrival_prompts.extend(observation.arrival_prompts)
         self.events.extend(observation.events)
         self.in_flight = observation.in_flight
         self.calls += sum(observation.calls.values())
@@ -493,8 +495,11 @@ class Controller:
             window.add(record)
         metrics = window.summary(self.slo) if self.pending else {"requests": 0.0}
         metrics["rate"] = self.arrivals / max(end - start, 1e-9)
-        if self.pending:  # the length mix, for drift detection and the conditions winners are filed under
-            metrics["mean_prompt"] = statistics.fmean(r.prompt_tokens for r in self.pending)
+        # the length mix, for drift detection and the conditions winners are filed under: of what
+        # arrived where the adapter tells (what finished lags the arrivals by the backlog), else of what finished
+        lengths = self.arrival_prompts or [r.prompt_tokens for r in self.pending]
+        if lengths:
+            metrics["mean_prompt"] = statistics.fmean(lengths)
         metrics["in_flight"] = float(len(self.in_flight))
         open_e2e = open_latency(self.pending, self.in_flight, end)
         if open_e2e is not None:
@@ -507,6 +512,7 @@ class Controller:
         self.swapped = False
         cluster_events = list(self.events)
         self.pending, self.arrivals, self.calls, self.fallback_calls, self.events = [], 0, 0, 0, []
+        self.arrival_prompts = []
         self.stalled_calls = 0
         self.windows.append(w)
         self._guard_window(w, end)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ast
 import _signal
 import builtins
+import gc
 import math
 import re
 import resource
@@ -299,7 +300,10 @@ class CpuDeadline:
     ever pending at once. An alarm that comes as the call ends is ignored (the call is
     over), and one that comes before it starts (a garbage collection right after arming)
     starts its CPU clock again. ``stalled`` tells afterwards whether the call ran past
-    ``cpu_s`` in real time without computing for it.
+    ``cpu_s`` in real time without computing for it. The garbage collector waits while a
+    call runs: a collection of the host's heap (a second or more of CPU in a large process)
+    would otherwise be charged to whichever call its allocation happened to start it in,
+    and a baseline timed out for it. It runs after the call.
 
     SIGALRM and the real-time timer belong to the host process too (pytest-timeout, an
     application's ``signal.alarm``). The alarm handler passes every alarm that comes outside
@@ -312,10 +316,13 @@ class CpuDeadline:
         self.armed = threading.current_thread() is threading.main_thread()
         self._cpu = self._wall = 0.0
         self._host_timer = (0.0, 0.0)
+        self._collect = False
 
     def __enter__(self) -> CpuDeadline:
         self._cpu, self._wall = time.thread_time(), time.monotonic()
         if self.armed:
+            self._collect = gc.isenabled()  # a host that turned collection off keeps it off
+            gc.disable()
             # _signal's getsignal: signal's wrapper tries to make an enum of the handler (2 us a call)
             if _signal.getsignal(SIGALRM) is not _on_alarm:  # first call, or the host set its own since
                 _host_handler[0] = signal.signal(SIGALRM, _on_alarm)
@@ -330,6 +337,8 @@ class CpuDeadline:
         _timing[0] = _LATE
         _handle_pending_signals()  # an alarm of ours that came just now is dropped, not passed on
         _timing[0] = None
+        if self._collect:
+            gc.enable()
         delay, interval = self._host_timer
         if delay > 0:
             signal.setitimer(signal.ITIMER_REAL, max(delay - self.elapsed, 1e-6), interval)

@@ -151,10 +151,12 @@ def test_a_policy_that_raises_or_overflows_on_the_live_engine_never_drops_a_requ
     adapter.start(seed=7)
     try:
         adapter.deploy(bad, [adapter.baselines()["fcfs"]])
-        records, calls, fallbacks = [], 0, 0
+        records, calls, fallbacks, arrived = [], 0, 0, []
         obs = adapter.observe(adapter.now() + 2.0)
         while True:
             records += obs.records
+            arrived += obs.arrival_prompts
+            assert len(obs.arrival_prompts) == obs.arrivals
             calls += obs.calls.get("priority", 0)
             fallbacks += obs.fallbacks.get("priority", 0)
             if obs.finished:
@@ -166,6 +168,7 @@ def test_a_policy_that_raises_or_overflows_on_the_live_engine_never_drops_a_requ
     assert len(records) == len(load) == calls > 10
     assert fallbacks == sum(i % 2 or i % 4 == 0 for i in range(len(load)))
     assert sorted(r.request_id for r in records) == list(range(len(load)))
+    assert arrived == [p for _, p, _ in load]  # the length mix of the arrivals, in order
     assert all(r.arrival <= r.first_token <= r.finish and r.output_tokens == load[r.request_id][2] for r in records)
     logged = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert len(logged) == len(records)

@@ -120,6 +120,8 @@ def test_router_serves_the_openai_client_and_records_each_request_once(servers, 
     assert len(ok) == 4 and [r.outcome for r in records if not r.ok] == ["rejected: 400"]
     assert all(r.output_tokens == 12 and r.arrival < r.first_token <= r.finish for r in ok)
     assert sum(len(o.samples) for o in observations) >= 2  # /metrics scraped into engine samples
+    arrived = [p for o in observations for p in o.arrival_prompts]
+    assert len(arrived) == sum(o.arrivals for o in observations) == 5 and min(arrived) >= 1  # estimated on arrival
     assert (tmp_path / "requests.jsonl").read_text().count("\n") == 5
 
 

@@ -222,11 +222,12 @@ class EngineAdapter(Adapter):
         records, live["new"] = live["new"], []
         calls, fallbacks, stalls = live["hot"].take_counts()
         tokens, live["tokens"] = engine.tokens - live["tokens"], engine.tokens
+        prompts = [p for _, p, _ in pending[live["arrived"]:live["next"]]]
         arrivals, live["arrived"] = live["next"] - live["arrived"], live["next"]
         waiting = [e[3] for e in engine.waiting]
         sample = EngineSample(now, 0, running=len(engine.running), waiting=len(waiting),
                               kv_usage=engine.reserved / self.config.kv_tokens, tokens=tokens)
-        return Observation(now=now, records=records, samples=[sample], arrivals=arrivals,
+        return Observation(now=now, records=records, samples=[sample], arrivals=arrivals, arrival_prompts=prompts,
                            calls=calls, fallbacks=fallbacks, stalls=stalls,
                            finished=live["next"] >= len(pending) and not engine.busy,
                            in_flight=sorted(r.arrival for r in engine.running + waiting))

@@ -77,6 +77,7 @@ class LiveSimulation:
     def observe(self, until: float) -> Observation:
         sim = self.sim
         records = sim.advance(until) if not sim.finished else []
+        prompts = [r.prompt for r in sim.requests[self._arrived:sim.next_arrival]]
         arrived, self._arrived = sim.next_arrival - self._arrived, sim.next_arrival
         log = sim.cluster_log[self._events_seen:]
         self._events_seen = len(sim.cluster_log)
@@ -85,7 +86,8 @@ class LiveSimulation:
                                 r.kv_used / max(1, r.capacity)) for r in sim.active]
         return Observation(now=sim.now, records=records, samples=samples,
                            events=[(e.time, e.kind, f"{len(e.gpus)} GPU(s)") for e in log],
-                           arrivals=arrived, calls=calls, fallbacks=fallbacks, stalls=stalls, finished=sim.finished,
+                           arrivals=arrived, arrival_prompts=prompts, calls=calls, fallbacks=fallbacks,
+                           stalls=stalls, finished=sim.finished,
                            in_flight=self._in_flight())
 
     def _in_flight(self) -> list[float]:

@@ -200,7 +200,8 @@ class VLLMAdapter(Adapter):
         finished = task is not None and task.done() and not router.open
         if task is not None and task.done() and self.live["outcome"] is None:
             self.live["outcome"] = task.result()
-        return Observation(now=router.now(), records=records, samples=samples, events=events, arrivals=arrivals,
+        return Observation(now=router.now(), records=records, samples=samples, events=events,
+                           arrivals=len(arrivals), arrival_prompts=arrivals,
                            calls=calls, fallbacks=fallbacks, stalls=stalls, finished=finished,
                            in_flight=sorted(router.open.values()))
 

@@ -120,7 +120,7 @@ class Router:
         self.samples: list[EngineSample] = []
         self.events: list[tuple[float, str, str]] = []
         self.open: dict[int, float] = {}  # request id -> arrival
-        self.arrivals = 0
+        self.arrivals: list[int] = []  # prompt tokens (estimated) of each request that arrived since the last take
         self.on_record: Callable[[RequestRecord], None] | None = None
         self._ids = 0
         self.scrape_s, self.scrape_timeout_s = scrape_s, scrape_timeout_s
@@ -230,7 +230,7 @@ class Router:
             return _error(400, f"invalid JSON body: {e}")
         self._ids += 1
         call = _Call(self._ids, self.now(), estimate_prompt_tokens(body))
-        self.arrivals += 1
+        self.arrivals.append(call.prompt_tokens)
         self.open[call.id] = call.arrival
         client_stream = bool(body.get("stream"))
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
@@ -376,10 +376,10 @@ class Router:
         if self.on_record is not None:
             self.on_record(record)
 
-    def take(self) -> tuple[list[RequestRecord], list[EngineSample], list[tuple[float, str, str]], int]:
-        """What happened since the last take: records, engine samples, events, arrivals."""
+    def take(self) -> tuple[list[RequestRecord], list[EngineSample], list[tuple[float, str, str]], list[int]]:
+        """What happened since the last take: records, engine samples, events, arrivals' prompt tokens."""
         out = self.records, self.samples, self.events, self.arrivals
-        self.records, self.samples, self.events, self.arrivals = [], [], [], 0
+        self.records, self.samples, self.events, self.arrivals = [], [], [], []
         return out
 
 
