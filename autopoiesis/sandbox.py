@@ -333,12 +333,14 @@ class CpuDeadline:
     def __exit__(self, *exc) -> None:
         if not self.armed:
             return
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        _timing[0] = _LATE
-        _handle_pending_signals()  # an alarm of ours that came just now is dropped, not passed on
-        _timing[0] = None
-        if self._collect:
-            gc.enable()
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            _timing[0] = _LATE
+            _handle_pending_signals()  # an alarm of ours that came just now is dropped, not passed on
+        finally:  # even if another signal's handler raises here: a collector left off leaks every cycle
+            _timing[0] = None
+            if self._collect:
+                gc.enable()
         delay, interval = self._host_timer
         if delay > 0:
             signal.setitimer(signal.ITIMER_REAL, max(delay - self.elapsed, 1e-6), interval)

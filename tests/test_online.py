@@ -337,6 +337,10 @@ def test_a_garbage_collection_of_the_hosts_heap_is_not_charged_to_the_policy_cal
     def allocates(request, now):
         return float(len([[i] for i in range(300)]))
 
+    def spins(request, now):
+        while True:
+            pass
+
     collections = []
 
     def note(phase, info):
@@ -351,6 +355,9 @@ def test_a_garbage_collection_of_the_hosts_heap_is_not_charged_to_the_policy_cal
     try:
         answers = [path.priority(None, 0.0) for _ in range(20)]
         collecting = gc.isenabled()  # the calls turned the collector back on as they ended
+        stopped = HotPath(Policy("spins", {"priority": spins}), [Policy("fcfs", {"priority": lambda r, n: 7.0})])
+        timed_out = stopped.priority(None, 0.0), stopped.fallbacks["priority"]
+        collecting_after_a_timeout = gc.isenabled()  # a call the deadline stopped turns it back on too
     finally:
         gc.callbacks.remove(note)
         gc.set_threshold(*threshold)
@@ -358,7 +365,7 @@ def test_a_garbage_collection_of_the_hosts_heap_is_not_charged_to_the_policy_cal
             gc.disable()
     assert answers == [300.0] * 20 and path.fallbacks["priority"] == 0 and path.stalls == 0
     assert collections and not any(collections)  # collections ran, none inside a policy call
-    assert collecting
+    assert collecting and collecting_after_a_timeout and timed_out == (7.0, 1)
 
 
 def controller(adapter, tmp_path, **online):
@@ -496,6 +503,7 @@ def test_hostile_or_hanging_recalled_programs_are_scored_in_the_sandbox_and_neve
     assert summary["recalled"] == 2 and summary["requests"] == REQUESTS
     assert not {d.program for d in c.deployments} & {hostile.id, hanging.id}
     assert not (tmp_path / "pwned").exists()
+
 
 class StallingSimulator(SimulatorAdapter):
     """Test double around the real simulator: every look at the live system reports one
