@@ -281,7 +281,12 @@ def test_a_stalled_call_on_the_hot_path_answers_and_counts_as_a_stall():
     """The deadline is 50 ms of the serving thread's CPU time. Here another thread holds the
     GIL for about 0.2 s while the policy runs (a frozen machine does the same): 50 ms pass in
     real time while the policy hardly computes. The call goes on and answers, and counts as
-    a stall, not a fallback. With a real-time deadline it fell back (checked)."""
+    a stall, not a fallback. With a real-time deadline it fell back (checked).
+
+    The stall is staged by the scheduler, so a try where it did not come off as staged (no
+    stall, or a noisy host billing the thread over 50 ms of CPU: CI once measured 55 ms for a
+    loop that takes 14 ms here) is staged again, up to three times; only then is the path's
+    behaviour asserted."""
     import sys
     import threading
     import time
@@ -291,31 +296,40 @@ def test_a_stalled_call_on_the_hot_path_answers_and_counts_as_a_stall():
 
     def needs_a_few_ms(request, now):
         x = 0
-        for i in range(300_000):
+        for i in range(100_000):
             x += i
         return 1.0
 
-    state = {"go": False}
+    def staged_stall():
+        state = {"go": False}
 
-    def hog():
-        while not state["go"]:  # contend for the GIL until the call starts, then hold it
-            pass
-        sum(range(10**7))
+        def hog():
+            while not state["go"]:  # contend for the GIL until the call starts, then hold it
+                pass
+            sum(range(2 * 10**7))
 
-    path = HotPath(Policy("few-ms", {"priority": needs_a_few_ms}), [Policy("fcfs", {"priority": lambda r, n: 7.0})])
-    hogger = threading.Thread(target=hog)
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(0.001)
-    try:
-        hogger.start()
-        cpu, started = time.thread_time(), time.monotonic()
-        state["go"] = True
-        answer = path.priority(None, 0.0)
-        took, cpu = time.monotonic() - started, time.thread_time() - cpu
-        hogger.join()
-    finally:
-        sys.setswitchinterval(interval)
-    assert took > 0.1 and cpu < 0.05, (took, cpu)  # a stall happened, not a slow policy
+        path = HotPath(Policy("few-ms", {"priority": needs_a_few_ms}), [Policy("fcfs", {"priority": lambda r, n: 7.0})])
+        hogger = threading.Thread(target=hog)
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.001)
+        try:
+            hogger.start()
+            cpu, started = time.thread_time(), time.monotonic()
+            state["go"] = True
+            answer = path.priority(None, 0.0)
+            took, cpu = time.monotonic() - started, time.thread_time() - cpu
+            hogger.join()
+        finally:
+            sys.setswitchinterval(interval)
+        return path, answer, took, cpu
+
+    tries = []
+    for _ in range(3):
+        path, answer, took, cpu = staged_stall()
+        tries.append((round(took, 3), round(cpu, 4)))
+        if took > 0.1 and cpu < 0.04:  # a stall happened, not a slow policy
+            break
+    assert took > 0.1 and cpu < 0.04, tries
     assert answer == 1.0 and path.fallbacks["priority"] == 0 and path.stalls == 1
     successor = HotPath(Policy("fcfs", {"priority": lambda r, n: 7.0}))
     successor.carry_counts(path)  # a deployment keeps what the outgoing path has not reported
