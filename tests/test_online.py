@@ -291,10 +291,11 @@ def test_a_stalled_call_on_the_hot_path_answers_and_counts_as_a_stall():
     real time while the policy hardly computes. The call goes on and answers, and counts as
     a stall, not a fallback. With a real-time deadline it fell back (checked).
 
-    The stall is staged by the scheduler, so a try where it did not come off as staged (no
-    stall, or a noisy host billing the thread over 50 ms of CPU: CI once measured 55 ms for a
-    loop that takes 14 ms here) is staged again, up to three times; only then is the path's
-    behaviour asserted."""
+    The policy sleeps until the other thread has the GIL, so the stall falls inside the call
+    even when a busy host is slow to schedule that thread (a policy that computed for 4 ms
+    instead finished first 2 times in 25 with both cores busy). A try where the host billed
+    the thread over 40 ms of CPU anyway (CI once measured 55 ms for 14 ms of work) is staged
+    again, up to three times; only then is the path's behaviour asserted."""
     import sys
     import threading
     import time
@@ -302,28 +303,29 @@ def test_a_stalled_call_on_the_hot_path_answers_and_counts_as_a_stall():
     from autopoiesis.online import HotPath
     from autopoiesis.sandbox import Policy
 
-    def needs_a_few_ms(request, now):
-        x = 0
-        for i in range(100_000):
-            x += i
-        return 1.0
-
     def staged_stall():
-        state = {"go": False}
+        go, hogging = threading.Event(), threading.Event()
 
         def hog():
-            while not state["go"]:  # contend for the GIL until the call starts, then hold it
-                pass
-            sum(range(2 * 10**7))
+            go.wait()
+            hogging.set()
+            sum(range(2 * 10**7))  # one C call: holds the GIL throughout
 
-        path = HotPath(Policy("few-ms", {"priority": needs_a_few_ms}), [Policy("fcfs", {"priority": lambda r, n: 7.0})])
+        def waits_for_the_hog(request, now):
+            for _ in range(500):  # at most about 1 s
+                if hogging.is_set():
+                    break
+                time.sleep(0.002)  # lets the other thread take the GIL; waking needs it back
+            return 1.0
+
+        path = HotPath(Policy("stalled", {"priority": waits_for_the_hog}), [Policy("fcfs", {"priority": lambda r, n: 7.0})])
         hogger = threading.Thread(target=hog)
         interval = sys.getswitchinterval()
         sys.setswitchinterval(0.001)
         try:
             hogger.start()
             cpu, started = time.thread_time(), time.monotonic()
-            state["go"] = True
+            go.set()
             answer = path.priority(None, 0.0)
             took, cpu = time.monotonic() - started, time.thread_time() - cpu
             hogger.join()
