@@ -337,13 +337,13 @@ class CpuDeadline:
             signal.setitimer(signal.ITIMER_REAL, 0)
             _timing[0] = _LATE
             _handle_pending_signals()  # an alarm of ours that came just now is dropped, not passed on
-        finally:  # even if another signal's handler raises here: a collector left off leaks every cycle
-            _timing[0] = None
+        finally:  # even if another signal's handler raised above: a collector left off would leak
+            _timing[0] = None  # every cycle, and the host's timer must go on
             if self._collect:
                 gc.enable()
-        delay, interval = self._host_timer
-        if delay > 0:
-            signal.setitimer(signal.ITIMER_REAL, max(delay - self.elapsed, 1e-6), interval)
+            delay, interval = self._host_timer
+            if delay > 0:
+                signal.setitimer(signal.ITIMER_REAL, max(delay - self.elapsed, 1e-6), interval)
 
     @property
     def computed(self) -> float:
