@@ -30,6 +30,8 @@ from conftest import ROOT
     ("engine_costs", ["--repeats", "0"], "must be at least 1"),
     ("recall", ["--scenario", "atlantis"], "unknown scenario 'atlantis'"),
     ("recall", ["--teach", "0"], "must be at least 1"),
+    ("offline_start", ["--scenario", "atlantis"], "unknown scenario 'atlantis'"),
+    ("offline_start", ["--evolution-cost", "0"], "must be positive"),
 ])
 def test_a_mistaken_argument_is_one_line_of_usage(script, args, fragment):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],
