@@ -32,6 +32,11 @@ from conftest import ROOT
     ("recall", ["--teach", "0"], "must be at least 1"),
     ("offline_start", ["--scenario", "atlantis"], "unknown scenario 'atlantis'"),
     ("offline_start", ["--evolution-cost", "0"], "must be positive"),
+    ("margin_sweep", ["--margins", "0.01,x"], "comma-separated numbers"),
+    ("margin_sweep", ["--scenario", "atlantis"], "unknown scenario 'atlantis'"),
+    ("deployment_value", ["--scenario", "atlantis"], "unknown scenario 'atlantis'"),
+    ("deployment_value", ["--margin", "-1"], "must be non-negative"),
+    ("deployment_value", ["--start", "yesterday"], "invalid choice"),
 ])
 def test_a_mistaken_argument_is_one_line_of_usage(script, args, fragment):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],
