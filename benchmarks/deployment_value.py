@@ -43,8 +43,8 @@ BANDS = ((0.0, 0.03), (0.03, 0.10), (0.10, float("inf")))  # twin gains, for the
 
 def served(args) -> float:
     """Total time of the live seed served with ``schedule``: (live time, program source) in turn."""
-    scenario, seed, schedule = args
-    adapter = SimulatorAdapter(scenario)
+    options, seed, schedule = args
+    adapter = SimulatorAdapter(**options)
     default = adapter.baselines()["default"]
     adapter.start(seed=seed)
     try:
@@ -56,6 +56,13 @@ def served(args) -> float:
         return adapter.live_metrics()["total_time"]
     finally:
         adapter.stop()
+
+
+def leave_one_out(options: dict, seed: int, schedule: list, map_=map) -> tuple[float, list[float]]:
+    """Total time of ``schedule`` served as it was, and with each change after the first left out."""
+    jobs = [schedule] + [schedule[:k] + schedule[k + 1:] for k in range(1, len(schedule))]
+    totals = list(map_(served, [(options, seed, s) for s in jobs]))
+    return totals[0], totals[1:]
 
 
 def run_scenario(scenario: str, seed: int, margin: float, cost: float, workers: int, pool, start: str) -> dict:
@@ -71,16 +78,15 @@ def run_scenario(scenario: str, seed: int, margin: float, cost: float, workers: 
     live = controller.run()["live"]["total_time"]
     changes = [d for d in controller.deployments if d.kind in ("initial", "deploy", "rollback")]
     schedule = [(d.time, archive.program(d.program).source) for d in changes]
-    jobs = [schedule] + [schedule[:k] + schedule[k + 1:] for k in range(1, len(schedule))]
-    totals = pool.map(served, [(scenario, seed, s) for s in jobs])
+    replayed, without = leave_one_out({"scenario": scenario}, seed, schedule, pool.map)
     deployments = []
-    for k, d in enumerate(changes[1:], start=1):
+    for d, total in zip(changes[1:], without):
         twin = ((d.incumbent_fitness - d.champion_fitness) / d.incumbent_fitness
                 if d.kind == "deploy" and d.incumbent_fitness else None)
         deployments.append({"time": d.time, "kind": d.kind, "program": d.program, "twin_gain": twin,
-                            "worth": (totals[k] - totals[0]) / totals[k]})
-    return {"scenario": scenario, "seed": seed, "start": start, "live_total_time": live, "replayed_total_time": totals[0],
-            "deployments": deployments}
+                            "worth": (total - replayed) / total})
+    return {"scenario": scenario, "seed": seed, "start": start, "live_total_time": live,
+            "replayed_total_time": replayed, "deployments": deployments}
 
 
 def bands(rows: list[dict]) -> list[dict]:
@@ -88,7 +94,8 @@ def bands(rows: list[dict]) -> list[dict]:
     for low, high in BANDS:
         worth = [d["worth"] for r in rows for d in r["deployments"]
                  if d["twin_gain"] is not None and low <= d["twin_gain"] < high]
-        out.append({"twin_gain_from": low, "twin_gain_to": high, "deployments": len(worth),
+        out.append({"twin_gain_from": low, "twin_gain_to": high if high < float("inf") else None,
+                    "deployments": len(worth),
                     "mean_worth": statistics.fmean(worth) if worth else None,
                     "harmful": sum(w < 0 for w in worth)})
     rollbacks = [d["worth"] for r in rows for d in r["deployments"] if d["kind"] == "rollback"]
@@ -147,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         Console().print(table(rows))
         for b in summary[:-1]:
             if b["deployments"]:
-                upper = "up" if b["twin_gain_to"] == float("inf") else f"to {b['twin_gain_to']:.0%}"
+                upper = "up" if b["twin_gain_to"] is None else f"to {b['twin_gain_to']:.0%}"
                 print(f"twin gain {b['twin_gain_from']:.0%} {upper}: {b['deployments']} deployments, "
                       f"mean worth {b['mean_worth']:+.2%}, {b['harmful']} harmful")
         if summary[-1]["rollbacks"]:

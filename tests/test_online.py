@@ -946,6 +946,23 @@ def _benchmark(name: str):
     return importlib.import_module(name)
 
 
+def test_the_deployment_value_benchmark_replays_a_run_and_weighs_each_change(adapter, default, tmp_path):
+    """Its method rests on the live system being a function of the deployment schedule: served
+    again as it was, the schedule gives the run's own total time; a bad program left out, the run
+    is shorter."""
+    bad = variant(default, "dispatch", "def dispatch(request, replicas, now):\n    return 0\n")
+    c = controller(adapter, tmp_path, guard_windows=2)
+    c.force(bad, at=45.0)
+    live = c.run()["live"]["total_time"]
+    changes = [d for d in c.deployments if d.kind in ("initial", "deploy", "rollback")]
+    assert [d.kind for d in changes] == ["initial", "deploy", "rollback"]
+    schedule = [(d.time, c.archive.program(d.program).source) for d in changes]
+    replayed, without = _benchmark("deployment_value").leave_one_out(
+        {"scenario": SCENARIO, "requests": REQUESTS}, c.config.live_seed, schedule)
+    assert replayed == pytest.approx(live, rel=1e-9)
+    assert len(without) == 2 and without[0] < replayed  # everything to one replica for a while cost time
+
+
 def test_the_paper_benchmark_compares_with_each_static_baseline_shipped_everywhere():
     paper = _benchmark("paper")
     summary_of, vs_each_baseline = paper.summary_of, paper.vs_each_baseline
