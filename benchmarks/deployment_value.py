@@ -28,15 +28,14 @@ from rich.console import Console
 from rich.table import Table
 
 from autopoiesis.adapters import AdapterError
-from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
+from autopoiesis.adapters.simulator import SimulatorAdapter
 from autopoiesis.archive import Archive
 from autopoiesis.cli import positive_float, positive_int
 from autopoiesis.evolution import Config, Evolution
-from autopoiesis.online import Controller, OnlineConfig
 from autopoiesis.program import Program
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper import STATIONARY  # noqa: E402
+from paper import dynamic_scenarios, online_arm  # noqa: E402
 
 BANDS = ((0.0, 0.03), (0.03, 0.10), (0.10, float("inf")))  # twin gains, for the summary
 
@@ -71,10 +70,8 @@ def run_scenario(scenario: str, seed: int, margin: float, cost: float, workers: 
     if start == "offline":  # as `autopoiesis evolve --adapter simulator --scenario S` evolves it
         initial = Evolution(SimulatorAdapter(scenario), Config(workers=workers), Archive(),
                             adapter_spec="simulator").run().champion
-    controller = Controller(SimulatorAdapter(scenario), OnlineConfig(live_seed=seed, evolution_cost_s=cost,
-                                                                     margin=margin),
-                            Config(population=8, generations=3, workers=workers, held_out_snapshots=0, seed=seed),
-                            archive=archive, adapter_spec="simulator", initial=initial)
+    controller = online_arm(SimulatorAdapter(scenario), seed, workers, archive, initial=initial,
+                            evolution_cost_s=cost, margin=margin)
     live = controller.run()["live"]["total_time"]
     changes = [d for d in controller.deployments if d.kind in ("initial", "deploy", "rollback")]
     schedule = [(d.time, archive.program(d.program).source) for d in changes]
@@ -128,10 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    names = args.scenario or [n for n in scenarios.names() if n != STATIONARY]
-    unknown = [n for n in names if n not in scenarios.names()]
-    if unknown:
-        parser.error(f"unknown scenario '{unknown[0]}' (known: {', '.join(scenarios.names())})")
+    names = dynamic_scenarios(parser, args.scenario)
     if args.margin < 0:
         parser.error(f"--margin must be non-negative, got {args.margin}")
     console = Console(stderr=True)

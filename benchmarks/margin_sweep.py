@@ -26,22 +26,16 @@ from rich.table import Table
 
 from autopoiesis.adapters import AdapterError
 from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
-from autopoiesis.archive import Archive
 from autopoiesis.cli import positive_float, positive_int
-from autopoiesis.evolution import Config
-from autopoiesis.online import Controller, OnlineConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper import STATIONARY  # noqa: E402
+from paper import STATIONARY, online_arm  # noqa: E402
 
 KEYS = ("total_time", "mean_e2e")
 
 
 def online(scenario: str, seed: int, margin: float, cost: float, workers: int) -> dict:
-    controller = Controller(SimulatorAdapter(scenario), OnlineConfig(live_seed=seed, evolution_cost_s=cost,
-                                                                     margin=margin),
-                            Config(population=8, generations=3, workers=workers, held_out_snapshots=0, seed=seed),
-                            archive=Archive(), adapter_spec="simulator")
+    controller = online_arm(SimulatorAdapter(scenario), seed, workers, evolution_cost_s=cost, margin=margin)
     summary = controller.run()
     return {**{k: summary["live"][k] for k in KEYS}, "deployments": summary["deployments"],
             "rollbacks": summary["rollbacks"]}

@@ -25,23 +25,20 @@ from rich.console import Console
 from rich.table import Table
 
 from autopoiesis.adapters import AdapterError
-from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
+from autopoiesis.adapters.simulator import SimulatorAdapter
 from autopoiesis.archive import Archive
 from autopoiesis.cli import positive_float, positive_int
 from autopoiesis.evolution import Config, Evolution
-from autopoiesis.online import Controller, OnlineConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper import STATIONARY, whole_runs  # noqa: E402 - whole runs scored as paper.py scores its arms
+from paper import dynamic_scenarios, online_arm, whole_runs  # noqa: E402 - the arms as paper.py scores them
 
 LIVE_SEED = 1000
 
 
 def online(scenario: str, initial, cost: float, workers: int) -> dict:
     """One online run as paper.py's (population 8, 3 generations), with a fixed evolution cost."""
-    controller = Controller(SimulatorAdapter(scenario), OnlineConfig(live_seed=LIVE_SEED, evolution_cost_s=cost),
-                            Config(population=8, generations=3, workers=workers, held_out_snapshots=0, seed=LIVE_SEED),
-                            archive=Archive(), adapter_spec="simulator", initial=initial)
+    controller = online_arm(SimulatorAdapter(scenario), LIVE_SEED, workers, initial=initial, evolution_cost_s=cost)
     summary = controller.run()
     return {"total_time": summary["live"]["total_time"], "mean_e2e": summary["live"]["mean_e2e"],
             "deployments": summary["deployments"], "rollbacks": summary["rollbacks"]}
@@ -93,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    names = args.scenario or [n for n in scenarios.names() if n != STATIONARY]
-    unknown = [n for n in names if n not in scenarios.names()]
-    if unknown:
-        parser.error(f"unknown scenario '{unknown[0]}' (known: {', '.join(scenarios.names())})")
+    names = dynamic_scenarios(parser, args.scenario)
     if args.load != 1.0:
         names = [f"{n}@{args.load:g}" for n in names]
     console = Console(stderr=True)

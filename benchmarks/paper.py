@@ -76,11 +76,26 @@ def baselines(adapter, seeds, workers):
     return programs, snapshots, scores
 
 
+def online_arm(adapter, seed, workers, archive=None, operators=None, initial=None, **online) -> Controller:
+    """The online arm's controller (population 8, 3 generations) on live seed ``seed``. The other
+    benchmarks pass ``evolution_cost_s``: every evolution then costs that many simulated seconds,
+    so a run is deterministic and two runs differ only by what the benchmark changes."""
+    return Controller(adapter, OnlineConfig(live_seed=seed, **online),
+                      Config(population=8, generations=3, workers=workers, held_out_snapshots=0, seed=seed),
+                      archive=archive or Archive(), operators=operators, adapter_spec="simulator", initial=initial)
+
+
+def dynamic_scenarios(parser, names) -> list[str]:
+    """The scenarios a benchmark asked for (default: every dynamic one), or one line of usage."""
+    names = names or [n for n in scenarios.names() if n != STATIONARY]
+    unknown = [n for n in names if n not in scenarios.names()]
+    if unknown:
+        parser.error(f"unknown scenario '{unknown[0]}' (known: {', '.join(scenarios.names())})")
+    return names
+
+
 def online(adapter, seed, workers, operators=None):
-    archive = Archive()
-    controller = Controller(adapter, OnlineConfig(live_seed=seed),
-                            Config(population=8, generations=3, workers=workers, held_out_snapshots=0, seed=seed),
-                            archive=archive, operators=operators)
+    controller = online_arm(adapter, seed, workers, operators=operators)
     summary = controller.run()
     return summary["live"], dict(summary, final_program=controller.incumbent)
 

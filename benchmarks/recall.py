@@ -24,24 +24,19 @@ from rich.console import Console
 from rich.table import Table
 
 from autopoiesis.adapters import AdapterError
-from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
+from autopoiesis.adapters.simulator import SimulatorAdapter
 from autopoiesis.archive import Archive
 from autopoiesis.cli import positive_float, positive_int
-from autopoiesis.evolution import Config
-from autopoiesis.online import Controller, OnlineConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper import STATIONARY, baselines  # noqa: E402 - the same best static baseline as paper.py
+from paper import baselines, dynamic_scenarios, online_arm  # noqa: E402 - the same arms as paper.py
 
 LIVE_SEED, TEACH_SEED = 1000, 2000
 
 
 def online(scenario: str, seed: int, archive: Archive, recall: bool, cost: float, workers: int) -> dict:
     """One online run as paper.py's (population 8, 3 generations), with a fixed evolution cost."""
-    controller = Controller(SimulatorAdapter(scenario), OnlineConfig(live_seed=seed, evolution_cost_s=cost,
-                                                                     recall=recall),
-                            Config(population=8, generations=3, workers=workers, held_out_snapshots=0, seed=seed),
-                            archive=archive, adapter_spec="simulator")
+    controller = online_arm(SimulatorAdapter(scenario), seed, workers, archive, evolution_cost_s=cost, recall=recall)
     summary = controller.run()
     recalled = [d for d in controller.deployments if d.kind == "deploy" and d.program in controller.recalled]
     return {"total_time": summary["live"]["total_time"], "mean_e2e": summary["live"]["mean_e2e"],
@@ -85,10 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    names = args.scenario or [n for n in scenarios.names() if n != STATIONARY]
-    unknown = [n for n in names if n not in scenarios.names()]
-    if unknown:
-        parser.error(f"unknown scenario '{unknown[0]}' (known: {', '.join(scenarios.names())})")
+    names = dynamic_scenarios(parser, args.scenario)
     console = Console(stderr=True)
     rows = []
     try:
