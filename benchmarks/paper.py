@@ -82,7 +82,8 @@ def online_arm(adapter, seed, workers, archive=None, operators=None, initial=Non
     so a run is deterministic and two runs differ only by what the benchmark changes."""
     return Controller(adapter, OnlineConfig(live_seed=seed, **online),
                       Config(population=8, generations=3, workers=workers, held_out_snapshots=0, seed=seed),
-                      archive=archive or Archive(), operators=operators, adapter_spec="simulator", initial=initial)
+                      archive=Archive() if archive is None else archive, operators=operators,
+                      adapter_spec="simulator", initial=initial)
 
 
 def dynamic_scenarios(parser, names) -> list[str]:
