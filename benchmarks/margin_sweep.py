@@ -29,7 +29,7 @@ from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenari
 from autopoiesis.cli import positive_float, positive_int
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper import STATIONARY, online_arm  # noqa: E402
+from paper import STATIONARY, dynamic_scenarios, online_arm  # noqa: E402
 
 KEYS = ("total_time", "mean_e2e")
 
@@ -90,10 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    names = args.scenario or scenarios.names()
-    unknown = [n for n in names if n not in scenarios.names()]
-    if unknown:
-        parser.error(f"unknown scenario '{unknown[0]}' (known: {', '.join(scenarios.names())})")
+    names = dynamic_scenarios(parser, args.scenario, stationary=True)
     console = Console(stderr=True)
     rows = []
     try:

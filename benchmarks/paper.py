@@ -86,9 +86,10 @@ def online_arm(adapter, seed, workers, archive=None, operators=None, initial=Non
                       adapter_spec="simulator", initial=initial)
 
 
-def dynamic_scenarios(parser, names) -> list[str]:
-    """The scenarios a benchmark asked for (default: every dynamic one), or one line of usage."""
-    names = names or [n for n in scenarios.names() if n != STATIONARY]
+def dynamic_scenarios(parser, names, stationary: bool = False) -> list[str]:
+    """The scenarios a benchmark asked for (default: every dynamic one, and ``stationary`` if
+    asked), or one line of usage."""
+    names = names or [n for n in scenarios.names() if stationary or n != STATIONARY]
     unknown = [n for n in names if n not in scenarios.names()]
     if unknown:
         parser.error(f"unknown scenario '{unknown[0]}' (known: {', '.join(scenarios.names())})")
