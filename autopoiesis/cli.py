@@ -192,7 +192,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         if not args.adapter:
             raise UserError("evolve needs --adapter NAME (or --resume RUN); `autopoiesis adapters` lists them")
         spec = canonical_spec(args.adapter)
-        options = _parse_options(args.option)
+        options = parse_options(args.option)
         if args.scenario:
             options["scenario"] = args.scenario
         options.update(_live_options(args))
@@ -361,7 +361,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from autopoiesis.adapters.base import load_adapter
     from autopoiesis.metrics import SLO, RollingWindow
 
-    options = _parse_options(args.option)
+    options = parse_options(args.option)
     if args.scenario:
         options["scenario"] = args.scenario
     options.update(_live_options(args))
@@ -487,7 +487,8 @@ def _operators(settings: dict[str, Any] | None, archive: Archive, run_id: str, r
         (llm_ops.Crossover(session, templates, max_tokens=reply), 0.3 * rate)]
 
 
-def _parse_options(items: list[str]) -> dict[str, Any]:
+def parse_options(items: list[str]) -> dict[str, Any]:
+    """``-o KEY=VALUE`` items as adapter options: a VALUE that parses as JSON is that value, else a string."""
     options = {}
     for item in items:
         key, sep, value = item.partition("=")

@@ -1,6 +1,7 @@
 """The torch engine served live: each static queue order against online evolution, and the twin's error.
 
-    python benchmarks/engine_online.py [--scenario burst] [--rate 3] [--duration 120] [--seeds 1000] [--json]
+    python benchmarks/engine_online.py [--scenario burst] [--rate 3 | --load-factor 1] [--duration 120] [--seeds 1]
+                                       [-o device=cuda -o hidden=2048 ...] [--json]
 
 Every arm serves the same load (per seed) on the same model at real time: each
 human-designed ``priority`` baseline static, then Autopoiesis online starting from ``fcfs``
@@ -10,6 +11,13 @@ which serves fcfs throughout and so measures what the evolution plane alone cost
 the step costs timed at start and with those costs scaled to the level of that run's own
 live steps (as the online twin scales them), which gives its error on whole runs and whether it ranks the
 baselines as the live engine does. Takes about (baselines + 2) x duration per seed.
+
+``-o KEY=VALUE`` gives the engine's options as the CLI does. ``--load-factor F`` sets the
+rate to F times the engine's capacity as its twin estimates it (the requests per second it
+serves of the load's length mix when all of them wait from the start), so a load means
+the same on any model and device. On the default model on this project's CPUs that
+capacity is about 6.5 req/s, so the default 3 req/s is a factor of about 0.46, and the
+burst's middle fifth (2.25 times the mean rate) runs just past it.
 """
 
 from __future__ import annotations
@@ -23,16 +31,17 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from autopoiesis.adapters.base import AdapterError
+from autopoiesis.adapters.base import AdapterError, load_adapter
 from autopoiesis.adapters import engine as engine_adapter
-from autopoiesis.adapters.engine import EngineAdapter, score
+from autopoiesis.adapters.engine import LONG, LOADS, SHORT, EngineAdapter, score
 from autopoiesis.adapters.engine.engine import scale
 from autopoiesis.archive import Archive
-from autopoiesis.cli import positive_float, positive_int
+from autopoiesis.cli import UserError, parse_options, positive_float, positive_int
 from autopoiesis.evolution import Config
 from autopoiesis.metrics import RollingWindow
 from autopoiesis.online import Controller, OnlineConfig
 from autopoiesis.sandbox import compile_policy
+from autopoiesis.traces import phased
 
 HEADLINE = ("mean_e2e", "mean_ttft", "p99_ttft", "slo_attainment")
 PLANE_ONLY = "fcfs, evolving, never deploying"  # the serving cost of the evolution plane alone
@@ -53,6 +62,16 @@ def static(adapter: EngineAdapter, program, seed: int) -> tuple[dict[str, float]
         adapter.stop()
 
 
+def twin_capacity(adapter: EngineAdapter, requests: int = 600) -> float:
+    """Requests per second the twin serves, in fcfs order, of the steady length mix all waiting at time 0."""
+    cfg = adapter.config
+    mix = phased(LOADS["steady"][1], 1.0, float(requests), 0, SHORT, LONG, cfg.max_prompt, cfg.max_output, min_output=1)
+    waiting = [(i * 1e-9, p, min(m, cfg.kv_tokens - p))  # all at once, still in the order they came
+               for i, (_, p, m) in enumerate(mix) if p < cfg.kv_tokens]
+    fcfs = compile_policy(adapter.baselines()["fcfs"].source, adapter.slots())
+    return len(waiting) / score(fcfs, adapter._params(waiting))["total_time"]
+
+
 def online(adapter: EngineAdapter, seed: int, window_s: float, workers: int, deploys: bool = True) -> tuple[dict, dict]:
     """Serve from ``fcfs`` and evolve; ``deploys=False`` keeps fcfs (what the evolution plane costs)."""
     knobs = {} if deploys else {"margin": 1e9}
@@ -66,20 +85,31 @@ def online(adapter: EngineAdapter, seed: int, window_s: float, workers: int, dep
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenario", default="burst")
-    parser.add_argument("--rate", type=positive_float, default=3.0)
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=positive_float, default=3.0, help="mean arrival rate (req/s)")
+    rate.add_argument("--load-factor", type=positive_float, help="the mean rate as a multiple of the twin's capacity")
     parser.add_argument("--duration", type=positive_float, default=120.0)
     parser.add_argument("--seeds", type=positive_int, default=1, help="live loads (seeds 1000, 1001, ...)")
     parser.add_argument("--window", type=positive_float, default=10.0, help="online window (s)")
     parser.add_argument("--workers", type=positive_int, default=1)
+    parser.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                        help="an engine option, as for the CLI (device=cuda, hidden=2048, ...)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     try:
-        adapter = EngineAdapter(scenario=args.scenario, rate=args.rate, duration=args.duration)
+        options = {**parse_options(args.option), "scenario": args.scenario, "rate": args.rate,
+                   "duration": args.duration}
+        adapter = load_adapter("engine", options)
         costs = adapter.fitted_costs()
-    except AdapterError as e:
+    except (AdapterError, UserError) as e:
         parser.error(str(e))
-    console.print(f"fitted step costs: {costs}", highlight=False)
+    capacity = twin_capacity(adapter)
+    if args.load_factor:
+        adapter.rate = args.load_factor * capacity
+    console.print(f"engine on {adapter.device} ({', '.join(f'{k} {v}' for k, v in adapter.model_shape.items())}); "
+                  f"fitted step costs: {costs}; the twin's capacity {capacity:.2f} req/s; "
+                  f"serving {args.scenario} at {adapter.rate:.2f} req/s", highlight=False)
     rows: dict[str, list[dict]] = {}
     twin_rows: dict[str, list[float]] = {}  # the twin's mean e2e, with the costs timed at start
     refit_rows: dict[str, list[float]] = {}  # ... scaled to the level of the live run's own steps
@@ -122,7 +152,8 @@ def main(argv=None) -> int:
         return sorted(static_arms, key=model.get) == sorted(static_arms, key=lambda a: mean[a]["mean_e2e"])
 
     result = {
-        "scenario": args.scenario, "rate": args.rate, "duration": args.duration, "seeds": args.seeds,
+        "scenario": args.scenario, "rate": adapter.rate, "twin_capacity": capacity, "duration": args.duration,
+        "seeds": args.seeds, "device": adapter.device, "model": adapter.model_shape,
         "costs": costs.to_dict(), "arms": mean, "twin_mean_e2e": twin, "twin_refit_mean_e2e": refit,
         "best_baseline": best, "improvement_vs_best_baseline": (mean[best]["mean_e2e"] - ours) / mean[best]["mean_e2e"],
         "evolution_plane_cost": mean[PLANE_ONLY]["mean_e2e"] / mean["fcfs"]["mean_e2e"] - 1,
@@ -133,7 +164,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
-    table = Table(title=f"engine, {args.scenario} at {args.rate:g} req/s for {args.duration:.0f} s, {args.seeds} seed(s)")
+    table = Table(title=f"engine on {adapter.device}, {args.scenario} at {adapter.rate:.3g} req/s for {args.duration:.0f} s, {args.seeds} seed(s)")
     for col in ("arm", "mean e2e (s)", "mean TTFT (s)", "p99 TTFT (s)", "SLO", "twin: timed costs", "twin: run's level"):
         table.add_column(col, justify="left" if col == "arm" else "right")
     for arm, m in mean.items():

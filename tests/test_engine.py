@@ -1,10 +1,12 @@
 """The torch engine adapter: its scheduler, its model's KV cache, the twin's costs, and the live engine.
 
 The live tests run the real torch model in this process at real time (a few seconds of load each).
+They run it on the CPU; ``AUTOPOIESIS_TEST_DEVICE=cuda`` runs the model's tests on a GPU instead.
 """
 
 import json
 import math
+import os
 import random
 import subprocess
 import sys
@@ -21,6 +23,8 @@ from autopoiesis.adapters.engine.model import Shape, TinyLM  # noqa: E402
 from autopoiesis.adapters.engine.slots import PRIORITY_BASELINES, SLOTS  # noqa: E402
 from autopoiesis.program import Program  # noqa: E402
 from autopoiesis.sandbox import compile_policy  # noqa: E402
+
+DEVICE = os.environ.get("AUTOPOIESIS_TEST_DEVICE", "cpu")  # where the torch model runs
 
 
 def policy(name="fcfs"):
@@ -117,18 +121,24 @@ def test_fit_holds_a_cost_the_data_would_make_negative_at_its_floor():
 
 
 def test_the_kv_cache_decodes_what_a_full_forward_computes():
-    model = TinyLM(Shape(vocab=97, hidden=64, layers=2, heads=2), max_len=64).eval()
-    k = torch.zeros(2, 3, 2, 64, 32)
+    model = TinyLM(Shape(vocab=97, hidden=64, layers=2, heads=2), max_len=64).to(DEVICE).eval()
+
+    def on(*values):
+        return torch.tensor(values, device=DEVICE)
+
+    k = torch.zeros(2, 3, 2, 64, 32, device=DEVICE)
     v = torch.zeros_like(k)
-    a, b = torch.randint(97, (1, 20)), torch.randint(97, (1, 9))
+    a, b = torch.randint(97, (1, 20)).to(DEVICE), torch.randint(97, (1, 9)).to(DEVICE)
+    span = torch.arange(20, device=DEVICE).view(1, -1)
     with torch.inference_mode():
-        expected = model(a, torch.arange(20).view(1, -1), torch.tensor([0]), k.clone(), v.clone())
-        model(a[:, :17], torch.arange(17).view(1, -1), torch.tensor([1]), k, v)  # prefill, slot 1
-        model(b[:, :6], torch.arange(6).view(1, -1), torch.tensor([2]), k, v)  # a shorter one, slot 2
+        expected = model(a, span, on(0), k.clone(), v.clone())
+        model(a[:, :17], span[:, :17], on(1), k, v)  # prefill, slot 1
+        model(b[:, :6], span[:, :6], on(2), k, v)  # a shorter one, slot 2
         for step in range(3):  # decode both in one batch: rows of different lengths
-            tokens = torch.tensor([[a[0, 17 + step]], [b[0, 6 + step]]])
-            logits = model(tokens, torch.tensor([[17 + step], [6 + step]]), torch.tensor([1, 2]), k, v)
-        other = model(b, torch.arange(9).view(1, -1), torch.tensor([0]), torch.zeros_like(k), torch.zeros_like(v))
+            tokens = torch.stack([a[0, 17 + step: 18 + step], b[0, 6 + step: 7 + step]])
+            logits = model(tokens, on([17 + step], [6 + step]), on(1, 2), k, v)
+        other = model(b, span[:, :9], on(0), torch.zeros_like(k), torch.zeros_like(v))
+    assert logits.device.type == torch.device(DEVICE).type
     assert torch.allclose(logits[0], expected[0], atol=1e-4)
     assert torch.allclose(logits[1], other[0], atol=1e-4)
 
@@ -137,7 +147,7 @@ def test_the_kv_cache_decodes_what_a_full_forward_computes():
 def small_engine():
     """A small, fast model; its costs are timed once for the module."""
     adapter = EngineAdapter(scenario="burst", rate=8.0, duration=6.0, hidden=64, layers=2, heads=2, vocab=256,
-                            max_batch=8, kv_tokens=2048, max_prompt=512, max_output=64)
+                            max_batch=8, kv_tokens=2048, max_prompt=512, max_output=64, device=DEVICE)
     adapter.fitted_costs()
     return adapter
 
@@ -226,7 +236,8 @@ def test_without_torch_the_engine_says_so_in_one_line(tmp_path):
 
 def test_the_cli_evolves_the_engine_offline_and_online(tmp_path):
     common = [sys.executable, "-m", "autopoiesis.cli", "evolve", "--adapter", "engine", "--scenario", "burst",
-              "-o", "hidden=64", "-o", "layers=2", "-o", "heads=2", "-o", "vocab=256", "--runs-dir", str(tmp_path),
+              "-o", "hidden=64", "-o", "layers=2", "-o", "heads=2", "-o", "vocab=256", "-o", f"device={DEVICE}",
+              "--runs-dir", str(tmp_path),
               "--workers", "1", "--json"]
     offline = subprocess.run(common + ["--population", "6", "--generations", "2", "--train-snapshots", "2",
                                        "--held-out-snapshots", "2", "--rate", "6", "--duration", "30"],

@@ -79,9 +79,9 @@ class TorchExecutor:
                  threads: int = 1):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device '{device}' asked for, but torch sees no CUDA GPU")
-        if device == "cpu":
-            torch.set_num_threads(threads)  # the evolution plane's workers need the other cores
         self.device, self.max_len = torch.device(device), max_len
+        if self.device.type == "cpu":
+            torch.set_num_threads(threads)  # the evolution plane's workers need the other cores
         self.model = TinyLM(shape, max_len, seed).to(self.device).eval()
         hd = shape.hidden // shape.heads
         size = (shape.layers, max_batch, shape.heads, max_len, hd)
