@@ -86,6 +86,10 @@ class Adapter:
     #: a metric that counts disruptive actions on the twin (re-plans, reloads): a champion that
     #: takes more of them than the incumbent needs ``replan_margin``, not just ``margin``
     disruption_metric: str = ""
+    #: True when the live clock is the wall clock: the live system serves between (or inside)
+    #: ``observe`` calls whatever the controller does, so an evolution in flight cannot hold it
+    #: back and the serving loop never asks it to wait for one (a simulated clock does wait)
+    wall_clock: bool = False
 
     def start(self, seed: int = 1000) -> None:
         """Start or attach to the live system (``seed``: the workload, where the adapter replays one)."""

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     on.add_argument("--period", type=_non_negative_int, default=4, help="windows between periodic evolutions (0: drift only)")
     on.add_argument("--step", type=_non_negative_float, default=5.0,
                     help="seconds between looks at the live system; a cluster event starts an evolution at the next one")
+    on.add_argument("--poll", type=positive_float, default=0.05,
+                    help="seconds between looks for a finished evolution, on a wall-clock adapter (engine, vLLM)")
     on.add_argument("--cooldown", type=_non_negative_int, default=2, help="windows after a trigger before drift may trigger again")
     on.add_argument("--margin", type=_non_negative_float, default=0.01, help="relative gain on the twin a champion needs to deploy")
     on.add_argument("--replan-margin", type=_non_negative_float, default=0.05,
@@ -287,7 +289,7 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
 
     online = OnlineConfig(window_s=args.window, history=args.history, horizon=args.horizon, period=args.period,
                           cooldown=args.cooldown, margin=args.margin, replan_margin=args.replan_margin, holdout=args.holdout,
-                          guard_windows=args.guard_windows, step_s=args.step, recall=args.recall,
+                          guard_windows=args.guard_windows, step_s=args.step, poll_s=args.poll, recall=args.recall,
                           guard_tolerance=args.guard_tolerance, evolution_cost_s=args.evolution_cost,
                           live_seed=args.live_seed, max_windows=args.max_windows)
     run_id = new_run_id(f"{adapter.name}-online")

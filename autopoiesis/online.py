@@ -209,6 +209,7 @@ class OnlineConfig:
     recall: bool = True  # ... counting those confirmed in earlier online runs of this adapter in the same archive
     max_windows: int | None = None  # stop after this many windows (default: when the live system is done)
     step_s: float = 5.0  # the serving loop looks at the live system at least this often (cluster events act at once)
+    poll_s: float = 0.05  # ... and this often for a finished evolution, on a wall-clock adapter
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -438,7 +439,12 @@ class Controller:
             target = next_close
             if job is not None:
                 ready = self._ready_at(job)
-                target = min(target, ready) if ready is not None else min(target, self._job_clock(job))
+                if ready is not None:
+                    target = min(target, ready)
+                elif adapter.wall_clock:  # it serves on meanwhile: look back for the result every poll_s
+                    target = min(target, adapter.now() + cfg.poll_s)
+                else:  # a simulated clock runs no further than the evolution has
+                    target = min(target, self._job_clock(job))
             if self.forced:
                 target = min(target, self.forced[0][0])
             if cfg.step_s > 0:
@@ -459,7 +465,7 @@ class Controller:
             if job is not None and job.done and observation.now >= (self._ready_at(job) or math.inf):
                 self.job = None
                 self._conclude(job, observation.now)
-            if self.job is not None and not self.job.done and target < next_close:
+            if self.job is not None and not self.job.done and target < next_close and not adapter.wall_clock:
                 time.sleep(0.005)  # serving at the evolution's pace; let it work
 
     def _job_clock(self, job: _Job) -> float:

@@ -60,6 +60,7 @@ class EngineAdapter(Adapter):
                   Objective("slo_attainment", "max"))
     headline = ("mean_e2e", "mean_ttft", "p99_ttft", "slo_attainment", "throughput_tps")
     guard_metric = "mean_e2e_open"
+    wall_clock = True  # it serves at real time, inside observe
 
     def __init__(self, scenario: str = "burst", trace: str | None = None, rate: float = 3.0, duration: float = 120.0,
                  token_scale: float = 1.0, device: str = "cpu", threads: int = 1, max_batch: int = 16,

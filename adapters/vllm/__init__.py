@@ -64,6 +64,7 @@ class VLLMAdapter(Adapter):
                   Objective("slo_attainment", "max"))
     headline = ("mean_e2e", "mean_ttft", "p99_ttft", "slo_attainment", "throughput_tps")
     guard_metric = "mean_e2e_open"
+    wall_clock = True  # real servers; the router and the load run in observe's event loop
     online_only = True  # programs are scored on windows recorded from the live servers
 
     def __init__(self, urls: Any = None, launch: str | None = None, replicas: int = 1, python: str | None = None,
