@@ -61,13 +61,15 @@ def main(argv=None) -> int:
     flat = [(tuple(0.0 if j in SQUARED else v for j, v in enumerate(x)), s) for x, s in steps]
     linear = fit(flat)
     with_sq, without = errors(costs, steps), errors(linear, flat)
-    result = {"device": adapter.device, "model": adapter.model_shape, "costs": dataclasses.asdict(costs), "max_error": max(map(abs, with_sq)),
+    result = {"device": adapter.device, "model": adapter.model_shape, "costs": dataclasses.asdict(costs),
+              "max_error": max(map(abs, with_sq)),
               "mean_error": statistics.fmean(map(abs, with_sq)), "max_error_linear": max(map(abs, without)),
               "mean_error_linear": statistics.fmean(map(abs, without))}
     if args.json:
         print(json.dumps(result))
         return 0
-    table = Table(title=f"engine step costs on {adapter.device} ({_shape(adapter)}): measured (median of the fastest half of repeats) vs fitted",
+    table = Table(title=f"engine step costs on {adapter.device} ({_shape(adapter)}): "
+                        "measured (median of the fastest half of repeats) vs fitted",
                   caption="prefill N: one prompt of N tokens; decode B x C: B sequences, C tokens of context")
     for col in ("step", "measured (ms)", "fitted (ms)", "error", "error, no squares"):
         table.add_column(col, justify="left" if col == "step" else "right", no_wrap=True)

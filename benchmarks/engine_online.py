@@ -16,8 +16,8 @@ baselines as the live engine does. Takes about (baselines + 2) x duration per se
 rate to F times the engine's capacity as its twin estimates it (the requests per second it
 serves of the load's length mix when all of them wait from the start), so a load means
 the same on any model and device. On the default model on this project's CPUs that
-capacity is about 6.5 req/s, so the default 3 req/s is a factor of about 0.46, and the
-burst's middle fifth (2.25 times the mean rate) runs just past it.
+capacity is about 6 to 6.5 req/s, so the default 3 req/s is a factor of about 0.5, and
+the burst's middle fifth (2.25 times the mean rate) runs just past it.
 """
 
 from __future__ import annotations
