@@ -115,7 +115,11 @@ class Adapter:
         raise AdapterError(f"adapter '{self.name}' has no live windows to replay (offline only)")
 
     # Optional: ``window_metrics(since, until, incumbent) -> dict`` adds numbers to each closed
-    # live window (the vLLM adapter reports its twin's prediction error this way).
+    # live window, on the serving thread (the vLLM adapter reports its twin's prediction error
+    # and refits it this way). ``window_check(since, until, incumbent) -> (Snapshot, names) | None``
+    # is for numbers that take a replay: the controller scores the incumbent on that snapshot
+    # on the evolution plane and adds the metrics ``names`` to the window when they are in (the
+    # engine adapter's twin error). A wall-clock adapter serves nothing while window_metrics runs.
 
     def describe(self) -> str:
         doc = inspect.getdoc(type(self)) or ""

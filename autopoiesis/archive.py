@@ -167,6 +167,14 @@ class Archive:
         self._write("INSERT OR REPLACE INTO windows VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (run_id, index, start, end, policy, json.dumps(metrics), json.dumps(detail)))
 
+    def add_window_metrics(self, run_id: str, index: int, metrics: dict[str, float]) -> None:
+        """Numbers that came after the window closed (a check the evolution plane ran on it)."""
+        with self.lock:
+            row = self.db.execute("SELECT metrics FROM windows WHERE run=? AND idx=?", (run_id, index)).fetchone()
+            if row is not None:
+                self._write_locked("UPDATE windows SET metrics=? WHERE run=? AND idx=?",
+                                   (json.dumps({**json.loads(row[0]), **metrics}), run_id, index))
+
     def windows(self, run_id: str) -> list[dict[str, Any]]:
         rows = self.db.execute("SELECT idx, start, end, policy, metrics, detail FROM windows WHERE run=? ORDER BY idx",
                                (run_id,)).fetchall()

@@ -254,7 +254,8 @@ class Deployment:
 class _Job:
     """One evolution in the background."""
 
-    kind: str  # "evolve": breed on the snapshot; "guard": replay a suspect window with the incumbent
+    kind: str  # "evolve": breed on the snapshot; "guard": replay a suspect window with the incumbent;
+    # "check": score the live program on a closed window for the numbers the adapter adds to it
     number: int
     started_live: float
     started_wall: float
@@ -263,6 +264,8 @@ class _Job:
     conditions: dict[str, float] = field(default_factory=dict)
     holdout: Snapshot | None = None  # the stretch before the snapshot (periodic triggers: nothing changed)
     candidate: Program | None = None  # guard jobs: the deployment under watch
+    window: Window | None = None  # check jobs: the window the numbers go to, and their names
+    names: tuple[str, ...] = ()
     why: str = ""
     finished: threading.Event = field(default_factory=threading.Event)
     result: Any = None
@@ -357,6 +360,7 @@ class Controller:
         self.arrival_prompts: list[int] = []
         self.events: list[tuple[float, str, str]] = []
         self.job: _Job | None = None
+        self.checks: list[_Job] = []  # window checks queued on the evolution plane, not yet collected
         self.jobs = 0
         self.since_trigger = 0
         self.cluster_owed = False  # a cluster change not yet evolved for (it came while busy)
@@ -390,6 +394,7 @@ class Controller:
             self.queue.put(None)
             plane.join()
             if status == "done":
+                self._collect_checks()
                 summary = self.summary()
                 self.archive.save_result(self.run_id, "live", "whole run", self.live.id,
                                          summary["live"] or summary["metrics"], None)
@@ -451,6 +456,8 @@ class Controller:
                 target = min(target, adapter.now() + cfg.step_s)
             observation = adapter.observe(target)
             self._ingest(observation)
+            if self.checks:
+                self._collect_checks()
             closes = observation.now >= next_close or observation.finished
             if observation.events and not closes:  # at a window's end, closing it triggers
                 self._on_cluster_change(observation.now)
@@ -510,7 +517,8 @@ class Controller:
         open_e2e = open_latency(self.pending, self.in_flight, end)
         if open_e2e is not None:
             metrics["mean_e2e_open"] = open_e2e
-        extra = getattr(self.adapter, "window_metrics", None)  # e.g. the twin's prediction error
+        check = self._window_check(start, end)  # before window_metrics, which may refit the twin on this window
+        extra = getattr(self.adapter, "window_metrics", None)  # e.g. the twin's cost level
         if extra is not None:
             metrics.update(extra(start, end, self.live))
         w = Window(len(self.windows), start, end, self.live.id, self.swapped, metrics, self.arrivals,
@@ -543,12 +551,40 @@ class Controller:
         if reasons and not busy:
             self.cluster_owed = False
             self._start_job(end, reasons)
+        if check is not None:  # after the evolution, if one started: a report never delays it
+            snapshot, names = check
+            self.checks.append(_Job("check", 0, end, time.monotonic(), snapshot, self.live, window=w,
+                                    names=tuple(names)))
+            self.queue.put(self.checks[-1])
         self.archive.add_window(self.run_id, w.index, w.start, w.end, w.policy, w.metrics,
                                 {"arrivals": w.arrivals, "calls": w.calls, "fallbacks": w.fallbacks, "stalls": w.stalls,
                                  "triggers": w.triggers, "swapped": w.swapped,
                                  "events": [list(e) for e in cluster_events]})
         self.on_event("window", {"window": w, "incumbent": self.incumbent.id, "job": self.job is not None,
                                  "deployments": self.deployments})
+
+    def _window_check(self, start: float, end: float):
+        """The adapter's check of a closed window (``window_check``), run on the evolution plane.
+
+        Scoring the live program on a window's replay (the engine's twin error) is CPU work
+        that would stop a wall-clock adapter serving; a worker does it, and the numbers join
+        the window (and its row in the archive) when they are in."""
+        check = getattr(self.adapter, "window_check", None)
+        try:
+            return check(start, end, self.live) if check is not None else None
+        except Exception as e:  # noqa: BLE001 - a report, never a reason to stop serving
+            self.on_event("warning", {"message": f"window check failed: {type(e).__name__}: {e}"})
+            return None
+
+    def _collect_checks(self) -> None:
+        for job in [j for j in self.checks if j.done]:
+            self.checks.remove(job)
+            outcome = (job.result or {}).get((job.incumbent.id, job.snapshot.key))
+            if job.error or outcome is None or not outcome.ok:
+                continue
+            numbers = {k: outcome.metrics[k] for k in job.names if k in outcome.metrics}
+            job.window.metrics.update(numbers)
+            self.archive.add_window_metrics(self.run_id, job.window.index, numbers)
 
     def _on_cluster_change(self, now: float) -> None:
         """GPUs joined, left or got notice: evolve for it now, not at the window's end.
@@ -644,9 +680,9 @@ class Controller:
     def _evolve(self, job: _Job) -> None:
         latency_before = self.extra_latency()
         try:
-            if job.kind == "guard":
-                job.result = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot)
-                                                      for p in (job.candidate, job.incumbent)])
+            if job.kind in ("guard", "check"):
+                programs = (job.candidate, job.incumbent) if job.kind == "guard" else (job.incumbent,)
+                job.result = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot) for p in programs])
                 return
             cfg = replace(self.evolution_config, seed=self.evolution_config.seed * 1000 + job.number,
                           held_out_snapshots=0, train_snapshots=1)

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 
@@ -198,6 +199,7 @@ def test_a_live_window_replays_on_the_twin_close_to_what_was_served(small_engine
             pass
         until = adapter.now()
         snapshot = adapter.window_snapshot(0.0, until, fcfs)
+        check, names = adapter.window_check(0.0, until, fcfs)  # taken before window_metrics rescales the costs
         metrics = adapter.window_metrics(0.0, until, fcfs)
         later = adapter.window_snapshot(0.0, until, fcfs)
         served = list(adapter.live["records"])
@@ -205,12 +207,16 @@ def test_a_live_window_replays_on_the_twin_close_to_what_was_served(small_engine
         adapter.stop()
     assert len(snapshot.params["requests"]) == len(served)
     replayed = adapter.evaluate(policy("fcfs"), snapshot)
-    assert replayed["requests"] == len(served)
-    assert metrics["cost_scale"] > 0 and math.isfinite(metrics["twin_error"])
+    assert replayed["requests"] == len(served) and "twin_error" not in replayed
+    assert metrics["cost_scale"] > 0 and "twin_error" not in metrics  # the replay is the check's, off the thread
     start = adapter.fitted_costs()
-    assert snapshot.params["costs"] == start.to_dict()  # at first, the costs timed at start
+    assert snapshot.params["costs"] == check.params["costs"] == start.to_dict()  # at first, the costs timed at start
     assert later.params["costs"] == start.scaled(metrics["cost_scale"]).to_dict()  # then at the live level
-    assert metrics["twin_error"] < 1.0  # the same scheduler on timed costs: within a factor of two
+    checked = adapter.evaluate(policy("fcfs"), check)
+    observed = statistics.fmean(r.e2e for r in served)
+    assert names == ("twin_error",) and checked["twin_error"] == pytest.approx(
+        abs(checked["mean_e2e"] - observed) / observed)  # every request was served inside the window
+    assert checked["twin_error"] < 1.0  # the same scheduler on timed costs: within a factor of two
 
 
 def test_the_live_engine_serves_on_while_an_evolution_is_in_flight(tmp_path):
@@ -234,6 +240,37 @@ def test_the_live_engine_serves_on_while_an_evolution_is_in_flight(tmp_path):
     during = sum(any(start < r.finish < end for start, end in jobs) for r in controller.records)
     overall = len(controller.records) / summary["metrics"]["total_time"]
     assert during / evolving > overall / 3  # it served at about its usual pace meanwhile
+
+
+def test_the_twin_check_of_each_live_window_runs_off_the_serving_thread(tmp_path, monkeypatch):
+    """Replaying a window on the twin is a few hundred milliseconds of Python on a small model;
+    on the serving thread the engine served nothing meanwhile (3% of the wall clock in
+    benchmarks/serving_cost.py). The controller now has the evolution plane's worker score
+    the adapter's ``window_check``, and the twin error joins the window when it is in."""
+    import threading
+
+    from autopoiesis.adapters import engine as engine_package
+
+    parent, replay = os.getpid(), engine_package.replay
+
+    def nowhere_on_the_serving_thread(*args, **kwargs):
+        if os.getpid() == parent and threading.current_thread() is threading.main_thread():
+            raise AssertionError("the twin replayed a window on the serving thread")
+        return replay(*args, **kwargs)
+
+    monkeypatch.setattr(engine_package, "replay", nowhere_on_the_serving_thread)  # workers fork with it
+    adapter = EngineAdapter(scenario="steady", rate=30.0, duration=8.0, hidden=64, layers=2, heads=2, vocab=256,
+                            max_batch=8, kv_tokens=2048, max_prompt=512, max_output=64, device=DEVICE,
+                            run_dir=str(tmp_path))
+    controller = Controller(adapter, OnlineConfig(window_s=2.0, period=0, margin=1e9, live_seed=2),
+                            EvolutionConfig(population=4, generations=1, workers=1, held_out_snapshots=0, seed=1),
+                            archive=Archive())
+    controller.run()
+    archived = controller.archive.windows(controller.run_id)
+    errors = [w["metrics"].get("twin_error") for w in archived]
+    assert len(archived) >= 4 and all(e is not None and math.isfinite(e) for e in errors[:-1]), errors
+    assert [w.metrics.get("twin_error") for w in controller.windows] == errors  # the live view's windows too
+    assert all("cost_scale" in w["metrics"] for w in archived)  # the cheap number stays on the thread
 
 
 def test_options_are_checked_with_one_line_errors(tmp_path):

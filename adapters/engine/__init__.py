@@ -40,8 +40,14 @@ STEPS_KEPT = 2000  # the live steps the twin's cost level follows (about 10-40 s
 
 
 def score(policy: Any, params: dict) -> dict[str, float]:
-    """The metrics of ``policy`` serving a snapshot's requests on the twin."""
-    records = replay(policy, sorted(tuple(r) for r in params["requests"]), Config(**params["config"]),
+    """The metrics of ``policy`` serving a snapshot's requests on the twin.
+
+    A window check's snapshot (``EngineAdapter.window_check``) also carries which requests
+    were served in the window and their mean latency: ``twin_error`` is the twin's error on it.
+    """
+    served = params.get("served")
+    requests = [tuple(r) for r in params["requests"]]  # a check's are in arrival order already: served indexes them
+    records = replay(policy, requests if served else sorted(requests), Config(**params["config"]),
                      Costs(**params["costs"]))
     window = RollingWindow()
     for record in records:
@@ -49,6 +55,9 @@ def score(policy: Any, params: dict) -> dict[str, float]:
     metrics = window.summary(SLO(**params["slo"]))
     if not records:
         metrics.update(total_time=0.0, mean_e2e=0.0, mean_ttft=0.0, p99_ttft=0.0, slo_attainment=1.0)
+    if served:
+        predicted = statistics.fmean(records[i].e2e for i in served)
+        metrics["twin_error"] = abs(predicted - params["observed_e2e"]) / params["observed_e2e"]
     return metrics
 
 
@@ -252,27 +261,28 @@ class EngineAdapter(Adapter):
         served = [i for i, r in enumerate(pool) if r.arrival >= since and r.finish <= until]
         return [(round(r.arrival - start, 6), r.prompt_tokens, r.max_tokens) for r in pool], (served, pool)
 
-    def window_metrics(self, since: float, until: float, incumbent) -> dict[str, float]:
-        """The twin's error replaying this window, then its costs rescaled to the last live steps.
+    def window_check(self, since: float, until: float, incumbent):
+        """The twin's error on this window: a snapshot of it that scoring ``incumbent`` on gives
+        ``twin_error``, the twin's mean latency of what was served against the live one.
 
-        The error is out of sample: the costs come from before the window (at first, the
-        timing at start). ``cost_scale``: how much longer the last live steps took than the
-        start's costs predict (``engine.scale``); the next snapshots carry the costs times it.
+        The controller scores it on the evolution plane, off the serving thread: the replay is
+        a few hundred milliseconds of Python on a small model. It is out of sample: the costs
+        are those from before the window (at first, the timing at start), as ``window_metrics``
+        rescales them after.
         """
-        from autopoiesis.online import hot_path
+        requests, (served, pool) = self._window(since, until)
+        if len(served) < 3:
+            return None
+        observed = statistics.fmean(pool[i].finish - pool[i].arrival for i in served)
+        params = {**self._params(requests, kind="check", since=since, until=until),
+                  "costs": self._live()["costs"].to_dict(), "served": served, "observed_e2e": observed}
+        return Snapshot(self.name, params, label=f"engine check {since:.0f}-{until:.0f} s"), ("twin_error",)
 
+    def window_metrics(self, since: float, until: float, incumbent) -> dict[str, float]:
+        """``cost_scale``: how much longer the last live steps took than the start's costs
+        predict (``engine.scale``); the next snapshots (and checks) carry the costs times it."""
         live = self._live()
         out: dict[str, float] = {}
-        try:  # untrusted code on the serving thread: under the hot path's deadline, baseline behind it
-            requests, (served, pool) = self._window(since, until)
-            if len(served) >= 3:
-                policy = hot_path(incumbent, [next(iter(self.baselines().values()))], self.slots())
-                replayed = replay(policy, requests, self.config, live["costs"])
-                predicted = statistics.fmean(replayed[i].e2e for i in served)
-                observed = statistics.fmean(pool[i].finish - pool[i].arrival for i in served)
-                out["twin_error"] = abs(predicted - observed) / observed
-        except Exception:  # noqa: BLE001 - the twin's view is a report, never a reason to stop serving
-            pass
         if live["steps"]:
             out["cost_scale"] = scale(self.fitted_costs(), live["steps"])
             live["costs"] = self.fitted_costs().scaled(out["cost_scale"])
