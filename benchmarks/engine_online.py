@@ -49,7 +49,11 @@ PLANE_ONLY = "fcfs, evolving, never deploying"  # the serving cost of the evolut
 
 def static(adapter: EngineAdapter, program, seed: int) -> tuple[dict[str, float], float]:
     """The live metrics of ``program`` serving the whole load, and how much slower its steps ran than timed."""
-    adapter.start(seed)
+    kept, engine_adapter.STEPS_KEPT = engine_adapter.STEPS_KEPT, 10**6  # the level is over all its steps
+    try:
+        adapter.start(seed)
+    finally:  # the online arms keep the usual count: window_metrics scales over them every window
+        engine_adapter.STEPS_KEPT = kept
     try:
         adapter.deploy(program)
         while not adapter.observe(adapter.now() + 5.0).finished:
@@ -115,7 +119,6 @@ def main(argv=None) -> int:
     refit_rows: dict[str, list[float]] = {}  # ... scaled to the level of the live run's own steps
     extra: list[dict] = []
     logs = f"runs/engine-bench-{time.strftime('%Y%m%d-%H%M%S')}"  # each arm's requests.jsonl
-    engine_adapter.STEPS_KEPT = 10**6  # a static arm's level is over all its steps
     for seed in range(1000, 1000 + args.seeds):
         for name, program in adapter.baselines().items():
             started, adapter.run_dir = time.monotonic(), f"{logs}/{name}-{seed}"

@@ -11,9 +11,9 @@ arm it reports the mean end-to-end latency and how the serving thread's time div
   start) predicts for the same shapes, split by whether an evolution was in flight: the
   evaluation workers and the plane's thread slowing the engine's steps would show as a
   higher level while evolving;
-- the time the thread spent **outside** ``observe`` (the controller's window bookkeeping,
-  chiefly the adapter's ``window_metrics``), when the engine serves nothing;
-- the **time between steps** inside ``observe`` while requests were in the engine.
+- the time the thread spent **outside** ``observe`` (the controller's window bookkeeping
+  and the adapter's ``window_metrics``), when the engine serves nothing, and within it the
+  time in ``window_metrics`` (the longest call too).
 
 Steps are told apart by the ``observe`` call they ran in: while an evolution is in flight
 the controller observes in ``--poll`` slices, so a slice that begins with one in flight
@@ -26,6 +26,7 @@ import argparse
 import json
 import statistics
 import time
+from collections import deque
 
 from rich.console import Console
 from rich.table import Table
@@ -42,6 +43,18 @@ from autopoiesis.online import Controller, OnlineConfig
 from engine_online import twin_capacity
 
 
+class _Tally(deque):
+    """The live steps the adapter keeps (its last ``STEPS_KEPT``), and every one of them for the count."""
+
+    def __init__(self, maxlen: int):
+        super().__init__(maxlen=maxlen)
+        self.all: list = []
+
+    def append(self, step) -> None:
+        super().append(step)
+        self.all.append(step)
+
+
 class Timed:
     """Times an engine adapter's ``observe`` and ``window_metrics`` calls and the steps in each."""
 
@@ -49,6 +62,7 @@ class Timed:
         self.adapter, self.controller = adapter, None
         self.calls: list[dict] = []  # one per observe: start, end, evolving, steps' seconds and prediction
         self.reports: list[float] = []  # seconds per window_metrics call
+        self.tally: _Tally | None = None
         self.seen = 0
 
     def __getattr__(self, name):
@@ -59,6 +73,7 @@ class Timed:
 
     def start(self, seed: int = 1000) -> None:
         self.adapter.start(seed)
+        self.tally = self.adapter.live["steps"] = _Tally(engine_adapter.STEPS_KEPT)  # the usual count kept
         self.seen = 0
 
     def observe(self, until: float):
@@ -67,12 +82,9 @@ class Timed:
         started = time.perf_counter()
         observation = self.adapter.observe(until)
         ended = time.perf_counter()
-        steps = list(self.adapter.live["steps"])[self.seen:]
-        self.seen += len(steps)
-        costs = self.adapter.fitted_costs()
-        self.calls.append({"start": started, "end": ended, "evolving": evolving,
-                           "steps": sum(s for _, s in steps), "predicted": sum(costs.step_of(x) for x, _ in steps),
-                           "count": len(steps), "busy": observation.samples[-1].running > 0 or bool(steps)})
+        steps = self.adapter.live["steps"].all
+        self.calls.append({"start": started, "end": ended, "evolving": evolving, "steps": (self.seen, len(steps))})
+        self.seen = len(steps)  # what they cost is counted after the run, not on the serving thread
         return observation
 
     def window_metrics(self, since, until, incumbent):
@@ -111,15 +123,20 @@ def serve(timed: Timed, seed: int, window_s: float, workers: int, evolve: bool) 
     outside = sum(b["start"] - a["end"] for a, b in zip(calls, calls[1:]))
     inside = sum(c["end"] - c["start"] for c in calls)
 
+    costs, steps = timed.fitted_costs(), timed.tally.all
+    for c in calls:
+        mine = steps[slice(*c["steps"])]
+        c.update(count=len(mine), seconds=sum(s for _, s in mine), predicted=sum(costs.step_of(x) for x, _ in mine))
+
     def level(evolving: bool) -> float | None:
         chosen = [c for c in calls if c["evolving"] == evolving]
         predicted = sum(c["predicted"] for c in chosen)
-        return sum(c["steps"] for c in chosen) / predicted if predicted > 0 else None
+        return sum(c["seconds"] for c in chosen) / predicted if predicted > 0 else None
 
     return {
         "mean_e2e": live["mean_e2e"], "wall_s": wall, "observe_s": inside, "outside_observe_s": outside,
         "window_metrics_s": sum(timed.reports), "window_metrics_max_s": max(timed.reports, default=0.0),
-        "steps_s": sum(c["steps"] for c in calls), "steps": sum(c["count"] for c in calls),
+        "steps_s": sum(c["seconds"] for c in calls), "steps": sum(c["count"] for c in calls),
         "level_idle": level(False), "level_evolving": level(True),
         "evolving_s": sum(c["end"] - c["start"] for c in calls if c["evolving"]),
         "evolutions": summary.get("evolutions", 0),
@@ -150,7 +167,6 @@ def main(argv=None) -> int:
     adapter.rate = args.load_factor * twin_capacity(adapter)
     console.print(f"engine on {adapter.device} ({', '.join(f'{k} {v}' for k, v in adapter.model_shape.items())}), "
                   f"{args.scenario} at {adapter.rate:.2f} req/s for {args.duration:.0f} s", highlight=False)
-    engine_adapter.STEPS_KEPT = 10**6  # every step of the run stays for the count
     timed = Timed(adapter)
     runs: list[dict] = []
     for seed in range(1000, 1000 + args.seeds):
