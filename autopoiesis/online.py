@@ -252,7 +252,7 @@ class Deployment:
 
 @dataclass
 class _Job:
-    """One evolution in the background."""
+    """One piece of the evolution plane's work: an evolution, a guard's replay, or a window check."""
 
     kind: str  # "evolve": breed on the snapshot; "guard": replay a suspect window with the incumbent;
     # "check": score the live program on a closed window for the numbers the adapter adds to it
