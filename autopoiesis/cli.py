@@ -317,6 +317,10 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
         console.print(f"interrupted; what was served so far is in the archive: autopoiesis report {run_id} "
                       f"--runs-dir {args.runs_dir}")
         return 130
+    if getattr(adapter, "load_description", ""):
+        summary = {**summary, "load": adapter.load_description}
+        if not args.json:
+            console.print(f"load: {adapter.load_description}", highlight=False)
     figure = None
     try:
         figure = plot(archive.windows(run_id), archive.deployments(run_id), Path(args.runs_dir) / run_id / "online.png",
@@ -340,7 +344,10 @@ def _add_live_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--vllm-args", metavar="ARGS", help="extra vLLM server arguments, e.g. '--max-num-seqs 8'")
     g.add_argument("--plugin", action="store_true", help="order each server's queue in-engine (scheduler plugin)")
     g.add_argument("--trace", metavar="FILE", help="replay a trace CSV as the load")
-    g.add_argument("--rate", type=positive_float, help="load: mean requests/s (default 2)")
+    rate = g.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=positive_float, help="load: requests/s (default 2; a scenario's base rate)")
+    rate.add_argument("--load-factor", type=positive_float, metavar="F",
+                      help="load: F times the servers' capacity, as the twin fitted to a probe at start puts it")
     g.add_argument("--duration", type=positive_float, help="load: seconds (default 120)")
     g.add_argument("--token-scale", type=positive_float, help="trace: multiply token counts (fit a small model)")
     g.add_argument("--port", type=int, help="the router's port (default: a free one)")
@@ -349,8 +356,8 @@ def _add_live_args(parser: argparse.ArgumentParser) -> None:
 def _live_options(args: argparse.Namespace) -> dict[str, Any]:
     """The vLLM flags as adapter options (only those given)."""
     names = {"vllm_url": "urls", "vllm_launch": "launch", "replicas": "replicas", "vllm_python": "python",
-             "vllm_args": "vllm_args", "trace": "trace", "rate": "rate", "duration": "duration",
-             "token_scale": "token_scale", "port": "port"}
+             "vllm_args": "vllm_args", "trace": "trace", "rate": "rate", "load_factor": "load_factor",
+             "duration": "duration", "token_scale": "token_scale", "port": "port"}
     out = {key: getattr(args, flag) for flag, key in names.items() if getattr(args, flag, None) not in (None, [])}
     if getattr(args, "plugin", False):
         out["plugin"] = True
@@ -393,6 +400,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         router = getattr(adapter, "router", None)
         if router is not None:
             console.print(f"router: {router.url} (OpenAI-compatible; policy {program.id})")
+        if getattr(adapter, "load_description", ""):
+            console.print(f"load: {adapter.load_description}", highlight=False)
         while True:
             observation = adapter.observe(adapter.now() + args.window)
             for record in observation.records:

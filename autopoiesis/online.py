@@ -734,9 +734,10 @@ class Controller:
             return
         gain = self.objective.improvement(new_f, inc_f) if inc_f is not None else math.inf
         margin, disrupts = self.margin(inc, new)
-        if gain < margin:
+        if gain < margin or gain <= 0:  # a tie is no win, even at --margin 0: a swap is a risk
             self._record(Deployment(now, "rejected", champion.id, f"gain {gain:+.2%} below the "
-                                    f"{'re-plan ' if disrupts else ''}margin {margin:.0%}", **detail))
+                                    f"{'re-plan ' if disrupts else ''}margin {margin:.0%}" if gain < margin else
+                                    "no gain on the twin (a tie)", **detail))
             return
         if job.incumbent.id != self.live.id or champion.id in self.refused:
             why = "rolled back before" if champion.id in self.refused else "the live policy changed meanwhile"
@@ -793,7 +794,7 @@ class Controller:
                     or name not in out.metrics:
                 continue
             gain = self.objective.improvement(out.metrics[name], inc.metrics[name])
-            if gain >= self.margin(inc, out)[0]:
+            if gain > 0 and gain >= self.margin(inc, out)[0]:
                 options.append((gain, program))
         return options
 

@@ -64,6 +64,11 @@ def test_evolve_json_summary_and_report(tmp_path):
     (["evolve", "--resume", "nope"], "no archive"),
     (["report", "nope"], "no archive"),
     (["bogus"], "invalid choice"),
+    (["evolve", "--adapter", "vllm", "--vllm-url", "http://127.0.0.1:1", "--scenario", "steady", "--rate", "2",
+      "--load-factor", "0.5"], "not allowed with argument --rate"),
+    (["evolve", "--adapter", "vllm", "--vllm-url", "http://127.0.0.1:1", "--load-factor", "0.5"],
+     "--load-factor sizes the adapter's own load"),
+    (["evolve", "--adapter", "vllm", "--vllm-url", "http://127.0.0.1:1", "--load-factor", "-1"], "must be positive"),
 ])
 def test_user_mistakes_get_one_line(tmp_path, args, fragment):
     proc = cli(*args, "--runs-dir", str(tmp_path)) if args[0] in ("evolve", "report") else cli(*args)

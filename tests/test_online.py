@@ -831,6 +831,9 @@ def test_of_near_equal_winners_the_smallest_change_is_offered(tmp_path):
     c.refused.add(on_change.id)
     assert c._choose(never, [rewritten, same, on_change], scores, snapshot.key) is rewritten
     assert c._choose(never, [same], scores, snapshot.key) is None  # no gain: nothing to offer
+    tied = Controller(adapter, OnlineConfig(margin=0.0), archive=Archive(tmp_path / "b.db"))
+    assert tied._choose(never, [same], scores, snapshot.key) is None  # a tie is no win, even at margin 0
+    assert tied._choose(never, [same, on_change], scores, snapshot.key) is on_change
 
 
 def test_the_guard_replays_the_incumbent_from_the_plan_it_left():

@@ -1,8 +1,9 @@
 """`autopoiesis evolve --adapter vllm --vllm-launch DIR --online` against two real vLLM servers.
 
 The command a user types: it launches the servers (the paced test model, each on its own
-core), drives them with the `shift` load through the router (near capacity in its second
-half), evolves dispatch and priority on the calibrated twin and deploys winners under the
+core), sizes the `shift` load to 0.8 of their capacity (a probe at start, the twin fitted to
+it: past the servers' real capacity in its second half, on any machine), drives them with
+it through the router, evolves dispatch and priority on the calibrated twin and deploys winners under the
 guard; `--plugin` publishes each one to the servers' in-engine schedulers. `--margin 0`:
 the twin's gains here are a few percent and a 1% margin made the second deployment a coin
 toss; the test is about the loop running against live servers, not about the size of the
@@ -16,6 +17,7 @@ import sys
 
 import pytest
 
+from autopoiesis.adapters.vllm import load as loads
 from conftest import ROOT
 
 VLLM_PYTHON = os.environ.get("AUTOPOIESIS_VLLM_PYTHON")
@@ -32,12 +34,18 @@ def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
     proc = subprocess.run(cli + [
         "evolve", "--adapter", "vllm", "--vllm-launch", str(model), "--replicas", "2", "--online", "--plugin",
         "--vllm-args", "--max-num-seqs 2 --max-model-len 2048 --dtype bfloat16",
-        "--scenario", "shift", "--rate", "2", "--duration", "100", "--window", "10", "--period", "1",
+        "--scenario", "shift", "--load-factor", "0.8", "--duration", "120", "--window", "10", "--period", "1",
         "--cooldown", "0", "--guard-windows", "1", "--population", "6", "--generations", "2", "--workers", "1",
         "--margin", "0", "--runs-dir", runs, "--json"], capture_output=True, text=True, timeout=840)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout)
-    assert summary["requests"] > 100 and summary["windows"] >= 8
+    run_dir = tmp_path / "runs" / summary["run"]
+    # --load-factor: the rate came from a probe of the servers, which stayed out of the run's records
+    sizing = json.loads((run_dir / "calibration.json").read_text())
+    assert sizing["probe_ok"] == sizing["probe_requests"] and sizing["costs"]["samples"] >= 8
+    assert abs(sizing["mean_rate"] - 0.8 * sizing["capacity_rps"]) < 1e-9 and "load factor 0.8" in summary["load"]
+    sent = loads.named("shift", sizing["rate"], 120, seed=1000).requests  # the load at that rate (--live-seed)
+    assert summary["requests"] == len(sent) and summary["windows"] >= 8
     report = json.loads(subprocess.run(cli + ["report", summary["run"], "--runs-dir", runs, "--json"],
                                        capture_output=True, text=True, check=True).stdout)
     deployed = [d for d in report["deployments"] if d["kind"] == "deploy"]
@@ -48,7 +56,6 @@ def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
     assert "twin prediction error" in text and "deployments" in text
     logs = list((tmp_path / "runs" / summary["run"]).glob("vllm-*.log"))
     assert len(logs) == 2  # the launched servers' logs are in the run folder
-    run_dir = tmp_path / "runs" / summary["run"]
     assert (run_dir / "requests.jsonl").read_text().count("\n") == summary["requests"]
     # --plugin: every deployment was published; both servers' schedulers ordered their queues with them
     published = json.loads((run_dir / "policy.json").read_text())

@@ -129,6 +129,9 @@ def test_loads_are_seeded_and_traces_scale(tmp_path):
     ({"urls": "http://x", "trace": "/no/such.csv"}, "trace file not found"),
     ({"urls": "http://x", "scenario": "steady", "trace": "x"}, "not both"),
     ({"urls": "http://x,http://y", "replicas": 3}, "each URL is a replica"),
+    ({"urls": "http://x", "scenario": "steady", "rate": 2, "load_factor": 0.5}, "not both"),
+    ({"urls": "http://x", "load_factor": 0.5}, "--load-factor sizes"),
+    ({"urls": "http://x", "scenario": "steady", "load_factor": 0}, "must be positive"),
 ])
 def test_adapter_options_are_checked(options, message):
     with pytest.raises(AdapterError, match=message):
@@ -464,3 +467,27 @@ def test_a_kept_alive_connection_closed_by_the_server_is_tried_again_not_a_failu
     assert "/v1/completions" in closed  # the server did close kept-alive connections under requests
     assert statuses == [200] * 5 and [r.outcome for r in router.records] == ["ok"] * 5
     assert router.replicas[0].up and not router.events  # marked down at the first close before
+
+
+def test_the_twins_capacity_is_the_rate_past_which_its_queue_grows():
+    costs = twin.Costs(0.01, 2e-4, 0.015, 2e-3, max_batch=4)
+    shapes = workload(400, seed=2)
+    one, two = twin.capacity(shapes, 1, costs), twin.capacity(shapes, 2, costs)
+    assert 1.7 < two / one < 2.3  # a second replica about doubles it
+
+    def queueing(factor):  # mean TTFT of the first and the last quarter, Poisson arrivals at factor x capacity
+        rng = random.Random(3)
+        t, requests = 0.0, []
+        for _, p, o in shapes:
+            t += rng.expovariate(factor * two)
+            requests.append((t, p, o))
+        records = twin.replay(policy("least_outstanding"), requests, 2, costs)
+        quarter = len(records) // 4
+        return (sum(r.ttft for r in records[:quarter]) / quarter, sum(r.ttft for r in records[-quarter:]) / quarter)
+
+    early, late = queueing(0.5)
+    assert late < 3 * early + 0.1  # below capacity the queue stays short
+    early, late = queueing(1.5)
+    assert late > 5 * early  # past it the queue grows all run long
+    with pytest.raises(ValueError):
+        twin.capacity([], 1, costs)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import shlex
 import time
 from pathlib import Path
@@ -69,9 +70,10 @@ class VLLMAdapter(Adapter):
 
     def __init__(self, urls: Any = None, launch: str | None = None, replicas: int = 1, python: str | None = None,
                  vllm_args: str = "", plugin: bool = False, scenario: str | None = None, trace: str | None = None,
-                 rate: float = 2.0, duration: float = 120.0, time_scale: float = 1.0, token_scale: float = 1.0,
-                 model: str | None = None, port: int = 0, max_batch: int | None = None, run_dir: str | None = None,
-                 ttft_slo: float = 2.0, tpot_slo: float = 0.1, start_timeout: float = 600.0):
+                 rate: float | None = None, load_factor: float | None = None, duration: float = 120.0,
+                 time_scale: float = 1.0, token_scale: float = 1.0, model: str | None = None, port: int = 0,
+                 max_batch: int | None = None, run_dir: str | None = None, ttft_slo: float = 2.0,
+                 tpot_slo: float = 0.1, start_timeout: float = 600.0):
         self.urls, self.launch = _urls(urls), launch
         if bool(self.urls) == bool(launch):
             raise AdapterError("the vLLM adapter needs either --vllm-url URL (attach; repeatable) "
@@ -87,13 +89,21 @@ class VLLMAdapter(Adapter):
             raise AdapterError(f"unknown vLLM load '{scenario}' (known: {', '.join(loads.LOADS)}; or --trace FILE)")
         if trace and not Path(trace).is_file():
             raise AdapterError(f"trace file not found: {trace}")
+        if rate is not None and load_factor is not None:
+            raise AdapterError("give the load's rate as --rate REQ_PER_S or --load-factor F, not both")
+        if load_factor is not None and not (scenario or trace):
+            raise AdapterError("--load-factor sizes the adapter's own load: give --scenario NAME or --trace FILE")
+        if load_factor is not None and not float(load_factor) > 0:
+            raise AdapterError(f"--load-factor must be positive, got {load_factor}")
         if plugin and self.urls and not os.environ.get("AUTOPOIESIS_POLICY_FILE"):
             raise AdapterError("with --vllm-url and --plugin, set AUTOPOIESIS_POLICY_FILE to the policy file the "
                                "servers were started with (docs/vllm.md)")
         self.replicas = int(replicas) if launch else len(self.urls)
         self.python, self.vllm_args, self.plugin = python, vllm_args, bool(plugin)
         self.scenario, self.trace = scenario, trace
-        self.rate, self.duration = float(rate), float(duration)
+        self.rate, self.duration = float(2.0 if rate is None else rate), float(duration)
+        self.load_factor = None if load_factor is None else float(load_factor)
+        self.load_description = ""  # what start() sends, at what rate (and how the rate was found)
         self.time_scale, self.token_scale = float(time_scale), float(token_scale)
         self.model = model or (Path(launch).name if launch else None)
         self.port, self.start_timeout = int(port), float(start_timeout)
@@ -151,8 +161,10 @@ class VLLMAdapter(Adapter):
             live["loop"].run_until_complete(router.start(port=self.port))
             if self.model is None:
                 self.model = self._served_model()
+            sizing = self._size_load(seed, run_dir) if self.load_factor is not None else ""
             load = self._load(seed)
             if load is not None:
+                self.load_description = load.description + (f" ({sizing})" if sizing else "")
                 live["load"] = live["loop"].create_task(
                     loads.replay(load, router.url, self.model, self.time_scale))
         except BaseException:
@@ -168,6 +180,52 @@ class VLLMAdapter(Adapter):
         except ValueError as e:
             raise AdapterError(str(e)) from None
         return None
+
+    def _size_load(self, seed: int, run_dir: Path) -> str:
+        """Set ``rate`` to ``load_factor`` times the fleet's capacity for this load's length mix.
+
+        Before the load starts, a probe sends the load's own shapes (spread over its prompt
+        lengths) in waves: one request per server, twice; full batches (up to 4 per server),
+        twice; then twice that at once, so queues form. The twin is fitted to the probe and
+        scaled to replay it as it was served (``twin.refine``); its capacity for the whole
+        load's mix, times ``load_factor``, is the mean rate. The probe stays out of the
+        run's records; its fit is the twin's first.
+        """
+        shapes = sorted(self._load(seed).requests, key=lambda r: r[1])
+        if not shapes:
+            raise AdapterError("--load-factor: the load has no requests to size (a longer --duration?)")
+        router, since = self.router, self.router.now()
+        per_server = min(self.max_batch, 4)
+        waves = [self.replicas] * 2 + [self.replicas * per_server] * 2 + [self.replicas * per_server * 2]
+        sent = sum(waves)
+        spread = [shapes[int((k + 0.5) * len(shapes) / sent)] for k in range(sent)]  # quantiles of prompt length
+        random.Random(seed).shuffle(spread)
+        probe: list = []
+        router.on_record = probe.append
+        try:
+            for size in waves:
+                wave, spread = spread[:size], spread[size:]
+                self.live["loop"].run_until_complete(
+                    loads.replay(loads.Load("probe", [(0.0, p, o) for _, p, o in wave]), router.url, self.model))
+        finally:
+            router.on_record = self._log
+            router.take()  # the probe is not part of the run
+            self._plugin_counts()
+        ok = sum(r.ok for r in probe)
+        fitted = twin.fit(probe, self.max_batch)
+        if not fitted.samples:
+            raise AdapterError(f"--load-factor: the servers answered {ok} of the {sent} probe requests, too few to "
+                               f"measure their capacity (see the servers' logs in {run_dir})")
+        self.costs = twin.refine(fitted, twin.ROUTER_DEFAULT, probe, since, router.now(), self.replicas)
+        capacity = twin.capacity(shapes, self.replicas, self.costs)
+        mean_factor = 1.0 if self.trace else sum(share * factor for share, factor, _ in loads.LOADS[self.scenario][1])
+        self.rate = self.load_factor * capacity / mean_factor
+        (run_dir / "calibration.json").write_text(json.dumps({
+            "load_factor": self.load_factor, "capacity_rps": capacity, "mean_rate": self.load_factor * capacity,
+            "rate": self.rate, "probe_requests": sent, "probe_ok": ok, "probe_s": router.now() - since,
+            "fitted": fitted.to_dict(), "costs": self.costs.to_dict()}, indent=1))
+        return (f"load factor {self.load_factor:g}: {self.load_factor * capacity:.2f} req/s on average, the twin's "
+                f"capacity for this length mix being {capacity:.2f} req/s, fitted on a {sent}-request probe")
 
     def _served_model(self) -> str:
         import urllib.request

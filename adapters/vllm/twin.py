@@ -277,3 +277,21 @@ def prediction_error(policy: Any, records: Sequence[RequestRecord], since: float
     predicted = float(np.mean([replayed[i].e2e for i in served]))
     observed = float(np.mean([pool[i].e2e for i in served]))
     return abs(predicted - observed) / observed if observed > 0 else None
+
+
+# The router's own choice before any program is deployed: least outstanding, first come first served.
+ROUTER_DEFAULT = SimpleNamespace(dispatch=lambda request, replicas, now: min(
+    range(len(replicas)), key=lambda i: replicas[i].outstanding), priority=lambda request, now: request.arrival)
+
+
+def capacity(requests: Sequence[Sequence[float]], replicas: int, costs: Costs) -> float:
+    """Requests per second the twin serves of these shapes when they all wait at time 0.
+
+    The rate past which a queue of this length mix grows without bound, under the router's
+    default policy: what ``--load-factor`` multiplies.
+    """
+    waiting = [(i * 1e-9, int(p), int(o)) for i, (_, p, o) in enumerate(requests)]  # all at once, in order
+    if not waiting:
+        raise ValueError("no requests to measure a capacity on")
+    served = replay(ROUTER_DEFAULT, waiting, replicas, costs)
+    return len(served) / max(r.finish for r in served)
