@@ -347,7 +347,7 @@ def _add_live_args(parser: argparse.ArgumentParser) -> None:
     rate = g.add_mutually_exclusive_group()
     rate.add_argument("--rate", type=positive_float, help="load: requests/s (default 2; a scenario's base rate)")
     rate.add_argument("--load-factor", type=positive_float, metavar="F",
-                      help="load: F times the servers' capacity, as the twin fitted to a probe at start puts it")
+                      help="load: F times the twin's capacity (vllm: fitted to a probe of the servers at start)")
     g.add_argument("--duration", type=positive_float, help="load: seconds (default 120)")
     g.add_argument("--token-scale", type=positive_float, help="trace: multiply token counts (fit a small model)")
     g.add_argument("--port", type=int, help="the router's port (default: a free one)")

@@ -33,7 +33,7 @@ from rich.table import Table
 
 from autopoiesis.adapters.base import AdapterError, load_adapter
 from autopoiesis.adapters import engine as engine_adapter
-from autopoiesis.adapters.engine import LONG, LOADS, SHORT, EngineAdapter, score
+from autopoiesis.adapters.engine import EngineAdapter, score
 from autopoiesis.adapters.engine.engine import scale
 from autopoiesis.archive import Archive
 from autopoiesis.cli import UserError, parse_options, positive_float, positive_int
@@ -41,7 +41,6 @@ from autopoiesis.evolution import Config
 from autopoiesis.metrics import RollingWindow
 from autopoiesis.online import Controller, OnlineConfig
 from autopoiesis.sandbox import compile_policy
-from autopoiesis.traces import phased
 
 HEADLINE = ("mean_e2e", "mean_ttft", "p99_ttft", "slo_attainment")
 PLANE_ONLY = "fcfs, evolving, never deploying"  # the serving cost of the evolution plane alone
@@ -64,16 +63,6 @@ def static(adapter: EngineAdapter, program, seed: int) -> tuple[dict[str, float]
         return window.summary(adapter.slo), scale(adapter.fitted_costs(), adapter.live["steps"])
     finally:
         adapter.stop()
-
-
-def twin_capacity(adapter: EngineAdapter, requests: int = 600) -> float:
-    """Requests per second the twin serves, in fcfs order, of the steady length mix all waiting at time 0."""
-    cfg = adapter.config
-    mix = phased(LOADS["steady"][1], 1.0, float(requests), 0, SHORT, LONG, cfg.max_prompt, cfg.max_output, min_output=1)
-    waiting = [(i * 1e-9, p, min(m, cfg.kv_tokens - p))  # all at once, still in the order they came
-               for i, (_, p, m) in enumerate(mix) if p < cfg.kv_tokens]
-    fcfs = compile_policy(adapter.baselines()["fcfs"].source, adapter.slots())
-    return len(waiting) / score(fcfs, adapter._params(waiting))["total_time"]
 
 
 def online(adapter: EngineAdapter, seed: int, window_s: float, workers: int, deploys: bool = True) -> tuple[dict, dict]:
@@ -108,7 +97,7 @@ def main(argv=None) -> int:
         costs = adapter.fitted_costs()
     except (AdapterError, UserError) as e:
         parser.error(str(e))
-    capacity = twin_capacity(adapter)
+    capacity = adapter.capacity()
     if args.load_factor:
         adapter.rate = args.load_factor * capacity
     console.print(f"engine on {adapter.device} ({', '.join(f'{k} {v}' for k, v in adapter.model_shape.items())}); "

@@ -40,7 +40,6 @@ from autopoiesis.evolution import Config
 from autopoiesis.metrics import RollingWindow
 from autopoiesis.online import Controller, OnlineConfig
 
-from engine_online import twin_capacity
 
 
 class _Tally(deque):
@@ -164,7 +163,7 @@ def main(argv=None) -> int:
         adapter.fitted_costs()
     except (AdapterError, UserError) as e:
         parser.error(str(e))
-    adapter.rate = args.load_factor * twin_capacity(adapter)
+    adapter.rate = args.load_factor * adapter.capacity()
     console.print(f"engine on {adapter.device} ({', '.join(f'{k} {v}' for k, v in adapter.model_shape.items())}), "
                   f"{args.scenario} at {adapter.rate:.2f} req/s for {args.duration:.0f} s", highlight=False)
     timed = Timed(adapter)

@@ -273,6 +273,25 @@ def test_the_twin_check_of_each_live_window_runs_off_the_serving_thread(tmp_path
     assert all("cost_scale" in w["metrics"] for w in archived)  # the cheap number stays on the thread
 
 
+def test_a_load_factor_sizes_the_load_to_the_twins_capacity(small_engine):
+    """``load_factor`` F: the mean rate is F times the twin's capacity; past 1 the queue grows."""
+    from autopoiesis.sandbox import compile_policy
+
+    shape = dict(hidden=64, layers=2, heads=2, vocab=256, max_batch=8, kv_tokens=2048, max_prompt=512,
+                 max_output=64, device=DEVICE)
+    results = {}
+    for factor in (0.5, 1.5):
+        adapter = EngineAdapter(scenario="steady", load_factor=factor, duration=60.0, **shape)
+        adapter.costs = small_engine.fitted_costs()  # the same model: timed once
+        snapshot = adapter.snapshot(0)
+        capacity = adapter.capacity()
+        assert adapter.rate == pytest.approx(factor * capacity)
+        assert len(snapshot.params["requests"]) == pytest.approx(factor * capacity * 60, rel=0.2)
+        fcfs = compile_policy(adapter.baselines()["fcfs"].source, adapter.slots())
+        results[factor] = adapter.evaluate(fcfs, snapshot)["mean_ttft"]
+    assert results[1.5] > 5 * results[0.5]  # below capacity queues stay short; past it they grow all run
+
+
 def test_options_are_checked_with_one_line_errors(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n")
@@ -281,6 +300,8 @@ def test_options_are_checked_with_one_line_errors(tmp_path):
     for options, message in (({"scenario": "nope"}, "unknown engine load 'nope'"),
                              ({"hidden": 100, "heads": 3}, "multiple of heads"),
                              ({"rate": 0}, "rate must be positive"),
+                             ({"load_factor": -1}, "load_factor must be positive"),
+                             ({"rate": 2, "load_factor": 0.5}, "not both"),
                              ({"trace": "/no/such.csv"}, "trace file not found")):
         with pytest.raises(AdapterError, match=message):
             load_adapter("engine", options)

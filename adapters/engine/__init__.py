@@ -71,7 +71,8 @@ class EngineAdapter(Adapter):
     guard_metric = "mean_e2e_open"
     wall_clock = True  # it serves at real time, inside observe
 
-    def __init__(self, scenario: str = "burst", trace: str | None = None, rate: float = 3.0, duration: float = 120.0,
+    def __init__(self, scenario: str = "burst", trace: str | None = None, rate: float | None = None,
+                 load_factor: float | None = None, duration: float = 120.0,
                  token_scale: float = 1.0, device: str = "cpu", threads: int = 1, max_batch: int = 16,
                  kv_tokens: int = 4096, max_prompt: int = 1024, max_output: int = 256, vocab: int = 2048,
                  hidden: int = 256, layers: int = 4, heads: int = 4, model_seed: int = 0, ttft_slo: float = 1.0,
@@ -80,7 +81,11 @@ class EngineAdapter(Adapter):
             raise AdapterError(f"unknown engine load '{scenario}' (known: {', '.join(LOADS)}; or -o trace=FILE)")
         if trace is not None and not Path(trace).is_file():
             raise AdapterError(f"trace file not found: {trace}")
-        for key, value in (("rate", rate), ("duration", duration), ("token_scale", token_scale)):
+        if rate is not None and load_factor is not None:
+            raise AdapterError("give the load's rate as --rate REQ_PER_S or --load-factor F, not both")
+        rate = 3.0 if rate is None else rate
+        for key, value in (("rate", rate), ("load_factor", 1.0 if load_factor is None else load_factor),
+                           ("duration", duration), ("token_scale", token_scale)):
             if not float(value) > 0:
                 raise AdapterError(f"{key} must be positive, got {value}")
         for key, value in (("threads", threads), ("max_batch", max_batch), ("kv_tokens", kv_tokens),
@@ -92,6 +97,8 @@ class EngineAdapter(Adapter):
             raise AdapterError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
         self.scenario, self.trace = scenario, trace
         self.rate, self.duration, self.token_scale = float(rate), float(duration), float(token_scale)
+        self.load_factor = None if load_factor is None else float(load_factor)
+        self.sized = load_factor is None  # the rate is final (under --load-factor: once the model is timed)
         self.device, self.threads = str(device), int(threads)
         self.config = Config(int(max_batch), int(kv_tokens), int(max_prompt), int(max_output))
         self.model_shape = {"vocab": int(vocab), "hidden": int(hidden), "layers": int(layers), "heads": int(heads)}
@@ -129,28 +136,57 @@ class EngineAdapter(Adapter):
             self.costs = fit(calibrate(executor, self.config))
         return self.costs
 
+    def capacity(self, requests: int = 600) -> float:
+        """Requests per second the twin serves, in fcfs order, of the load's length mix all waiting at once.
+
+        The mix of the built-in loads (20% long requests on average in each), or the trace's
+        own requests. ``load_factor`` multiplies it, so a load means the same on any model
+        and device.
+        """
+        from autopoiesis.sandbox import compile_policy
+
+        mix = self._requests(3.0, 0) if self.trace else self._within_limits(phased(
+            LOADS["steady"][1], 1.0, float(requests), 0, SHORT, LONG, self.config.max_prompt, self.config.max_output,
+            min_output=1))
+        waiting = [(i * 1e-9, p, m) for i, (_, p, m) in enumerate(mix)]  # all at once, still in the order they came
+        if not waiting:
+            raise AdapterError(f"the trace {self.trace} has no requests to size a load on")
+        fcfs = compile_policy(self.baselines()["fcfs"].source, self.slots())
+        return len(waiting) / score(fcfs, self._params(waiting))["total_time"]
+
     # -- scoring --------------------------------------------------------------------------
     def load(self, seed: int) -> list[tuple[float, int, int]]:
         """(arrival s, prompt tokens, max_tokens) of the load for ``seed``, within the engine's limits."""
+        if not self.sized:  # on first use: timing the model takes seconds
+            self.rate, self.sized = self.load_factor * self.capacity(), True
+        return self._requests(self.rate, seed)
+
+    def _requests(self, rate: float, seed: int) -> list[tuple[float, int, int]]:
         cfg = self.config
         if self.trace:
             try:
-                requests = rescaled(Path(self.trace), self.rate, self.duration, self.token_scale, cfg.max_prompt,
+                requests = rescaled(Path(self.trace), rate, self.duration, self.token_scale, cfg.max_prompt,
                                     cfg.max_output, min_output=1)
             except (OSError, ValueError) as e:
                 raise AdapterError(f"cannot read trace {self.trace}: {e}") from None
         else:
-            requests = phased(LOADS[self.scenario][1], self.rate, self.duration, seed, SHORT, LONG, cfg.max_prompt,
+            requests = phased(LOADS[self.scenario][1], rate, self.duration, seed, SHORT, LONG, cfg.max_prompt,
                               cfg.max_output, min_output=1)
-        return [(a, p, min(m, cfg.kv_tokens - p)) for a, p, m in requests if p < cfg.kv_tokens]
+        return self._within_limits(requests)
+
+    def _within_limits(self, requests):
+        """Requests whose prompt fits the KV cache, their ``max_tokens`` clipped to what is left of it."""
+        kv = self.config.kv_tokens
+        return [(a, p, min(m, kv - p)) for a, p, m in requests if p < kv]
 
     def _params(self, requests, **extra) -> dict:
         return {"requests": requests, "config": asdict(self.config), "costs": self.fitted_costs().to_dict(),
                 "slo": {"ttft_s": self.slo.ttft_s, "tpot_s": self.slo.tpot_s}, **extra}
 
     def snapshot(self, seed: int) -> Snapshot:
+        requests = self.load(seed)  # first: it sizes the rate under --load-factor
         label = f"{self.trace or self.scenario} at {self.rate:g} req/s, seed {seed}"
-        return Snapshot(self.name, self._params(self.load(seed), kind="load", seed=seed), label=label)
+        return Snapshot(self.name, self._params(requests, kind="load", seed=seed), label=label)
 
     def evaluate(self, policy, snapshot: Snapshot):
         return score(policy, dict(snapshot.params))
