@@ -1,13 +1,14 @@
 """`autopoiesis evolve --adapter vllm --vllm-launch DIR --online` against two real vLLM servers.
 
 The command a user types: it launches the servers (the paced test model, each on its own
-core), sizes the `shift` load to 0.8 of their capacity (a probe at start, the twin fitted to
-it: past the servers' real capacity in its second half, on any machine), drives them with
-it through the router, evolves dispatch and priority on the calibrated twin and deploys winners under the
-guard; `--plugin` publishes each one to the servers' in-engine schedulers. `--margin 0`:
-the twin's gains here are a few percent and a 1% margin made the second deployment a coin
-toss; the test is about the loop running against live servers, not about the size of the
-gain. Skipped without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it).
+core), sizes the `shift` load to 0.8 of their capacity as the twin sees it (`--load-factor`:
+a probe at start, the twin fitted to it; past the servers' real capacity in the second half,
+on any machine), drives them with it through the router, evolves dispatch and priority on the
+calibrated twin and deploys winners under the guard; `--plugin` publishes each one to the
+servers' in-engine schedulers. `--margin 0`: the twin's gains here are a few percent and a
+1% margin made the second deployment a coin toss (a tie still never deploys); the test is
+about the loop running against live servers, not about the size of the gain. Skipped
+without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it).
 """
 
 import json
