@@ -41,7 +41,6 @@ from autopoiesis.metrics import RollingWindow
 from autopoiesis.online import Controller, OnlineConfig
 
 
-
 class _Tally(deque):
     """The live steps the adapter keeps (its last ``STEPS_KEPT``), and every one of them for the count."""
 
