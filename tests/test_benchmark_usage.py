@@ -44,6 +44,8 @@ from conftest import ROOT
     ("deployment_value", ["--scenario", "atlantis"], "unknown scenario 'atlantis'"),
     ("deployment_value", ["--margin", "-1"], "must be non-negative"),
     ("deployment_value", ["--start", "yesterday"], "invalid choice"),
+    ("vllm_twin_refit", ["/nonexistent"], "no requests.jsonl"),
+    ("vllm_twin_refit", ["--window", "0"], "--window must be positive"),
 ])
 def test_a_mistaken_argument_is_one_line_of_usage(script, args, fragment):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],

@@ -9,7 +9,13 @@ two costs of vLLM's continuous batching that a dispatch or priority policy trade
 
 Both lines run under their clouds (least squares on the points at or below the line,
 refit a few times): a request that waited behind another's prefill shows a longer time
-than the engine's cost, never a shorter one, and the twin adds those waits itself.
+than the engine's cost, never a shorter one, and the twin adds those waits itself. Two
+kinds of record would break that, so neither is fitted on: a stream that arrived in one
+piece (vLLM merges a request's pending tokens into one chunk when its API process falls
+behind, so its time per token reads near 0 and its first token comes late), and a prefill
+line on fewer than ``MIN_POINTS`` requests that found a free slot (past capacity almost
+none do, and the few that did shared their step with another's long prefill): the
+previous costs stay instead.
 
 ``replay`` serves a window's requests on that model (one engine per replica: a waiting
 queue ordered by ``priority``, at most ``max_batch`` sequences running, each step one
@@ -77,25 +83,40 @@ def _active_at_arrival(records: Sequence[RequestRecord]) -> np.ndarray:
     return out
 
 
+MIN_POINTS = 8  # fewer records than this, for the whole fit or for one of its lines, keep the previous costs
+
+
+def streamed(records: Sequence[RequestRecord]) -> np.ndarray:
+    """Which records' tokens arrived one by one: those whose time per token is not near 0.
+
+    A merged stream's whole output comes with its first token (time per token ~0.1 ms,
+    against 6-500 ms for the others in the runs in tests/data/vllm_runs), so the cut is
+    wide: under a twentieth of the upper quartile.
+    """
+    tpot = np.array([r.tpot for r in records])
+    return tpot >= np.quantile(tpot, 0.75) / 20 if len(tpot) else np.zeros(0, bool)
+
+
 def fit(records: Iterable[RequestRecord], max_batch: int = 256, previous: Costs | None = None) -> Costs:
-    """Least-squares costs from finished requests; too few records keep ``previous``."""
+    """Least-squares costs from finished requests; a line with too few points keeps ``previous``'s."""
     recs = [r for r in records if r.ok and r.output_tokens > 1 and r.finish > r.first_token >= r.arrival]
     base = previous or Costs(max_batch=max_batch)
-    if len(recs) < 8:
+    if len(recs) < MIN_POINTS:
         return Costs(**{**base.to_dict(), "max_batch": max_batch})
     recs = recs[-2000:]
+    timed = streamed(recs)
     concurrency = _overlap(recs)
     tpot = np.array([r.tpot for r in recs])
-    decode_base, decode_per_seq = _lower_line(concurrency, tpot)
+    decode = (base.decode_base_s, base.decode_per_seq_s)
+    if timed.sum() >= MIN_POINTS:
+        decode = _lower_line(concurrency[timed], tpot[timed])
     # prefill: requests that found a free slot did not queue; their TTFT is prefill (plus a step)
-    free = _active_at_arrival(recs) < max_batch
-    prompts = np.array([r.prompt_tokens for r in recs], float)[free]
-    ttft = np.array([r.ttft for r in recs])[free]
-    if len(ttft) >= 4:
-        prefill_base, prefill_per_token = _lower_line(prompts, ttft)
-    else:
-        prefill_base, prefill_per_token = base.prefill_base_s, base.prefill_per_token_s
-    return Costs(prefill_base, prefill_per_token, decode_base, decode_per_seq, max_batch, len(recs))
+    free = timed & (_active_at_arrival(recs) < max_batch)
+    prefill = (base.prefill_base_s, base.prefill_per_token_s)
+    if free.sum() >= MIN_POINTS:
+        prefill = _lower_line(np.array([r.prompt_tokens for r in recs], float)[free],
+                              np.array([r.ttft for r in recs])[free])
+    return Costs(*prefill, *decode, max_batch, len(recs))
 
 
 def window(records: Sequence[RequestRecord], since: float, until: float, limit: int = 1000
@@ -129,9 +150,10 @@ def refine(costs: Costs, policy: Any, records: Sequence[RequestRecord], since: f
     at any price would wreck the costs for the next one.
     """
     requests, served, pool = window(records, since, until)
-    if len(served) < 8:
+    if len(served) < MIN_POINTS:
         return costs
-    observed = (float(np.mean([pool[i].ttft for i in served])), float(np.mean([pool[i].e2e for i in served])))
+    timed = [i for i, ok in zip(served, streamed([pool[i] for i in served])) if ok] or served  # merged: TTFT late
+    observed = (float(np.mean([pool[i].ttft for i in timed])), float(np.mean([pool[i].e2e for i in served])))
 
     def scaled(a: float, b: float) -> Costs:
         return Costs(costs.prefill_base_s * a, costs.prefill_per_token_s * a, costs.decode_base_s * b,
@@ -139,7 +161,7 @@ def refine(costs: Costs, policy: Any, records: Sequence[RequestRecord], since: f
 
     def error(a: float, b: float) -> float:
         replayed = replay(policy, requests, replicas, scaled(a, b))
-        ttft = float(np.mean([replayed[i].ttft for i in served]))
+        ttft = float(np.mean([replayed[i].ttft for i in timed]))
         e2e = float(np.mean([replayed[i].e2e for i in served]))
         return abs(ttft - observed[0]) / max(observed[0], 1e-9) + abs(e2e - observed[1]) / max(observed[1], 1e-9)
 
