@@ -7,10 +7,10 @@ A RUN_DIR is what ``autopoiesis bench|serve|evolve --adapter vllm`` leaves in ``
 (the probe's costs: the twin's first). Without RUN_DIRs it reads the two runs recorded in
 ``tests/data/vllm_runs`` (their README says how they were made). No server is started.
 
-The controller's refit is replayed offline: at the end of each ``--window`` the records
-finished by then are fitted (``twin.fit``) and scaled to replay that window
-(``twin.refine``), and the window's out-of-sample prediction error is taken before the
-refit, as ``VLLMAdapter.window_metrics`` does. Each run's whole arrival sequence is then
+The controller's refit is replayed offline, with the function ``VLLMAdapter.window_metrics``
+calls: at the end of each ``--window`` the records finished by then are fitted and scaled to
+replay that window (``twin.refit``), and the window's out-of-sample prediction error is
+taken before the refit. Each run's whole arrival sequence is then
 replayed on the twin under the router's default policy (least outstanding, first come;
 what ``bench`` serves) with the probe's costs and with the last refit's, and compared
 with what the servers did: the time from the first arrival to the last finish, and the
@@ -32,8 +32,10 @@ from autopoiesis.metrics import RequestRecord
 RECORDED = Path(__file__).resolve().parent.parent / "tests" / "data" / "vllm_runs"
 
 
-def read_run(run_dir: Path) -> tuple[list[RequestRecord], twin.Costs | None]:
-    """The run's records and its probe's costs (None without calibration.json); ValueError says what is wrong."""
+def read_run(run_dir: Path) -> tuple[list[RequestRecord], tuple[twin.Costs, twin.Costs] | None]:
+    """The run's records and its probe's (fitted, scaled) costs (None without calibration.json).
+
+    A ValueError says what is wrong with the folder."""
     path = run_dir / "requests.jsonl"
     if not path.is_file():
         raise ValueError(f"{run_dir}: no requests.jsonl (not a vLLM run folder)")
@@ -51,7 +53,8 @@ def read_run(run_dir: Path) -> tuple[list[RequestRecord], twin.Costs | None]:
     if not calibration.is_file():
         return records, None
     try:
-        return records, twin.Costs(**json.loads(calibration.read_text())["costs"])
+        probe = json.loads(calibration.read_text())
+        return records, (twin.Costs(**probe["fitted"]), twin.Costs(**probe["costs"]))
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{calibration}: unreadable ({e})") from None
 
@@ -64,7 +67,7 @@ def whole_run(records: list[RequestRecord], replicas: int, costs: twin.Costs) ->
     return {"total_time": max(r.finish for r in replayed), "mean_e2e": statistics.fmean(r.e2e for r in replayed)}
 
 
-def refit(records: list[RequestRecord], replicas: int, costs: twin.Costs, window_s: float
+def refit(records: list[RequestRecord], replicas: int, fitted: twin.Costs, costs: twin.Costs, window_s: float
           ) -> tuple[twin.Costs, list[float]]:
     """The controller's window-by-window refit: (the last costs, each window's prediction error)."""
     since, end, errors = min(r.arrival for r in records), max(r.finish for r in records), []
@@ -74,8 +77,7 @@ def refit(records: list[RequestRecord], replicas: int, costs: twin.Costs, window
         error = twin.prediction_error(twin.ROUTER_DEFAULT, live, since, until, replicas, costs)
         if error is not None:
             errors.append(error)
-        fitted = twin.fit(live, costs.max_batch, costs)
-        costs = twin.refine(fitted, twin.ROUTER_DEFAULT, live, since, until, replicas) if fitted.samples else fitted
+        fitted, costs = twin.refit(fitted, twin.ROUTER_DEFAULT, live, since, until, replicas)
         since = until
     return costs, errors
 
@@ -83,8 +85,8 @@ def refit(records: list[RequestRecord], replicas: int, costs: twin.Costs, window
 def measure(run_dir: Path, window_s: float, max_batch: int) -> dict:
     records, probe = read_run(run_dir)
     replicas = max(r.replica for r in records) + 1
-    start = probe or twin.Costs(max_batch=max_batch)
-    last, errors = refit(records, replicas, start, window_s)
+    fitted, costs = probe or (twin.Costs(max_batch=max_batch),) * 2
+    last, errors = refit(records, replicas, fitted, costs, window_s)
     decoded = [r for r in records if r.output_tokens > 1]
     observed = {"total_time": max(r.finish for r in records) - min(r.arrival for r in records),
                 "mean_e2e": statistics.fmean(r.e2e for r in records)}
@@ -94,7 +96,7 @@ def measure(run_dir: Path, window_s: float, max_batch: int) -> dict:
            "median_window_error": statistics.median(errors) if errors else None,
            "refit": {"costs": last.to_dict(), **whole_run(records, replicas, last)}}
     if probe is not None:
-        out["probe"] = {"costs": probe.to_dict(), **whole_run(records, replicas, probe)}
+        out["probe"] = {"costs": costs.to_dict(), **whole_run(records, replicas, costs)}
     for arm in ("probe", "refit"):
         if arm in out:
             for key in ("total_time", "mean_e2e"):

@@ -82,6 +82,22 @@ def test_a_prefill_line_on_too_few_free_slots_keeps_the_previous_one():
     assert at_two == pytest.approx(true.decode_base_s + 2 * true.decode_per_seq_s, rel=0.05)
 
 
+def test_each_windows_scaling_stays_within_its_limit_of_the_last_fit():
+    """Past capacity the prefill line goes unfitted window after window; scaling must not compound."""
+    true = twin.Costs(0.3, 3e-3, 0.02, 4e-3, max_batch=2)
+    shapes = [(i / 1e4, 400 if i % 3 else 20, 16) for i in range(12)]  # two find a free slot, ten queue
+    records = twin.replay(policy("least_outstanding"), shapes, 1, true)
+    until = max(r.finish for r in records)
+    anchor = twin.Costs(0.1, 1e-3, 0.02, 4e-3, max_batch=2, samples=20)  # a probe's fit, 3x too fast
+    scaled = []
+    for _ in range(3):  # the same window again and again: the same answer, not up to 1.5x more each time
+        anchor, costs = twin.refit(anchor, policy("least_outstanding"), records, 0.0, until, 1)
+        assert anchor.prefill_per_token_s == 1e-3  # too few free slots to refit the line
+        scaled.append(costs.prefill_per_token_s)
+    assert 1.2e-3 < scaled[0] <= 1e-3 * twin.LIMIT  # scaled up towards the truth, as far as the limit goes
+    assert scaled == [scaled[0]] * 3
+
+
 def test_the_refit_on_recorded_real_runs_replays_them():
     """Two runs of real vLLM servers (tests/data/vllm_runs): below and past their capacity.
 

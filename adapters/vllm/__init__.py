@@ -110,7 +110,8 @@ class VLLMAdapter(Adapter):
         self.max_batch = int(max_batch) if max_batch else _max_num_seqs(vllm_args)
         self.run_dir = run_dir
         self.slo = SLO(float(ttft_slo), float(tpot_slo))
-        self.costs = twin.Costs(max_batch=self.max_batch)
+        self.costs = twin.Costs(max_batch=self.max_batch)  # what candidates are scored with
+        self.fitted = self.costs  # the last least-squares fit, before scaling: twin.refit's anchor
         self.live: dict[str, Any] | None = None
         self.policy_file: Path | None = None
 
@@ -216,6 +217,7 @@ class VLLMAdapter(Adapter):
         if not fitted.samples:
             raise AdapterError(f"--load-factor: the servers answered {ok} of the {sent} probe requests, too few to "
                                f"measure their capacity (see the servers' logs in {run_dir})")
+        self.fitted = fitted
         self.costs = twin.refine(fitted, twin.ROUTER_DEFAULT, probe, since, router.now(), self.replicas)
         capacity = twin.capacity(shapes, self.replicas, self.costs)
         mean_factor = 1.0 if self.trace else sum(share * factor for share, factor, _ in loads.LOADS[self.scenario][1])
@@ -332,8 +334,7 @@ class VLLMAdapter(Adapter):
                 error = twin.prediction_error(policy, records, since, until, replicas, self.costs)
                 if error is not None:
                     out["twin_error"] = error
-            fitted = twin.fit(records, self.max_batch, self.costs)
-            self.costs = twin.refine(fitted, policy, records, since, until, replicas) if fitted.samples else fitted
+            self.fitted, self.costs = twin.refit(self.fitted, policy, records, since, until, replicas)
         except Exception:  # noqa: BLE001 - the twin's view is a report, never a reason to stop serving
             pass
         out["twin_samples"] = float(self.costs.samples)

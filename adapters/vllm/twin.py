@@ -179,6 +179,19 @@ def refine(costs: Costs, policy: Any, records: Sequence[RequestRecord], since: f
     return scaled(*best)
 
 
+def refit(anchor: Costs, policy: Any, records: Sequence[RequestRecord], since: float, until: float,
+          replicas: int) -> tuple[Costs, Costs]:
+    """After a window: (the least-squares fit, that fit scaled to replay the window).
+
+    The second is what candidates are scored with; the first is the next call's ``anchor``.
+    A line without enough points keeps the anchor's, the last fit rather than the last scaled
+    costs, so each window's scaling stays within ``LIMIT`` of a fit instead of compounding
+    on the previous window's (past capacity the prefill line can go many windows unfitted).
+    """
+    fitted = fit(records, anchor.max_batch, anchor)
+    return fitted, refine(fitted, policy, records, since, until, replicas) if fitted.samples else fitted
+
+
 def _lower_line(x: np.ndarray, y: np.ndarray, share: float = 0.3, rounds: int = 4) -> tuple[float, float]:
     """A line under the cloud: least squares, then again on the ``share`` of points with the lowest residuals."""
     a, b = _line(x, y)
