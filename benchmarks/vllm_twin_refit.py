@@ -1,6 +1,7 @@
 """How well the vLLM twin, refit window by window as the controller refits it, replays a served run.
 
-    python benchmarks/vllm_twin_refit.py [RUN_DIR ...] [--window 30] [--json]
+    python benchmarks/vllm_twin_refit.py [RUN_DIR ...] [--window 30] [--dispatch round_robin]
+                                         [--priority fcfs] [--json]
 
 A RUN_DIR is what ``autopoiesis bench|serve|evolve --adapter vllm`` leaves in ``runs/``:
 ``requests.jsonl`` (every served request) and, after ``--load-factor``, ``calibration.json``
@@ -11,11 +12,12 @@ The controller's refit is replayed offline, with the function ``VLLMAdapter.wind
 calls: at the end of each ``--window`` the records finished by then are fitted and scaled to
 replay that window (``twin.refit``), and the window's out-of-sample prediction error is
 taken before the refit. Each run's whole arrival sequence is then
-replayed on the twin under the router's default policy (least outstanding, first come;
-what ``bench`` serves) with the probe's costs and with the last refit's, and compared
-with what the servers did: the time from the first arrival to the last finish, and the
+replayed on the twin with the probe's costs and with the last refit's, and compared with
+what the servers did: the time from the first arrival to the last finish, and the
 mean end-to-end latency. Merged streams (a whole output in one chunk: ``twin.streamed``)
-are counted, since the fit leaves them out.
+are counted, since the fit leaves them out. Windows and whole runs are replayed with the
+policy that served the run: ``--dispatch`` and ``--priority`` name the vLLM adapter's
+baselines, and the defaults are what ``bench`` serves without ``--policy`` (its ``default``).
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import statistics
 from pathlib import Path
 
 from autopoiesis.adapters.vllm import twin
+from autopoiesis.adapters.vllm.slots import DISPATCH_BASELINES, PRIORITY_BASELINES, SLOTS
 from autopoiesis.metrics import RequestRecord
+from autopoiesis.sandbox import compile_policy
 
 RECORDED = Path(__file__).resolve().parent.parent / "tests" / "data" / "vllm_runs"
 
@@ -59,34 +63,41 @@ def read_run(run_dir: Path) -> tuple[list[RequestRecord], tuple[twin.Costs, twin
         raise ValueError(f"{calibration}: unreadable ({e})") from None
 
 
-def whole_run(records: list[RequestRecord], replicas: int, costs: twin.Costs) -> dict[str, float]:
+def baseline(dispatch: str, priority: str):
+    """The vLLM adapter's human-designed dispatch and priority, compiled as one policy."""
+    return compile_policy(DISPATCH_BASELINES[dispatch] + "\n\n" + PRIORITY_BASELINES[priority], SLOTS)
+
+
+def whole_run(records: list[RequestRecord], policy, replicas: int, costs: twin.Costs) -> dict[str, float]:
     """The twin's total time and mean end-to-end latency for the run's own arrivals."""
     start = min(r.arrival for r in records)
     requests = sorted((r.arrival - start, r.prompt_tokens, r.output_tokens) for r in records)
-    replayed = twin.replay(twin.ROUTER_DEFAULT, requests, replicas, costs)
+    replayed = twin.replay(policy, requests, replicas, costs)
     return {"total_time": max(r.finish for r in replayed), "mean_e2e": statistics.fmean(r.e2e for r in replayed)}
 
 
-def refit(records: list[RequestRecord], replicas: int, fitted: twin.Costs, costs: twin.Costs, window_s: float
-          ) -> tuple[twin.Costs, list[float]]:
+def refit(records: list[RequestRecord], policy, replicas: int, fitted: twin.Costs, costs: twin.Costs,
+          window_s: float) -> tuple[twin.Costs, list[float]]:
     """The controller's window-by-window refit: (the last costs, each window's prediction error)."""
     since, end, errors = min(r.arrival for r in records), max(r.finish for r in records), []
     while since < end:
         until = since + window_s
         live = [r for r in records if r.finish <= until]  # what the router had reported by then
-        error = twin.prediction_error(twin.ROUTER_DEFAULT, live, since, until, replicas, costs)
+        error = twin.prediction_error(policy, live, since, until, replicas, costs)
         if error is not None:
             errors.append(error)
-        fitted, costs = twin.refit(fitted, twin.ROUTER_DEFAULT, live, since, until, replicas)
+        fitted, costs = twin.refit(fitted, policy, live, since, until, replicas)
         since = until
     return costs, errors
 
 
-def measure(run_dir: Path, window_s: float, max_batch: int) -> dict:
+def measure(run_dir: Path, window_s: float = 30.0, max_batch: int = 256, dispatch: str = "round_robin",
+            priority: str = "fcfs") -> dict:
     records, probe = read_run(run_dir)
+    policy = baseline(dispatch, priority)
     replicas = max(r.replica for r in records) + 1
     fitted, costs = probe or (twin.Costs(max_batch=max_batch),) * 2
-    last, errors = refit(records, replicas, fitted, costs, window_s)
+    last, errors = refit(records, policy, replicas, fitted, costs, window_s)
     decoded = [r for r in records if r.output_tokens > 1]
     observed = {"total_time": max(r.finish for r in records) - min(r.arrival for r in records),
                 "mean_e2e": statistics.fmean(r.e2e for r in records)}
@@ -94,9 +105,9 @@ def measure(run_dir: Path, window_s: float, max_batch: int) -> dict:
            "merged_streams": int(len(decoded) - twin.streamed(decoded).sum()), "observed": observed,
            "window_s": window_s, "windows_with_error": len(errors),
            "median_window_error": statistics.median(errors) if errors else None,
-           "refit": {"costs": last.to_dict(), **whole_run(records, replicas, last)}}
+           "refit": {"costs": last.to_dict(), **whole_run(records, policy, replicas, last)}}
     if probe is not None:
-        out["probe"] = {"costs": costs.to_dict(), **whole_run(records, replicas, costs)}
+        out["probe"] = {"costs": costs.to_dict(), **whole_run(records, policy, replicas, costs)}
     for arm in ("probe", "refit"):
         if arm in out:
             for key in ("total_time", "mean_e2e"):
@@ -115,6 +126,10 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=30.0, help="seconds per window, as evolve's --window")
     parser.add_argument("--max-batch", type=int, default=256,
                         help="the servers' --max-num-seqs, for a run without calibration.json")
+    parser.add_argument("--dispatch", default="round_robin", choices=list(DISPATCH_BASELINES),
+                        help="the dispatch that served the runs")
+    parser.add_argument("--priority", default="fcfs", choices=list(PRIORITY_BASELINES),
+                        help="the queue order that served the runs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not math.isfinite(args.window) or args.window <= 0:
@@ -123,7 +138,7 @@ def main() -> None:
         parser.error("--max-batch must be at least 1")
     runs = args.runs or sorted(p for p in RECORDED.iterdir() if p.is_dir())
     try:
-        results = [measure(run, args.window, args.max_batch) for run in runs]
+        results = [measure(run, args.window, args.max_batch, args.dispatch, args.priority) for run in runs]
     except (OSError, ValueError) as e:
         parser.error(str(e))
     if args.json:

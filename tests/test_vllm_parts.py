@@ -102,7 +102,7 @@ def test_the_refit_on_recorded_real_runs_replays_them():
     """Two runs of real vLLM servers (tests/data/vllm_runs): below and past their capacity.
 
     Past it, almost no request finds a free slot; before the fit needed 8 of them and left
-    merged streams out, its prefill base came out at 7.1 s and the twin took 307 s to serve
+    merged streams out, its prefill base came out at 7.1 s and the twin took 293 s to serve
     what the servers served in 108 s.
     """
     bench = _benchmark("vllm_twin_refit")

@@ -14,8 +14,8 @@ kinds of record would break that, so neither is fitted on: a stream that arrived
 piece (vLLM merges a request's pending tokens into one chunk when its API process falls
 behind, so its time per token reads near 0 and its first token comes late), and a prefill
 line on fewer than ``MIN_POINTS`` requests that found a free slot (past capacity almost
-none do, and the few that did shared their step with another's long prefill): the
-previous costs stay instead.
+none do, and the few that did shared their step with another's long prefill): such a
+line keeps the previous fit's costs. ``refit`` then scales the fit to replay the last window.
 
 ``replay`` serves a window's requests on that model (one engine per replica: a waiting
 queue ordered by ``priority``, at most ``max_batch`` sequences running, each step one
