@@ -98,11 +98,10 @@ def measure(run_dir: Path, window_s: float = 30.0, max_batch: int = 256, dispatc
     replicas = max(r.replica for r in records) + 1
     fitted, costs = probe or (twin.Costs(max_batch=max_batch),) * 2
     last, errors = refit(records, policy, replicas, fitted, costs, window_s)
-    decoded = [r for r in records if r.output_tokens > 1]
     observed = {"total_time": max(r.finish for r in records) - min(r.arrival for r in records),
                 "mean_e2e": statistics.fmean(r.e2e for r in records)}
     out = {"run": str(run_dir), "requests": len(records), "replicas": replicas,
-           "merged_streams": int(len(decoded) - twin.streamed(decoded).sum()), "observed": observed,
+           "merged_streams": twin.merged(records), "observed": observed,
            "window_s": window_s, "windows_with_error": len(errors),
            "median_window_error": statistics.median(errors) if errors else None,
            "refit": {"costs": last.to_dict(), **whole_run(records, policy, replicas, last)}}

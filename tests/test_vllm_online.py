@@ -44,6 +44,7 @@ def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
     # --load-factor: the rate came from a probe of the servers, which stayed out of the run's records
     sizing = json.loads((run_dir / "calibration.json").read_text())
     assert sizing["probe_ok"] == sizing["probe_requests"] and sizing["costs"]["samples"] >= 8
+    assert 0 <= sizing["probe_merged_streams"] < sizing["probe_requests"]
     assert abs(sizing["mean_rate"] - 0.8 * sizing["capacity_rps"]) < 1e-9 and "load factor 0.8" in summary["load"]
     sent = loads.named("shift", sizing["rate"], 120, seed=1000).requests  # the load at that rate (--live-seed)
     assert summary["requests"] == len(sent) and summary["windows"] >= 8

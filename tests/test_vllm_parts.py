@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from autopoiesis.adapters.base import AdapterError, load_adapter
-from autopoiesis.adapters.vllm import load as loads, twin
+from autopoiesis.adapters.vllm import load as loads, probe_waves, twin
 from autopoiesis.adapters.vllm.scrape import Scraper
 from autopoiesis.adapters.vllm.slots import DISPATCH_BASELINES, PRIORITY_BASELINES, SLOTS
 from autopoiesis.metrics import RequestRecord, RollingWindow
@@ -537,6 +537,27 @@ def test_a_kept_alive_connection_closed_by_the_server_is_tried_again_not_a_failu
     assert "/v1/completions" in closed  # the server did close kept-alive connections under requests
     assert statuses == [200] * 5 and [r.outcome for r in router.records] == ["ok"] * 5
     assert router.replicas[0].up and not router.events  # marked down at the first close before
+
+
+@pytest.mark.parametrize("replicas, max_batch", [(1, 1), (1, 2), (2, 2), (2, 256), (4, 8)])
+def test_the_probe_gives_each_line_of_the_fit_its_points(replicas, max_batch):
+    """Twice the points a line needs find a free slot, so half the streams may arrive merged."""
+    waves = probe_waves(replicas, max_batch)
+    costs = twin.Costs(0.05, 1e-3, 0.02, 2e-3, max_batch=max_batch)
+    prompts = iter(random.Random(0).sample(range(20, 800, 7), sum(waves)))  # the probe spreads them
+    records, start = [], 0.0
+    for size in waves:  # all of a wave at once, when the last is done, as the probe sends them
+        wave = twin.replay(twin.ROUTER_DEFAULT, [(i * 1e-4, next(prompts), 16) for i in range(size)], replicas, costs)
+        records += [replace(r, arrival=r.arrival + start, first_token=r.first_token + start, finish=r.finish + start)
+                    for r in wave]
+        start = max(r.finish for r in records) + 0.1
+    assert (twin._active_at_arrival(records) < max_batch).sum() >= 2 * twin.MIN_POINTS
+    if max_batch <= 4:
+        assert max(twin._active_at_arrival(records)) >= max_batch  # and the last wave queues
+    fitted = twin.fit(records, max_batch)
+    assert 1 / 1.6 < fitted.prefill_per_token_s / costs.prefill_per_token_s < 1.6
+    if (replicas, max_batch) == (2, 2):
+        assert waves == [2, 2, 4, 4, 8]  # the probe tests/test_vllm_online.py sees
 
 
 def test_the_twins_capacity_is_the_rate_past_which_its_queue_grows():

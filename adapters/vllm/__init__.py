@@ -45,6 +45,15 @@ def _max_num_seqs(vllm_args: str, default: int = 256) -> int:
     return default
 
 
+def probe_waves(replicas: int, max_batch: int) -> list[int]:
+    """The probe's waves (requests sent at once, each after the last is done); see ``_size_load``."""
+    per_server = min(max_batch, 4)
+    waves = [replicas] * 2 + [replicas * per_server] * 2
+    while sum(waves) + replicas * min(2 * per_server, max_batch) < 2 * twin.MIN_POINTS:
+        waves.append(replicas * per_server)  # a small fleet: more waves, so each line gets its points
+    return waves + [replicas * per_server * 2]
+
+
 def _publish(live: dict, program) -> None:
     """Hand ``program`` to the in-engine plugin (None withdraws it); it looks within 50 ms."""
     path = live["policy_file"]
@@ -187,7 +196,9 @@ class VLLMAdapter(Adapter):
 
         Before the load starts, a probe sends the load's own shapes (spread over its prompt
         lengths) in waves: one request per server, twice; full batches (up to 4 per server),
-        twice; then twice that at once, so queues form. The twin is fitted to the probe and
+        twice or more, until twice ``twin.MIN_POINTS`` requests will have found a free slot
+        (a merged stream does not count, see ``twin.streamed``); then twice a full batch at
+        once, so queues form. The twin is fitted to the probe and
         scaled to replay it as it was served (``twin.refine``); its capacity for the whole
         load's mix, times ``load_factor``, is the mean rate. The probe stays out of the
         run's records; its fit is the twin's first.
@@ -196,8 +207,7 @@ class VLLMAdapter(Adapter):
         if not shapes:
             raise AdapterError("--load-factor: the load has no requests to size (a longer --duration?)")
         router, since = self.router, self.router.now()
-        per_server = min(self.max_batch, 4)
-        waves = [self.replicas] * 2 + [self.replicas * per_server] * 2 + [self.replicas * per_server * 2]
+        waves = probe_waves(self.replicas, self.max_batch)
         sent = sum(waves)
         spread = [shapes[int((k + 0.5) * len(shapes) / sent)] for k in range(sent)]  # quantiles of prompt length
         random.Random(seed).shuffle(spread)
@@ -225,6 +235,7 @@ class VLLMAdapter(Adapter):
         (run_dir / "calibration.json").write_text(json.dumps({
             "load_factor": self.load_factor, "capacity_rps": capacity, "mean_rate": self.load_factor * capacity,
             "rate": self.rate, "probe_requests": sent, "probe_ok": ok, "probe_s": router.now() - since,
+            "probe_merged_streams": twin.merged(probe),
             "fitted": fitted.to_dict(), "costs": self.costs.to_dict()}, indent=1))
         return (f"load factor {self.load_factor:g}: {self.load_factor * capacity:.2f} req/s on average, the twin's "
                 f"capacity for this length mix being {capacity:.2f} req/s, fitted on a {sent}-request probe")

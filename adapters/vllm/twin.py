@@ -97,6 +97,12 @@ def streamed(records: Sequence[RequestRecord]) -> np.ndarray:
     return tpot >= np.quantile(tpot, 0.75) / 20 if len(tpot) else np.zeros(0, bool)
 
 
+def merged(records: Iterable[RequestRecord]) -> int:
+    """How many of the served records with more than one token arrived in one piece."""
+    decoded = [r for r in records if r.ok and r.output_tokens > 1]
+    return int(len(decoded) - streamed(decoded).sum())
+
+
 def fit(records: Iterable[RequestRecord], max_batch: int = 256, previous: Costs | None = None) -> Costs:
     """Least-squares costs from finished requests; a line with too few points keeps ``previous``'s."""
     recs = [r for r in records if r.ok and r.output_tokens > 1 and r.finish > r.first_token >= r.arrival]
