@@ -1,3 +1,4 @@
+import importlib
 import importlib.util
 import sys
 from pathlib import Path
@@ -17,6 +18,14 @@ def _load_example():
 
 
 single_queue = _load_example()
+
+
+def benchmark(name: str):
+    """A script under benchmarks/, imported as a module."""
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ from autopoiesis.archive import Archive
 from autopoiesis.evolution import Config
 from autopoiesis.online import Controller, OnlineConfig
 from autopoiesis.program import Program, replace_function
+from conftest import benchmark
 
 SCENARIO = "stationary"
 REQUESTS = 2500  # about 130 s of the scenario
@@ -937,18 +938,6 @@ def test_the_twin_fidelity_benchmark_compares_the_snapshot_with_the_served_truth
     assert bad.returncode == 2 and "SINCE must be" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def _benchmark(name: str):
-    """A script under benchmarks/, imported as a module."""
-    import importlib
-    import sys
-    from pathlib import Path
-
-    folder = str(Path(__file__).resolve().parents[1] / "benchmarks")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    return importlib.import_module(name)
-
-
 def test_the_deployment_value_benchmark_replays_a_run_and_weighs_each_change(adapter, default, tmp_path):
     """Its method rests on the live system being a function of the deployment schedule: served
     again as it was, the schedule gives the run's own total time; a bad program left out, the run
@@ -960,14 +949,14 @@ def test_the_deployment_value_benchmark_replays_a_run_and_weighs_each_change(ada
     changes = [d for d in c.deployments if d.kind in ("initial", "deploy", "rollback")]
     assert [d.kind for d in changes] == ["initial", "deploy", "rollback"]
     schedule = [(d.time, c.archive.program(d.program).source) for d in changes]
-    replayed, without = _benchmark("deployment_value").leave_one_out(
+    replayed, without = benchmark("deployment_value").leave_one_out(
         {"scenario": SCENARIO, "requests": REQUESTS}, c.config.live_seed, schedule)
     assert replayed == pytest.approx(live, rel=1e-9)
     assert len(without) == 2 and without[0] < replayed  # everything to one replica for a while cost time
 
 
 def test_the_paper_benchmark_compares_with_each_static_baseline_shipped_everywhere():
-    paper = _benchmark("paper")
+    paper = benchmark("paper")
     summary_of, vs_each_baseline = paper.summary_of, paper.vs_each_baseline
 
     def row(name, auto, **baselines):
@@ -993,7 +982,7 @@ def test_the_paper_benchmark_compares_with_each_static_baseline_shipped_everywhe
 def test_the_paper_benchmark_builds_its_llm_arm_with_the_simulator_operator_mix():
     import argparse
 
-    make_llm = _benchmark("paper").llm_operators(
+    make_llm = benchmark("paper").llm_operators(
         argparse.Namespace(llm=None, llm_url="http://127.0.0.1:9/v1", llm_model="tiny"))
     operators = make_llm(Archive(), "paper-test")  # builds clients only: no call goes out
     names = [op.name for op, _ in operators]
@@ -1027,7 +1016,7 @@ def test_the_paper_benchmark_runs_every_arm_and_prints_what_the_issue_asks():
 def test_the_switching_oracle_is_never_worse_than_the_best_static_baseline():
     import multiprocess
 
-    switching = _benchmark("switching_oracle")
+    switching = benchmark("switching_oracle")
     oracle, total_time = switching.oracle, switching.total_time
 
     labels = ["default", "dispatch:round_robin", "reschedule:on_change"]
@@ -1043,7 +1032,7 @@ def test_the_switching_oracle_is_never_worse_than_the_best_static_baseline():
 
 
 def test_the_static_combinations_are_every_mix_of_human_parts_and_include_each_baseline():
-    static = _benchmark("static_combinations")
+    static = benchmark("static_combinations")
     adapter = SimulatorAdapter("mixed", requests=300)
     programs = static.combinations(adapter)
     sizes = [len(slot.baselines) for slot in adapter.slots()]
@@ -1063,7 +1052,7 @@ def test_the_static_combinations_are_every_mix_of_human_parts_and_include_each_b
 
 
 def test_the_hindsight_check_tunes_in_sample_and_scores_on_unseen_seeds():
-    measure = _benchmark("hindsight_out_of_sample").measure
+    measure = benchmark("hindsight_out_of_sample").measure
 
     out = measure(SimulatorAdapter("mixed", requests=600), budget=24, workers=1, tuned_on=(1000,), held_out=(1003,))
     # the tuning starts from the best baseline and keeps the best it scored on the seed it tunes on

@@ -15,6 +15,7 @@ from autopoiesis.adapters.vllm.scrape import Scraper
 from autopoiesis.adapters.vllm.slots import DISPATCH_BASELINES, PRIORITY_BASELINES, SLOTS
 from autopoiesis.metrics import RequestRecord, RollingWindow
 from autopoiesis.sandbox import compile_policy
+from conftest import benchmark
 
 
 def policy(dispatch="round_robin", priority="fcfs"):
@@ -105,7 +106,7 @@ def test_the_refit_on_recorded_real_runs_replays_them():
     merged streams out, its prefill base came out at 7.1 s and the twin took 293 s to serve
     what the servers served in 108 s.
     """
-    bench = _benchmark("vllm_twin_refit")
+    bench = benchmark("vllm_twin_refit")
     for run in ("steady-load-0.8", "steady-load-1.2"):
         result = bench.measure(bench.RECORDED / run, window_s=30.0, max_batch=256)
         assert result["merged_streams"] > 0
@@ -113,19 +114,6 @@ def test_the_refit_on_recorded_real_runs_replays_them():
         assert abs(refit["total_time_error"]) < 0.15, (run, refit)
         assert abs(refit["mean_e2e_error"]) < 0.35, (run, refit)
         assert refit["costs"]["prefill_base_s"] < 0.5 and refit["costs"]["max_batch"] == 2
-
-
-def _benchmark(name: str):
-    """A script under benchmarks/, imported as a module."""
-    import importlib
-    import sys
-
-    from conftest import ROOT
-
-    folder = str(ROOT / "benchmarks")
-    if folder not in sys.path:
-        sys.path.insert(0, folder)
-    return importlib.import_module(name)
 
 
 def test_a_window_replays_the_backlog_it_inherited():
