@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .evaluate import Outcome
+from .metrics import Snapshot
 from .program import Program
 
 SCHEMA_VERSION = "1"
@@ -53,6 +54,8 @@ CREATE TABLE IF NOT EXISTS windows (
 CREATE TABLE IF NOT EXISTS deployments (
     run TEXT NOT NULL, seq INTEGER NOT NULL, time REAL NOT NULL, kind TEXT NOT NULL, program TEXT NOT NULL,
     reason TEXT NOT NULL, detail TEXT NOT NULL, PRIMARY KEY (run, seq));
+CREATE TABLE IF NOT EXISTS snapshots (
+    key TEXT PRIMARY KEY, adapter TEXT NOT NULL, label TEXT NOT NULL, params TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     run TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL, program TEXT NOT NULL,
     train TEXT, held_out TEXT, error TEXT, PRIMARY KEY (run, kind, name));
@@ -226,6 +229,34 @@ class Archive:
         rows = self.db.execute(sql + " ORDER BY generation, rowid", args).fetchall()
         keys = ("program", "generation", "operator", "parents", "name", "status", "error")
         return [dict(zip(keys, r), parents=json.loads(r[3])) for r in rows]
+
+    # -- snapshots ---------------------------------------------------------------------
+    def save_snapshots(self, snapshots: Iterable[Snapshot]) -> int:
+        """Keep the snapshots a run scores on, so that resuming it scores on the same ones.
+
+        An adapter may measure the machine to make a snapshot (the engine times its
+        model), and a remade snapshot would then differ. Params that JSON cannot hold
+        are not kept; such a run's snapshots are remade on resume. Returns how many were kept.
+        """
+        rows = []
+        for snapshot in snapshots:
+            try:
+                rows.append((snapshot.key, snapshot.adapter, snapshot.label, json.dumps(dict(snapshot.params))))
+            except (TypeError, ValueError):
+                continue
+        if rows:
+            self._write("INSERT OR IGNORE INTO snapshots VALUES (?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def snapshots(self, keys: Iterable[str]) -> list[Snapshot] | None:
+        """The kept snapshots with these keys, in order; None unless every one was kept."""
+        out = []
+        for key in keys:
+            row = self.db.execute("SELECT adapter, label, params FROM snapshots WHERE key=?", (key,)).fetchone()
+            if row is None:
+                return None
+            out.append(Snapshot(row[0], json.loads(row[2]), label=row[1]))
+        return out
 
     # -- evaluations (the cache) ---------------------------------------------------------
     def get(self, key: tuple[str, str]) -> Outcome | None:

@@ -246,6 +246,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
             )
         elif kind == "evaluated":
             state["evals"] = state.get("evals", 0) + 1
+        elif kind == "warning":
+            console.print(f"warning: {data['message']}", highlight=False, markup=False)
         elif kind == "generation":
             best = data.get("best")
             info = f"best {best:.6g}  evaluations {state.get('evals', 0)}" if best is not None else ""

@@ -152,11 +152,12 @@ class Evolution:
             last = self.archive.last_generation(run_id)
             first_gen = 0 if last is None else last + 1
             self.archive.set_status(run_id, "running")
-        if self.given_snapshots:
+        if self.given_snapshots:  # an online evolution's windows: its run is never resumed
             train, held_out = self.given_snapshots, []
         else:
-            train = [self.adapter.snapshot(cfg.seed * 1000 + i) for i in range(cfg.train_snapshots)]
-            held_out = [self.adapter.snapshot(cfg.seed * 1000 + HELD_OUT_OFFSET + i) for i in range(cfg.held_out_snapshots)]
+            train, held_out = self._snapshots(resume)
+            if not resume:
+                self.archive.save_snapshots(train + held_out)  # before the run exists: a resumable run has them
         if not resume:
             run_id = run_id or new_run_id(self.adapter.name)
             stored = dict(cfg.to_dict(), train_keys=[s.key for s in train], held_out_keys=[s.key for s in held_out],
@@ -201,6 +202,23 @@ class Evolution:
             reused = evaluator.cache_hits - hits
             executed = evaluator.executed - executed
         return Result(run_id, best.program, best.scores, last, executed, reused, scored, held)
+
+    def _snapshots(self, resume: str | None) -> tuple[list[Snapshot], list[Snapshot]]:
+        """Train and held-out snapshots: made from the seed, or for a resumed run the ones it began with."""
+        cfg = self.config
+        if resume:
+            stored = self.archive.run(resume)["config"]
+            train_keys, held_keys = stored.get("train_keys", []), stored.get("held_out_keys", [])
+            kept = self.archive.snapshots(train_keys + held_keys)
+            if kept is not None:
+                return kept[:len(train_keys)], kept[len(train_keys):]
+        train = [self.adapter.snapshot(cfg.seed * 1000 + i) for i in range(cfg.train_snapshots)]
+        held_out = [self.adapter.snapshot(cfg.seed * 1000 + HELD_OUT_OFFSET + i) for i in range(cfg.held_out_snapshots)]
+        if resume and [s.key for s in train + held_out] != train_keys + held_keys:
+            self.on_event("warning", {"message": f"run {resume} kept no copy of its snapshots and '{self.adapter.name}' "
+                                                 "made different ones now; the resumed generations are scored on "
+                                                 "the new ones"})
+        return train, held_out
 
     def _generation(self, run_id, generation, islands, seen, scored, train):
         cfg, n_islands = self.config, max(1, self.strategy.islands)

@@ -172,6 +172,33 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path):
     assert summary["fitness"] == expected["fitness"]
 
 
+def test_a_resume_on_snapshots_the_archive_could_not_keep_says_so(tmp_path):
+    """Params JSON cannot hold (a frozenset) are not kept; this adapter's differ in every process."""
+    adapter = tmp_path / "measuring.py"
+    adapter.write_text(textwrap.dedent(f"""
+        import os, sys
+        sys.path.insert(0, {str(EXAMPLE.parent)!r})
+        from single_queue import SingleQueueAdapter
+        from autopoiesis.metrics import Snapshot
+
+        class Measuring(SingleQueueAdapter):
+            def snapshot(self, seed):
+                params = {{"seed": seed, "jobs": self.jobs, "load": self.load, "machine": frozenset({{os.getpid()}})}}
+                return Snapshot(self.name, params)
+    """))
+    runs = str(tmp_path / "runs")
+    first = cli("evolve", "--adapter", str(adapter), "--generations", "1", "--population", "4", "--runs-dir", runs,
+                "--json")
+    assert first.returncode == 0, first.stderr
+    run_id = json.loads(first.stdout)["run"]
+    with sqlite3.connect(tmp_path / "runs" / "archive.db") as con:
+        con.execute("UPDATE runs SET status='interrupted'")
+    resumed = cli("evolve", "--resume", run_id, "--runs-dir", runs, "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"warning: run {run_id} kept no copy of its snapshots" in resumed.stderr
+    assert "Traceback" not in resumed.stderr
+
+
 def test_resuming_a_finished_run_is_refused(tmp_path):
     runs = str(tmp_path)
     done = json.loads(cli("evolve", "--adapter", str(EXAMPLE), "--generations", "1", "--population", "4",

@@ -147,11 +147,14 @@ def test_the_kv_cache_decodes_what_a_full_forward_computes():
     assert torch.allclose(logits[1], other[0], atol=1e-4)
 
 
+SMALL = dict(scenario="burst", rate=8.0, duration=6.0, hidden=64, layers=2, heads=2, vocab=256, max_batch=8,
+             kv_tokens=2048, max_prompt=512, max_output=64, device=DEVICE)
+
+
 @pytest.fixture(scope="module")
 def small_engine():
     """A small, fast model; its costs are timed once for the module."""
-    adapter = EngineAdapter(scenario="burst", rate=8.0, duration=6.0, hidden=64, layers=2, heads=2, vocab=256,
-                            max_batch=8, kv_tokens=2048, max_prompt=512, max_output=64, device=DEVICE)
+    adapter = EngineAdapter(**SMALL)
     adapter.fitted_costs()
     return adapter
 
@@ -271,6 +274,22 @@ def test_the_twin_check_of_each_live_window_runs_off_the_serving_thread(tmp_path
     assert len(archived) >= 4 and all(e is not None and math.isfinite(e) for e in errors[:-1]), errors
     assert [w.metrics.get("twin_error") for w in controller.windows] == errors  # the live view's windows too
     assert all("cost_scale" in w["metrics"] for w in archived)  # the cheap number stays on the thread
+
+
+def test_a_resumed_offline_run_keeps_the_step_costs_it_began_with(small_engine, tmp_path):
+    """Resuming in a new process would time the model again; it scores on the snapshots it began with."""
+    from autopoiesis.evolution import Evolution
+
+    config = EvolutionConfig(population=6, generations=2, workers=1, train_snapshots=2, held_out_snapshots=1, seed=1)
+    archive = Archive(tmp_path / "archive.db")
+    first = Evolution(small_engine, EvolutionConfig(**{**config.to_dict(), "generations": 0}), archive).run()
+    archive.set_status(first.run_id, "interrupted")
+    fresh = EngineAdapter(**SMALL)  # as a new process makes it
+    Evolution(fresh, config, archive).run(resume=first.run_id)
+    stored = archive.run(first.run_id)["config"]
+    scored_on = {row[0] for row in archive.db.execute("SELECT DISTINCT snapshot FROM evaluations")}
+    assert scored_on == set(stored["train_keys"] + stored["held_out_keys"])
+    assert fresh.costs is None  # nothing was timed: the kept snapshots carry the first session's costs
 
 
 def test_a_load_factor_sizes_the_load_to_the_twins_capacity(small_engine):

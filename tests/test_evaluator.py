@@ -89,6 +89,58 @@ def test_archive_is_a_persistent_cache(tmp_path, queue_adapter):
     assert mode == "wal"
 
 
+class MeasuringQueue(single_queue.SingleQueueAdapter):
+    """Test double for an adapter whose snapshots hold a measurement of the machine (the engine's
+    timed step costs): each instance measures a different load, as a new process would."""
+
+    made = 0
+
+    def __init__(self, tagged=False, **options):
+        super().__init__(**options)
+        MeasuringQueue.made += 1
+        self.load, self.tagged = 0.8 + 0.05 * MeasuringQueue.made, tagged
+
+    def snapshot(self, seed):
+        snapshot = super().snapshot(seed)
+        if self.tagged:  # params JSON cannot hold: the archive cannot keep this snapshot
+            return type(snapshot)(self.name, {**snapshot.params, "tag": frozenset({seed})}, label=snapshot.label)
+        return snapshot
+
+
+def _interrupted(tmp_path, adapter, config):
+    archive = Archive(tmp_path / "resume.db")
+    first = Evolution(adapter, Config(**{**config.to_dict(), "generations": 1}), archive).run()
+    archive.set_status(first.run_id, "interrupted")
+    return archive, first.run_id
+
+
+def test_a_resumed_run_scores_on_the_snapshots_it_began_with(tmp_path):
+    """A fresh adapter measures differently; the resumed run still scores on the first snapshots."""
+    config = Config(population=10, generations=4, seed=7, workers=2, held_out_snapshots=1)
+    adapter = MeasuringQueue(jobs=120)
+    reference = Evolution(adapter, config, Archive(tmp_path / "ref.db")).run()
+    archive, run_id = _interrupted(tmp_path, adapter, config)
+    stored = archive.run(run_id)["config"]
+    events = []
+    resumed = Evolution(MeasuringQueue(jobs=120), config, archive,
+                        on_event=lambda kind, data: events.append(kind)).run(resume=run_id)
+    scored_on = {row[0] for row in archive.db.execute("SELECT DISTINCT snapshot FROM evaluations")}
+    assert scored_on == set(stored["train_keys"] + stored["held_out_keys"])
+    assert resumed.fitness.values == reference.fitness.values
+    assert resumed.held_out == reference.held_out
+    assert "warning" not in events
+
+
+def test_a_resumed_run_whose_snapshots_were_not_kept_says_it_scores_on_new_ones(tmp_path):
+    config = Config(population=6, generations=2, seed=7, workers=1, held_out_snapshots=0)
+    archive, run_id = _interrupted(tmp_path, MeasuringQueue(jobs=60, tagged=True), config)
+    assert archive.db.execute("SELECT COUNT(*) FROM snapshots").fetchone()[0] == 0
+    warnings = []
+    Evolution(MeasuringQueue(jobs=60, tagged=True), config, archive,
+              on_event=lambda kind, data: kind == "warning" and warnings.append(data["message"])).run(resume=run_id)
+    assert len(warnings) == 1 and "scored on the new ones" in warnings[0]
+
+
 def test_corrupt_archive_gives_a_clear_error(tmp_path):
     path = tmp_path / "archive.db"
     path.write_bytes(b"this is not sqlite" * 100)
