@@ -46,6 +46,10 @@ from conftest import ROOT
     ("deployment_value", ["--start", "yesterday"], "invalid choice"),
     ("vllm_twin_refit", ["/nonexistent"], "no requests.jsonl"),
     ("vllm_twin_refit", ["--window", "0"], "--window must be positive"),
+    ("vllm_step_times", ["/nonexistent"], "no model directory at /nonexistent"),
+    ("vllm_step_times", [".", "--dtypes", "bf16"], "unknown dtype 'bf16'"),
+    ("vllm_step_times", [".", "--prompts", "32,x"], "comma-separated whole numbers"),
+    ("vllm_step_times", [".", "--vllm-args", "--dtype float32"], "must not set --dtype"),
 ])
 def test_a_mistaken_argument_is_one_line_of_usage(script, args, fragment):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *args],
