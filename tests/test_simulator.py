@@ -260,6 +260,24 @@ def _sim(name, program, seed=0):
                       lambda g: calibration(sc.calibration, g))
 
 
+def test_a_deployed_priority_orders_the_requests_already_queued():
+    """Keys from two programs are on unrelated scales: after a swap to a constant priority, the
+    arrivals must not all rank ahead of the backlog (FCFS keys are arrival times, > 0)."""
+    sim = _sim("burst", "default")
+    sim.start()
+    swap = 150.0
+    sim.advance(swap)
+    constant = BASELINES["default"].source + "\n\ndef priority(request, now):\n    return -7.5\n"
+    sim.deploy(compile_policy(constant, SLOTS))
+    after = sim.advance(math.inf)
+    backlog = [r for r in after if r.arrival <= swap and r.first_token > swap]
+    later = [r for r in after if r.arrival > swap]
+    assert len(backlog) > 100 and later  # the burst left a queue at the swap
+    for replica in {r.replica for r in backlog}:
+        last_of_backlog = max(r.first_token for r in backlog if r.replica == replica)
+        assert all(r.first_token >= last_of_backlog for r in later if r.replica == replica)
+
+
 def test_advancing_in_windows_equals_one_run():
     whole = _sim("mixed", "reschedule:periodic").run()
     sim = _sim("mixed", "reschedule:periodic")

@@ -236,6 +236,7 @@ class EngineAdapter(Adapter):
         checks = {"priority": lambda r, args: math.isfinite(float(r))}  # 10**400 falls back, not the engine
         previous, live["hot"] = live["hot"], hot_path(program, list(fallbacks), self.slots(), checks)
         live["hot"].carry_counts(previous)
+        live["engine"].reorder(self.now())  # the new program orders the backlog too, as on the twin
 
     def observe(self, until: float) -> Observation:
         live = self._live()

@@ -1,7 +1,8 @@
 """Continuous batching with a reserved KV cache: the engine's decisions, without its model.
 
 One ``Engine`` is both the live engine and its twin. It keeps the waiting queue (a heap
-ordered by the policy's ``priority``, asked once when a request arrives), admits from its
+ordered by the policy's ``priority``, asked once when a request arrives and again for every
+waiting request when a new policy is deployed), admits from its
 head while the batch has room and the KV cache can reserve the request's whole length
 (prompt plus ``max_tokens``, so a running request is never preempted), and runs steps:
 each step prefills what it admitted, which gives their first tokens, and decodes one token
@@ -81,6 +82,17 @@ class Engine:
         if not math.isfinite(key):
             key = math.inf  # NaN would break the heap's order; +-inf are orders too
         heapq.heappush(self.waiting, (key, request.arrival, request.id, request))
+
+    def reorder(self, now: float) -> None:
+        """Key every waiting request again with the (newly deployed) priority.
+
+        Keys from two programs are on unrelated scales; left in one heap, every arrival after a
+        swap could rank ahead of the whole backlog, or behind it. The twin replays a candidate
+        ordering every request by its own keys, and so does the live engine after a swap."""
+        requests = [entry[3] for entry in self.waiting]
+        self.waiting = []
+        for request in requests:
+            self.add(request, now)
 
     def _admit(self) -> list[Request]:
         admitted: list[Request] = []
