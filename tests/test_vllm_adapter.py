@@ -57,8 +57,9 @@ def program(dispatch=DISPATCH_BASELINES["least_outstanding"], priority=PRIORITY_
     return Program(dispatch.strip() + "\n\n\n" + priority.strip() + "\n")
 
 
-def serve(adapter, client_work, prog=None):
-    """Start the adapter, deploy ``prog``, run ``client_work(url)`` in a thread while observing."""
+def serve(adapter, client_work, prog=None, between=None):
+    """Start the adapter, deploy ``prog``, run ``client_work(url)`` in a thread while observing;
+    ``between()`` runs on this thread after each observation, as the controller's work does."""
     adapter.start()
     records, observations = [], []
     try:
@@ -77,6 +78,8 @@ def serve(adapter, client_work, prog=None):
             observation = adapter.observe(adapter.now() + 0.2)
             observations.append(observation)
             records.extend(observation.records)
+            if between:
+                between()
         worker.join()
     finally:
         adapter.stop()
@@ -133,7 +136,7 @@ BLOCKER_TOKENS = 8000  # within --max-model-len 8192 with a 30-token prompt
 FAVOUR_ODD = "def priority(request, now):\n    return 0.0 if request.prompt_tokens % 2 else 100.0\n"
 
 
-def _burst(url, server):
+def _burst(url, server, when_full=None):
     """Two blockers take the server's two slots; 8 disfavoured requests (even prompt length)
     queue behind them, then 8 favoured ones (odd). Only once the server reports all 16
     waiting do the blockers hang up (vLLM aborts them), so the order is decided on a full
@@ -152,7 +155,7 @@ def _burst(url, server):
     the tests look only at the last burst's records (``_last_burst``)."""
     for attempt in range(2):
         try:
-            return _one_burst(url, server)
+            return _one_burst(url, server, when_full)
         except BlockersRanOut as e:
             if attempt:
                 raise AssertionError(f"twice: {e}") from None
@@ -168,7 +171,7 @@ def _last_burst(records):
     return sorted(records, key=lambda r: r.request_id)[-18:]
 
 
-def _one_burst(url, server):
+def _one_burst(url, server, when_full=None):
     c = client(url, timeout=BURST_TIMEOUT_S)
     counter = iter(range(1000))
     started, release = [threading.Event(), threading.Event()], threading.Event()
@@ -200,6 +203,8 @@ def _one_burst(url, server):
             time.sleep(0.2)
             futures += [pool.submit(one, 41) for _ in range(8)]
             _wait_for_waiting(server, 16, futures)
+            if when_full:
+                when_full()
         finally:
             release.set()
         for b in blockers:
@@ -359,6 +364,62 @@ def test_a_failing_plugin_program_falls_back_to_fcfs_and_is_counted(servers, tmp
     assert sum(o.calls.get("priority", 0) for o in observations) >= 16  # counted in-engine, seen by the adapter
     assert sum(o.fallbacks.get("priority", 0) for o in observations) >= 8
     assert "ZeroDivisionError" in next(s["error"] for s in adapter.plugin_status() if s["fallbacks"])
+
+
+def test_a_program_published_mid_burst_orders_the_requests_already_queued(servers, tmp_path, monkeypatch):
+    """vLLM fixes a request's priority as it arrives. The burst queues all 16 under FCFS (the
+    disfavoured 8 first); only then is the favouring program deployed, and the blockers go
+    once the plugin has keyed its backlog again. Without the re-keying the queue keeps its
+    FCFS keys and the disfavoured 8 are served first."""
+    policy_file = servers[0].log.parent / "policy.json"
+    monkeypatch.setenv("AUTOPOIESIS_POLICY_FILE", str(policy_file))
+    adapter = VLLMAdapter(urls=[servers[0].url], plugin=True, run_dir=str(tmp_path))
+    full, deployed = threading.Event(), threading.Event()
+
+    def rekeyed() -> int:
+        return sum(s.get("rekeyed", 0) for s in adapter.plugin_status())
+
+    def when_full():  # on the burst's thread, with all 16 waiting behind the blockers
+        before = rekeyed()
+        full.set()
+        assert deployed.wait(120), "the program was not deployed"
+        looks = _Looks()
+        while rekeyed() < before + 16:
+            assert looks.look() < 120, f"the plugin keyed {rekeyed() - before} requests again, not 16"
+            time.sleep(0.05)
+
+    def between():  # on the controller's thread
+        if full.is_set() and not deployed.is_set():
+            adapter.deploy(program(priority=FAVOUR_ODD))
+            deployed.set()
+
+    records, _, _ = serve(adapter, lambda url: _burst(url, servers[0], when_full), program(), between)
+    _favoured(records)
+    status = [s for s in adapter.plugin_status() if s.get("rekeys")]
+    assert status and status[0]["rekeys_given_up"] == 0 and not status[0]["error"], status
+
+
+def test_queued_requests_take_a_new_programs_keys_all_or_none(tmp_path):
+    """The plugin's re-keying on real vLLM requests and queues (no server): a new program
+    orders the backlog, a withdrawn one gives each request its own priority back, and a
+    program that fails on one request, or a backlog past the time budget, leaves every key
+    as it was."""
+    import json
+
+    out = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_plugin_rekey.py"), str(ROOT / "adapters" / "vllm"),
+                          str(ROOT / "autopoiesis"), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout)
+    rekeyed, withdrawn, failing, over = (result[k] for k in ("rekeyed", "withdrawn", "failing", "over_budget"))
+    assert rekeyed["order"] == [10, 20, 30, 40, 50], rekeyed  # queued oldest first, served shortest first
+    assert (rekeyed["rekeys"], rekeyed["rekeyed"], rekeyed["calls"], rekeyed["fallbacks"]) == (1, 5, 10, 0), rekeyed
+    assert withdrawn["keys"][-1] == [5, 4, 3, 2, 1] and withdrawn["order"] == [30, 20, 40, 10, 50], withdrawn
+    for kept in (failing, over):  # keyed oldest first at arrival, and still
+        assert kept["order"] == [50, 10, 40, 20, 30] and kept["keys"][0] == kept["keys"][1], kept
+        assert (kept["rekeys"], kept["rekeyed"]) == (0, 0), kept
+    assert failing["error"].startswith("ZeroDivisionError") and failing["fallbacks"] == 1, failing
+    assert over["rekeys_given_up"] == 1 and over["error"] == "" and over["fallbacks"] == 0, over  # the program stays
+    assert not any(case["changed_again"] for case in result.values())
 
 
 def test_a_stall_past_the_plugin_deadline_keeps_the_program(tmp_path):

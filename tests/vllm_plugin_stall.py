@@ -53,7 +53,7 @@ def attempt_once(case, n, stall, cap):
         json.dump({"version": 1, "program": case, "source": SPIN.format(n=n), "epoch_unix": time.time()}, f)
     plugin.STALL_CAP_S = cap
     order = plugin.QueueOrder(path)
-    request = types.SimpleNamespace(arrival_time=time.time(), num_prompt_tokens=10)
+    request = types.SimpleNamespace(arrival_time=time.time(), num_prompt_tokens=10, num_output_tokens=0)
     state = {"go": False}
     hogger = threading.Thread(target=hog, args=(state,))
     if stall:
