@@ -85,21 +85,21 @@ def test_the_head_of_the_queue_waits_for_room_and_nothing_overtakes_it():
     assert big.generated == 1 and small.generated == 1
 
 
-def test_a_new_priority_orders_the_requests_already_waiting():
-    """After a swap, old and new keys are on unrelated scales: the backlog is keyed again."""
+def test_after_a_new_priority_the_backlog_keeps_its_order_ahead_of_later_arrivals():
+    """Old and new keys are on unrelated scales: the backlog neither mixes with nor is re-sorted."""
     engine = Engine(Config(max_batch=1, kv_tokens=1000), Modelled(Costs()), lambda r, now: r.arrival)  # fcfs
-    queued = [Request(i, float(i), 10, 1) for i in range(3)]
-    for request in queued:
-        engine.add(request, 3.0)
-    engine.priority = lambda r, now: -r.prompt_tokens  # the biggest first: keys near -10, all below the old ones
-    engine.reorder(3.0)
-    engine.add(Request(3, 3.5, 20, 1), 3.5)
-    engine.add(Request(4, 3.6, 5, 1), 3.6)
+    for i, prompt in enumerate((10, 30, 20)):
+        engine.add(Request(i, float(i), prompt, 1), 3.0)
+    engine.priority = lambda r, now: -r.prompt_tokens  # the biggest first: keys near -20, all below the old ones
+    engine.new_epoch()
+    engine.add(Request(3, 3.5, 5, 1), 3.5)
+    engine.add(Request(4, 3.6, 20, 1), 3.6)
     served = []
     while engine.busy:
         _, done = engine.step(4.0)
         served += [r.id for r in done]
-    assert served == [3, 0, 1, 2, 4]  # with the old keys kept: 3, 4, 0, 1, 2 (the small newcomer overtakes)
+    # old keys kept in one heap: 4, 3, 0, 1, 2; the backlog keyed again: 1, 2, 4, 0, 3
+    assert served == [0, 1, 2, 4, 3]
 
 
 def test_the_twin_is_deterministic_and_the_queue_order_matters_under_load():

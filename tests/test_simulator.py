@@ -260,22 +260,26 @@ def _sim(name, program, seed=0):
                       lambda g: calibration(sc.calibration, g))
 
 
-def test_a_deployed_priority_orders_the_requests_already_queued():
-    """Keys from two programs are on unrelated scales: after a swap to a constant priority, the
-    arrivals must not all rank ahead of the backlog (FCFS keys are arrival times, > 0)."""
+def test_after_a_swap_the_backlog_runs_first_and_in_its_order():
+    """Keys from two programs are on unrelated scales: after a swap from FCFS (keys are arrival
+    times, > 0) to last-come-first (keys < 0), the arrivals must not all rank ahead of the backlog,
+    and the backlog is not re-sorted either: it keeps the order it was promised."""
     sim = _sim("burst", "default")
     sim.start()
     swap = 150.0
     sim.advance(swap)
-    constant = BASELINES["default"].source + "\n\ndef priority(request, now):\n    return -7.5\n"
-    sim.deploy(compile_policy(constant, SLOTS))
+    lifo = BASELINES["default"].source + "\n\ndef priority(request, now):\n    return -request.arrival\n"
+    sim.deploy(compile_policy(lifo, SLOTS))
     after = sim.advance(math.inf)
     backlog = [r for r in after if r.arrival <= swap and r.first_token > swap]
     later = [r for r in after if r.arrival > swap]
     assert len(backlog) > 100 and later  # the burst left a queue at the swap
     for replica in {r.replica for r in backlog}:
-        last_of_backlog = max(r.first_token for r in backlog if r.replica == replica)
-        assert all(r.first_token >= last_of_backlog for r in later if r.replica == replica)
+        mine = sorted((r for r in backlog if r.replica == replica), key=lambda r: r.arrival)
+        assert all(a.first_token <= b.first_token for a, b in zip(mine, mine[1:]))  # first come, first served
+        assert all(r.first_token >= mine[-1].first_token for r in later if r.replica == replica)
+    after_swap = sorted((r for r in later if r.first_token > max(b.first_token for b in backlog)), key=lambda r: r.arrival)
+    assert after_swap[0].first_token > after_swap[-1].first_token  # the new order does hold for the arrivals
 
 
 def test_advancing_in_windows_equals_one_run():

@@ -366,27 +366,26 @@ def test_a_failing_plugin_program_falls_back_to_fcfs_and_is_counted(servers, tmp
     assert "ZeroDivisionError" in next(s["error"] for s in adapter.plugin_status() if s["fallbacks"])
 
 
-def test_a_program_published_mid_burst_orders_the_requests_already_queued(servers, tmp_path, monkeypatch):
-    """vLLM fixes a request's priority as it arrives. The burst queues all 16 under FCFS (the
-    disfavoured 8 first); only then is the favouring program deployed, and the blockers go
-    once the plugin has keyed its backlog again. Without the re-keying the queue keeps its
-    FCFS keys and the disfavoured 8 are served first."""
+def test_a_program_published_mid_burst_leaves_the_queued_requests_their_order(servers, tmp_path, monkeypatch):
+    """The burst queues all 16 under FCFS (the disfavoured 8 first); only then is the favouring
+    program deployed, and the blockers go once the plugin has loaded it. The backlog keeps the
+    order it was promised: the disfavoured 8 are served first (re-keyed, the favoured would be)."""
     policy_file = servers[0].log.parent / "policy.json"
     monkeypatch.setenv("AUTOPOIESIS_POLICY_FILE", str(policy_file))
     adapter = VLLMAdapter(urls=[servers[0].url], plugin=True, run_dir=str(tmp_path))
     full, deployed = threading.Event(), threading.Event()
 
-    def rekeyed() -> int:
-        return sum(s.get("rekeyed", 0) for s in adapter.plugin_status())
+    def epoch() -> int:
+        return max((s.get("order_epoch", 0) for s in adapter.plugin_status()), default=0)
 
     def when_full():  # on the burst's thread, with all 16 waiting behind the blockers
-        before = rekeyed()
+        before = epoch()
         deployed.clear()  # a burst set up again (see _burst) publishes once more
         full.set()
         assert deployed.wait(120), "the program was not deployed"
         looks = _Looks()
-        while rekeyed() < before + 16:
-            assert looks.look() < 120, f"the plugin keyed {rekeyed() - before} requests again, not 16"
+        while epoch() <= before:  # loaded before the next scheduling step, with no request arriving
+            assert looks.look() < 120, "the plugin did not load the program"
             time.sleep(0.05)
 
     def between():  # on the controller's thread
@@ -396,32 +395,32 @@ def test_a_program_published_mid_burst_orders_the_requests_already_queued(server
             deployed.set()
 
     records, _, _ = serve(adapter, lambda url: _burst(url, servers[0], when_full), program(), between)
-    _favoured(records)
-    status = [s for s in adapter.plugin_status() if s.get("rekeys")]
-    assert status and status[0]["rekeys_given_up"] == 0 and not status[0]["error"], status
+    served = [r for r in _last_burst(records) if r.ok and r.prompt_tokens in (40, 41)]
+    order = [r.prompt_tokens for r in sorted(served, key=lambda r: r.first_token)]
+    assert len(order) == 16 and order[:8].count(41) <= 2, f"prompt lengths by first token: {order}"
+    status = [s for s in adapter.plugin_status() if s["calls"]]
+    assert status and not status[0]["error"], status  # counts are the server's: earlier tests' fallbacks are in
 
 
-def test_queued_requests_take_a_new_programs_keys_all_or_none(tmp_path):
-    """The plugin's re-keying on real vLLM requests and queues (no server): a new program
-    orders the backlog, a withdrawn one gives each request its own priority back, and a
-    program that fails on one request, or a backlog past the time budget, leaves every key
-    as it was."""
+def test_after_a_change_of_program_the_backlog_goes_first_in_its_order(tmp_path):
+    """The plugin's order epochs on real vLLM requests and queues (no server): whatever the new
+    program (one with keys below every old one, a withdrawal to the router's own priorities, a
+    program that fails and leaves FCFS), the requests queued before it are served first, in
+    the order they had, then the later arrivals in the new order."""
     import json
 
-    out = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_plugin_rekey.py"), str(ROOT / "adapters" / "vllm"),
+    out = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_plugin_epochs.py"), str(ROOT / "adapters" / "vllm"),
                           str(ROOT / "autopoiesis"), str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
-    rekeyed, withdrawn, failing, over = (result[k] for k in ("rekeyed", "withdrawn", "failing", "over_budget"))
-    assert rekeyed["order"] == [10, 20, 30, 40, 50], rekeyed  # queued oldest first, served shortest first
-    assert (rekeyed["rekeys"], rekeyed["rekeyed"], rekeyed["calls"], rekeyed["fallbacks"]) == (1, 5, 10, 0), rekeyed
-    assert withdrawn["keys"][-1] == [5, 4, 3, 2, 1] and withdrawn["order"] == [30, 20, 40, 10, 50], withdrawn
-    for kept in (failing, over):  # keyed oldest first at arrival, and still
-        assert kept["order"] == [50, 10, 40, 20, 30] and kept["keys"][0] == kept["keys"][1], kept
-        assert (kept["rekeys"], kept["rekeyed"]) == (0, 0), kept
-    assert failing["error"].startswith("ZeroDivisionError") and failing["fallbacks"] == 1, failing
-    assert over["rekeys_given_up"] == 1 and over["error"] == "" and over["fallbacks"] == 0, over  # the program stays
-    assert not any(case["changed_again"] for case in result.values())
+    backlog = [50, 10, 40, 20, 30]  # queued oldest first
+    swapped, withdrawn, failing, first = (result[k] for k in ("swapped", "withdrawn", "failing", "first"))
+    assert swapped["order"] == backlog + [60, 30, 5], swapped  # one heap of both keys: 60, 30, 5 first
+    assert (swapped["calls"], swapped["fallbacks"], swapped["order_epoch"]) == (8, 0, 2), swapped
+    assert withdrawn["order"] == backlog + [30, 60, 5], withdrawn  # the router's -1 for each, in arrival order
+    assert failing["order"] == backlog + [30, 60, 5] and failing["fallbacks"] == 3, failing  # FCFS once dropped
+    assert failing["error"].startswith("ZeroDivisionError") and failing["order_epoch"] == 3, failing
+    assert first["order"] == [30, 20, 40, 10, 50, 60, 30, 5], first  # the router's priorities until a program
 
 
 def test_a_stall_past_the_plugin_deadline_keeps_the_program(tmp_path):

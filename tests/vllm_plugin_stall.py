@@ -61,12 +61,12 @@ def attempt_once(case, n, stall, cap):
         hogger.start()
     cpu, wall = time.thread_time(), time.perf_counter()
     state["go"] = True
-    first = order(request)
+    _, first = order(request)  # (order epoch, key)
     took, cpu = time.perf_counter() - wall, time.thread_time() - cpu
     if stall:
         hogger.join()
         sys.setswitchinterval(0.005)
-    second = order(request)
+    _, second = order(request)
     with open(f"{path}.status-{os.getpid()}") as f:
         status = json.load(f)
     return {"first": first, "second": second, "took_s": round(took, 3), "cpu_s": round(cpu, 4),

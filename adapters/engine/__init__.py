@@ -236,7 +236,7 @@ class EngineAdapter(Adapter):
         checks = {"priority": lambda r, args: math.isfinite(float(r))}  # 10**400 falls back, not the engine
         previous, live["hot"] = live["hot"], hot_path(program, list(fallbacks), self.slots(), checks)
         live["hot"].carry_counts(previous)
-        live["engine"].reorder(self.now())  # the new program orders the backlog too, as on the twin
+        live["engine"].new_epoch()  # the backlog keeps its order, ahead of the new program's arrivals
 
     def observe(self, until: float) -> Observation:
         live = self._live()
@@ -271,7 +271,7 @@ class EngineAdapter(Adapter):
         tokens, live["tokens"] = engine.tokens - live["tokens"], engine.tokens
         prompts = [p for _, p, _ in pending[live["arrived"]:live["next"]]]
         arrivals, live["arrived"] = live["next"] - live["arrived"], live["next"]
-        waiting = [e[3] for e in engine.waiting]
+        waiting = [e[-1] for e in engine.waiting]
         sample = EngineSample(now, 0, running=len(engine.running), waiting=len(waiting),
                               kv_usage=engine.reserved / self.config.kv_tokens, tokens=tokens)
         return Observation(now=now, records=records, samples=[sample], arrivals=arrivals, arrival_prompts=prompts,

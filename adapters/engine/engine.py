@@ -1,8 +1,8 @@
 """Continuous batching with a reserved KV cache: the engine's decisions, without its model.
 
 One ``Engine`` is both the live engine and its twin. It keeps the waiting queue (a heap
-ordered by the policy's ``priority``, asked once when a request arrives and again for every
-waiting request when a new policy is deployed), admits from its
+ordered by the policy's ``priority``, asked once when a request arrives; requests queued
+before a new policy was deployed stay ahead of those after it), admits from its
 head while the batch has room and the KV cache can reserve the request's whole length
 (prompt plus ``max_tokens``, so a running request is never preempted), and runs steps:
 each step prefills what it admitted, which gives their first tokens, and decodes one token
@@ -66,7 +66,8 @@ class Engine:
 
     def __init__(self, config: Config, executor: Any, priority: Callable[[Any, float], float]):
         self.config, self.executor, self.priority = config, executor, priority
-        self.waiting: list[tuple[float, float, int, Request]] = []  # (priority, arrival, id, request)
+        self.waiting: list[tuple[int, float, float, int, Request]] = []  # (epoch, priority, arrival, id, request)
+        self.epoch = 0  # policies deployed so far
         self.running: list[Request] = []
         self.reserved = 0
         self.steps = 0
@@ -81,24 +82,21 @@ class Engine:
         key = float(self.priority(request.view(), now))
         if not math.isfinite(key):
             key = math.inf  # NaN would break the heap's order; +-inf are orders too
-        heapq.heappush(self.waiting, (key, request.arrival, request.id, request))
+        heapq.heappush(self.waiting, (self.epoch, key, request.arrival, request.id, request))
 
-    def reorder(self, now: float) -> None:
-        """Key every waiting request again with the (newly deployed) priority.
+    def new_epoch(self) -> None:
+        """A new policy is deployed: every request waiting now runs before any that arrives later.
 
-        Keys from two programs are on unrelated scales; left in one heap, every arrival after a
-        swap could rank ahead of the whole backlog, or behind it. The twin replays a candidate
-        ordering every request by its own keys, and so does the live engine after a swap."""
-        requests = [entry[3] for entry in self.waiting]
-        self.waiting = []
-        for request in requests:
-            self.add(request, now)
+        The backlog keeps the order it was promised. Keys of two programs are on unrelated
+        scales; left in one heap, every arrival after a swap could rank ahead of the whole
+        backlog, or behind it (docs/online.md, Deployment)."""
+        self.epoch += 1
 
     def _admit(self) -> list[Request]:
         admitted: list[Request] = []
         cfg = self.config
         while self.waiting and len(self.running) + len(admitted) < cfg.max_batch:
-            request = self.waiting[0][3]
+            request = self.waiting[0][-1]
             if self.reserved + request.length > cfg.kv_tokens:
                 break  # strict order: the head waits for room, nothing overtakes it
             heapq.heappop(self.waiting)

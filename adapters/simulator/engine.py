@@ -39,7 +39,7 @@ ClusterEvent = namedtuple("ClusterEvent", "time kind gpus")
 
 
 class Request:
-    __slots__ = ("id", "arrival", "prompt", "output", "info", "key", "seq", "replica", "target", "prefilled",
+    __slots__ = ("id", "arrival", "prompt", "output", "info", "epoch", "key", "seq", "replica", "target", "prefilled",
                  "generated", "join_counter", "done_counter", "first_token", "finish", "preemptions", "alive")
 
     def __init__(self, rid: int, arrival: float, prompt: int, output: int):
@@ -54,6 +54,7 @@ class Request:
         self.finish = None
         self.preemptions = 0
         self.alive = False  # in a replica's running set
+        self.epoch = 0  # deployments before it was queued
         self.key = 0.0
         self.seq = rid
         self.info = RequestInfo(rid, arrival, prompt, 0)
@@ -68,7 +69,7 @@ class Replica:
         self.capacity = cost.kv_capacity_tokens
         self.ready_at = ready_at
         self.budget, self.max_seqs = budget, max_seqs
-        self.waiting: list = []  # heap of (key, seq, request)
+        self.waiting: list = []  # heap of (epoch, key, seq, request)
         self.prefilling: list[Request] = []
         self.finishing: list = []  # heap of (done_counter, seq, request)
         self.running = 0
@@ -216,6 +217,7 @@ class Simulation:
 
     def __init__(self, scenario: Any, policy: Any, gpus: dict[str, GPU], model: Model, calibration: Callable[[str], Calibration]):
         self.scenario, self.policy = scenario, policy
+        self.epoch = 0  # deployments so far: a request queued under an earlier one runs first
         self.gpu_table, self.model, self.calibration = gpus, model, calibration
         self.estimate_cost_s = scenario.estimate_cost_s
         self.workload_estimate = Workload(*scenario.workload_estimate)
@@ -332,38 +334,23 @@ class Simulation:
         return self.done >= len(self.requests)
 
     def deploy(self, policy: Any, replan: bool = False) -> None:
-        """Hot swap: decisions from now on use ``policy``, and it orders the requests already queued.
+        """Hot swap: decisions from now on use ``policy``; the requests already queued go first.
+
+        The backlog keeps the order it was promised, ahead of every later arrival (a new
+        deployment epoch): keys of two programs are on unrelated scales (an arrival time, a
+        prompt length, a constant), so one queue keyed by both could put every arrival ahead of
+        the whole backlog or behind it. See docs/online.md, Deployment, for why the backlog is
+        not keyed again by the new program instead.
 
         ``replan``: the new policy plans differently, so run its ``schedule`` on the observed
         window now; a changed plan is applied after the estimates' time, paying reloads.
         """
         self.policy = policy
-        self._rekey(self.now)
+        self.epoch += 1
         if replan:
             self.replan(self.now, self._window(self.now).workload)
         if self.unanswered:
             self._reschedule(self.now, tuple(self.unanswered))
-
-    def _rekey(self, now: float) -> None:
-        """Give every queued and running request the new policy's priority key.
-
-        Keys from two programs are on unrelated scales (an arrival time, a prompt length, a
-        constant). Left in one queue, every request that arrives after the swap could rank
-        ahead of the whole backlog, or behind it: a constant priority deployed on ``burst``
-        (seed 1000) served new arrivals first while the 2000 queued before the swap waited
-        for the arrivals to end, and the run's p99 TTFT went from 87 to 172 s. The twin
-        scores a candidate ordering every request by its own keys; so does the live system."""
-        for replica in self.replicas:
-            if replica.removed:
-                continue
-            for _, _, req in replica.finishing:
-                if req.alive:
-                    req.key = self.policy.priority(req.info, now)
-            if replica.waiting:
-                for _, _, req in replica.waiting:
-                    req.key = self.policy.priority(req.info, now)
-                replica.waiting = [(req.key, req.seq, req) for _, _, req in replica.waiting]
-                heapq.heapify(replica.waiting)
 
     def replan(self, now: float, workload: Workload) -> float:
         """Run ``schedule`` on ``workload``; apply a different plan when its estimates are done."""
@@ -522,7 +509,7 @@ class Simulation:
         self._advance_partial(replica, now)
         replica.removed = True
         replica.version += 1
-        orphans = [req for _, _, req in replica.waiting] + list(replica.prefilling)
+        orphans = [entry[-1] for entry in replica.waiting] + list(replica.prefilling)
         orphans += [req for _, _, req in replica.finishing if req.alive]
         orphans = list({id(req): req for req in orphans}.values())  # a rejoined request has two heap entries
         for req in orphans:
@@ -604,8 +591,8 @@ class Simulation:
         replica = views[choice]._r
         replica.assigned += 1
         req.replica = replica
-        req.key = self.policy.priority(req.info, now)
-        heapq.heappush(replica.waiting, (req.key, req.seq, req))
+        req.epoch, req.key = self.epoch, self.policy.priority(req.info, now)  # a moved request queues anew
+        heapq.heappush(replica.waiting, (req.epoch, req.key, req.seq, req))
         if not replica.busy:
             if replica.ready_at <= now:
                 self._start(replica, now)
@@ -616,7 +603,7 @@ class Simulation:
     def _admit(self, replica: Replica) -> None:
         waiting = replica.waiting
         while waiting and replica.running + len(replica.prefilling) < replica.max_seqs:
-            req = waiting[0][2]
+            req = waiting[0][-1]
             # room for this step's decode growth and the prompt's KV plus its first token
             if replica.kv_used + replica.running + req.target + 1 > replica.capacity:
                 break  # plans must hold max_context tokens, so an empty replica always admits
@@ -697,7 +684,7 @@ class Simulation:
         """An admissible request arrived mid-run: end the run at the next step boundary."""
         if replica.seg_chunks or replica.running + len(replica.prefilling) >= replica.max_seqs:
             return
-        req = replica.waiting[0][2]
+        req = replica.waiting[0][-1]
         if replica.kv_used + replica.seg_batch * (replica.seg_steps + 1) + req.target + 1 > replica.capacity:
             return
         k = self._steps_done_by(replica, now) + 1
@@ -768,7 +755,7 @@ class Simulation:
 
     def _preempt(self, replica: Replica) -> None:
         """Cache full: evict the lowest-priority running request; it will be recomputed."""
-        victim = max((r.key, r.seq, r) for _, _, r in replica.finishing if r.alive)[2]
+        victim = max((r.epoch, r.key, r.seq, r) for _, _, r in replica.finishing if r.alive)[-1]
         victim.alive = False
         generated = victim.generated + replica.counter - victim.join_counter
         replica.running -= 1
@@ -778,7 +765,7 @@ class Simulation:
         victim.prefilled = 0
         victim.preemptions += 1
         self.overheads.recomputed_tokens += victim.target
-        heapq.heappush(replica.waiting, (victim.key, victim.seq, victim))
+        heapq.heappush(replica.waiting, (victim.epoch, victim.key, victim.seq, victim))
 
 
 STEP, READY, TICK, CLUSTER, APPLY = range(5)

@@ -13,14 +13,13 @@ installed in vLLM's environment. Environment:
 - ``AUTOPOIESIS_SANDBOX_DIR``: the folder of autopoiesis's ``sandbox.py``.
 
 Until a program is published the plugin changes nothing (per-request priorities from the
-router still apply). Each new request's priority is computed as it joins the waiting queue
-(vLLM's priority queue then orders by (priority, arrival)), and again for every request
-queued or running when a new program is loaded (looked for before each scheduling step, at
-most every 50 ms): keys from two programs are on unrelated scales, so a backlog keyed by
-the old one could rank wholly ahead of, or behind, the new one's arrivals. Re-keying is all
-or nothing: if the program fails on one request, or the backlog takes over
-``REKEY_BUDGET_S``, the queue keeps its keys. A withdrawn program gives every request its
-own priority back. Any failure of the program (an exception, a non-finite value, 50 ms of
+router still apply). Each new request's priority is computed once, as it joins the waiting
+queue, and set to (order epoch, key): vLLM's priority queue then orders by (priority,
+arrival). The epoch counts the changes of order (a program loaded, withdrawn or dropped),
+so the requests queued before a change keep their order, ahead of every later arrival: keys
+of two programs are on unrelated scales, and one queue keyed by both could rank the backlog
+wholly ahead of, or behind, the new program's arrivals. A withdrawn program leaves new
+requests their own priority. Any failure of the program (an exception, a non-finite value, 50 ms of
 computing without an answer, a program that does not compile) drops it until the next one
 is published: the queue is first come, first served for the requests that arrive meanwhile
 (priority 0), and each one is counted. The deadline is the program thread's CPU time,
@@ -47,7 +46,6 @@ DEADLINE_S = 0.05  # CPU time the program's thread may spend on one request
 STALL_CAP_S = 1.0  # real time after which a call is given up even if its thread hardly ran
 RECHECK_S = 0.01  # after the first alarm, how often the deadline is looked at again
 CHECK_EVERY_S = 0.05
-REKEY_BUDGET_S = 0.25  # real time one re-keying of the backlog may hold the engine's step
 
 
 def _sandbox():
@@ -75,9 +73,8 @@ class QueueOrder:
         self._program = ""
         self._error = ""
         self._calls = self._fallbacks = self._stalls = 0
-        self._ids = 0  # the program sees each request under one id, at arrival and when re-keyed
-        self._rekeys = self._rekeyed = self._rekeys_given_up = 0
-        self._loaded = False  # a program was loaded or withdrawn since the last re-keying
+        self._ids = 0
+        self._order_epoch = 0  # changes of order so far: a program loaded, withdrawn or dropped
         sandbox, program = _sandbox()
         self._compile = sandbox.compile_policy
         self._slots = [program.PolicySlot(name="priority", params=("request", "now"), doc="", returns=(int, float))]
@@ -85,51 +82,16 @@ class QueueOrder:
         self._deadline_passed = sandbox.DeadlinePassed
         self._reload()
 
-    def __call__(self, request) -> float | None:
-        """The request's priority (None: no program published, the request keeps its own)."""
+    def __call__(self, request) -> tuple[int, float]:
+        """The request's priority: (order epoch, the program's key, or the request's own if none)."""
         self._reload()
         value = self._priority(request)
         self._write_status(force=True)  # a few bytes per request: the controller's counts stay current
-        return value
+        return self._order_epoch, request.priority if value is None else value
 
-    def changed(self) -> bool:
-        """Whether a program was loaded or withdrawn since the last call (looks at most every 50 ms)."""
+    def look(self) -> None:
+        """Load a newly published program (at most every 50 ms), so the status stays current."""
         self._reload()
-        changed, self._loaded = self._loaded, False
-        return changed
-
-    def rekey(self, requests: list) -> bool:
-        """Give ``requests`` (queued and running) the loaded program's priority: all or none.
-
-        With no program (withdrawn) each gets back the priority it came with. The new keys
-        are computed first and set only if every request got one from the program within
-        ``REKEY_BUDGET_S``: a failure (which drops the program, as on arrival) or a backlog
-        too long to key in time leaves the queue as it was, never half in each order.
-        """
-        if not requests:
-            return False
-        if self._fn is None:
-            if self._program:  # dropped, not withdrawn: arrivals are FCFS, the backlog keeps its keys
-                return False
-            for request in requests:
-                request.priority = getattr(request, "autopoiesis_own_priority", request.priority)
-            return True
-        fn, fallbacks, started = self._fn, self._fallbacks, time.monotonic()
-        keys = []
-        for request in requests:
-            if time.monotonic() - started > REKEY_BUDGET_S:
-                self._rekeys_given_up += 1
-                break
-            keys.append(self._priority(request))
-            if self._fn is not fn or self._fallbacks != fallbacks:  # it failed on this one: nothing changes
-                break
-        else:
-            for request, key in zip(requests, keys):
-                request.priority = key
-            self._rekeys += 1
-            self._rekeyed += len(requests)
-        self._write_status(force=True)
-        return len(keys) == len(requests) and self._fallbacks == fallbacks
 
     # -- publishing -----------------------------------------------------------------------
     def _reload(self) -> None:
@@ -150,7 +112,7 @@ class QueueOrder:
             if not published.get("source"):  # withdrawn: requests keep their own priority again
                 self._fn, self._program, self._error = None, "", ""
                 self._version = published.get("version", 0)
-                self._loaded = True
+                self._order_epoch += 1
                 self._write_status(force=True)
                 return
             policy = self._compile(published["source"], self._slots, published.get("program", ""))
@@ -159,9 +121,9 @@ class QueueOrder:
             self._epoch = float(published.get("epoch_unix", self._epoch))
             self._error = "" if fn else "the program has no priority function"
             self._fn = fn  # one assignment: the swap is atomic for the scheduler
-            self._loaded = fn is not None
         except Exception as e:  # noqa: BLE001 - a bad publication leaves FCFS, never a dead engine
             self._fn, self._error = None, f"cannot load the program: {type(e).__name__}: {e}"[:300]
+        self._order_epoch += 1
         self._write_status(force=True)
 
     def _write_status(self, force: bool = False) -> None:
@@ -171,7 +133,7 @@ class QueueOrder:
         self._written_at = now
         status = {"version": self._version, "program": self._program, "calls": self._calls,
                   "fallbacks": self._fallbacks, "stalls": self._stalls, "error": self._error, "pid": os.getpid(),
-                  "rekeys": self._rekeys, "rekeyed": self._rekeyed, "rekeys_given_up": self._rekeys_given_up}
+                  "order_epoch": self._order_epoch}
         tmp = self._status_path + ".tmp"
         try:
             with open(tmp, "w") as f:
@@ -191,10 +153,8 @@ class QueueOrder:
             self._fallbacks += 1
             return 0.0
         self._calls += 1
-        rid = getattr(request, "autopoiesis_id", None)
-        if rid is None:
-            self._ids += 1
-            rid = request.autopoiesis_id = self._ids
+        self._ids += 1  # the program's view of a request: asked once, when it arrives
+        rid = self._ids
         arrival = request.arrival_time - self._epoch
         view = types.SimpleNamespace(id=rid, arrival=arrival, prompt_tokens=request.num_prompt_tokens,
                                      generated=request.num_output_tokens)
@@ -214,6 +174,7 @@ class QueueOrder:
                 self._write_status(force=True)
                 return 0.0
             self._fn = None
+            self._order_epoch += 1  # this request and the later ones are FCFS, after the backlog
             self._error = "timed out" if timed_out else f"{type(e).__name__}: {e}"[:300]
             self._write_status(force=True)
             return 0.0
@@ -232,26 +193,9 @@ class PolicyScheduler(AsyncScheduler):
 
     def add_request(self, request) -> None:
         if request.request_id not in self.requests:
-            own = request.priority
-            value = self._order(request)
-            if value is not None:
-                request.autopoiesis_own_priority = own  # given back if the program is withdrawn
-                request.priority = value
+            request.priority = self._order(request)
         super().add_request(request)
 
     def schedule(self, *args, **kwargs):
-        if self._order.changed():
-            self._rekey()
+        self._order.look()
         return super().schedule(*args, **kwargs)
-
-    def _rekey(self) -> None:
-        """Key every queued and running request with the program just loaded, and restore the heaps."""
-        queues = [q for q in (self.waiting, self.kv_holding_waiting) if q]
-        queued = [request for q in queues for request in q]
-        if not self._order.rekey(queued + list(self.running)):
-            return
-        for q in queues:  # priorities changed under the heap: take its requests out and put them back
-            mine = list(q)
-            q.remove_requests(mine)
-            for request in mine:
-                q.add_request(request)
