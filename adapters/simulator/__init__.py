@@ -131,7 +131,8 @@ class SimulatorAdapter(Adapter):
             for _, g in p["gpus"]:
                 gpus[g] = gpus.get(g, 0) + 1
             return (f"A live window of scenario {p['scenario']}, {p['since']:.0f}-{p['until']:.0f} s: "
-                    f"{len(p['requests'])} requests ({len(p['requests']) / span:.1f}/s, queued ones included), "
+                    f"{len(p['requests'])} requests ({len(p['requests']) / span:.1f}/s, including the "
+                    f"{p.get('backlog', 0)} queued when it opened, which arrive first), "
                     f"prompt tokens median {prompts[len(prompts) // 2]}; GPUs online: "
                     f"{', '.join(f'{n}x {g}' for g, n in sorted(gpus.items()))}; current plan: "
                     f"{len(p['plan'])} replica(s). Candidates start from that plan.")

@@ -119,17 +119,22 @@ class LiveSimulation:
         sim = self.sim
         finished = [r for r in sim.requests if r.finish is not None and since <= r.arrival <= until]
         known_output = sum(r.output for r in finished) / len(finished) if finished else sim.workload_estimate.mean_output
-        requests = []
+        backlog, observed = [], []
         for r in sim.requests[: sim.next_arrival]:
-            if r.arrival < since and (r.finish is None or r.finish > since) or since <= r.arrival <= until:
-                # output lengths are known once a request finished; the rest get the window's mean
-                output = r.output if r.finish is not None and r.finish <= until else max(1, round(known_output))
-                requests.append((round(max(0.0, r.arrival - since), 6), r.prompt, output))
+            # output lengths are known once a request finished; the rest get the window's mean
+            output = r.output if r.finish is not None and r.finish <= until else max(1, round(known_output))
+            if r.arrival < since and (r.finish is None or r.finish > since):
+                backlog.append((r.first_token is None or r.first_token > since, r.epoch, r.key, r.seq, r.prompt, output))
+            elif since <= r.arrival <= until:
+                observed.append((round(r.arrival - since, 6), r.prompt, output))
+        # The backlog arrives at 0 s in the order it had live (those decoding first): where a
+        # candidate's keys tie, as FCFS's all do at 0 s, its replay keeps that order. Queuing it
+        # ahead in that order, as a live deployment does, cost tail latency (docs/online.md).
+        backlog.sort(key=lambda b: b[:4])
         span = until - since
-        observed = [r for r in requests if r[0] > 0.0]  # arrivals in the window, not the backlog
         repeats = math.ceil(horizon_s / span) - 1 if span > 0 and observed else 0
-        requests += [(round(a + k * span, 6), p, o) for k in range(1, repeats + 1) for a, p, o in observed]
-        requests.sort()
+        arrivals = sorted(observed + [(round(a + k * span, 6), p, o) for k in range(1, repeats + 1) for a, p, o in observed])
+        requests = [(0.0, prompt, output) for *_, prompt, output in backlog] + arrivals
         plan, unanswered = self._plan(), [[e.kind, list(e.gpus)] for e in sim.unanswered]
         if self.swapped_out is not None and incumbent.id == self.swapped_out[0] != self.program_id:
             plan, unanswered = self.swapped_out[1], self.swapped_out[2]
@@ -139,7 +144,7 @@ class LiveSimulation:
                            if kind == CLUSTER and payload[0] == "leave" and set(payload[1]) <= noticed)
         return {
             "kind": "window", "scenario": self.scenario_name, "digest": self.scenario.digest,
-            "since": since, "until": until, "requests": requests,
+            "since": since, "until": until, "requests": requests, "backlog": len(backlog),
             "gpus": sorted([gid, gpu.name] for gid, gpu in sim.online.items()),
             "plan": plan, "workload": list(view.workload),
             "window": {k: getattr(view, k) for k in view.__slots__ if k != "workload"}, "plan_code": plan_code(incumbent.source),
@@ -149,7 +154,15 @@ class LiveSimulation:
 
 def replay(policy, params: dict):
     """Counterfactual replay of a live window: ``policy`` serving it from the live plan."""
-    from . import build, metrics_of
+    from . import metrics_of
+
+    scenario, sim = twin(policy, params)
+    return metrics_of(scenario, sim.run())
+
+
+def twin(policy, params: dict):
+    """(scenario, simulation) that replays the window ``params`` describes with ``policy``."""
+    from . import build
 
     base = _base(params["scenario"], params["digest"])
     replans = plan_code(getattr(policy, "source", "")) != params["plan_code"]
@@ -160,5 +173,4 @@ def replay(policy, params: dict):
         initial_plan=[(tuple(ids), tp, pp) for ids, tp, pp in params["plan"]], replan_at_start=replans,
         unanswered_events=tuple((kind, tuple(ids)) for kind, ids in params.get("unanswered", [])),
         initial_window=params.get("window"))
-    sim = build(sc, policy, params["scenario"])
-    return metrics_of(sc, sim.run())
+    return sc, build(sc, policy, params["scenario"])
