@@ -902,6 +902,7 @@ def test_the_twin_replays_the_backlog_in_the_order_it_had_live():
     assert all(served_in_order(fcfs))
     assert not all(served_in_order(shortest))  # its own keys reorder the backlog
 
+
 def test_the_controller_scores_candidates_over_the_horizon(adapter, default, tmp_path):
     controller = Controller(adapter, OnlineConfig(history=1, horizon=3), Config(population=4, generations=1, workers=1),
                             archive=Archive(tmp_path / "a.db"))
