@@ -7,13 +7,14 @@
 #
 #   bash benchmarks/engine_gpu.sh [OUT_DIR]      (default runs/engine-gpu)
 #
-# DEVICE (cuda), LARGE (the larger model's options), DURATION (60 s) and WORKERS (4) override;
+# DEVICE (cuda), LARGE (the larger model's options), DURATION (60 s), SEEDS (1) and WORKERS (4) override;
 # DEVICE=cpu LARGE="-o hidden=64 -o layers=2 -o heads=2" DURATION=10 WORKERS=1 checks the script here.
 #
 # Each step's output goes to OUT_DIR as it is made, and a step that fails does not stop the next.
 out=${1:-runs/engine-gpu}
 device=${DEVICE:-cuda}
 duration=${DURATION:-60}
+seeds=${SEEDS:-1}
 workers=${WORKERS:-4}
 read -r -a large <<< "${LARGE:--o hidden=2048 -o layers=16 -o heads=16}"  # ~0.8B parameters in fp32
 mkdir -p "$out"
@@ -24,5 +25,5 @@ AUTOPOIESIS_TEST_DEVICE=$device python3 -m pytest -q -p no:cacheprovider tests/t
 python3 benchmarks/engine_costs.py -o device="$device" 2>&1 | tee "$out/costs_default.txt"
 python3 benchmarks/engine_costs.py -o device="$device" "${large[@]}" 2>&1 | tee "$out/costs_large.txt"
 python3 benchmarks/engine_online.py -o device="$device" "${large[@]}" --load-factor 0.5 --duration "$duration" \
-    --window 5 --workers "$workers" --json > "$out/online.json" 2> >(tee "$out/online.log" >&2)
+    --seeds "$seeds" --window 5 --workers "$workers" --json > "$out/online.json" 2> >(tee "$out/online.log" >&2)
 cat "$out/online.json"
