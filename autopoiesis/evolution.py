@@ -15,6 +15,7 @@ from contextlib import nullcontext
 import random
 from collections import deque
 import statistics
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -39,7 +40,11 @@ def new_run_id(adapter_name: str) -> str:
 
 
 class EvolutionError(Exception):
-    """The run cannot go on (e.g. no seed is valid); the message says why."""  # held-out snapshot seeds never overlap the training ones
+    """The run cannot go on (e.g. no seed is valid); the message says why."""
+
+
+class Stopped(EvolutionError):
+    """The caller's ``stop`` event was set: the run ended between two children, marked interrupted."""  # held-out snapshot seeds never overlap the training ones
 
 
 @dataclass
@@ -114,10 +119,13 @@ class Evolution:
         seeds: Sequence[Program] | None = None,
         snapshots: Sequence[Snapshot] | None = None,
         evaluator: Evaluator | None = None,
+        stop: threading.Event | None = None,
     ):
         """``seeds`` replace the adapter's baselines as generation 0; ``snapshots`` replace the
         seeded training snapshots (and there are no held-out ones), e.g. a live window to
-        replay; ``evaluator`` is a pool to share (the caller closes it)."""
+        replay; ``evaluator`` is a pool to share (the caller closes it); ``stop``, once set,
+        ends the run with ``Stopped`` before its next child is made (an online run that is
+        over does not wait for an evolution whose result would come too late)."""
         self.adapter = adapter
         self.config = config or Config()
         self.archive = archive or Archive()
@@ -135,6 +143,7 @@ class Evolution:
         self.given_seeds = list(seeds) if seeds else None
         self.given_snapshots = list(snapshots) if snapshots else None
         self.given_evaluator = evaluator
+        self.stop = stop
 
     def _objectives(self) -> tuple[Objective, ...]:
         if self.config.objectives:
@@ -188,11 +197,15 @@ class Evolution:
                 if cfg.budget is not None and scored >= cfg.budget and generation > 0:
                     break
                 try:
+                    self._check_stop(generation)
                     islands, scored = self._generation(run_id, generation, islands, seen, scored, train)
                 except BudgetExhausted as e:
                     self.archive.set_status(run_id, "budget spent")
                     raise EvolutionError(f"{e}; the run stopped before generation {generation} "
                                          f"and can be resumed with a larger budget (--resume {run_id})") from None
+                except Stopped:
+                    self.archive.set_status(run_id, "interrupted")
+                    raise
                 self.on_event("generation", {"generation": generation, **self.archive.generation_stats(run_id)[-1]})
             last = self.archive.last_generation(run_id) or 0
             population = [ind for island in islands for ind in island]
@@ -202,6 +215,10 @@ class Evolution:
             reused = evaluator.cache_hits - hits
             executed = evaluator.executed - executed
         return Result(run_id, best.program, best.scores, last, executed, reused, scored, held)
+
+    def _check_stop(self, generation: int) -> None:
+        if self.stop is not None and self.stop.is_set():
+            raise Stopped(f"stopped in generation {generation}")
 
     def _snapshots(self, resume: str | None) -> tuple[list[Snapshot], list[Snapshot]]:
         """Train and held-out snapshots: made from the seed, or for a resumed run the ones it began with."""
@@ -249,6 +266,7 @@ class Evolution:
                     child = seeds.pop(0)
                 else:
                     attempts += 1
+                    self._check_stop(generation)  # an LLM operator's child can take many seconds
                     child = self._vary(parents_of, context)
                 if child is None:
                     continue

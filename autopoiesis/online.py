@@ -315,6 +315,7 @@ class Controller:
         self.refused: set[str] = set()  # rolled back: never deployed again
         self.evaluations = 0
         self.forced: list[tuple[float, Program]] = []
+        self.stopping = threading.Event()  # set when serving ends: an evolution in flight stops
 
     def force(self, program: Program, at: float) -> None:
         """Deploy ``program`` at live time ``at`` without evolving it (tests, canaries); the Guard still watches."""
@@ -371,6 +372,7 @@ class Controller:
         self.in_flight: list[float] = []
         status = "done"
         self.queue: queue.Queue = queue.Queue()
+        self.stopping.clear()
         plane = threading.Thread(target=self._plane, args=(limits,), name="evolution-plane", daemon=True)
         try:
             adapter.start(seed=cfg.live_seed)
@@ -391,8 +393,15 @@ class Controller:
             status = "failed"
             raise
         finally:
+            self.stopping.set()  # its champion would come after the run: stop it before its next child
             self.queue.put(None)
-            plane.join()
+            try:
+                plane.join()
+            except KeyboardInterrupt:  # a second Ctrl-C: leave now (a daemon thread; the workers die with us)
+                status = "interrupted" if status == "done" else status
+                interrupted_again = True
+            else:
+                interrupted_again = False
             if status == "done":
                 self._collect_checks()
                 summary = self.summary()
@@ -400,6 +409,8 @@ class Controller:
                                          summary["live"] or summary["metrics"], None)
             adapter.stop()
             self.archive.set_status(self.run_id, status)
+            if interrupted_again:
+                raise KeyboardInterrupt
         return summary
 
     def _plane(self, limits: Limits) -> None:
@@ -684,13 +695,17 @@ class Controller:
                 programs = (job.candidate, job.incumbent) if job.kind == "guard" else (job.incumbent,)
                 job.result = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot) for p in programs])
                 return
+            if self.stopping.is_set():
+                job.error = "serving ended first"
+                return
             cfg = replace(self.evolution_config, seed=self.evolution_config.seed * 1000 + job.number,
                           held_out_snapshots=0, train_snapshots=1)
             seeds = self._seeds(job)
             evolution = Evolution(self.adapter, cfg, self.archive, operators=self.operators,
                                   adapter_spec=self.adapter_spec, adapter_options=self.adapter_options,
                                   extra_config={"parent": self.run_id, "trigger_time": job.started_live},
-                                  seeds=seeds, snapshots=[job.snapshot], evaluator=self.evaluator)
+                                  seeds=seeds, snapshots=[job.snapshot], evaluator=self.evaluator,
+                                  stop=self.stopping)
             result = evolution.run(run_id=f"{self.run_id}-e{job.number:03d}")
             candidates = list(dict.fromkeys([result.champion, *seeds]))  # seeds were scored there: cache hits
             scores = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot) for p in [job.incumbent, *candidates]])

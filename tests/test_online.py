@@ -494,7 +494,8 @@ def test_a_later_online_run_seeds_its_evolutions_with_the_winners_earlier_runs_c
                                              margin=0.0, recall=recall),
                        Config(population=4, generations=0, workers=1, held_out_snapshots=0), archive=archive)
         c.run()
-        evolutions = [r["id"] for r in archive.runs() if r["id"].startswith(c.run_id + "-e")]
+        evolutions = [r["id"] for r in archive.runs() if r["id"].startswith(c.run_id + "-e")
+                      and r["status"] == "done"]  # not one that serving's end stopped
         assert evolutions
         return c, [earlier.id in {b["program"] for b in archive.births(r)} for r in evolutions]
 
@@ -1177,3 +1178,66 @@ def test_only_contenders_are_replayed_on_the_holdout(tmp_path):
                                 everywhere, snapshot.key)
     overfit = c._overfit(job, candidates, scores)
     assert overfit and offered is not None and offered.id not in overfit  # it still keeps the fit one out
+
+
+class SlowMutate:
+    """A test double for a slow LLM operator: gp.Mutate after ``delay_s``. Its first call
+    presses Ctrl-C: a real SIGINT to the main thread, which serves (here it waits for the
+    evolution's result, as the simulator's serving loop does under a fixed evolution cost)."""
+
+    name, arity = "slow.Mutate", 1
+
+    def __init__(self, delay_s: float):
+        from autopoiesis.operators import gp
+
+        self.inner, self.delay_s, self.calls, self.interrupted_at = gp.Mutate(), delay_s, 0, None
+
+    def __call__(self, parents, context):
+        import signal
+        import threading
+        import time
+
+        self.calls += 1
+        if self.interrupted_at is None:
+            self.interrupted_at = time.monotonic()
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+        time.sleep(self.delay_s)
+        return self.inner(parents, context)
+
+
+def test_ctrl_c_during_an_evolution_stops_it_before_its_next_child(adapter, tmp_path):
+    """Ctrl-C does not wait for the evolution in flight: it ends before its next child, and
+    both the online run and that evolution's sub-run are marked interrupted."""
+    import time
+
+    slow = SlowMutate(delay_s=0.5)  # a whole evolution: 3 generations of 8 children, over 10 s
+    c = Controller(adapter, OnlineConfig(window_s=15.0, period=1, drift_signals=(), evolution_cost_s=2.0),
+                   Config(population=8, generations=3, workers=1, held_out_snapshots=0),
+                   archive=Archive(tmp_path / "archive.db"), operators=[(slow, 1.0)])
+    with pytest.raises(KeyboardInterrupt):
+        c.run()
+    waited = time.monotonic() - slow.interrupted_at
+    assert slow.calls == 1 and waited < 3.0
+    runs = {r["id"]: r["status"] for r in c.archive.runs()}
+    assert runs[c.run_id] == "interrupted"
+    assert runs[f"{c.run_id}-e001"] == "interrupted"
+
+
+def test_a_stopped_evolution_ends_between_children(tmp_path):
+    import threading
+
+    from autopoiesis.evolution import Evolution, Stopped
+
+    stop = threading.Event()
+    adapter = SimulatorAdapter(SCENARIO, requests=300)
+
+    def on_event(kind, data):
+        if kind == "generation" and data["generation"] == 1:
+            stop.set()
+
+    evolution = Evolution(adapter, Config(population=4, generations=5, workers=1, held_out_snapshots=0),
+                          Archive(tmp_path / "archive.db"), on_event=on_event, stop=stop)
+    with pytest.raises(Stopped):
+        evolution.run(run_id="stopped")
+    assert evolution.archive.run("stopped")["status"] == "interrupted"
+    assert evolution.archive.last_generation("stopped") == 1
