@@ -152,6 +152,9 @@ def _check_node(node: ast.AST) -> None:
     elif isinstance(node, ast.Attribute):
         if FORBIDDEN_ATTRIBUTE.search(node.attr):
             raise Rejected(f"line {line}: access to attribute '{node.attr}' is not allowed")
+        if isinstance(node.ctx, (ast.Store, ast.Del)):  # math.log = ..., Counter.most_common = ...
+            raise Rejected(f"line {line}: assigning or deleting attribute '{node.attr}' is not allowed "
+                           "(modules, their classes and the inputs are shared with other code)")
     elif isinstance(node, ast.Name):
         if node.id in FORBIDDEN_NAMES or node.id.startswith("__"):
             raise Rejected(f"line {line}: use of '{node.id}' is not allowed")
@@ -194,20 +197,26 @@ def _public_proxy(module: types.ModuleType) -> types.ModuleType:
     return proxy
 
 
-_PROXIES: dict[str, types.ModuleType] = {}
+def _restricted_import_for_one_program() -> Callable:
+    """An ``__import__`` serving the allowed modules as proxies of this program's own: one
+    program cannot change what ``math`` means to another (or to the trusted baselines it
+    falls back to), even if something slipped past ``check``."""
+    proxies: dict[str, types.ModuleType] = {}
 
+    def restricted_import(name, globals=None, locals=None, fromlist=(), level=0):
+        if level or name not in ALLOWED_MODULES:
+            raise ImportError(f"import of '{name}' is not allowed")
+        if name not in proxies:
+            proxies[name] = _public_proxy(__import__(name))
+        return proxies[name]
 
-def _restricted_import(name, globals=None, locals=None, fromlist=(), level=0):
-    if level or name not in ALLOWED_MODULES:
-        raise ImportError(f"import of '{name}' is not allowed")
-    if name not in _PROXIES:
-        _PROXIES[name] = _public_proxy(__import__(name))
-    return _PROXIES[name]
+    return restricted_import
 
 
 def safe_builtins() -> dict:
+    """A fresh builtins table (and import) for one program."""
     table = {name: getattr(builtins, name) for name in SAFE_BUILTIN_NAMES}
-    table["__import__"] = _restricted_import
+    table["__import__"] = _restricted_import_for_one_program()
     return table
 
 

@@ -40,6 +40,10 @@ PROGRAMS = {
     "slow import-time code": "while True:\n    pass\ndef priority(job, now):\n    return 0.0\n",
     "slow default argument": "def priority(job, now, cache=sum(range(10**12))):\n    return 0.0\n",
     "mutates input": "def priority(job, now):\n    job.size = 0.0\n    return 0.0\n",
+    "poisons a module": "import math\ndef priority(job, now):\n    math.log = abs\n    return 0.0\n",
+    "poisons a class": ("import collections\ndef priority(job, now):\n"
+                        "    collections.Counter.most_common = len\n    return 0.0\n"),
+    "deletes from a module": "import math\ndef priority(job, now):\n    del math.sqrt\n    return 0.0\n",
     "syntax error": "def priority(job, now)\n    return 0.0\n",
     "empty": "",
     "wrong name": "def prio(job, now):\n    return 0.0\n",
