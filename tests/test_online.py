@@ -67,6 +67,20 @@ def test_a_policy_that_raises_on_the_hot_path_never_drops_a_request(adapter, def
     assert observation.fallbacks["priority"] >= 0.45 * observation.calls["priority"]
 
 
+def test_a_policy_that_changes_its_inputs_on_the_hot_path_cannot_change_the_live_system(adapter, default):
+    """dispatch gets the live replicas as a tuple: emptying it (here once, on one request, as
+    a program that passed its twin replays could) fails that call, which falls back, and
+    every later call still sees every replica."""
+    clearing = variant(default, "dispatch", (
+        "def dispatch(request, replicas, now):\n"
+        "    if request.id == 7:\n"
+        "        replicas.clear()\n"
+        "    return min(range(len(replicas)), key=lambda i: replicas[i].outstanding)\n"))
+    observation = serve(adapter, clearing, [default])
+    assert len({r.request_id for r in observation.records}) == REQUESTS
+    assert observation.fallbacks["dispatch"] == 1
+
+
 def test_a_policy_that_hangs_on_the_hot_path_times_out_and_falls_back(adapter, default):
     hanging = variant(default, "priority", (
         "def priority(request, now):\n"

@@ -228,9 +228,11 @@ def test_losing_every_gpu_without_replanning_ends_with_a_reason(tmp_path):
 HOSTILE_VIEW_PROGRAMS = {
     "reach into a replica": ("dispatch", "def dispatch(request, replicas, now):\n    return replicas[0]._r.index\n", "rejected"),
     "rewrite a replica's load": ("dispatch", "def dispatch(request, replicas, now):\n"
-                                 "    replicas[0].outstanding = 0\n    return 0\n", "AttributeError"),
+                                 "    replicas[0].outstanding = 0\n    return 0\n", "attribute 'outstanding' is not allowed"),
+    "empty the replicas": ("dispatch", "def dispatch(request, replicas, now):\n"
+                           "    replicas.clear()\n    return 0\n", "AttributeError"),  # a tuple: the live one stays
     "patch the cost model": ("schedule", "def schedule(cluster, workload, cost_model):\n"
-                             "    cost_model.estimate = None\n    return []\n", "AttributeError"),
+                             "    cost_model.estimate = None\n    return []\n", "attribute 'estimate' is not allowed"),
     "free estimates via the class": ("schedule", "def schedule(cluster, workload, cost_model):\n"
                                      "    return cost_model.__class__\n", "rejected"),
     "index out of range": ("dispatch", "def dispatch(request, replicas, now):\n    return len(replicas) + 5\n", "dispatch returned"),
@@ -306,3 +308,22 @@ def test_deploy_swaps_the_policy_mid_run():
     assert before == [r for r in base.records if r.finish <= 300.0]  # the past is untouched
     assert after != base.records[len(before):]  # the new policy decides from now on
     assert len(before) + len(after) == len(base.records)
+
+
+def test_a_candidate_that_empties_its_inputs_leaves_the_next_candidates_inputs_whole():
+    """The slots' example inputs are shared by every validation in a worker: a candidate that
+    empties ``replicas`` fails itself, and the next candidate in the same worker still passes."""
+    from autopoiesis import Evaluator, Task
+
+    program = BASELINES["default"].source
+    start = program.index("def dispatch(")
+    end = program.find("\n\n\n", start)
+    emptying = program[:start] + ("def dispatch(request, replicas, now):\n    replicas.clear()\n    return 0\n"
+                                  + (program[end:] if end != -1 else ""))
+    adapter = SimulatorAdapter("stationary", requests=200)
+    snapshot = adapter.snapshot(0)
+    with Evaluator(adapter, workers=1) as evaluator:
+        first = evaluator.evaluate([Task("emptying", emptying, snapshot)])
+        second = evaluator.evaluate([Task("default", program, snapshot)])
+    assert not next(iter(first.values())).ok
+    assert next(iter(second.values())).ok, next(iter(second.values())).error

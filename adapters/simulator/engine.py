@@ -244,7 +244,7 @@ class Simulation:
         self.tokens_out = 0  # output tokens produced, counted step by step (conservation check)
         self._departed: dict[int, GPU] = {}
         self.active: list[Replica] = []
-        self.active_views: list[ReplicaView] = []
+        self.active_views: tuple[ReplicaView, ...] = ()  # a tuple: dispatch gets it, and may not change it
 
     # -- helpers ----------------------------------------------------------------------------
     def replica_cost(self, gpu_type: str, tp: int, pp: int) -> ReplicaCost:
@@ -499,7 +499,7 @@ class Simulation:
             self.overheads.reconfigurations += 1
         self.plans.append((now, tuple(tuple(s) for s in wanted)))
         self.active = [r for r in self.replicas if not r.removed]
-        self.active_views = [self.views[r.index] for r in self.active]
+        self.active_views = tuple(self.views[r.index] for r in self.active)
         for req in orphans + self.router_queue:
             self._dispatch(req, now, migrated=True)
         self.router_queue = [r for r in self.router_queue if r.replica is None]
@@ -546,7 +546,7 @@ class Simulation:
                     self._account_gpu(gid, self._gpu_online_since.pop(gid), now)
                     self._departed[gid] = self.online.pop(gid)
             self.active = [r for r in self.replicas if not r.removed]
-            self.active_views = [self.views[r.index] for r in self.active]
+            self.active_views = tuple(self.views[r.index] for r in self.active)
             for req in orphans:
                 self._dispatch(req, now, migrated=True)
         self.unanswered.append(event)

@@ -27,7 +27,8 @@ class _ExampleReplica:
 
 
 _REQUESTS = (RequestInfo(0, 0.0, 512, 0), RequestInfo(1, 3.5, 3000, 40))
-_REPLICAS = [_ExampleReplica(0, 4, 900.0), _ExampleReplica(1, 1, 400.0), _ExampleReplica(2, 7, 2000.0)]
+_REPLICAS = (_ExampleReplica(0, 4, 900.0), _ExampleReplica(1, 1, 400.0), _ExampleReplica(2, 7, 2000.0))
+# a tuple, as the live replicas are: a candidate that empties what it is given cannot empty it for the next
 
 
 def _check_dispatch(fn) -> None:

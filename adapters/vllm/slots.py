@@ -34,9 +34,10 @@ PRIORITY_BASELINES = {
 
 _REQUESTS = (SimpleNamespace(id=0, arrival=0.0, prompt_tokens=40, generated=0),
              SimpleNamespace(id=1, arrival=3.5, prompt_tokens=900, generated=0))
-_REPLICAS = [SimpleNamespace(index=i, url=f"http://replica-{i}", outstanding=o, assigned=a, running=r, waiting=o - r,
-                             kv_used_fraction=kv, ready=True)
-             for i, (o, a, r, kv) in enumerate(((4, 10, 2, 0.5), (1, 7, 1, 0.1), (7, 12, 4, 0.9)))]
+_REPLICAS = tuple(SimpleNamespace(index=i, url=f"http://replica-{i}", outstanding=o, assigned=a, running=r,
+                                  waiting=o - r, kv_used_fraction=kv, ready=True)
+                  for i, (o, a, r, kv) in enumerate(((4, 10, 2, 0.5), (1, 7, 1, 0.1), (7, 12, 4, 0.9))))
+# a tuple: a candidate that empties what it is given cannot empty it for the next one validated
 
 
 def _check_dispatch(fn) -> None:
