@@ -297,7 +297,7 @@ class Router:
         if len(candidates) == 1 or self.policy is None:
             return min(candidates, key=lambda r: r.outstanding)
         try:
-            return candidates[int(self.policy.dispatch(view, [r.view() for r in candidates], view.arrival))]
+            return candidates[int(self.policy.dispatch(view, tuple(r.view() for r in candidates), view.arrival))]
         except PolicyError:
             return min(candidates, key=lambda r: r.outstanding)
 

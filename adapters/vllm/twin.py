@@ -254,7 +254,7 @@ def replay(policy: Any, requests: Sequence[Sequence[float]], replicas: int, cost
         if i < n and (not steps or requests[i][0] <= steps[0][0]):
             t, prompt, _ = requests[i]
             request = SimpleNamespace(id=i, arrival=t, prompt_tokens=int(prompt), generated=0)
-            views = [e.view() for e in engines]
+            views = tuple(e.view() for e in engines)  # as the router and the validator give them
             choice = int(policy.dispatch(request, views, t)) if len(engines) > 1 else 0
             e = engines[choice]
             e.assigned += 1
