@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +111,7 @@ def print_report(console: Console, archive, run_id: str, plot_path: Path | None 
                       f"{sum(w.get('stalls', 0) for w in windows)} stalled call(s)", highlight=False)
     errors = [w["metrics"]["twin_error"] for w in windows if "twin_error" in w["metrics"]]
     if errors:
-        ordered = sorted(errors)
-        console.print(f"twin prediction error (mean e2e, out of sample): median {ordered[len(ordered) // 2]:.0%}, "
+        console.print(f"twin prediction error (mean e2e, out of sample): median {statistics.median(errors):.0%}, "
                       f"mean {sum(errors) / len(errors):.0%} over {len(errors)} window(s)", highlight=False)
     recalled = archive.run(run_id)["config"].get("recalled") or {}
     if recalled:

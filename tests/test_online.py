@@ -1255,3 +1255,18 @@ def test_a_stopped_evolution_ends_between_children(tmp_path):
         evolution.run(run_id="stopped")
     assert evolution.archive.run("stopped")["status"] == "interrupted"
     assert evolution.archive.last_generation("stopped") == 1
+
+
+def test_the_reports_median_twin_error_is_the_median(tmp_path):
+    """Four windows' errors 4%, 6%, 20%, 30%: the median is 13% (it printed the upper middle, 20%)."""
+    from rich.console import Console
+
+    from autopoiesis.online_view import print_report
+
+    archive = Archive(tmp_path / "a.db")
+    archive.create_run("r", "SimulatorAdapter", {"mode": "online"})
+    for i, error in enumerate((0.30, 0.04, 0.20, 0.06)):
+        archive.add_window("r", i, 30.0 * i, 30.0 * (i + 1), "p", {"twin_error": error}, {})
+    console = Console(record=True, width=200)
+    print_report(console, archive, "r")
+    assert "median 13%, mean 15% over 4 window(s)" in console.export_text()
