@@ -59,8 +59,9 @@ def launch(model: str, replicas: int, log_dir: Path, python: str | None = None, 
     python = python or os.environ.get("AUTOPOIESIS_VLLM_PYTHON") or sys.executable
     if Path(model).expanduser().exists():
         model = str(Path(model).expanduser().resolve())
-    elif "/" not in model:
+    elif "/" not in model or model.startswith(("/", ".", "~")):  # a path, not a hub id (org/name)
         raise AdapterError(f"--vllm-launch {model}: no such model directory")
+    _check_has_vllm(python)
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}
     plugin_args: list[str] = []
@@ -91,6 +92,19 @@ def launch(model: str, replicas: int, log_dir: Path, python: str | None = None, 
                 raise AdapterError(f"cannot start vLLM with {python}: {e}") from None
         servers.append(Server(f"http://127.0.0.1:{port}", process, log))
     return servers
+
+
+def _check_has_vllm(python: str) -> None:
+    """Say which Python lacks vLLM now, not after a server start fails (finding the module
+    takes milliseconds; importing it, seconds)."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    try:
+        found = subprocess.run([python, "-c", probe], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise AdapterError(f"cannot run the vLLM Python {python}: {e}") from None
+    if not found:
+        raise AdapterError(f"{python} has no vllm module: pass --vllm-python PYTHON or set AUTOPOIESIS_VLLM_PYTHON "
+                           "to a Python that has it (docs/vllm.md)")
 
 
 def core_slices(replicas: int) -> list[str | None]:
