@@ -1255,6 +1255,9 @@ def test_a_stopped_evolution_ends_between_children(tmp_path):
         evolution.run(run_id="stopped")
     assert evolution.archive.run("stopped")["status"] == "interrupted"
     assert evolution.archive.last_generation("stopped") == 1
+    resumed = Evolution(adapter, Config(population=4, generations=3, workers=1, held_out_snapshots=0),
+                        evolution.archive).run(resume="stopped")
+    assert resumed.generations == 3 and evolution.archive.run("stopped")["status"] == "done"
 
 
 def test_the_reports_median_twin_error_is_the_median(tmp_path):
