@@ -301,8 +301,14 @@ def _worker_main(conn, parent_conn, adapter: Any, limits: Limits) -> None:
         try:
             snapshot = dill.loads(packed)  # afresh per task: an adapter may change what it is given
             policy = sandbox.compile_policy(source, slots, program_id)
+            state = sandbox.state_items(policy)
             sandbox.validate(policy, slots)
             payload = check_metrics(adapter.evaluate(policy, snapshot))
+            grown = sandbox.state_items(policy) - state
+            if grown > sandbox.STATE_GROWTH_LIMIT:
+                status, payload = "error", (
+                    f"its state grew by {grown} items over one evaluation (limit {sandbox.STATE_GROWTH_LIMIT}): "
+                    "state kept between calls must stay bounded, or a deployed program grows the serving process")
         except MemoryError:
             status, payload = "fatal", "memory limit exceeded"
         except RecursionError:

@@ -46,8 +46,13 @@ class HotPath:
     plane never loses a decision. A call that only stalled (a frozen machine, another thread
     holding the GIL) goes on and answers, up to 1 s, and is counted in ``stalls``. The last
     fallback is trusted (human-designed) and runs without a deadline: a machine that stalls
-    for longer than the deadline must not leave a request without a decision.
+    for longer than the deadline must not leave a request without a decision. Every
+    ``state_check_every`` calls the untrusted programs' state is measured; one holding more
+    than ``sandbox.STATE_LIMIT`` items answers no more calls (they fall back, counted), so a
+    program that remembers every request cannot grow the serving process without bound.
     """
+
+    state_check_every = 4096
 
     def __init__(self, policy: sandbox.Policy, fallbacks: Sequence[sandbox.Policy] = (),
                  checks: Mapping[str, Callable[[Any, tuple], bool]] | None = None, timeout_s: float | None = 0.05):
@@ -63,8 +68,11 @@ class HotPath:
         chain = [policy, *fallbacks]
         checks = checks or {}
         self.functions: dict[str, Callable] = {}
+        self._chains: dict[str, list[Callable]] = {}  # per slot, the functions a call tries in order
+        self._untrusted = chain[:-1] if len(chain) > 1 else chain  # the last fallback is human-designed
+        self._until_state_check = self.state_check_every
         for slot in dict.fromkeys(s for p in chain for s in p.functions):
-            fns = [p.functions[slot] for p in chain if slot in p]
+            fns = self._chains[slot] = [p.functions[slot] for p in chain if slot in p]
             self.functions[slot] = self._guarded(slot, fns, checks.get(slot))
             setattr(self, slot, self.functions[slot])
 
@@ -88,6 +96,9 @@ class HotPath:
 
         def call(*args):
             calls[slot] += 1
+            self._until_state_check -= 1
+            if self._until_state_check <= 0:
+                self._check_state()
             reason = ""
             for i, fn in enumerate(fns):
                 try:
@@ -106,6 +117,22 @@ class HotPath:
 
         call.__name__ = slot
         return call
+
+    def _check_state(self) -> None:
+        """Retire each untrusted program whose state passed ``sandbox.STATE_LIMIT`` items."""
+        self._until_state_check = self.state_check_every
+        for policy in self._untrusted:
+            items = sandbox.state_items(policy, sandbox.STATE_LIMIT + 1)
+            if items <= sandbox.STATE_LIMIT:
+                continue
+            self._untrusted = [p for p in self._untrusted if p is not policy]
+
+            def retired(*args):
+                raise PolicyError(f"retired: its state passed {sandbox.STATE_LIMIT} items")
+
+            for slot, fn in policy.functions.items():
+                chain = self._chains[slot]
+                chain[:] = [retired if f is fn else f for f in chain]
 
     def take_counts(self) -> tuple[dict[str, int], dict[str, int], int]:
         """(calls by slot, fallbacks by slot, stalls) since the last take."""

@@ -2,12 +2,13 @@
 
 Defence in depth. ``check`` rejects, with a reason a person can read, anything that
 reaches outside the program (imports beyond a small allowlist, dunder or frame
-attributes, exec/eval/open/getattr and friends, module-level code other than
-definitions). ``compile_policy`` executes what passed in a namespace whose builtins
-are an allowlist and whose modules are stripped proxies. The evaluator runs that in
-worker processes under ``apply_limits`` and a wall-clock deadline, so what slips
-through both layers (an infinite loop, a memory bomb) costs one worker, not the run.
-On a serving thread, ``CpuDeadline`` stops a call that computes too long.
+attributes, assigning attributes, exec/eval/open/getattr and friends, module-level code
+other than definitions). ``compile_policy`` executes what passed in a namespace whose
+builtins are an allowlist and whose modules are stripped proxies of its own. The
+evaluator runs that in worker processes under ``apply_limits`` and a wall-clock deadline,
+so what slips through both layers (an infinite loop, a memory bomb) costs one worker, not
+the run. On a serving thread, ``CpuDeadline`` stops a call that computes too long, and
+``state_items`` measures the state a program keeps between calls.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import ast
 import _signal
 import builtins
+import collections
 import gc
 import math
 import re
@@ -228,10 +230,12 @@ class Policy:
     caller's state.
     """
 
-    def __init__(self, program_id: str, functions: Mapping[str, Callable], source: str = ""):
+    def __init__(self, program_id: str, functions: Mapping[str, Callable], source: str = "",
+                 namespace: Mapping[str, object] | None = None):
         self.program_id = program_id
         self.source = source
         self.functions = dict(functions)
+        self.namespace = namespace or {}  # the module's globals: where a program keeps state between calls
         for name, fn in self.functions.items():
             setattr(self, name, fn)
 
@@ -250,7 +254,40 @@ def compile_policy(source: str, slots: Iterable[PolicySlot], program_id: str = "
         fn = namespace.get(slot.name)
         if callable(fn):
             functions[slot.name] = _checked(slot, fn)
-    return Policy(program_id, functions, source)
+    return Policy(program_id, functions, source, namespace)
+
+
+STATE_GROWTH_LIMIT = 1_000  # items a program may add to its state over one evaluation
+STATE_LIMIT = 100_000  # items a deployed program's state may hold (checked every few thousand calls)
+
+
+def state_items(policy: Policy, limit: int = 1_000_000) -> int:
+    """How many items the program's state holds: everything in its module-level containers
+    and its functions' default values, counted through nested containers (up to ``limit``).
+
+    State persists between calls. On the serving plane a deployed program is called for as
+    long as it stays live, so state that grows with the calls grows that process without
+    bound: the evaluator compares this before and after a replay (``STATE_GROWTH_LIMIT``),
+    and the hot path caps it (``STATE_LIMIT``).
+    """
+    roots: list = []
+    for name, value in policy.namespace.items():
+        if isinstance(value, types.FunctionType):
+            roots.extend(value.__defaults__ or ())
+            roots.extend((value.__kwdefaults__ or {}).values())
+        elif name != "__builtins__":
+            roots.append(value)
+    seen: set[int] = set()
+    count, stack = 0, roots
+    while stack and count < limit:
+        value = stack.pop()
+        if id(value) in seen or not isinstance(value, (list, tuple, dict, set, frozenset, collections.deque)):
+            continue
+        seen.add(id(value))
+        items = list(value.keys()) + list(value.values()) if isinstance(value, dict) else list(value)
+        count += len(items)
+        stack.extend(items)
+    return count
 
 
 def _checked(slot: PolicySlot, fn: Callable) -> Callable:

@@ -43,6 +43,7 @@ PROGRAMS = {
     "poisons a module": "import math\ndef priority(job, now):\n    math.log = abs\n    return 0.0\n",
     "poisons a class": ("import collections\ndef priority(job, now):\n"
                         "    collections.Counter.most_common = len\n    return 0.0\n"),
+    "state without bound": "LOG = []\ndef priority(job, now):\n    LOG.append([job.size] * 100)\n    return job.size\n",
     "deletes from a module": "import math\ndef priority(job, now):\n    del math.sqrt\n    return 0.0\n",
     "syntax error": "def priority(job, now)\n    return 0.0\n",
     "empty": "",

@@ -81,6 +81,26 @@ def test_a_policy_that_changes_its_inputs_on_the_hot_path_cannot_change_the_live
     assert observation.fallbacks["dispatch"] == 1
 
 
+def test_a_deployed_program_whose_state_grows_without_bound_is_retired(adapter, default, monkeypatch):
+    """A program that remembers every request passes a short replay, then would grow the
+    serving process for as long as it stays live: past the state limit its calls fall back."""
+    from autopoiesis import sandbox
+    from autopoiesis.online import HotPath
+
+    monkeypatch.setattr(sandbox, "STATE_LIMIT", 1000)
+    monkeypatch.setattr(HotPath, "state_check_every", 100)
+    remembering = Program("SEEN = {}\n" + replace_function(default.source, "priority", (
+        "def priority(request, now):\n"
+        "    SEEN[request.id] = now\n"
+        "    return request.arrival\n")))
+    observation = serve(adapter, remembering, [default])
+    assert len({r.request_id for r in observation.records}) == REQUESTS
+    calls, fallbacks = observation.calls["priority"], observation.fallbacks["priority"]
+    # SEEN passes 1000 items (keys and values) at its 501st request; a check every 100 calls
+    # (of any slot) retires it before the program answers 100 more
+    assert 500 < calls - fallbacks <= 600, (calls, fallbacks)
+
+
 def test_a_policy_that_hangs_on_the_hot_path_times_out_and_falls_back(adapter, default):
     hanging = variant(default, "priority", (
         "def priority(request, now):\n"

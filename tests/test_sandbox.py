@@ -66,6 +66,7 @@ def test_nothing_escaped():
     ("returns NaN", "finite"),
     ("wrong return type", "number"),
     ("module internals", "AttributeError"),
+    ("state without bound", "its state grew by"),
 ])
 def test_containment_reasons_are_specific(name, reason, hostile_outcomes):
     outcomes, _, _ = hostile_outcomes
@@ -127,6 +128,27 @@ def test_a_program_that_changes_a_module_changes_only_its_own_copy():
     victim = {"__builtins__": sandbox.safe_builtins()}
     exec("import math\nvalue = math.log(2.0)", victim)
     assert victim["value"] == pytest.approx(0.6931471805599453)
+
+
+def test_bounded_state_passes_and_state_that_grows_with_the_calls_does_not():
+    """A counter (as reschedule:periodic keeps) or a small table is state a live program may
+    keep; a memo keyed by time or request, in a module-level dict or a default value, grows
+    with every call, and on the serving plane that is a leak for as long as it is deployed."""
+    adapter = single_queue.SingleQueueAdapter(jobs=1500)
+    snapshot = adapter.snapshot(0)
+    programs = {
+        "counter": "STATE = {'calls': 0}\ndef priority(job, now):\n    STATE['calls'] += 1\n    return job.size\n",
+        "table": ("WEIGHTS = {}\ndef priority(job, now):\n    WEIGHTS[round(job.size)] = 1.0\n"
+                  "    return job.size * WEIGHTS[round(job.size)]\n"),
+        "memo in a dict": "SEEN = {}\ndef priority(job, now):\n    SEEN[(now, job.size)] = 1\n    return job.size\n",
+        "log in a default": "def priority(job, now, log=[]):\n    log.append(now)\n    return job.size\n",
+    }
+    with Evaluator(adapter, workers=1, limits=LIMITS) as evaluator:
+        outcomes = evaluator.evaluate(Task(name, source, snapshot) for name, source in programs.items())
+    by_name = {pid: o for (pid, _), o in outcomes.items()}
+    assert by_name["counter"].ok and by_name["table"].ok
+    for name in ("memo in a dict", "log in a default"):
+        assert not by_name[name].ok and "its state grew by" in by_name[name].error, name
 
 
 def test_evolution_meeting_every_hostile_program_finishes_with_a_healthy_pool():
