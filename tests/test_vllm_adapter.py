@@ -423,6 +423,21 @@ def test_after_a_change_of_program_the_backlog_goes_first_in_its_order(tmp_path)
     assert first["order"] == [30, 20, 40, 10, 50, 60, 30, 5], first  # the router's priorities until a program
 
 
+def test_the_plugin_retires_a_program_whose_state_grows_with_its_calls(tmp_path):
+    """A program that remembers every request, published to the in-engine plugin (in vLLM's
+    own Python), with the state limit lowered to 1000 items and measured every 10 requests:
+    it passes the limit at its 501st request and answers no more after the next measure."""
+    import json
+
+    out = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_plugin_state.py"), str(ROOT / "adapters" / "vllm"),
+                          str(ROOT / "autopoiesis"), str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert 500 < result["answered"] <= 510 and result["calls"] == 700, result
+    assert result["fallbacks"] == 700 - result["answered"], result
+    assert result["error"] == "retired: its state passed 1000 items", result
+
+
 def test_a_stall_past_the_plugin_deadline_keeps_the_program(tmp_path):
     """The plugin's deadline is 50 ms of the program thread's CPU time. A stall (here another
     thread holds the GIL for 0.2 s, as vLLM's own threads or a frozen machine can) lets the

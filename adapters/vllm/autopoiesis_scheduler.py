@@ -46,6 +46,7 @@ DEADLINE_S = 0.05  # CPU time the program's thread may spend on one request
 STALL_CAP_S = 1.0  # real time after which a call is given up even if its thread hardly ran
 RECHECK_S = 0.01  # after the first alarm, how often the deadline is looked at again
 CHECK_EVERY_S = 0.05
+STATE_CHECK_EVERY = 4096  # requests between two measures of the program's state (the sandbox's STATE_LIMIT)
 
 
 def _sandbox():
@@ -77,6 +78,9 @@ class QueueOrder:
         self._order_epoch = 0  # changes of order so far: a program loaded, withdrawn or dropped
         sandbox, program = _sandbox()
         self._compile = sandbox.compile_policy
+        self._state_items, self._state_limit = sandbox.state_items, sandbox.STATE_LIMIT
+        self._policy = None
+        self._until_state_check = STATE_CHECK_EVERY
         self._slots = [program.PolicySlot(name="priority", params=("request", "now"), doc="", returns=(int, float))]
         self._deadline = sandbox.CpuDeadline(DEADLINE_S, STALL_CAP_S, RECHECK_S)
         self._deadline_passed = sandbox.DeadlinePassed
@@ -120,7 +124,8 @@ class QueueOrder:
             self._version, self._program = published.get("version", 0), published.get("program", "")
             self._epoch = float(published.get("epoch_unix", self._epoch))
             self._error = "" if fn else "the program has no priority function"
-            self._fn = fn  # one assignment: the swap is atomic for the scheduler
+            self._fn, self._policy = fn, policy  # the swap is atomic for the scheduler: it reads _fn
+            self._until_state_check = STATE_CHECK_EVERY
         except Exception as e:  # noqa: BLE001 - a bad publication leaves FCFS, never a dead engine
             self._fn, self._error = None, f"cannot load the program: {type(e).__name__}: {e}"[:300]
         self._order_epoch += 1
@@ -165,6 +170,9 @@ class QueueOrder:
             if not math.isfinite(value):
                 raise ValueError(f"priority {value} is not finite")
             self._stalls += deadline.stalled  # past the deadline in real time, not in computing: it answered
+            self._until_state_check -= 1
+            if self._until_state_check <= 0:
+                self._check_state()
             return value
         except (Exception, self._deadline_passed) as e:  # noqa: BLE001 - untrusted code: FCFS until the next program
             self._fallbacks += 1
@@ -178,6 +186,17 @@ class QueueOrder:
             self._error = "timed out" if timed_out else f"{type(e).__name__}: {e}"[:300]
             self._write_status(force=True)
             return 0.0
+
+
+    def _check_state(self) -> None:
+        """Drop a program whose state between calls passed the sandbox's limit: it would grow
+        the engine's process for as long as it stays published (FCFS until the next one)."""
+        self._until_state_check = STATE_CHECK_EVERY
+        if self._policy is not None and self._state_items(self._policy, self._state_limit + 1) > self._state_limit:
+            self._fn = None
+            self._order_epoch += 1  # the later requests are FCFS, after the backlog
+            self._error = f"retired: its state passed {self._state_limit} items"
+            self._write_status(force=True)
 
 
 class PolicyScheduler(AsyncScheduler):
