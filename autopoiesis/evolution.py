@@ -40,11 +40,11 @@ def new_run_id(adapter_name: str) -> str:
 
 
 class EvolutionError(Exception):
-    """The run cannot go on (e.g. no seed is valid); the message says why."""
+    """The run cannot go on (e.g. no seed is valid); the message says why."""  # held-out snapshot seeds never overlap the training ones
 
 
 class Stopped(EvolutionError):
-    """The caller's ``stop`` event was set: the run ended between two children, marked interrupted."""  # held-out snapshot seeds never overlap the training ones
+    """The caller's ``stop`` event was set: the run ended between two children, marked interrupted."""
 
 
 @dataclass

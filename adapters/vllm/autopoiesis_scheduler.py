@@ -187,7 +187,6 @@ class QueueOrder:
             self._write_status(force=True)
             return 0.0
 
-
     def _check_state(self) -> None:
         """Drop a program whose state between calls passed the sandbox's limit: it would grow
         the engine's process for as long as it stays published (FCFS until the next one)."""
