@@ -284,10 +284,11 @@ def state_items(policy: Policy, limit: int = 1_000_000) -> int:
         if id(value) in seen or not isinstance(value, (list, tuple, dict, set, frozenset, collections.deque)):
             continue
         seen.add(id(value))
-        items = list(value.keys()) + list(value.values()) if isinstance(value, dict) else list(value)
-        count += len(items)
-        stack.extend(items)
-    return count
+        count += 2 * len(value) if isinstance(value, dict) else len(value)
+        if count >= limit:
+            break
+        stack.extend((*value.keys(), *value.values()) if isinstance(value, dict) else value)
+    return min(count, limit)
 
 
 def _checked(slot: PolicySlot, fn: Callable) -> Callable:
