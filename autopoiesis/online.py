@@ -189,11 +189,18 @@ class Guard:
     def watching(self) -> bool:
         return self.left > 0
 
+    def failing(self, calls: int, fallbacks: int) -> str:
+        """Why the live program fails on the hot path, or '': over ``max_fallback_rate`` of its
+        calls fell back. This rolls back at any time, not only while watching."""
+        return f"{fallbacks} of {calls} hot-path calls fell back" if calls and fallbacks / calls > \
+            self.max_fallback_rate else ""
+
     def check(self, values: Mapping[str, float], calls: int, fallbacks: int) -> tuple[str, str]:
         """After one window of the new policy: ('rollback' | 'suspect', why), ('confirm' | 'watch', '')."""
-        if calls and fallbacks / calls > self.max_fallback_rate:
+        why = self.failing(calls, fallbacks)
+        if why:
             self.left = 0
-            return "rollback", f"{fallbacks} of {calls} hot-path calls fell back"
+            return "rollback", why
         for name in self.signals:
             value, ref = values.get(name), self.reference.get(name)
             if value is None or ref is None or not math.isfinite(value):
@@ -641,7 +648,12 @@ class Controller:
 
     # -- guard ----------------------------------------------------------------------------
     def _guard_window(self, w: Window, now: float) -> None:
-        if not self.guard.watching or w.swapped or self.job is not None:
+        if not self.guard.watching:  # a confirmed program can still start failing (a new workload, its state)
+            why = self.guard.failing(w.calls, w.fallbacks)
+            if why and not w.swapped and self.live.id != self.fallback.id:
+                self._verdict("rollback", f"{why}, after it was confirmed", now)
+            return
+        if w.swapped or self.job is not None:
             return
         verdict, why = self.guard.check(w.metrics, w.calls, w.fallbacks)
         if verdict == "suspect":  # ask the twin: would the incumbent have done better on this window?
@@ -656,7 +668,8 @@ class Controller:
     def _verdict(self, verdict: str, why: str, now: float) -> None:
         if verdict == "rollback":
             self.refused.add(self.live.id)
-            self.incumbent = self.previous or self.fallback
+            back = self.previous if self.previous is not None and self.previous.id != self.live.id else None
+            self.incumbent = back or self.fallback
             self._deploy(self.incumbent, now, "rollback", why)
             self.guard.left = 0
             self.since_trigger = 0

@@ -427,6 +427,26 @@ def controller(adapter, tmp_path, **online):
                       archive=Archive(tmp_path / "archive.db"))
 
 
+def test_a_confirmed_program_that_starts_failing_on_the_hot_path_is_rolled_back(adapter, default, tmp_path):
+    """The guard confirms a program after its first clean windows; one that fails on most
+    calls later (here from 100 s on: a new workload, or its state retired) goes back too,
+    at the first window that shows it, not only while the guard watches."""
+    later = variant(default, "priority", (
+        "def priority(request, now):\n"
+        "    if now > 100:\n"
+        "        raise ValueError('a case it never met')\n"
+        "    return request.arrival\n"))
+    c = controller(adapter, tmp_path, guard_windows=1)
+    c.force(later, at=30.0)
+    c.run()
+    kinds = [(d.kind, d.program) for d in c.deployments]
+    assert ("deploy", later.id) in kinds and ("confirm", later.id) in kinds
+    rollback = next(d for d in c.deployments if d.kind == "rollback")
+    assert rollback.program == default.id and "after it was confirmed" in rollback.reason
+    assert 105.0 <= rollback.time <= 120.0 + 1e-9  # the first window that ends after 100 s
+    assert c.live.id == default.id and later.id in c.refused
+
+
 def test_a_bad_program_forced_live_is_rolled_back_within_the_guard_windows(adapter, default, tmp_path):
     bad = variant(default, "dispatch", "def dispatch(request, replicas, now):\n    return 0\n")
     c = controller(adapter, tmp_path, guard_windows=2)
