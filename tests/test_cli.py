@@ -71,6 +71,7 @@ def test_evolve_json_summary_and_report(tmp_path):
     (["evolve", "--adapter", "vllm", "--vllm-url", "http://127.0.0.1:1", "--load-factor", "0.5"],
      "--load-factor sizes the adapter's own load"),
     (["evolve", "--adapter", "vllm", "--vllm-url", "http://127.0.0.1:1", "--load-factor", "-1"], "must be positive"),
+    (["evolve", "--adapter", "engine", "--online", "-o", "device=tpu"], "device 'tpu': Expected one of cpu"),
 ])
 def test_user_mistakes_get_one_line(tmp_path, args, fragment):
     proc = cli(*args, "--runs-dir", str(tmp_path)) if args[0] in ("evolve", "report") else cli(*args)

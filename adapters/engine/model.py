@@ -79,7 +79,10 @@ class TorchExecutor:
                  threads: int = 1):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError(f"device '{device}' asked for, but torch sees no CUDA GPU")
-        self.device, self.max_len = torch.device(device), max_len
+        try:
+            self.device, self.max_len = torch.device(device), max_len
+        except RuntimeError as e:  # torch's own words, after the option that caused them
+            raise RuntimeError(f"device '{device}': {e}") from None
         if self.device.type == "cpu":
             torch.set_num_threads(threads)  # the evolution plane's workers need the other cores
         self.model = TinyLM(shape, max_len, seed).to(self.device).eval()
