@@ -79,16 +79,18 @@ def test_user_mistakes_get_one_line(tmp_path, args, fragment):
 
 
 def test_a_vllm_launch_without_vllm_or_without_the_model_says_which(tmp_path):
-    """Before a server starts: a missing model directory, and a Python without vLLM (this
-    one: the tests' vLLM lives in another virtual environment), each get one line."""
+    """Before a server starts: a missing model directory, and a Python without vLLM (a bare
+    virtual environment's), each get one line."""
     missing = cli("evolve", "--adapter", "vllm", "--vllm-launch", str(tmp_path / "no-model"), "--online",
                   "--runs-dir", str(tmp_path))
     assert_one_line_error(missing, "no such model directory")
     model = tmp_path / "model"
     model.mkdir()
-    no_vllm = cli("evolve", "--adapter", "vllm", "--vllm-launch", str(model), "--vllm-python", sys.executable,
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True, timeout=120)
+    bare = str(tmp_path / "bare" / "bin" / "python")
+    no_vllm = cli("evolve", "--adapter", "vllm", "--vllm-launch", str(model), "--vllm-python", bare,
                   "--online", "--runs-dir", str(tmp_path))
-    assert_one_line_error(no_vllm, f"{sys.executable} has no vllm module")
+    assert_one_line_error(no_vllm, f"{bare} has no vllm module")
 
 
 def test_version_matches_the_package_metadata():
