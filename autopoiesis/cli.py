@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["generational", "mu-plus-lambda", "islands", "nsga2"])
     ev.add_argument("--budget", type=positive_int, help="most programs to evaluate")
     ev.add_argument("--workers", type=positive_int, default=max(1, min(4, os.cpu_count() or 1)))
-    ev.add_argument("--timeout", type=positive_float, default=10.0, help="seconds per evaluation")
+    ev.add_argument("--timeout", type=positive_float, default=10.0,
+                    help="CPU seconds per evaluation (the worker's own, so a busy machine does not change it)")
     ev.add_argument("--memory-mb", type=positive_int, default=1024, help="memory per worker for untrusted code")
     ev.add_argument("--train-snapshots", type=positive_int, default=3)
     ev.add_argument("--held-out-snapshots", type=_non_negative_int, default=5)
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="Python file with policy functions (repeatable); slots it leaves out use the first baseline")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--json", action="store_true")
-    sim.add_argument("--timeout", type=positive_float, default=600.0, help="seconds before the run is stopped")
+    sim.add_argument("--timeout", type=positive_float, default=600.0, help="CPU seconds before the run is stopped")
     sim.add_argument("--list", action="store_true", help="list the scenarios and baselines, then exit")
     return parser
 

@@ -2,9 +2,11 @@
 
 Each (program, snapshot) pair is one task. A worker compiles the program afresh for
 every task (no state leaks between tasks, so results do not depend on which worker
-ran them), validates it on the slot's examples, and calls ``adapter.evaluate``. The
-parent enforces a wall-clock deadline; the worker runs under an address-space cap
-and a CPU budget. ``multiprocess.Pool`` cannot kill one hung task, so this is a thin
+ran them), validates it on the slot's examples, and calls ``adapter.evaluate``. A task
+may compute for ``Limits.timeout`` seconds of the worker's CPU time, not of the wall
+clock, so whether a program times out does not depend on how busy the machine is; the
+parent keeps a far wall-clock deadline for a worker that waits instead of computing.
+Workers also run under an address-space cap. ``multiprocess.Pool`` cannot kill one hung task, so this is a thin
 pool of ``multiprocess.Process`` workers of our own: a worker that overruns, blows
 its memory or dies is killed and replaced, and the run goes on.
 
@@ -36,13 +38,14 @@ from .metrics import Snapshot, check_metrics
 class Limits:
     """Per-task limits for untrusted code."""
 
-    timeout: float = 10.0  # wall-clock seconds per (program, snapshot)
+    timeout: float = 10.0  # CPU seconds per (program, snapshot), the worker's own
     memory_mb: int = 1024  # address space a worker may add beyond its start
-    cpu_seconds: float | None = None  # CPU per task; default: the timeout plus one second
+    wall_seconds: float | None = None  # real time per task; default: three timeouts plus 30 s
 
     @property
-    def cpu(self) -> float:
-        return self.cpu_seconds if self.cpu_seconds is not None else self.timeout + 1.0
+    def wall(self) -> float:
+        """The backstop for a task that waits (a user adapter's I/O) rather than computes."""
+        return self.wall_seconds if self.wall_seconds is not None else 3 * self.timeout + 30.0
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,7 @@ class Evaluator:
     def _collect(self) -> list[Outcome]:
         busy = [w for w in self._pool if w.task is not None]
         now = time.monotonic()
-        deadline = min(w.started + self.limits.timeout for w in busy)
+        deadline = min(w.started + self.limits.wall for w in busy)
         waitables = [w.conn for w in busy] + [w.process.sentinel for w in busy]
         ready = set(wait(waitables, timeout=max(0.0, deadline - now)))
         done = []
@@ -239,14 +242,15 @@ class Evaluator:
                         self._replace(worker)
                     continue
                 worker.process.join(timeout=1)
-                reason = _death_reason(worker.process.exitcode)
+                reason = _death_reason(worker.process.exitcode, self.limits)
                 done.append(Outcome(task.program_id, task.snapshot.key, None, reason, elapsed))
                 worker.task = None
                 self._replace(worker)
-            elif elapsed >= self.limits.timeout:
+            elif elapsed >= self.limits.wall:
                 done.append(Outcome(
                     task.program_id, task.snapshot.key, None,
-                    f"timed out after {self.limits.timeout:g} s (wall clock)", elapsed,
+                    f"timed out after {self.limits.wall:g} s of wall-clock time, without using its "
+                    f"{self.limits.timeout:g} s of CPU time (it waited rather than computed)", elapsed,
                 ))
                 worker.task = None
                 self._replace(worker)
@@ -261,11 +265,11 @@ def _pack(snapshot: Snapshot) -> bytes:
         return dill.dumps(snapshot)
 
 
-def _death_reason(exitcode: int | None) -> str:
+def _death_reason(exitcode: int | None, limits: Limits) -> str:
     if exitcode is not None and exitcode < 0:
         sig = -exitcode
-        if sig == signal.SIGXCPU:
-            return "CPU time limit exceeded"
+        if sig == signal.SIGPROF:  # sandbox.cpu_timer's
+            return f"timed out after {limits.timeout:g} s of CPU time"
         if sig == signal.SIGKILL:
             return "worker killed (out of memory?)"
         return f"worker crashed ({signal.Signals(sig).name})"
@@ -296,7 +300,7 @@ def _worker_main(conn, parent_conn, adapter: Any, limits: Limits) -> None:
             return
         program_id, source, packed = message
         start = time.perf_counter()
-        sandbox.set_cpu_budget(limits.cpu)
+        sandbox.cpu_timer(limits.timeout)
         status, payload = "ok", None
         try:
             snapshot = dill.loads(packed)  # afresh per task: an adapter may change what it is given
@@ -317,6 +321,7 @@ def _worker_main(conn, parent_conn, adapter: Any, limits: Limits) -> None:
             status, payload = "error", f"rejected: {e}"
         except BaseException as e:  # untrusted code may raise anything; report it, keep serving
             status, payload = "error", _describe(e)
+        sandbox.cpu_timer(0)  # the task's budget is not the reply's
         try:
             conn.send((status, payload, time.perf_counter() - start))
         except MemoryError:

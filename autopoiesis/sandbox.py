@@ -5,7 +5,7 @@ reaches outside the program (imports beyond a small allowlist, dunder or frame
 attributes, assigning attributes, exec/eval/open/getattr and friends, module-level code
 other than definitions). ``compile_policy`` executes what passed in a namespace whose
 builtins are an allowlist and whose modules are stripped proxies of its own. The
-evaluator runs that in worker processes under ``apply_limits`` and a wall-clock deadline,
+evaluator runs that in worker processes under ``apply_limits`` and a CPU-time ``cpu_timer``,
 so what slips through both layers (an infinite loop, a memory bomb) costs one worker, not
 the run. On a serving thread, ``CpuDeadline`` stops a call that computes too long, and
 ``state_items`` measures the state a program keeps between calls.
@@ -18,7 +18,6 @@ import _signal
 import builtins
 import collections
 import gc
-import math
 import re
 import resource
 import signal
@@ -318,17 +317,16 @@ def apply_limits(memory_mb: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
-def set_cpu_budget(seconds: float | None) -> None:
-    """Allow ``seconds`` more CPU from now; past it the kernel sends SIGXCPU and the worker dies."""
-    if not seconds:
-        return
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    used = usage.ru_utime + usage.ru_stime
-    soft = int(math.ceil(used + seconds))
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    if hard != resource.RLIM_INFINITY:
-        soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+def cpu_timer(seconds: float | None) -> None:
+    """End this process once it has computed for ``seconds`` more CPU time (0 or None: never).
+
+    ``ITIMER_PROF`` counts the process's user and system time, to the microsecond, and at
+    zero the kernel sends SIGPROF, whose default action ends the process even inside a
+    C loop no Python handler could interrupt. CPU time, not real time: a program's fate
+    must not depend on how busy the machine is. Each call replaces the previous timer.
+    """
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)  # a handler inherited from the parent would swallow it
+    signal.setitimer(signal.ITIMER_PROF, seconds or 0)
 
 
 class DeadlinePassed(BaseException):

@@ -1,4 +1,9 @@
+import contextlib
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -40,12 +45,66 @@ def test_timeout_replaces_the_worker_and_work_continues(queue_adapter):
     assert out[(SJF.id, snapshot)].ok
 
 
-def test_cpu_limit_kills_a_busy_worker(queue_adapter):
-    limits = Limits(timeout=20.0, cpu_seconds=1.0)
-    with Evaluator(queue_adapter, workers=1, limits=limits) as evaluator:
-        (outcome,) = evaluator.run(tasks(queue_adapter, [LOOP], seeds=(0,)))
-    assert outcome.error == "CPU time limit exceeded"
+C_LOOP = Program("def priority(job, now):\n    return float(sum(range(10 ** 13)))\n")  # one C call: no bytecode to stop
+
+
+def test_the_deadline_is_cpu_time_and_stops_a_loop_inside_c(queue_adapter):
+    """The kernel ends the worker after `timeout` CPU seconds, even inside one long C call."""
+    with Evaluator(queue_adapter, workers=1, limits=Limits(timeout=1.0)) as evaluator:
+        (outcome,) = evaluator.run(tasks(queue_adapter, [C_LOOP], seeds=(0,)))
+    assert outcome.error == "timed out after 1 s of CPU time"
     assert outcome.seconds < 10
+
+
+def test_a_busy_machine_does_not_time_out_a_program():
+    """Three processes spin on the worker's core: SJF gets a third of the CPU, takes three times
+    as long in real time, and still passes a timeout shorter than that (a wall-clock deadline
+    failed it). Pinned to one core, so the test means the same on any machine."""
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("needs Linux CPU affinity")
+    core = min(os.sched_getaffinity(0))
+    adapter = single_queue.SingleQueueAdapter(jobs=100_000)  # about half a second of CPU
+    with _pinned(core), Evaluator(adapter, workers=1) as alone:
+        (quiet,) = alone.run(tasks(adapter, [SJF], seeds=(0,)))
+    timeout = max(0.5, 1.5 * quiet.seconds)
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        for p in spinners:
+            os.sched_setaffinity(p.pid, {core})
+        with _pinned(core), Evaluator(adapter, workers=1, limits=Limits(timeout=timeout)) as busy:
+            (loaded,) = busy.run(tasks(adapter, [SJF], seeds=(0,)))
+    finally:
+        for p in spinners:
+            p.kill()
+            p.wait()
+    assert loaded.ok, loaded.error
+    assert loaded.seconds > timeout  # it did take longer than the timeout, on the wall clock
+    assert loaded.metrics == quiet.metrics
+
+
+@contextlib.contextmanager
+def _pinned(core):
+    """Pin this process (and so the workers it forks) to one core for the block."""
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def test_a_worker_that_waits_meets_the_wall_clock_backstop():
+    """A user adapter blocked on I/O computes nothing: the far real-time deadline ends it."""
+    adapter = SleepyAdapter(jobs=20)
+    with Evaluator(adapter, workers=1, limits=Limits(timeout=1.0, wall_seconds=2.0)) as evaluator:
+        (outcome,) = evaluator.run(tasks(adapter, [SJF], seeds=(0,)))
+        assert evaluator.replaced == 1
+    assert outcome.error.startswith("timed out after 2 s of wall-clock time, without using its 1 s of CPU time")
+
+
+class SleepyAdapter(single_queue.SingleQueueAdapter):
+    def evaluate(self, policy, snapshot):
+        time.sleep(60)  # a user adapter's replay on a server that never answers
 
 
 class LambdaSnapshots(single_queue.SingleQueueAdapter):
