@@ -47,8 +47,8 @@ COLUMNS = ("total_time", "mean_e2e", "p99_ttft", "slo_attainment", "overhead_rec
            "overhead_scheduling_s")
 
 
-# Whole runs, not windows: on a loaded machine one can pass the Evaluator's 10 s default, and a
-# baseline or the hindsight champion silently missing would change the comparison.
+# Whole runs, not windows: a slow baseline's run can compute for more than the Evaluator's 10 s
+# default, and a baseline or the hindsight champion silently missing would change the comparison.
 WHOLE_RUN = Limits(timeout=600.0)
 
 
