@@ -18,6 +18,8 @@ import _signal
 import builtins
 import collections
 import gc
+import itertools
+import math
 import re
 import resource
 import signal
@@ -195,7 +197,102 @@ def _public_proxy(module: types.ModuleType) -> types.ModuleType:
     for key, value in vars(module).items():
         if not key.startswith("_") and not isinstance(value, types.ModuleType):
             setattr(proxy, key, value)
+    for key, value in _STEPWISE.get(module.__name__, {}).items():
+        setattr(proxy, key, value)
     return proxy
+
+
+# -- iteration a deadline can stop ---------------------------------------------------------
+# A deadline (``CpuDeadline`` on the serving thread) acts between bytecodes. A builtin that
+# drains an iterator in C (sum, max, sorted, list, any) runs no bytecode until it is done,
+# so ``sum(itertools.count())`` or ``sum(range(10**12))`` would hold the serving thread
+# for good. The iterators that are endless, or astronomically long from small inputs,
+# are served as generators (a bytecode step per item, so the deadline stops them), and a
+# range is capped. CPython's own big-integer loops (``10 ** 10 ** 8``, ``math.factorial``)
+# already check for signals. What stays: C work that fans out over a long list
+# (``map(sum, [range(10**6)] * 10**6)``) and memory built in one call (docs/sandbox.md).
+
+RANGE_LIMIT = 1_000_000  # items in one range: a C loop over it takes milliseconds
+
+
+def _range(*args):
+    r = range(*args)
+    try:
+        n = len(r)
+    except OverflowError:  # more items than a C size can hold
+        n = math.inf
+    if n > RANGE_LIMIT:
+        raise ValueError(f"a range of {n:g} items is longer than a policy may use ({RANGE_LIMIT:,})")
+    return r
+
+
+def _iter(obj, *sentinel):
+    """``iter``; its two-argument form (call until the sentinel) as a generator."""
+    if not sentinel:
+        return iter(obj)
+    if len(sentinel) > 1:
+        raise TypeError(f"iter expected at most 2 arguments, got {1 + len(sentinel)}")
+    if not callable(obj):
+        raise TypeError("iter(v, w): v must be callable")
+    return _until(obj, sentinel[0])
+
+
+def _until(fn, sentinel):
+    while True:
+        value = fn()
+        if value == sentinel:
+            return
+        yield value
+
+
+def _count(start=0, step=1):
+    while True:
+        yield start
+        start += step
+
+
+def _cycle(iterable):
+    saved = []
+    for item in iterable:
+        yield item
+        saved.append(item)
+    while saved:
+        for item in saved:
+            yield item
+
+
+def _repeat(obj, times=None):
+    if times is None:
+        while True:
+            yield obj
+    for _ in range(times):  # the builtin: ``times`` may be large, the loop is bytecode
+        yield obj
+
+
+def _stepwise(make: Callable) -> Callable:
+    """A combinatoric iterator (its length grows as a power of its inputs) as a generator."""
+    def stepwise(*args, **kwargs):
+        return _steps(make(*args, **kwargs))  # the arguments are checked at the call, as before
+
+    stepwise.__name__ = make.__name__
+    return stepwise
+
+
+def _steps(iterator):
+    for item in iterator:
+        yield item
+
+
+_range.__name__, _iter.__name__ = "range", "iter"
+_count.__name__, _cycle.__name__, _repeat.__name__ = "count", "cycle", "repeat"
+
+_STEPWISE = {
+    "itertools": {
+        "count": _count, "cycle": _cycle, "repeat": _repeat,
+        **{name: _stepwise(getattr(itertools, name))
+           for name in ("product", "permutations", "combinations", "combinations_with_replacement")},
+    },
+}
 
 
 def _restricted_import_for_one_program() -> Callable:
@@ -217,6 +314,7 @@ def _restricted_import_for_one_program() -> Callable:
 def safe_builtins() -> dict:
     """A fresh builtins table (and import) for one program."""
     table = {name: getattr(builtins, name) for name in SAFE_BUILTIN_NAMES}
+    table.update(range=_range, iter=_iter)
     table["__import__"] = _restricted_import_for_one_program()
     return table
 

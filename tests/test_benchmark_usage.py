@@ -23,6 +23,7 @@ from conftest import ROOT
     ("twin_fidelity", ["--scenario", "atlantis"], "unknown scenario"),
     ("cost_model_error", ["--calibration", "nope"], "no calibration 'nope'"),
     ("decision_overhead", ["--calls", "0"], "must be at least 1"),
+    ("one_c_call", ["--limit-s", "0"], "must be positive"),
     ("evaluator_throughput", ["--jobs", "-3"], "must be at least 1"),
     ("simulator_speed", ["--rate", "-1"], "must be positive"),
     ("engine_online", ["--scenario", "atlantis"], "unknown engine load 'atlantis'"),

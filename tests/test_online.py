@@ -112,6 +112,28 @@ def test_a_policy_that_hangs_on_the_hot_path_times_out_and_falls_back(adapter, d
     assert observation.fallbacks["priority"] == sum(1 for i in range(REQUESTS) if i % 500 == 7)
 
 
+@pytest.mark.parametrize("body", [
+    "sum(itertools.count())",
+    "sum(itertools.cycle([1]))",
+    "sum(itertools.repeat(1))",
+    "sum(iter(int, 1))",
+    "sum(range(10 ** 12))",
+    "max(itertools.product(range(99), repeat=9))",
+])
+def test_a_policy_that_loops_inside_one_c_call_falls_back(adapter, default, body):
+    """A deadline acts between bytecodes; each of these drains an endless (or astronomically
+    long) iterator inside one C call, which held the serving thread for good. Now each is a
+    generator or refused, so the call times out or fails, and falls back."""
+    looping = Program("import itertools\n" + replace_function(default.source, "priority", (
+        "def priority(request, now):\n"
+        "    if request.id == 7:\n"
+        f"        return float({body})\n"
+        "    return request.arrival\n")))
+    observation = serve(adapter, looping, [default])
+    assert len({r.request_id for r in observation.records}) == REQUESTS
+    assert observation.fallbacks["priority"] == 1
+
+
 def test_the_trusted_last_fallback_answers_without_a_deadline(adapter, default):
     """A machine can stall past the 50 ms deadline (these VMs freeze for seconds under load):
     the built-in baseline that ends the chain still answers, so no request goes without a
@@ -120,8 +142,9 @@ def test_the_trusted_last_fallback_answers_without_a_deadline(adapter, default):
     from autopoiesis.program import PolicyError
 
     hanging = variant(default, "priority", "def priority(request, now):\n    while True:\n        pass\n")
-    slow = variant(default, "priority", "def priority(request, now):\n    for _ in range(10_000_000):\n"
-                                        "        pass\n    return request.arrival\n")  # well over 50 ms
+    slow = variant(default, "priority", "def priority(request, now):\n    for _ in range(10_000):\n"
+                                        "        for _ in range(1_000):\n            pass\n"
+                                        "    return request.arrival\n")  # well over 50 ms
     request = type("Request", (), {"id": 1, "arrival": 2.5, "prompt_tokens": 10, "generated": 0})()
     path = hot_path(hanging, [slow], adapter.slots(), timeout_s=0.05)
     assert path.priority(request, 3.0) == 2.5 and path.fallbacks["priority"] == 1

@@ -130,6 +130,45 @@ def test_a_program_that_changes_a_module_changes_only_its_own_copy():
     assert victim["value"] == pytest.approx(0.6931471805599453)
 
 
+def test_iterators_a_deadline_cannot_stop_in_c_are_generators_that_mean_the_same():
+    """count, cycle, repeat, iter(callable, sentinel) and the combinatoric iterators reach a
+    program as generators (a deadline stops them between items); what they yield is unchanged."""
+    namespace = {"__builtins__": sandbox.safe_builtins()}
+    exec(
+        "import itertools\n"
+        "from itertools import islice\n"
+        "count = list(islice(itertools.count(2.5, 0.5), 4))\n"
+        "cycle = list(islice(itertools.cycle('ab'), 5))\n"
+        "repeat = list(itertools.repeat(7, 3)) + list(islice(itertools.repeat(1), 2))\n"
+        "calls = iter([3, 2, 1, 0, 5])\n"
+        "until = list(iter(lambda: next(calls), 0))\n"
+        "product = list(itertools.product('ab', repeat=2))\n"
+        "choose = list(itertools.combinations(range(4), 2))\n"
+        "made = [itertools.count(), iter(int, 1), itertools.permutations('ab')]\n",
+        namespace)
+    assert namespace["count"] == [2.5, 3.0, 3.5, 4.0]
+    assert namespace["cycle"] == list("ababa")
+    assert namespace["repeat"] == [7, 7, 7, 1, 1]
+    assert namespace["until"] == [3, 2, 1]
+    assert namespace["product"] == [("a", "a"), ("a", "b"), ("b", "a"), ("b", "b")]
+    assert namespace["choose"] == [(0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3)]
+    assert [type(x).__name__ for x in namespace["made"]] == ["generator"] * 3
+    with pytest.raises(TypeError, match="must be callable"):
+        exec("iter(3, 0)", namespace)
+    with pytest.raises(TypeError):
+        exec("import itertools\nitertools.product(5)", namespace)  # arguments are checked at the call
+
+
+def test_a_range_longer_than_a_policy_may_use_is_an_error():
+    namespace = {"__builtins__": sandbox.safe_builtins()}
+    exec("small = sum(range(0, 10**7, 10))\nlast = range(10)[-1]", namespace)
+    assert namespace["small"] == sum(range(0, 10**7, 10)) and namespace["last"] == 9
+    with pytest.raises(ValueError, match="a range of 1e\\+12 items is longer than a policy may use"):
+        exec("sum(range(10**12))", namespace)
+    with pytest.raises(ValueError, match="a range of inf items"):
+        exec("range(10**30)", namespace)
+
+
 def test_bounded_state_passes_and_state_that_grows_with_the_calls_does_not():
     """A counter (as reschedule:periodic keeps) or a small table is state a live program may
     keep; a memo keyed by time or request, in a module-level dict or a default value, grows

@@ -24,7 +24,7 @@ import autopoiesis_scheduler as plugin  # noqa: E402 - found through the path se
 
 DEFAULT_CAP_S = plugin.STALL_CAP_S  # read once: attempt_once() sets the module's cap per case
 
-SPIN = "def priority(request, now):\n    x = 0\n    for i in range({n}):\n        x += i\n    return 1.0\n"
+SPIN = "def priority(request, now):\n    x = i = 0\n    while i < {n}:\n        x += i\n        i += 1\n    return 1.0\n"
 
 
 def hog(state, main):
