@@ -268,8 +268,12 @@ class Archive:
         return Outcome(key[0], key[1], json.loads(row[0]) if row[0] else None, row[1], row[2], cached=True)
 
     def put(self, outcome: Outcome, run_id: str | None = None) -> None:
+        """Record an outcome. A failure already recorded is replaced: the Evaluator runs a pair
+        again only when it failed on a limit, which a later run with other limits may pass."""
         self._write(
-            "INSERT OR IGNORE INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (program, snapshot) DO UPDATE SET "
+            "metrics=excluded.metrics, error=excluded.error, seconds=excluded.seconds, run=excluded.run, "
+            "created=excluded.created WHERE evaluations.metrics IS NULL",
             (outcome.program_id, outcome.snapshot_key,
              json.dumps(outcome.metrics) if outcome.metrics is not None else None,
              outcome.error, outcome.seconds, run_id, time.time()),

@@ -59,6 +59,15 @@ class Task:
         return (self.program_id, self.snapshot.key)
 
 
+# Failures that say more about the limits (or the machine) than about the program.
+LIMIT_FAILURES = ("timed out", "memory limit exceeded", "worker ", "CPU time limit exceeded")
+
+
+def hit_a_limit(error: str | None) -> bool:
+    """Whether a task failed on a worker limit: another Evaluator, with other limits, may pass it."""
+    return bool(error) and error.startswith(LIMIT_FAILURES)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The result of one task: metrics, or an error a person can read."""
@@ -123,6 +132,7 @@ class Evaluator:
         self.workers = workers
         self.limits = limits
         self.cache = cache if cache is not None else MemoryCache()
+        self._limited: dict[tuple[str, str], Outcome] = {}  # limit failures under this evaluator's limits
         methods = multiprocess.get_all_start_methods()
         self._ctx = multiprocess.get_context("fork" if "fork" in methods else "spawn")
         self._pool: list[_Worker] = []
@@ -177,6 +187,8 @@ class Evaluator:
                 continue
             seen.add(task.key)
             hit = self.cache.get(task.key)
+            if hit is not None and hit_a_limit(hit.error):  # the cache may be another run's, with other limits
+                hit = self._limited.get(task.key)
             if hit is not None:
                 self.cache_hits += 1
                 yield Outcome(hit.program_id, hit.snapshot_key, hit.metrics, hit.error, hit.seconds, cached=True)
@@ -194,6 +206,8 @@ class Evaluator:
                 for outcome in self._collect():
                     self.executed += 1
                     self.cache.put(outcome)
+                    if hit_a_limit(outcome.error):
+                        self._limited[outcome.key] = outcome
                     yield outcome
         finally:
             # Abandoned mid-run (an error or Ctrl-C in the consumer): drop in-flight work.

@@ -39,6 +39,16 @@ def new_run_id(adapter_name: str) -> str:
     return f"{adapter_name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
+def _limit_hint(errors: list[str], cfg: Config) -> str:
+    """When every seed, the trusted baselines too, failed on a worker limit, the limit is the
+    likely cause: name the option to raise."""
+    if errors and all(e == "memory limit exceeded" for e in errors):
+        return f": every seed ran out of memory, so --memory-mb {cfg.memory_mb} is likely too small"
+    if errors and all(e.startswith("timed out") for e in errors):
+        return f": every seed timed out, so --timeout {cfg.timeout:g} is likely too short"
+    return ""
+
+
 class EvolutionError(Exception):
     """The run cannot go on (e.g. no seed is valid); the message says why."""  # held-out snapshot seeds never overlap the training ones
 
@@ -313,7 +323,8 @@ class Evolution:
         if not population:
             self.archive.set_status(run_id, "failed")
             reasons = "; ".join(f"{err}" for err in list(errors.values())[:1] + [r[2] for r in rejected[:1]])
-            raise EvolutionError(f"no seed program is valid ({reasons or 'the adapter has no baselines'})")
+            raise EvolutionError(f"no seed program is valid ({reasons or 'the adapter has no baselines'})"
+                                 + _limit_hint(list(errors.values()), cfg))
         return new_islands, scored
 
     def _vary(self, parents_of, context) -> Program | None:

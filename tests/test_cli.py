@@ -293,6 +293,17 @@ def test_missing_trace_is_one_line(tmp_path):
     assert_one_line_error(cli("simulate", "--scenario", str(scenario)), "trace 'no_such_trace.csv' not found")
 
 
+def test_a_limit_too_small_is_named_and_raising_it_works_at_once(tmp_path):
+    """Every baseline failing on --memory-mb is the limit's fault, and the error says so; the
+    rerun with the limit raised, on the same archive, scores them instead of reusing the failures."""
+    args = ["evolve", "--adapter", "simulator", "--scenario", "stationary", "--generations", "0"]
+    assert_one_line_error(cli(*args, "--memory-mb", "1", cwd=tmp_path),
+                          "no seed program is valid (memory limit exceeded)", "--memory-mb 1 is likely too small")
+    rerun = cli(*args, cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "champion" in rerun.stdout
+
+
 def test_simulate_contains_a_policy_that_never_returns(tmp_path):
     policy = tmp_path / "loop.py"
     policy.write_text("def priority(request, now):\n    while True:\n        pass\n")

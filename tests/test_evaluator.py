@@ -149,6 +149,27 @@ def test_archive_is_a_persistent_cache(tmp_path, queue_adapter):
     assert mode == "wal"
 
 
+def test_a_failure_on_a_limit_is_not_reused_by_a_run_with_other_limits(tmp_path):
+    """A run that failed every program on a limit too small (the error names the option to
+    raise) must not hand those failures to the next run, with the limit raised, from the
+    archive; a failure of the program itself is reused, and one on a limit is reused within
+    the evaluator that met it."""
+    adapter = single_queue.SingleQueueAdapter(jobs=100_000)  # about half a second of CPU
+    raising = Program("def priority(job, now):\n    return 1 / 0\n")
+    archive = Archive(tmp_path / "a.db")
+    with Evaluator(adapter, limits=Limits(timeout=0.05), cache=archive.cache_for("tight")) as tight:
+        first = tight.evaluate(tasks(adapter, [SJF, raising], seeds=(0,)))
+        again = tight.evaluate(tasks(adapter, [SJF, raising], seeds=(0,)))
+        assert tight.executed == 2 and tight.cache_hits == 2
+    key = (SJF.id, adapter.snapshot(0).key)
+    assert first[key].error == again[key].error == "timed out after 0.05 s of CPU time"
+    with Evaluator(adapter, cache=archive.cache_for("roomy")) as roomy:
+        second = roomy.evaluate(tasks(adapter, [SJF, raising], seeds=(0,)))
+        assert roomy.executed == 1 and roomy.cache_hits == 1  # SJF again; the ZeroDivisionError from the archive
+    assert second[key].ok and archive.get(key).ok  # the recorded failure was replaced
+    assert archive.evaluation_count("roomy") == 1
+
+
 class MeasuringQueue(single_queue.SingleQueueAdapter):
     """Test double for an adapter whose snapshots hold a measurement of the machine (the engine's
     timed step costs): each instance measures a different load, as a new process would."""
