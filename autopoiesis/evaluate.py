@@ -6,9 +6,10 @@ ran them), validates it on the slot's examples, and calls ``adapter.evaluate``. 
 may compute for ``Limits.timeout`` seconds of the worker's CPU time, not of the wall
 clock, so whether a program times out does not depend on how busy the machine is; the
 parent keeps a far wall-clock deadline for a worker that waits instead of computing.
-Workers also run under an address-space cap. ``multiprocess.Pool`` cannot kill one hung task, so this is a thin
-pool of ``multiprocess.Process`` workers of our own: a worker that overruns, blows
-its memory or dies is killed and replaced, and the run goes on.
+Workers also run under an address-space cap. ``multiprocess.Pool`` cannot kill one hung
+task, so this is a thin pool of ``multiprocess.Process`` workers of our own: a worker
+that overruns, blows its memory or dies is killed and replaced, and the run goes on.
+A failure on a limit is reused only by the Evaluator that met it (``hit_a_limit``).
 
 Snapshots travel to workers as bytes pickled once per ``run`` with the C pickler:
 ``multiprocess`` pickles messages with dill's pure-Python pickler, which spent 40 ms on
