@@ -19,7 +19,6 @@ import builtins
 import collections
 import gc
 import itertools
-import math
 import re
 import resource
 import signal
@@ -220,9 +219,10 @@ def _range(*args):
     try:
         n = len(r)
     except OverflowError:  # more items than a C size can hold
-        n = math.inf
-    if n > RANGE_LIMIT:
-        raise ValueError(f"a range of {n:g} items is longer than a policy may use ({RANGE_LIMIT:,})")
+        n = None
+    if n is None or n > RANGE_LIMIT:
+        items = "over 2**63" if n is None else f"{n:,}"
+        raise ValueError(f"a range of {items} items is longer than a policy may use ({RANGE_LIMIT:,})")
     return r
 
 

@@ -62,7 +62,7 @@ def test_nothing_escaped():
 @pytest.mark.parametrize("name, reason", [
     ("infinite loop", "timed out"),
     ("endless iterator drained in C", "timed out"),
-    ("range too long", "a range of 1e+12 items"),
+    ("range too long", "a range of 1,000,000,000,000 items"),
     ("fan-out in one C call", "timed out after 3 s of CPU time"),
     ("memory bomb", "memory"),
     ("deep recursion", "recursion"),
@@ -166,9 +166,9 @@ def test_a_range_longer_than_a_policy_may_use_is_an_error():
     namespace = {"__builtins__": sandbox.safe_builtins()}
     exec("small = sum(range(0, 10**7, 10))\nlast = range(10)[-1]", namespace)
     assert namespace["small"] == sum(range(0, 10**7, 10)) and namespace["last"] == 9
-    with pytest.raises(ValueError, match="a range of 1e\\+12 items is longer than a policy may use"):
+    with pytest.raises(ValueError, match="a range of 1,000,000,000,000 items is longer than a policy may use"):
         exec("sum(range(10**12))", namespace)
-    with pytest.raises(ValueError, match="a range of inf items"):
+    with pytest.raises(ValueError, match=r"a range of over 2\*\*63 items"):
         exec("range(10**30)", namespace)
 
 
