@@ -36,6 +36,12 @@ class Adapter:
     objectives: tuple[Objective, ...] = ()
     #: metrics shown in result tables (default: the objectives')
     headline: tuple[str, ...] = ()
+    #: serve each deployed (untrusted) program from a decision process of its own
+    #: (``autopoiesis.decision_process``), so no call of it can hold or grow the serving
+    #: process. It costs a process round trip per decision: right for a live system that
+    #: decides per request, not for a simulator deciding 10^5 times a second. ``deploy``
+    #: passes it to ``hot_path``; the controller sets it from ``--isolate/--no-isolate``.
+    isolate_policies: bool = False
 
     # -- what evolves --------------------------------------------------------------
     def slots(self) -> list[PolicySlot]:

@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     on.add_argument("--guard-tolerance", type=positive_float, default=0.25, help="relative regression that makes a window suspect")
     on.add_argument("--evolution-cost", type=_non_negative_float,
                     help="simulated seconds each evolution takes (default: its measured wall-clock time)")
+    on.add_argument("--isolate", action=argparse.BooleanOptionalAction, default=None,
+                    help="serve each deployed program from a process of its own, so not even one long C call of it "
+                         "can hold or grow the serving process (a process round trip per decision; default: on for "
+                         "the engine and vllm adapters, off for the simulator)")
     on.add_argument("--live-seed", type=int, default=1000, help="seed of the live workload (simulated live systems)")
     on.add_argument("--max-windows", type=positive_int, help="stop after this many windows")
     on.add_argument("--policy", metavar="FILE|RUN",
@@ -294,7 +298,7 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
                           cooldown=args.cooldown, margin=args.margin, replan_margin=args.replan_margin, holdout=args.holdout,
                           guard_windows=args.guard_windows, step_s=args.step, poll_s=args.poll, recall=args.recall,
                           guard_tolerance=args.guard_tolerance, evolution_cost_s=args.evolution_cost,
-                          live_seed=args.live_seed, max_windows=args.max_windows)
+                          live_seed=args.live_seed, max_windows=args.max_windows, isolate=args.isolate)
     run_id = new_run_id(f"{adapter.name}-online")
     if hasattr(adapter, "run_dir") and not getattr(adapter, "run_dir", None):
         adapter.run_dir = str(Path(args.runs_dir) / run_id)  # server logs and requests.jsonl

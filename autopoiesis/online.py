@@ -65,7 +65,7 @@ class HotPath:
         self._main = threading.main_thread().ident
         self._deadline = sandbox.CpuDeadline(timeout_s) if timeout_s is not None else None
         self._timed = self._deadline is not None and self._deadline.armed
-        chain = [policy, *fallbacks]
+        chain = self._policies = [policy, *fallbacks]
         checks = checks or {}
         self.functions: dict[str, Callable] = {}
         self._chains: dict[str, list[Callable]] = {}  # per slot, the functions a call tries in order
@@ -93,6 +93,9 @@ class HotPath:
     def _guarded(self, slot: str, fns: list[Callable], check: Callable | None) -> Callable:
         calls, fallbacks, errors, run = self.calls, self.fallbacks, self.errors, self._run
         trusted = len(fns) - 1 if len(fns) > 1 else -1  # a lone policy keeps its deadline
+        # the trusted fallback runs without a deadline, and so does a call to a decision
+        # process: the deadline is the child's own, and the wait has its bound
+        timed = [i != trusted and not getattr(fn, "isolated", False) for i, fn in enumerate(fns)]
 
         def call(*args):
             calls[slot] += 1
@@ -102,7 +105,7 @@ class HotPath:
             reason = ""
             for i, fn in enumerate(fns):
                 try:
-                    answer = run(fn, args, check, i != trusted)
+                    answer = run(fn, args, check, timed[i])
                     if answer:
                         return answer[0]
                     reason = reason or "returned an answer the adapter cannot use"
@@ -134,6 +137,12 @@ class HotPath:
                 chain = self._chains[slot]
                 chain[:] = [retired if f is fn else f for f in chain]
 
+    def close(self) -> None:
+        """End the decision processes of the programs this path isolated (when it is replaced)."""
+        for policy in self._policies:
+            if hasattr(policy, "close"):
+                policy.close()
+
     def take_counts(self) -> tuple[dict[str, int], dict[str, int], int]:
         """(calls by slot, fallbacks by slot, stalls) since the last take."""
         calls, fallbacks, stalls = dict(self.calls), dict(self.fallbacks), self.stalls
@@ -150,9 +159,30 @@ class HotPath:
             self.stalls += previous.stalls
 
 
-def hot_path(program: Program, fallbacks: Sequence[Program], slots, checks=None, timeout_s: float | None = 0.05) -> HotPath:
-    """Compile ``program`` and its fallbacks (trusted last) into a ``HotPath``."""
-    compiled = [sandbox.compile_policy(p.source, slots, p.id) for p in [program, *fallbacks]]
+def hot_path(program: Program, fallbacks: Sequence[Program], slots, checks=None, timeout_s: float | None = 0.05,
+             isolate: bool = False) -> HotPath:
+    """Compile ``program`` and its fallbacks (trusted last) into a ``HotPath``.
+
+    ``isolate``: run the untrusted programs (all but the last fallback) each in a decision
+    process of its own (``decision_process.IsolatedPolicy``), so that no call of theirs,
+    not even one long C call, can hold or grow the serving process.
+    """
+    from .decision_process import IsolatedPolicy
+
+    chain = [program, *fallbacks]
+    untrusted = len(chain) - 1 if len(chain) > 1 else 1
+    compiled = []
+    try:
+        for i, p in enumerate(chain):
+            if isolate and i < untrusted:
+                compiled.append(IsolatedPolicy(p.source, slots, p.id, timeout_s=timeout_s or 0.05))
+            else:
+                compiled.append(sandbox.compile_policy(p.source, slots, p.id))
+    except BaseException:
+        for policy in compiled:
+            if hasattr(policy, "close"):
+                policy.close()
+        raise
     return HotPath(compiled[0], compiled[1:], checks, timeout_s)
 
 
@@ -236,7 +266,7 @@ class OnlineConfig:
     guard_tolerance: float = 0.25
     guard_metric: str = ""  # default: the adapter's guard_metric, else the objective
     max_fallback_rate: float = 0.05
-    hot_path_timeout_s: float = 0.05
+    isolate: bool | None = None  # deployed programs in decision processes (None: the adapter's isolate_policies)
     evolution_cost_s: float | None = None  # None: the measured wall-clock time; a number: fixed (reproducible)
     live_seed: int = 1000  # the live workload's seed (simulated live systems)
     similar: int = 2  # earlier winners for similar conditions seeded into each evolution
@@ -377,7 +407,10 @@ class Controller:
 
     # -- public --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        cfg, adapter = self.config, self.adapter
+        adapter = self.adapter
+        isolate = self.config.isolate if self.config.isolate is not None else getattr(adapter, "isolate_policies", False)
+        self.config = cfg = replace(self.config, isolate=bool(isolate))
+        adapter.isolate_policies = cfg.isolate  # its deploy passes it to hot_path
         if cfg.recall:
             self._recall()
         self.archive.create_run(self.run_id, self.adapter_spec, {

@@ -1,6 +1,6 @@
 """How long one hot-path call holds the serving thread when a program loops inside one C call.
 
-    python benchmarks/one_c_call.py [--limit-s 20] [--memory-gb 4] [--json]
+    python benchmarks/one_c_call.py [--isolate] [--limit-s 20] [--memory-gb 4] [--json]
 
 A deadline acts between bytecodes, so a builtin draining an iterator in C runs to its end.
 Each case is a deployed ``priority`` that does one such thing, called once through
@@ -9,7 +9,8 @@ under an address-space cap so a memory case cannot take the machine. It prints t
 seconds the call took and whether it fell back, or that it still had not returned after
 ``--limit-s``. The first group is closed by the sandbox (docs/sandbox.md, section 4; the
 big-integer cases by CPython itself), the second is the longest range a program may use,
-the third is what stays open.
+the third is what stays open in the serving process. ``--isolate`` serves the program from
+a decision process of its own (``hot_path(..., isolate=True)``), which closes the third.
 """
 
 from __future__ import annotations
@@ -46,23 +47,25 @@ import resource, sys, time
 cap = int(float(sys.argv[2]) * 2**30)
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 from autopoiesis.adapters.simulator import SimulatorAdapter
+from autopoiesis.adapters.simulator.engine import RequestInfo
 from autopoiesis.online import hot_path
 from autopoiesis.program import Program, replace_function
 adapter = SimulatorAdapter("stationary", requests=100)
 default = adapter.baselines()["default"]
 body = "def priority(request, now):\\n    value = " + sys.argv[1] + "\\n    return request.arrival\\n"
 program = Program("import itertools\\nimport math\\n" + replace_function(default.source, "priority", body))
-path = hot_path(program, [default], adapter.slots(), timeout_s=0.05)
-request = type("Request", (), {"id": 1, "arrival": 2.5, "prompt_tokens": 10, "generated": 0})()
+path = hot_path(program, [default], adapter.slots(), timeout_s=0.05, isolate=sys.argv[3] == "1")
+request = RequestInfo(1, 2.5, 10, 0)
 start = time.monotonic()
 path.priority(request, 3.0)
 print(time.monotonic() - start, path.fallbacks["priority"])
+path.close()
 """
 
 
-def one_call(expression: str, limit_s: float, memory_gb: float) -> dict:
+def one_call(expression: str, limit_s: float, memory_gb: float, isolate: bool = False) -> dict:
     try:
-        proc = subprocess.run([sys.executable, "-c", CALL, expression, str(memory_gb)],
+        proc = subprocess.run([sys.executable, "-c", CALL, expression, str(memory_gb), str(int(isolate))],
                               capture_output=True, text=True, timeout=limit_s)
     except subprocess.TimeoutExpired:
         return {"expression": expression, "seconds": None, "fell_back": None}
@@ -76,13 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--limit-s", type=positive_float, default=20.0, help="seconds before a call counts as held")
     parser.add_argument("--memory-gb", type=positive_float, default=4.0, help="address-space cap of each call's process")
+    parser.add_argument("--isolate", action="store_true", help="serve the program from a decision process")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     groups = {"closed": CLOSED, "allowed": ALLOWED, "open": OPEN}
     results = {group: [] for group in groups}
     for group, cases in groups.items():
         for expression in cases:
-            result = one_call(expression, args.limit_s, args.memory_gb)
+            result = one_call(expression, args.limit_s, args.memory_gb, args.isolate)
             results[group].append(result)
             if not args.json:
                 took = (f"held past {args.limit_s:g} s" if result["seconds"] is None else

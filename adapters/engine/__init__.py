@@ -68,6 +68,7 @@ class EngineAdapter(Adapter):
     objectives = (Objective("mean_e2e", "min"), Objective("mean_ttft", "min"), Objective("p99_ttft", "min"),
                   Objective("slo_attainment", "max"))
     headline = ("mean_e2e", "mean_ttft", "p99_ttft", "slo_attainment", "throughput_tps")
+    isolate_policies = True  # decisions per request: a round trip each is cheap next to serving
     guard_metric = "mean_e2e_open"
     wall_clock = True  # it serves at real time, inside observe
 
@@ -234,8 +235,11 @@ class EngineAdapter(Adapter):
 
         live = self._live()
         checks = {"priority": lambda r, args: math.isfinite(float(r))}  # 10**400 falls back, not the engine
-        previous, live["hot"] = live["hot"], hot_path(program, list(fallbacks), self.slots(), checks)
+        previous, live["hot"] = live["hot"], hot_path(program, list(fallbacks), self.slots(), checks,
+                                                      isolate=self.isolate_policies)
         live["hot"].carry_counts(previous)
+        if previous is not None:
+            previous.close()
         live["engine"].new_epoch()  # the backlog keeps its order, ahead of the new program's arrivals
 
     def observe(self, until: float) -> Observation:
@@ -335,6 +339,8 @@ class EngineAdapter(Adapter):
         live, self.live = self.live, None
         if live:
             live["log"].close()
+            if live["hot"] is not None:
+                live["hot"].close()  # the decision processes
             self.served = live["records"]
 
     def __getstate__(self):  # worker processes need the twin, not the model or the live system

@@ -104,6 +104,9 @@ class SimulatorAdapter(Adapter):
         return self._live().observe(until)
 
     def deploy(self, program, fallbacks=()) -> None:
+        if self.isolate_policies:  # its programs run in the serving process (docs/sandbox.md, section 4)
+            raise AdapterError("the simulator cannot serve programs from decision processes (--isolate): schedule "
+                               "and reschedule ask its live cost model, which cannot leave the serving process")
         self._live().deploy(program, list(fallbacks))
 
     def window_snapshot(self, since: float, until: float, incumbent, horizon_s: float = 0.0) -> Snapshot:

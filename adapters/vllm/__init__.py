@@ -73,6 +73,7 @@ class VLLMAdapter(Adapter):
     objectives = (Objective("mean_e2e", "min"), Objective("mean_ttft", "min"), Objective("p99_ttft", "min"),
                   Objective("slo_attainment", "max"))
     headline = ("mean_e2e", "mean_ttft", "p99_ttft", "slo_attainment", "throughput_tps")
+    isolate_policies = True  # decisions per request: a round trip each is cheap next to serving
     guard_metric = "mean_e2e_open"
     wall_clock = True  # real servers; the router and the load run in observe's event loop
     online_only = True  # programs are scored on windows recorded from the live servers
@@ -308,8 +309,11 @@ class VLLMAdapter(Adapter):
 
         router = self.router
         checks = {"dispatch": lambda r, args: isinstance(r, int) and 0 <= r < len(args[1])}
-        previous, router.policy = router.policy, hot_path(program, list(fallbacks), self.slots(), checks)
+        previous, router.policy = router.policy, hot_path(program, list(fallbacks), self.slots(), checks,
+                                                          isolate=self.isolate_policies)
         router.policy.carry_counts(previous)
+        if previous is not None:
+            previous.close()
         _publish(self.live, program)
 
     def window_snapshot(self, since: float, until: float, incumbent) -> Snapshot:
@@ -374,6 +378,8 @@ class VLLMAdapter(Adapter):
             loop.close()
             live["log"].close()
             fleet.stop(live["servers"])
+            if getattr(live.get("router"), "policy", None) is not None:
+                live["router"].policy.close()  # the decision processes
         self.served = live["records"]  # what was served stays readable after stop (reports, tests)
 
     def __getstate__(self):  # worker processes need the twin, not the live system

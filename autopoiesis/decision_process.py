@@ -1,0 +1,204 @@
+"""A deployed program in a process of its own: a C call that never ends costs that process.
+
+In the serving process a deployed program's call has a CPU deadline that acts between
+bytecodes (``sandbox.CpuDeadline``). One C call that fans out (``max(map(sum, [range(10**6)]
+* 10**4))``) runs no bytecode for as long as it takes, and one that builds a huge object
+(``[0] * 10**9``) takes the serving process's memory; a language-level sandbox cannot bound
+either. ``IsolatedPolicy`` runs the program in a child process instead, under the same
+deadline, plus the kernel's: a CPU timer whose default action ends the child when one call
+has computed for ``kill_cpu_s``, and an address-space cap. The serving thread sends each
+call's inputs through a pipe and waits at most ``wait_s`` for the answer; anything else
+(a timeout, an error, a child that died) is an exception the ``HotPath`` answers with the
+incumbent's decision. A child that died, or whose state outgrew ``sandbox.STATE_LIMIT``,
+is lost: its calls fall back from then on, counted, and the Guard sees them.
+
+The price is a round trip per decision (tens of microseconds: ``benchmarks/decision_overhead.py``),
+so it suits live systems that decide per request, not a simulator deciding a hundred
+thousand times a second. Inputs travel by pickle, so they must be picklable objects of
+importable classes (the shipped adapters' views are namedtuples, dataclasses and
+``SimpleNamespace``s), and a program sees copies: it cannot change the caller's objects.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import weakref
+from multiprocessing.connection import Connection
+from typing import Any, Iterable
+
+from . import sandbox
+from .program import PolicyError, PolicySlot
+
+START_S = 60.0  # the child's start (imports and the program's compile), on a busy machine
+
+
+class IsolatedPolicy:
+    """A program compiled and called in a child process; duck-types ``sandbox.Policy``.
+
+    ``timeout_s``: CPU time per call, as on the serving thread (the child's ``CpuDeadline``).
+    ``kill_cpu_s``: CPU time after which one call ends the child, for C calls the deadline
+    cannot stop. ``wait_s``: real time the caller waits for one answer before it falls back
+    (the program is kept; its late answer is dropped). ``memory_mb``: the child's address
+    space beyond what it holds after its first call's inputs arrive.
+    """
+
+    def __init__(self, source: str, slots: Iterable[PolicySlot], program_id: str = "", timeout_s: float = 0.05,
+                 kill_cpu_s: float = 0.5, wait_s: float = 1.0, memory_mb: int = 1024):
+        slots = list(slots)
+        sandbox.check(source, slots)  # a rejected program never starts a process
+        self.program_id, self.source, self.namespace = program_id, source, {}
+        self.wait_s, self.lost, self._sent, self._received = wait_s, "", 0, 0
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OPENBLAS_NUM_THREADS": "1"}
+        self._process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        self._to = Connection(os.dup(self._process.stdin.fileno()), readable=False)
+        self._from = Connection(os.dup(self._process.stdout.fileno()), writable=False)
+        self._process.stdin.close()
+        self._process.stdout.close()
+        self._finalize = weakref.finalize(self, _end, self._process, self._to, self._from)
+        light = [PolicySlot(s.name, tuple(s.params), "", returns=s.returns) for s in slots]
+        self._to.send((source, light, program_id, timeout_s, kill_cpu_s, memory_mb))
+        if not self._from.poll(START_S):
+            self.close()
+            raise PolicyError(f"its decision process did not start in {START_S:.0f} s")
+        try:
+            kind, value = self._from.recv()
+        except (EOFError, OSError):
+            self.close()
+            raise PolicyError(f"its decision process {self._death()} before it started") from None
+        if kind == "rejected":
+            self.close()
+            raise sandbox.Rejected(value)
+        self.functions = {name: self._caller(name) for name in value}
+        for name, fn in self.functions.items():
+            setattr(self, name, fn)
+
+    def __contains__(self, slot: str) -> bool:
+        return slot in self.functions
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def close(self) -> None:
+        """End the child (idempotent; also done when the policy is collected, or at exit)."""
+        self._finalize()
+
+    def _caller(self, slot: str):
+        def call(*args):
+            return self._call(slot, args)
+
+        call.__name__ = slot
+        call.isolated = True  # the HotPath puts no deadline of its own around the wait
+        return call
+
+    def _call(self, slot: str, args: tuple) -> Any:
+        if self.lost:
+            raise PolicyError(self.lost)
+        try:
+            message = pickle.dumps((slot, args), pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - the adapter's inputs, not the program
+            raise PolicyError(f"its inputs cannot be sent to its decision process ({type(e).__name__}: {e})") from None
+        try:
+            self._to.send_bytes(message)
+            self._sent += 1
+            while True:  # answers to calls given up earlier come first: drop them
+                if not self._from.poll(self.wait_s):
+                    raise sandbox.DeadlinePassed()
+                kind, value = self._from.recv()
+                self._received += 1
+                if self._received == self._sent:
+                    break
+        except (EOFError, OSError):
+            self._lose(f"its decision process {self._death()}")
+        if kind == "ok":
+            return value
+        if kind == "timeout":
+            raise sandbox.DeadlinePassed()
+        if kind == "lost":
+            self._lose(value)
+        raise PolicyError(value)
+
+    def _lose(self, why: str) -> None:
+        self.lost = why
+        self.close()
+        raise PolicyError(why)
+
+    def _death(self) -> str:
+        try:
+            code = self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            return "stopped answering"
+        if code == -signal.SIGPROF:
+            return "computed past its CPU limit in one call (a C call no deadline could stop) and was ended"
+        if code == -signal.SIGKILL:
+            return "was killed (out of memory?)"
+        return f"exited with code {code}"
+
+
+def _end(process: subprocess.Popen, *connections: Connection) -> None:
+    for connection in connections:
+        connection.close()
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+
+
+# -- the child ----------------------------------------------------------------------------
+def serve(inbox: Connection, outbox: Connection) -> None:
+    """Compile the program sent first, then answer calls until the pipe closes."""
+    source, slots, program_id, timeout_s, kill_cpu_s, memory_mb = inbox.recv()
+    sandbox.apply_limits(None)  # no files written, no core dumps; the memory cap waits (below)
+    try:
+        policy = sandbox.compile_policy(source, slots, program_id)
+    except Exception as e:  # noqa: BLE001 - untrusted code: its failure is the answer
+        outbox.send(("rejected", str(e) if isinstance(e, sandbox.Rejected) else f"{type(e).__name__}: {e}"[:200]))
+        return
+    outbox.send(("ready", sorted(policy.functions)))
+    deadline = sandbox.CpuDeadline(timeout_s)
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)
+    capped, until_state_check = False, 4096
+    while True:
+        try:
+            slot, args = inbox.recv()
+        except EOFError:
+            return
+        except Exception as e:  # noqa: BLE001 - a class this process cannot import, say
+            outbox.send(("error", f"its inputs could not be received ({type(e).__name__}: {e})"[:200]))
+            continue
+        if not capped:  # after the first inputs: the modules their classes need are loaded
+            sandbox.apply_limits(memory_mb)
+            capped = True
+        signal.setitimer(signal.ITIMER_PROF, kill_cpu_s)
+        try:
+            with deadline:
+                answer = ("ok", policy.functions[slot](*args))
+        except sandbox.DeadlinePassed:
+            answer = ("timeout", "")
+        except BaseException as e:  # noqa: BLE001 - untrusted code: any failure is an answer
+            answer = ("error", f"{type(e).__name__}: {e}"[:200])
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        until_state_check -= 1
+        if until_state_check <= 0:
+            until_state_check = 4096
+            if sandbox.state_items(policy, sandbox.STATE_LIMIT + 1) > sandbox.STATE_LIMIT:
+                outbox.send(("lost", f"retired: its state passed {sandbox.STATE_LIMIT} items"))
+                return
+        try:
+            outbox.send(answer)
+        except Exception as e:  # noqa: BLE001 - an answer that does not pickle
+            outbox.send(("error", f"returned what cannot be sent back ({type(e).__name__}: {e})"[:200]))
+
+
+def main() -> None:
+    inbox, outbox = Connection(os.dup(0), writable=False), Connection(os.dup(1), readable=False)
+    os.dup2(os.open(os.devnull, os.O_RDWR), 1)  # nothing else may write into the answers
+    serve(inbox, outbox)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""A deployed program served from a decision process of its own (``--isolate``).
+
+Real child processes and pipes. What the serving process cannot bound by itself (one C
+call that fans out, memory built in one call: docs/sandbox.md, section 4) costs the child,
+and the serving thread gets the incumbent's answer.
+"""
+
+import os
+import time
+
+import pytest
+
+from autopoiesis import sandbox
+from autopoiesis.adapters.simulator import SimulatorAdapter
+from autopoiesis.adapters.simulator.engine import RequestInfo
+from autopoiesis.decision_process import IsolatedPolicy
+from autopoiesis.online import hot_path
+from autopoiesis.program import PolicyError, PolicySlot, Program
+
+SLOTS = [PolicySlot("priority", ("request", "now"), "")]
+REQUEST = RequestInfo(1, 2.5, 10, 0)
+
+PROGRAM = """
+calls = [0]
+
+def priority(request, now):
+    calls[0] += 1
+    if now == 1.0:
+        return max(map(sum, [range(10 ** 6)] * 10 ** 4))  # one C call: 10,000 sums of 18 ms
+    if now == 2.0:
+        return len([0] * 10 ** 9)  # 8 GB in one call
+    if now == 3.0:
+        while True:
+            pass
+    if now == 4.0:
+        return 1 / 0
+    if now == 5.0:
+        return sum(range(10 ** 6)) * 0 + sum(sum(range(10 ** 5)) for _ in range(3)) * 0 - 1.0
+    return request.arrival + calls[0]
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def isolated():
+    policy = IsolatedPolicy(PROGRAM, SLOTS, "p", timeout_s=0.05)
+    yield policy
+    policy.close()
+
+
+def test_the_program_runs_in_a_child_that_keeps_its_state_between_calls(isolated):
+    assert isolated.pid != os.getpid() and alive(isolated.pid)
+    assert [isolated.priority(REQUEST, 10.0) for _ in range(3)] == [3.5, 4.5, 5.5]
+
+
+def test_a_python_loop_times_out_and_an_error_is_reported_and_the_program_is_kept(isolated):
+    with pytest.raises(sandbox.DeadlinePassed):
+        isolated.priority(REQUEST, 3.0)
+    with pytest.raises(PolicyError, match="ZeroDivisionError"):
+        isolated.priority(REQUEST, 4.0)
+    assert isolated.priority(REQUEST, 10.0) == 5.5  # the third call it answered
+    assert not isolated.lost
+
+
+def test_memory_built_in_one_call_fails_in_the_child_not_the_serving_process(isolated):
+    with pytest.raises(PolicyError, match="MemoryError"):
+        isolated.priority(REQUEST, 2.0)
+    assert isolated.priority(REQUEST, 10.0) == 4.5 and not isolated.lost
+
+
+def test_one_c_call_that_fans_out_ends_the_child_and_later_calls_fall_back_at_once(isolated):
+    pid = isolated.pid
+    start = time.monotonic()
+    with pytest.raises(PolicyError, match="CPU limit"):
+        isolated.priority(REQUEST, 1.0)  # in the serving process: 10,000 x 18 ms, about 3 minutes
+    assert time.monotonic() - start < 15
+    assert not alive(pid) and "CPU limit" in isolated.lost
+    start = time.monotonic()
+    with pytest.raises(PolicyError, match="CPU limit"):
+        isolated.priority(REQUEST, 10.0)
+    assert time.monotonic() - start < 0.1
+
+
+def test_an_answer_given_up_on_is_dropped_when_it_comes(isolated):
+    isolated.wait_s = 0.001  # shorter than the call below computes
+    with pytest.raises(sandbox.DeadlinePassed):
+        isolated.priority(REQUEST, 5.0)
+    isolated.wait_s = 10.0
+    assert isolated.priority(REQUEST, 10.0) == 4.5  # its own answer, not the late -1.0
+    assert not isolated.lost
+
+
+def test_inputs_that_cannot_travel_fail_the_call_with_the_reason(isolated):
+    with pytest.raises(PolicyError, match="its inputs cannot be sent"):
+        isolated.priority(lambda: 0, 10.0)
+    assert isolated.priority(REQUEST, 10.0) == 3.5
+
+
+def test_a_rejected_program_starts_no_process_and_one_that_fails_to_load_says_why():
+    with pytest.raises(sandbox.Rejected, match="only imports, function definitions"):
+        IsolatedPolicy("def priority(r, n):\n    return 1.0\nopen('x')\n", SLOTS)
+    with pytest.raises(sandbox.Rejected, match="import of 'os' is not allowed"):
+        IsolatedPolicy("import os\ndef priority(r, n):\n    return 1.0\n", SLOTS)
+
+
+def test_close_ends_the_child(isolated):
+    pid = isolated.pid
+    isolated.close()
+    assert not alive(pid)
+
+
+def test_the_hot_path_answers_every_call_and_counts_what_the_child_could_not():
+    adapter = SimulatorAdapter("stationary", requests=50)
+    default = adapter.baselines()["default"]
+    path = hot_path(Program(PROGRAM), [default], adapter.slots(), isolate=True)  # the other slots: default's
+    try:
+        child = path._policies[0]
+        assert isinstance(child, IsolatedPolicy) and "priority" in path
+        fallback_answer = path._policies[-1].priority(REQUEST, 10.0)
+        answers = [path.priority(REQUEST, now) for now in (10.0, 2.0, 3.0, 4.0, 1.0, 10.0)]
+    finally:
+        path.close()
+    assert answers[0] == 3.5 and answers[1:] == [fallback_answer] * 5  # the baseline answers for it
+    calls, fallbacks, stalls = path.take_counts()
+    assert calls == {"priority": 6} and fallbacks == {"priority": 5} and stalls == 0
+    assert any("CPU limit" in e for e in path.errors) and not alive(child.pid)
