@@ -161,8 +161,11 @@ def serve(inbox: Connection, outbox: Connection) -> None:
     outbox.send(("ready", sorted(policy.functions)))
     deadline = sandbox.CpuDeadline(timeout_s)
     signal.signal(signal.SIGPROF, signal.SIG_DFL)
-    capped, until_state_check = False, 4096
+    capped, until_state_check, parent = False, 4096, os.getppid()
     while True:
+        while not inbox.poll(1.0):  # idle: a parent that died without closing the pipe (killed) ends it too
+            if os.getppid() != parent:  # (forked evaluation workers may hold copies of the pipe's other end)
+                return
         try:
             slot, args = inbox.recv()
         except EOFError:

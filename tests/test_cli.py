@@ -311,3 +311,12 @@ def test_simulate_contains_a_policy_that_never_returns(tmp_path):
     assert_one_line_error(cli("simulate", "--scenario", "stationary", "--policy", str(policy), "--timeout", "3"),
                           "timed out")
     assert time.time() - start < 60
+
+
+def test_isolate_on_the_simulator_is_a_one_line_error_that_records_no_run(tmp_path):
+    runs = tmp_path / "runs"
+    proc = cli("evolve", "--adapter", "simulator", "--scenario", "stationary", "--online", "--isolate",
+               "--runs-dir", str(runs))
+    assert_one_line_error(proc, "--isolate", "live cost model")
+    listed = cli("report", "--runs-dir", str(runs))
+    assert "simulator-online" not in listed.stdout + listed.stderr

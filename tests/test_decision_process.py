@@ -6,6 +6,9 @@ and the serving thread gets the incumbent's answer.
 """
 
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -16,6 +19,7 @@ from autopoiesis.adapters.simulator.engine import RequestInfo
 from autopoiesis.decision_process import IsolatedPolicy
 from autopoiesis.online import hot_path
 from autopoiesis.program import PolicyError, PolicySlot, Program
+from processes import alive
 
 SLOTS = [PolicySlot("priority", ("request", "now"), "")]
 REQUEST = RequestInfo(1, 2.5, 10, 0)
@@ -38,18 +42,6 @@ def priority(request, now):
         return sum(range(10 ** 6)) * 0 + sum(sum(range(10 ** 5)) for _ in range(3)) * 0 - 1.0
     return request.arrival + calls[0]
 """
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie is dead too
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 @pytest.fixture
@@ -135,3 +127,30 @@ def test_the_hot_path_answers_every_call_and_counts_what_the_child_could_not():
     calls, fallbacks, stalls = path.take_counts()
     assert calls == {"priority": 6} and fallbacks == {"priority": 5} and stalls == 0
     assert any("CPU limit" in e for e in path.errors) and not alive(child.pid)
+
+
+def test_a_child_whose_server_was_killed_ends_even_while_a_forked_worker_holds_its_pipe(tmp_path):
+    """Evaluation workers are forked from the serving process, so they hold copies of the
+    pipe to each decision process: the server's death alone does not close it."""
+    script = tmp_path / "server.py"
+    script.write_text(
+        "import os, signal, sys, time\n"
+        "from autopoiesis.decision_process import IsolatedPolicy\n"
+        "from autopoiesis.program import PolicySlot\n"
+        "policy = IsolatedPolicy('def priority(r, n):\\n    return 1.0\\n', [PolicySlot('priority', ('r', 'n'), '')])\n"
+        "worker = os.fork()\n"
+        "if worker == 0:\n"
+        "    os.close(1), os.close(2)  # the test reads the server's output to its end\n"
+        "    time.sleep(60)\n"
+        "    os._exit(0)\n"
+        "print(policy.pid, worker, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    child, worker = map(int, proc.stdout.split())
+    try:
+        deadline = time.monotonic() + 10
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert alive(worker) and not alive(child)
+    finally:
+        os.kill(worker, signal.SIGKILL)

@@ -27,6 +27,7 @@ from autopoiesis.evolution import Config as EvolutionConfig  # noqa: E402
 from autopoiesis.online import Controller, OnlineConfig  # noqa: E402
 from autopoiesis.program import Program  # noqa: E402
 from autopoiesis.sandbox import compile_policy  # noqa: E402
+from processes import alive  # noqa: E402
 
 DEVICE = os.environ.get("AUTOPOIESIS_TEST_DEVICE", "cpu")  # where the torch model runs
 
@@ -373,3 +374,38 @@ def test_the_cli_evolves_the_engine_offline_and_online(tmp_path):
     assert (tmp_path / summary["run"] / "online.png").is_file()
     bad = subprocess.run([a if a != "burst" else "nope" for a in common], capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "unknown engine load 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_one_c_call_that_never_ends_costs_the_decision_process_not_the_live_engine(small_engine, tmp_path):
+    """The engine serves deployed programs from decision processes (``isolate_policies``).
+    In the serving process this program's third request would hold the serving thread for
+    minutes (one C call: 10,000 sums of 18 ms, which no deadline between bytecodes stops)."""
+    adapter = small_engine
+    adapter.run_dir = str(tmp_path)
+    assert adapter.isolate_policies
+    hanging = Program("def priority(request, now):\n    if request.id == 2:\n"
+                      "        return max(map(sum, [range(10 ** 6)] * 10 ** 4))\n"
+                      "    return request.arrival\n", name="hanging")
+    adapter.start(seed=7)
+    try:
+        adapter.deploy(hanging, [adapter.baselines()["fcfs"]])
+        child = adapter.live["hot"]._policies[0]
+        records, calls, fallbacks = [], 0, 0
+        while True:
+            obs = adapter.observe(adapter.now() + 2.0)
+            records += obs.records
+            calls += obs.calls.get("priority", 0)
+            fallbacks += obs.fallbacks.get("priority", 0)
+            if obs.finished:
+                break
+        errors = list(adapter.live["hot"].errors)
+        adapter.deploy(adapter.baselines()["fcfs"], [adapter.baselines()["fcfs"]])
+        replaced = adapter.live["hot"]._policies[0]
+        assert replaced.pid != child.pid and not alive(child.pid)
+    finally:
+        adapter.stop()
+    assert not alive(replaced.pid)  # stop ends the decision processes
+    load = adapter.load(7)
+    assert sorted(r.request_id for r in records) == list(range(len(load))) and calls == len(load)
+    assert fallbacks == len(load) - 2  # from the third request on: the process that ran it is gone
+    assert "CPU limit" in errors[0] and "CPU limit" in child.lost

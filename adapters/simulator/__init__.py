@@ -104,10 +104,18 @@ class SimulatorAdapter(Adapter):
         return self._live().observe(until)
 
     def deploy(self, program, fallbacks=()) -> None:
-        if self.isolate_policies:  # its programs run in the serving process (docs/sandbox.md, section 4)
+        self._live().deploy(program, list(fallbacks))
+
+    @property
+    def isolate_policies(self) -> bool:
+        """Always False: programs run in the serving process (docs/sandbox.md, section 4)."""
+        return False
+
+    @isolate_policies.setter
+    def isolate_policies(self, value: bool) -> None:
+        if value:
             raise AdapterError("the simulator cannot serve programs from decision processes (--isolate): schedule "
                                "and reschedule ask its live cost model, which cannot leave the serving process")
-        self._live().deploy(program, list(fallbacks))
 
     def window_snapshot(self, since: float, until: float, incumbent, horizon_s: float = 0.0) -> Snapshot:
         params = self._live().window_snapshot(since, until, incumbent, horizon_s)
