@@ -21,11 +21,13 @@ importable classes (the shipped adapters' views are namedtuples, dataclasses and
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import signal
 import subprocess
 import sys
+import threading
 import weakref
 from multiprocessing.connection import Connection
 from typing import Any, Iterable
@@ -34,6 +36,11 @@ from . import sandbox
 from .program import PolicyError, PolicySlot
 
 START_S = 60.0  # the child's start (imports and the program's compile), on a busy machine
+IDLE_LOOK_S = 1.0  # how often an idle child looks whether the process that started it is gone
+
+SPARES = 2  # children started ahead: a deployment isolates two programs (the new one, the incumbent)
+_spare: list[tuple] = []  # children started ahead, waiting for their program (see _take_child), oldest first
+_spare_lock = threading.Lock()
 
 
 class IsolatedPolicy:
@@ -52,24 +59,12 @@ class IsolatedPolicy:
         sandbox.check(source, slots)  # a rejected program never starts a process
         self.program_id, self.source, self.namespace = program_id, source, {}
         self.wait_s, self.lost, self._sent, self._received = wait_s, "", 0, 0
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OPENBLAS_NUM_THREADS": "1"}
-        self._process = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
-        self._to = Connection(os.dup(self._process.stdin.fileno()), readable=False)
-        self._from = Connection(os.dup(self._process.stdout.fileno()), writable=False)
-        self._process.stdin.close()
-        self._process.stdout.close()
+        self._process, self._to, self._from = _take_child()
         self._finalize = weakref.finalize(self, _end, self._process, self._to, self._from)
         light = [PolicySlot(s.name, tuple(s.params), "", returns=s.returns) for s in slots]
+        self._starting()  # "up": Python started and the sandbox imported
         self._to.send((source, light, program_id, timeout_s, kill_cpu_s, memory_mb))
-        if not self._from.poll(START_S):
-            self.close()
-            raise PolicyError(f"its decision process did not start in {START_S:.0f} s")
-        try:
-            kind, value = self._from.recv()
-        except (EOFError, OSError):
-            self.close()
-            raise PolicyError(f"its decision process {self._death()} before it started") from None
+        kind, value = self._starting()
         if kind == "rejected":
             self.close()
             raise sandbox.Rejected(value)
@@ -79,6 +74,17 @@ class IsolatedPolicy:
 
     def __contains__(self, slot: str) -> bool:
         return slot in self.functions
+
+    def _starting(self) -> tuple[str, Any]:
+        """The child's next message while it starts."""
+        try:
+            if self._from.poll(START_S):
+                return self._from.recv()
+            why = f"did not start in {START_S:.0f} s"
+        except (EOFError, OSError):
+            why = f"{self._death()} before it started"
+        self.close()
+        raise PolicyError(f"its decision process {why}")
 
     @property
     def pid(self) -> int:
@@ -140,6 +146,50 @@ class IsolatedPolicy:
         return f"exited with code {code}"
 
 
+def _start_child() -> tuple[subprocess.Popen, Connection, Connection]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OPENBLAS_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, env=env)
+    to, back = Connection(os.dup(process.stdin.fileno()), readable=False), Connection(os.dup(process.stdout.fileno()),
+                                                                                       writable=False)
+    process.stdin.close()
+    process.stdout.close()
+    return process, to, back
+
+
+def _take_child() -> tuple[subprocess.Popen, Connection, Connection]:
+    """A started child, with ``SPARES`` more started for next time: Python takes about 0.25 s
+    to start and import the sandbox, which a deployment on the serving thread then need not
+    wait for (it waits for the program's compile). The spares idle while the process lives."""
+    with _spare_lock:
+        child = _spare.pop(0) if _spare else None
+        if child is not None and child[0].poll() is not None:  # it died meanwhile
+            _end(*child)
+            child = None
+        child = child or _start_child()
+    start_spares()
+    return child
+
+
+def start_spares(wait: bool = False) -> None:
+    """Start children ahead, up to ``SPARES``; ``wait``: until each is up (a live system's
+    ``start`` calls this before its clock starts, so the first deployment takes them ready)."""
+    with _spare_lock:
+        while len(_spare) < SPARES:
+            _spare.append(_start_child())
+        spares = list(_spare)
+    if wait:
+        for _, _, back in spares:
+            back.poll(START_S)  # "up" waits in the pipe: the child is ready for its program
+
+
+@atexit.register
+def _end_spare() -> None:
+    with _spare_lock:
+        while _spare:
+            _end(*_spare.pop())
+
+
 def _end(process: subprocess.Popen, *connections: Connection) -> None:
     for connection in connections:
         connection.close()
@@ -149,9 +199,16 @@ def _end(process: subprocess.Popen, *connections: Connection) -> None:
 
 
 # -- the child ----------------------------------------------------------------------------
-def serve(inbox: Connection, outbox: Connection) -> None:
-    """Compile the program sent first, then answer calls until the pipe closes."""
-    source, slots, program_id, timeout_s, kill_cpu_s, memory_mb = inbox.recv()
+def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
+    """Compile the program sent first, then answer calls until the pipe closes (or ``parent``,
+    the process that started this one, is gone)."""
+    outbox.send(("up", None))
+    try:
+        if not _wait(inbox, parent):
+            return
+        source, slots, program_id, timeout_s, kill_cpu_s, memory_mb = inbox.recv()
+    except EOFError:  # a spare never used
+        return
     sandbox.apply_limits(None)  # no files written, no core dumps; the memory cap waits (below)
     try:
         policy = sandbox.compile_policy(source, slots, program_id)
@@ -161,11 +218,8 @@ def serve(inbox: Connection, outbox: Connection) -> None:
     outbox.send(("ready", sorted(policy.functions)))
     deadline = sandbox.CpuDeadline(timeout_s)
     signal.signal(signal.SIGPROF, signal.SIG_DFL)
-    capped, until_state_check, parent = False, 4096, os.getppid()
-    while True:
-        while not inbox.poll(1.0):  # idle: a parent that died without closing the pipe (killed) ends it too
-            if os.getppid() != parent:  # (forked evaluation workers may hold copies of the pipe's other end)
-                return
+    capped, until_state_check = False, 4096
+    while _wait(inbox, parent):
         try:
             slot, args = inbox.recv()
         except EOFError:
@@ -197,10 +251,20 @@ def serve(inbox: Connection, outbox: Connection) -> None:
             outbox.send(("error", f"returned what cannot be sent back ({type(e).__name__}: {e})"[:200]))
 
 
+def _wait(inbox: Connection, parent: int) -> bool:
+    """Wait for a message (or the pipe's end); False once the process that started this one is
+    gone: evaluation workers forked from it may hold copies of the pipe, so its death alone
+    need not close it."""
+    while not inbox.poll(IDLE_LOOK_S):
+        if os.getppid() != parent:
+            return False
+    return True
+
+
 def main() -> None:
     inbox, outbox = Connection(os.dup(0), writable=False), Connection(os.dup(1), readable=False)
     os.dup2(os.open(os.devnull, os.O_RDWR), 1)  # nothing else may write into the answers
-    serve(inbox, outbox)
+    serve(inbox, outbox, int(sys.argv[1]))  # not getppid(): the parent may be gone before this runs
 
 
 if __name__ == "__main__":

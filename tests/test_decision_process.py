@@ -106,6 +106,20 @@ def test_a_rejected_program_starts_no_process_and_one_that_fails_to_load_says_wh
         IsolatedPolicy("import os\ndef priority(r, n):\n    return 1.0\n", SLOTS)
 
 
+def test_a_deployment_takes_a_child_started_ahead_and_starts_the_next(isolated):
+    from autopoiesis import decision_process
+
+    spares = [process.pid for process, _, _ in decision_process._spare]
+    assert len(spares) == decision_process.SPARES and all(map(alive, spares)) and isolated.pid not in spares
+    second = IsolatedPolicy(PROGRAM, SLOTS, "q")
+    try:
+        assert second.pid == spares[0] and second.priority(REQUEST, 10.0) == 3.5  # the oldest: the most likely up
+        following = [process.pid for process, _, _ in decision_process._spare]
+        assert following[0] == spares[1] and len(following) == 2 and following[1] not in spares
+    finally:
+        second.close()
+
+
 def test_close_ends_the_child(isolated):
     pid = isolated.pid
     isolated.close()
@@ -135,7 +149,7 @@ def test_a_child_whose_server_was_killed_ends_even_while_a_forked_worker_holds_i
     script = tmp_path / "server.py"
     script.write_text(
         "import os, signal, sys, time\n"
-        "from autopoiesis.decision_process import IsolatedPolicy\n"
+        "from autopoiesis.decision_process import IsolatedPolicy, _spare\n"
         "from autopoiesis.program import PolicySlot\n"
         "policy = IsolatedPolicy('def priority(r, n):\\n    return 1.0\\n', [PolicySlot('priority', ('r', 'n'), '')])\n"
         "worker = os.fork()\n"
@@ -143,14 +157,14 @@ def test_a_child_whose_server_was_killed_ends_even_while_a_forked_worker_holds_i
         "    os.close(1), os.close(2)  # the test reads the server's output to its end\n"
         "    time.sleep(60)\n"
         "    os._exit(0)\n"
-        "print(policy.pid, worker, flush=True)\n"
+        "print(policy.pid, _spare[-1][0].pid, worker, flush=True)\n"
         "os.kill(os.getpid(), signal.SIGKILL)\n")
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
-    child, worker = map(int, proc.stdout.split())
+    child, spare, worker = map(int, proc.stdout.split())
     try:
         deadline = time.monotonic() + 10
-        while alive(child) and time.monotonic() < deadline:
+        while (alive(child) or alive(spare)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert alive(worker) and not alive(child)
+        assert alive(worker) and not alive(child) and not alive(spare)
     finally:
         os.kill(worker, signal.SIGKILL)

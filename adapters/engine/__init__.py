@@ -210,6 +210,10 @@ class EngineAdapter(Adapter):
 
     # -- the live system ------------------------------------------------------------------
     def start(self, seed: int = 1000) -> None:
+        from autopoiesis import decision_process
+
+        if self.isolate_policies:  # up before the clock starts: the first deployment takes them
+            decision_process.start_spares()
         costs = self.fitted_costs()  # before the clock starts: timing takes a few seconds
         run_dir = Path(self.run_dir or Path("runs") / f"engine-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -217,6 +221,8 @@ class EngineAdapter(Adapter):
                      "arrived": 0, "requests": [], "costs": costs, "steps": deque(maxlen=STEPS_KEPT),
                      "log": open(run_dir / "requests.jsonl", "a", buffering=1)}
         self.live["engine"] = Engine(self.config, _Shaped(self._executor()), self._priority)
+        if self.isolate_policies:
+            decision_process.start_spares(wait=True)
         self.live["origin"] = time.monotonic()
 
     def _live(self) -> dict:

@@ -150,8 +150,12 @@ class VLLMAdapter(Adapter):
 
     # -- the live system ------------------------------------------------------------------
     def start(self, seed: int = 1000) -> None:
+        from autopoiesis import decision_process
+
         from .router import Router
 
+        if self.isolate_policies:  # they start while the servers do; the first deployment takes them
+            decision_process.start_spares()
         run_dir = Path(self.run_dir or Path("runs") / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}")
         run_dir.mkdir(parents=True, exist_ok=True)
         policy_file = Path(os.environ["AUTOPOIESIS_POLICY_FILE"]) if self.plugin and self.urls else \
