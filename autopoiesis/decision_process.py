@@ -110,24 +110,34 @@ class IsolatedPolicy:
         except Exception as e:  # noqa: BLE001 - the adapter's inputs, not the program
             raise PolicyError(f"its inputs cannot be sent to its decision process ({type(e).__name__}: {e})") from None
         try:
+            if self._sent > self._received and not self._answers(0.0):
+                # still computing a call given up on (a C call, on a machine too busy for its CPU
+                # limit to have come yet): fall back at once rather than wait again
+                raise sandbox.DeadlinePassed()
             self._to.send_bytes(message)
             self._sent += 1
-            while True:  # answers to calls given up earlier come first: drop them
-                if not self._from.poll(self.wait_s):
-                    raise sandbox.DeadlinePassed()
-                kind, value = self._from.recv()
-                self._received += 1
-                if self._received == self._sent:
-                    break
+            if not self._answers(self.wait_s):
+                raise sandbox.DeadlinePassed()
+            kind, value = self._last
         except (EOFError, OSError):
             self._lose(f"its decision process {self._death()}")
         if kind == "ok":
             return value
         if kind == "timeout":
             raise sandbox.DeadlinePassed()
-        if kind == "lost":
-            self._lose(value)
         raise PolicyError(value)
+
+    def _answers(self, wait_s: float) -> bool:
+        """Read answers until the one to the last call sent (in ``_last``); False if it has not
+        come in ``wait_s``. Answers to calls given up on come first: they are dropped."""
+        while self._received < self._sent:
+            if not self._from.poll(wait_s):
+                return False
+            self._last = self._from.recv()
+            self._received += 1
+            if self._last[0] == "lost":  # it ended itself (its state outgrew the cap)
+                self._lose(self._last[1])
+        return True
 
     def _lose(self, why: str) -> None:
         self.lost = why

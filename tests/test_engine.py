@@ -408,4 +408,4 @@ def test_one_c_call_that_never_ends_costs_the_decision_process_not_the_live_engi
     load = adapter.load(7)
     assert sorted(r.request_id for r in records) == list(range(len(load))) and calls == len(load)
     assert fallbacks == len(load) - 2  # from the third request on: the process that ran it is gone
-    assert "CPU limit" in errors[0] and "CPU limit" in child.lost
+    assert "CPU limit" in child.lost and any("CPU limit" in e for e in errors)
