@@ -12,7 +12,7 @@ call's inputs through a pipe and waits at most ``wait_s`` for the answer; anythi
 incumbent's decision. A child that died, or whose state outgrew ``sandbox.STATE_LIMIT``,
 is lost: its calls fall back from then on, counted, and the Guard sees them.
 
-The price is a pipe round trip per decision (140-180 us on 2-core VMs whose bare round
+The price is a pipe round trip per decision (140-230 us on 2-core VMs whose bare round
 trip takes 85-95 us: ``benchmarks/decision_overhead.py``), so it suits live systems that
 decide per request, not a simulator deciding a hundred thousand times a second. Children
 are started ahead (``SPARES``), so a deployment does not wait for Python to start. Inputs travel by pickle, so they must be picklable objects of
