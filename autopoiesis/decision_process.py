@@ -37,6 +37,7 @@ from . import sandbox
 from .program import PolicyError, PolicySlot
 
 START_S = 60.0  # the child's start (imports and the program's compile), on a busy machine
+STATE_CHECK_EVERY = 4096  # calls between two measures of the program's state (as HotPath's)
 IDLE_LOOK_S = 1.0  # how often an idle child looks whether the process that started it is gone
 
 SPARES = 2  # children started ahead: a deployment isolates two programs (the new one, the incumbent)
@@ -229,7 +230,7 @@ def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
     outbox.send(("ready", sorted(policy.functions)))
     deadline = sandbox.CpuDeadline(timeout_s)
     signal.signal(signal.SIGPROF, signal.SIG_DFL)
-    capped, until_state_check = False, 4096
+    capped, until_state_check = False, STATE_CHECK_EVERY
     while _wait(inbox, parent):
         try:
             slot, args = inbox.recv()
@@ -252,7 +253,7 @@ def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
         signal.setitimer(signal.ITIMER_PROF, 0)
         until_state_check -= 1
         if until_state_check <= 0:
-            until_state_check = 4096
+            until_state_check = STATE_CHECK_EVERY
             if sandbox.state_items(policy, sandbox.STATE_LIMIT + 1) > sandbox.STATE_LIMIT:
                 outbox.send(("lost", f"retired: its state passed {sandbox.STATE_LIMIT} items"))
                 return

@@ -186,3 +186,19 @@ def test_a_child_whose_server_was_killed_ends_even_while_a_forked_worker_holds_i
         assert alive(worker) and not alive(child) and not alive(spare)
     finally:
         os.kill(worker, signal.SIGKILL)
+
+
+def test_a_child_whose_state_outgrows_the_cap_retires_its_program():
+    hoarder = IsolatedPolicy("seen = []\n\ndef priority(request, now):\n    seen.extend([now] * 25)\n"
+                             "    return now\n", SLOTS, "hoarder")
+    try:
+        answered = 0
+        with pytest.raises(PolicyError, match="retired: its state passed 100000 items"):
+            for _ in range(5000):
+                hoarder.priority(REQUEST, 1.0)
+                answered += 1
+        assert answered == 4095 and "retired" in hoarder.lost  # measured every 4096 calls, as on the hot path
+        with pytest.raises(PolicyError, match="retired"):
+            hoarder.priority(REQUEST, 1.0)
+    finally:
+        hoarder.close()
