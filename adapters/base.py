@@ -34,6 +34,9 @@ class Adapter:
     name: str = "adapter"
     #: metric -> direction for the objectives this adapter reports; the first is the default.
     objectives: tuple[Objective, ...] = ()
+    #: every metric ``evaluate`` reports, where known before anything runs: an ``--objective``
+    #: outside it is refused at once instead of after the seeds are scored (empty: not checked)
+    metrics: tuple[str, ...] = ()
     #: metrics shown in result tables (default: the objectives')
     headline: tuple[str, ...] = ()
     #: serve each deployed (untrusted) program from a decision process of its own

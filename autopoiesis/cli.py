@@ -522,11 +522,15 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 def _check_objectives(adapter: Any, objectives: Sequence[str]) -> None:
     from autopoiesis.metrics import Objective
 
+    known = getattr(adapter, "metrics", ())
     for text in objectives:
         try:
-            Objective.parse(text)
+            name = Objective.parse(text).name
         except ValueError as e:
             raise UserError(str(e)) from None
+        if known and name not in known:
+            raise UserError(f"--objective {text}: adapter '{adapter.name}' reports no metric {name!r} "
+                            f"(it reports: {', '.join(known)})")
     if not objectives and not getattr(adapter, "objectives", ()):
         raise UserError(f"adapter '{adapter.name}' declares no objectives; pass --objective METRIC")
 

@@ -185,6 +185,12 @@ class SLO:
     tpot_s: float = 0.1
 
 
+#: what ``RollingWindow.summary`` reports over a window with requests in it (and ``errors``
+#: when some failed): the metrics an adapter that scores by it can be asked to optimise
+WINDOW_METRICS = ("requests", "total_time", "throughput_rps", "throughput_tps", "slo_attainment", "preemptions",
+                  *(f"{stat}_{name}" for name in ("ttft", "tpot", "e2e") for stat in ("mean", "p50", "p99")))
+
+
 class RollingWindow:
     """The requests that finished in the last ``seconds`` (or all of them): the fitness source."""
 

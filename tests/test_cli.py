@@ -78,6 +78,17 @@ def test_user_mistakes_get_one_line(tmp_path, args, fragment):
     assert_one_line_error(proc, fragment)
 
 
+def test_an_objective_the_adapter_does_not_report_is_refused_before_anything_runs(tmp_path):
+    """The simulator names its metrics (``Adapter.metrics``): a misspelt objective is one line
+    at once, not an error after the seed programs are scored."""
+    proc = cli("evolve", "--adapter", "simulator", "--objective", "max:p99_ttfb", "--runs-dir", str(tmp_path))
+    assert_one_line_error(proc, "adapter 'simulator' reports no metric 'p99_ttfb' (it reports: requests, total_time")
+    assert not list(tmp_path.iterdir())  # no archive, no run
+    assert cli("evolve", "--adapter", "simulator", "--scenario", "stationary", "--objective", "max:slo_attainment",
+               "--population", "2", "--generations", "0", "--train-snapshots", "1", "--held-out-snapshots", "1",
+               "--runs-dir", str(tmp_path)).returncode == 0  # a metric it reports is taken
+
+
 def test_a_vllm_launch_without_vllm_or_without_the_model_says_which(tmp_path):
     """Before a server starts: a missing model directory, and a Python without vLLM (a bare
     virtual environment's), each get one line."""

@@ -229,12 +229,14 @@ def test_a_live_window_replays_on_the_twin_close_to_what_was_served(small_engine
     assert len(snapshot.params["requests"]) == len(served)
     replayed = adapter.evaluate(policy("fcfs"), snapshot)
     assert replayed["requests"] == len(served) and "twin_error" not in replayed
+    assert set(replayed) == set(adapter.metrics) - {"twin_error"}  # what --objective is checked against
     assert metrics["cost_scale"] > 0 and "twin_error" not in metrics  # the replay is the check's, off the thread
     start = adapter.fitted_costs()
     assert snapshot.params["costs"] == check.params["costs"] == start.to_dict()  # at first, the costs timed at start
     assert later.params["costs"] == start.scaled(metrics["cost_scale"]).to_dict()  # then at the live level
     checked = adapter.evaluate(policy("fcfs"), check)
     observed = statistics.fmean(r.e2e for r in served)
+    assert set(checked) == set(adapter.metrics)
     assert names == ("twin_error",) and checked["twin_error"] == pytest.approx(
         abs(checked["mean_e2e"] - observed) / observed)  # every request was served inside the window
     assert checked["twin_error"] < 1.0  # the same scheduler on timed costs: within a factor of two

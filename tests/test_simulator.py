@@ -159,6 +159,7 @@ def test_adapter_evaluates_through_the_sandbox():
     for outcome in outcomes.values():
         assert outcome.ok, outcome.error
         assert outcome.metrics["requests"] == 800
+        assert set(outcome.metrics) == set(adapter.metrics)  # what --objective is checked against
         assert math.isfinite(outcome.metrics["total_time"])
 
 

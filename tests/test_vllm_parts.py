@@ -10,7 +10,7 @@ from dataclasses import replace
 import pytest
 
 from autopoiesis.adapters.base import AdapterError, load_adapter
-from autopoiesis.adapters.vllm import load as loads, probe_waves, twin
+from autopoiesis.adapters.vllm import VLLMAdapter, load as loads, probe_waves, twin
 from autopoiesis.adapters.vllm.scrape import Scraper
 from autopoiesis.adapters.vllm.slots import DISPATCH_BASELINES, PRIORITY_BASELINES, SLOTS
 from autopoiesis.metrics import RequestRecord, RollingWindow
@@ -129,7 +129,9 @@ def test_score_counts_every_request_and_handles_an_empty_window():
     params = {"requests": workload(50), "replicas": 2, "costs": twin.Costs().to_dict()}
     metrics = twin.score(policy(), params)
     assert metrics["requests"] == 50 and metrics["mean_e2e"] > 0
-    assert twin.score(policy(), dict(params, requests=[]))["mean_e2e"] == 0.0
+    empty = twin.score(policy(), dict(params, requests=[]))
+    assert empty["mean_e2e"] == 0.0 and empty["slo_attainment"] == 1.0
+    assert set(metrics) == set(empty) == set(VLLMAdapter.metrics)  # what --objective is checked against
 
 
 def test_failed_records_do_not_count_as_latency():

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from autopoiesis.adapters.base import Adapter, AdapterError
-from autopoiesis.metrics import SLO, EngineSample, Objective, Observation, RollingWindow, Snapshot
+from autopoiesis.metrics import SLO, WINDOW_METRICS, EngineSample, Objective, Observation, RollingWindow, Snapshot
 from autopoiesis.traces import phased, rescaled
 
 from .engine import Config, Costs, Engine, Request, fit, replay, scale, shape
@@ -54,7 +54,7 @@ def score(policy: Any, params: dict) -> dict[str, float]:
         window.add(record)
     metrics = window.summary(SLO(**params["slo"]))
     if not records:
-        metrics.update(total_time=0.0, mean_e2e=0.0, mean_ttft=0.0, p99_ttft=0.0, slo_attainment=1.0)
+        metrics = {**dict.fromkeys(WINDOW_METRICS, 0.0), "slo_attainment": 1.0}  # any objective has a value
     if served:
         predicted = statistics.fmean(records[i].e2e for i in served)
         metrics["twin_error"] = abs(predicted - params["observed_e2e"]) / params["observed_e2e"]
@@ -67,6 +67,7 @@ class EngineAdapter(Adapter):
     name = "engine"
     objectives = (Objective("mean_e2e", "min"), Objective("mean_ttft", "min"), Objective("p99_ttft", "min"),
                   Objective("slo_attainment", "max"))
+    metrics = (*WINDOW_METRICS, "twin_error")  # twin_error: on a window check's snapshot only
     headline = ("mean_e2e", "mean_ttft", "p99_ttft", "slo_attainment", "throughput_tps")
     isolate_policies = True  # decisions per request: a round trip each is cheap next to serving
     guard_metric = "mean_e2e_open"

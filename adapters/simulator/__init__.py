@@ -7,7 +7,7 @@ The embedded default of the project and the twin on which candidates are scored:
 from __future__ import annotations
 
 from autopoiesis.adapters.base import Adapter, AdapterError
-from autopoiesis.metrics import Objective, RollingWindow, Snapshot
+from autopoiesis.metrics import WINDOW_METRICS, Objective, RollingWindow, Snapshot
 
 from . import hardware, scenario as scenarios
 from .costmodel import calibration
@@ -65,6 +65,8 @@ class SimulatorAdapter(Adapter):
     name = "simulator"
     objectives = (Objective("total_time", "min"), Objective("mean_e2e", "min"), Objective("p99_ttft", "min"),
                   Objective("slo_attainment", "max"), Objective("cost_usd", "min"))
+    metrics = (*WINDOW_METRICS, "gpu_hours", "cost_usd", "overhead_scheduling_s", "overhead_reconfiguration_gpu_s",
+               "reconfigurations", "recomputed_tokens")  # metrics_of
     headline = ("total_time", "mean_e2e", "p99_ttft", "slo_attainment", "cost_usd", "overhead_reconfiguration_gpu_s")
 
     def __init__(self, scenario: str = "mixed", requests: int | None = None):

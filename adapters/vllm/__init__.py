@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autopoiesis.adapters.base import Adapter, AdapterError
-from autopoiesis.metrics import SLO, Objective, Observation, RollingWindow, Snapshot
+from autopoiesis.metrics import SLO, WINDOW_METRICS, Objective, Observation, RollingWindow, Snapshot
 
 from . import load as loads, servers as fleet, twin
 from .slots import SLOTS
@@ -72,6 +72,7 @@ class VLLMAdapter(Adapter):
     name = "vllm"
     objectives = (Objective("mean_e2e", "min"), Objective("mean_ttft", "min"), Objective("p99_ttft", "min"),
                   Objective("slo_attainment", "max"))
+    metrics = WINDOW_METRICS
     headline = ("mean_e2e", "mean_ttft", "p99_ttft", "slo_attainment", "throughput_tps")
     isolate_policies = True  # decisions per request: a round trip each is cheap next to serving
     guard_metric = "mean_e2e_open"

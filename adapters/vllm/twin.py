@@ -34,7 +34,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from autopoiesis.metrics import SLO, RequestRecord, RollingWindow
+from autopoiesis.metrics import SLO, WINDOW_METRICS, RequestRecord, RollingWindow
 
 
 @dataclass(frozen=True)
@@ -304,7 +304,7 @@ def score(policy: Any, params: dict) -> dict[str, float]:
         window.add(record)
     metrics = window.summary(SLO(**params.get("slo", {})))
     if not requests:
-        metrics.update(total_time=0.0, mean_e2e=0.0, mean_ttft=0.0, p99_ttft=0.0, slo_attainment=1.0)
+        metrics = {**dict.fromkeys(WINDOW_METRICS, 0.0), "slo_attainment": 1.0}  # any objective has a value
     return metrics
 
 
