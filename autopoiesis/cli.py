@@ -392,6 +392,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     program = next(iter(baselines.values()))
     if args.policy:
         program = _policy_file(args.policy, adapter.slots(), program)
+        _check_loads(program, adapter, args.policy)
     console = Console(stderr=True)
     console.print(f"starting {adapter.name} ({adapter.describe()})"
                   + (f"; logs in {run_dir}" if hasattr(adapter, "run_dir") else ""))
@@ -774,14 +775,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         scenarios.path_of(args.scenario)
     except scenarios.ScenarioError as e:
         raise UserError(str(e)) from None
-    sources = {}
-    for path in args.policy:
-        try:
-            sources[path] = Path(path).read_text()
-        except OSError as e:
-            raise UserError(f"cannot read policy file {path}: {e.strerror}") from None
+    sources = {path: _read_policy(path, SLOTS) for path in args.policy}
     source = "\n\n".join(sources.values())
-    defined = {slot.name for slot in SLOTS if f"def {slot.name}(" in source}
+    defined = _defined(source, SLOTS) or set()
     for slot in SLOTS:  # fill the slots the files leave out with their first baseline
         if slot.name not in defined:
             source += "\n\n" + next(iter(slot.baselines.values()))
@@ -812,14 +808,32 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 # -- helpers ----------------------------------------------------------------------------
-def _policy_file(path: str, slots, base: Program) -> Program:
-    """A file of policy functions as a whole program: the slots it leaves out keep ``base``'s."""
+def _read_policy(path: str, slots) -> str:
+    """A policy file's text; one that defines none of the slots is a mistake (the wrong file)."""
     try:
         source = Path(path).read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read policy file {path}: {getattr(e, 'strerror', None) or e}") from None
+    if _defined(source, slots) == set():
+        raise UserError(f"policy file {path} defines none of the slots "
+                        f"({', '.join(slot.name for slot in slots)}): it needs a top-level `def SLOT(...)`")
+    return source
+
+
+def _defined(source: str, slots) -> set[str] | None:
+    """The slots ``source`` defines at its top level (None when it does not parse: the sandbox says why)."""
+    try:
+        return {slot.name for slot in slots if function_source(source, slot.name)}
+    except SyntaxError:
+        return None
+
+
+def _policy_file(path: str, slots, base: Program) -> Program:
+    """A file of policy functions as a whole program: the slots it leaves out keep ``base``'s."""
+    source = _read_policy(path, slots)
+    defined = _defined(source, slots) or {slot.name for slot in slots}
     for slot in slots:
-        found = None if f"def {slot.name}(" in source else function_source(base.source, slot.name)
+        found = None if slot.name in defined else function_source(base.source, slot.name)
         if found:
             source += "\n\n" + "\n".join(base.source.splitlines()[found[1] - 1:found[2]]) + "\n"
     return Program(source, name=Path(path).stem)
@@ -827,8 +841,6 @@ def _policy_file(path: str, slots, base: Program) -> Program:
 
 def _starting_program(spec: str, adapter, archive: Archive | None) -> Program:
     """``evolve --online --policy``: a policy file, or what a run in ``archive`` ended with."""
-    from autopoiesis import sandbox
-
     first = next(iter(adapter.baselines().values()))
     if Path(spec).is_file():
         program = _policy_file(spec, adapter.slots(), first)
@@ -847,13 +859,20 @@ def _starting_program(spec: str, adapter, archive: Archive | None) -> Program:
         if pid is None:
             raise UserError(f"--policy {spec}: that run has no program to start from yet")
         program = archive.program(pid)
-    try:  # what deploying it does first; a mistake is said before the live system starts
+    _check_loads(program, adapter, spec)
+    return program
+
+
+def _check_loads(program: Program, adapter, spec: str) -> None:
+    """Compile ``program`` as deploying it would first: a mistake is said before the live system starts."""
+    from autopoiesis import sandbox
+
+    try:
         sandbox.compile_policy(program.source, adapter.slots(), program.id)
     except sandbox.Rejected as e:
         raise UserError(f"--policy {spec} is rejected for adapter {adapter.name}: {e}") from None
     except Exception as e:  # noqa: BLE001 - its module-level code failed
         raise UserError(f"--policy {spec} fails to load: {type(e).__name__}: {e}") from None
-    return program
 
 
 def _console() -> Console:

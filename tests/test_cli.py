@@ -297,6 +297,28 @@ def test_simulate_rejects_a_hostile_policy(tmp_path):
     assert_one_line_error(cli("simulate", "--policy", str(policy)), "policy rejected")
 
 
+def test_a_policy_file_is_read_for_its_slots_and_checked_before_anything_starts(tmp_path):
+    """A file that defines no slot (a comment naming one does not count) is the wrong file; a
+    slot defined as ``def priority (...)`` is found by parsing, not text (appending the
+    baseline's own ``priority`` used to define it twice); and ``serve`` says a file is rejected
+    before it starts the live system and makes its logs folder."""
+    wrong = tmp_path / "wrong.py"
+    wrong.write_text("import math\n# def priority(request, now): not this\n")
+    assert_one_line_error(cli("simulate", "--policy", str(wrong)), "defines none of the slots (schedule, reschedule")
+    spaced = tmp_path / "spaced.py"
+    spaced.write_text("def priority (request, now):\n    return -request.arrival\n")
+    proc = cli("simulate", "--scenario", "stationary", "--policy", str(spaced), "--json")
+    default = cli("simulate", "--scenario", "stationary", "--json")
+    assert proc.returncode == default.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["total_time"] != json.loads(default.stdout)["total_time"]  # its own priority ran
+    broken = tmp_path / "broken.py"
+    broken.write_text("def priority(:\n")
+    runs = tmp_path / "runs"
+    served = cli("serve", "--adapter", "engine", "--policy", str(broken), "--runs-dir", str(runs), "--duration", "5")
+    assert_one_line_error(served, "--policy", "is rejected for adapter engine: syntax error on line 1")
+    assert not runs.exists()
+
+
 def test_missing_trace_is_one_line(tmp_path):
     scenario = tmp_path / "gone.toml"
     scenario.write_text((ROOT / "adapters" / "simulator" / "scenarios" / "trace_code.toml").read_text()
