@@ -521,17 +521,13 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 
 def _check_objectives(adapter: Any, objectives: Sequence[str]) -> None:
-    from autopoiesis.metrics import Objective
+    from autopoiesis.metrics import Objective, check_reported
 
-    known = getattr(adapter, "metrics", ())
     for text in objectives:
         try:
-            name = Objective.parse(text).name
+            check_reported([Objective.parse(text)], adapter)
         except ValueError as e:
-            raise UserError(str(e)) from None
-        if known and name not in known:
-            raise UserError(f"--objective {text}: adapter '{adapter.name}' reports no metric {name!r} "
-                            f"(it reports: {', '.join(known)})")
+            raise UserError(f"--objective {text}: {e}") from None
     if not objectives and not getattr(adapter, "objectives", ()):
         raise UserError(f"adapter '{adapter.name}' declares no objectives; pass --objective METRIC")
 

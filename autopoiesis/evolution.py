@@ -26,7 +26,7 @@ from deap import tools
 from . import sandbox
 from .archive import Archive
 from .evaluate import Evaluator, Limits, Outcome, Task
-from .metrics import Fitness, Objective, Snapshot
+from .metrics import Fitness, Objective, Snapshot, check_reported
 from .llm.ledger import BudgetExhausted
 from .operators import Context, Operator, OperatorError, offline
 from .program import Program
@@ -157,7 +157,9 @@ class Evolution:
 
     def _objectives(self) -> tuple[Objective, ...]:
         if self.config.objectives:
-            return tuple(Objective.parse(text) for text in self.config.objectives)
+            objectives = tuple(Objective.parse(text) for text in self.config.objectives)
+            check_reported(objectives, self.adapter)
+            return objectives
         if not getattr(self.adapter, "objectives", ()):
             raise ValueError(f"adapter '{self.adapter.name}' declares no objectives; pass one")
         return (self.adapter.objectives[0],)

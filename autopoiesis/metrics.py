@@ -51,6 +51,16 @@ class Objective:
         return f"{self.direction}:{self.name}"
 
 
+def check_reported(objectives: Iterable[Objective], adapter: Any) -> None:
+    """Raise ValueError for an objective the adapter says it does not report (its ``metrics``;
+    an adapter that names none is not checked, and fails when its metrics come back)."""
+    known = tuple(getattr(adapter, "metrics", ()) or ())
+    for objective in objectives:
+        if known and objective.name not in known:
+            raise ValueError(f"adapter '{adapter.name}' reports no metric {objective.name!r} "
+                             f"(it reports: {', '.join(known)})")
+
+
 @dataclass(frozen=True)
 class Fitness:
     """A named metric vector plus the objective(s) a strategy ranks by."""

@@ -31,7 +31,7 @@ from . import sandbox
 from .archive import Archive, ArchiveError
 from .evaluate import Evaluator, Limits, Task
 from .evolution import Config, Evolution, new_run_id
-from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, open_latency
+from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, check_reported, open_latency
 from .program import PolicyError, Program, slot_code_id
 
 
@@ -365,6 +365,7 @@ class Controller:
         self.slots = adapter.slots()
         objectives = self.evolution_config.objectives or (str(adapter.objectives[0]),)
         self.objective = Objective.parse(objectives[0])
+        check_reported([self.objective], adapter)
         guard_name = self.config.guard_metric or getattr(adapter, "guard_metric", "") or self.objective.name
         guard_direction = next((o.direction for o in adapter.objectives if o.name == guard_name), "min")
         self.guard = Guard(Objective(guard_name, guard_direction), self.config.guard_windows,

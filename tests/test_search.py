@@ -59,6 +59,18 @@ def test_same_seed_same_run(queue_adapter):
     assert a.fitness.values == b.fitness.values
 
 
+def test_an_objective_the_adapter_does_not_report_is_refused_at_construction(tmp_path):
+    from autopoiesis.adapters.simulator import SimulatorAdapter
+    from autopoiesis.online import Controller
+
+    adapter = SimulatorAdapter("stationary")
+    for build in (lambda c: Evolution(adapter, c, Archive(tmp_path / "a.db")),
+                  lambda c: Controller(adapter, evolution=c, archive=Archive(tmp_path / "b.db"))):
+        with pytest.raises(ValueError, match="reports no metric 'p99_ttfb' \\(it reports: requests, total_time"):
+            build(Config(objectives=("min:p99_ttfb",)))
+        assert build(Config(objectives=("max:slo_attainment",)))  # one it reports
+
+
 def test_objective_parsing():
     assert Objective.parse("max:throughput") == Objective("throughput", "max")
     assert Objective.parse("latency") == Objective("latency", "min")
