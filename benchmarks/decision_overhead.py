@@ -21,7 +21,7 @@ from autopoiesis.adapters.simulator import SimulatorAdapter
 from autopoiesis.adapters.simulator.engine import RequestInfo
 from autopoiesis.adapters.simulator.slots import _ExampleReplica
 from autopoiesis.decision_process import IsolatedPolicy
-from autopoiesis.online import HotPath
+from autopoiesis.hot_path import HotPath
 from autopoiesis.sandbox import compile_policy
 from autopoiesis.cli import positive_int
 

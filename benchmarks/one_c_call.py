@@ -48,7 +48,7 @@ cap = int(float(sys.argv[2]) * 2**30)
 resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
 from autopoiesis.adapters.simulator import SimulatorAdapter
 from autopoiesis.adapters.simulator.engine import RequestInfo
-from autopoiesis.online import hot_path
+from autopoiesis.hot_path import hot_path
 from autopoiesis.program import Program, replace_function
 adapter = SimulatorAdapter("stationary", requests=100)
 default = adapter.baselines()["default"]

@@ -17,7 +17,7 @@ from autopoiesis import sandbox
 from autopoiesis.adapters.simulator import SimulatorAdapter
 from autopoiesis.adapters.simulator.engine import RequestInfo
 from autopoiesis.decision_process import IsolatedPolicy
-from autopoiesis.online import hot_path
+from autopoiesis.hot_path import hot_path
 from autopoiesis.program import PolicyError, PolicySlot, Program
 from processes import alive
 

@@ -85,7 +85,7 @@ def test_a_deployed_program_whose_state_grows_without_bound_is_retired(adapter, 
     """A program that remembers every request passes a short replay, then would grow the
     serving process for as long as it stays live: past the state limit its calls fall back."""
     from autopoiesis import sandbox
-    from autopoiesis.online import HotPath
+    from autopoiesis.hot_path import HotPath
 
     monkeypatch.setattr(sandbox, "STATE_LIMIT", 1000)
     monkeypatch.setattr(HotPath, "state_check_every", 100)
@@ -138,7 +138,7 @@ def test_the_trusted_last_fallback_answers_without_a_deadline(adapter, default):
     """A machine can stall past the 50 ms deadline (these VMs freeze for seconds under load):
     the built-in baseline that ends the chain still answers, so no request goes without a
     decision. A lone policy keeps its deadline: nothing would answer for it if it hung."""
-    from autopoiesis.online import hot_path
+    from autopoiesis.hot_path import hot_path
     from autopoiesis.program import PolicyError
 
     hanging = variant(default, "priority", "def priority(request, now):\n    while True:\n        pass\n")
@@ -164,7 +164,7 @@ def test_a_deadline_alarm_swallowed_by_a_gc_callback_recurs(monkeypatch):
     import sys
     import time
 
-    from autopoiesis.online import HotPath
+    from autopoiesis.hot_path import HotPath
     from autopoiesis.sandbox import DeadlinePassed, Policy
 
     ignored = []
@@ -200,7 +200,7 @@ def test_the_hot_path_leaves_the_host_process_its_alarm():
     import signal
     import time
 
-    from autopoiesis.online import HotPath
+    from autopoiesis.hot_path import HotPath
     from autopoiesis.sandbox import Policy
 
     def spinning(request, now):
@@ -238,7 +238,7 @@ def test_an_alarm_the_host_left_to_its_default_action_still_ends_the_process():
     import sys
 
     script = ("import signal, time\n"
-              "from autopoiesis.online import HotPath\n"
+              "from autopoiesis.hot_path import HotPath\n"
               "from autopoiesis.sandbox import Policy\n"
               "path = HotPath(Policy('quick', {'priority': lambda r, n: 1.0}))\n"
               "signal.alarm(1)\n"
@@ -357,7 +357,7 @@ def test_a_stalled_call_on_the_hot_path_answers_and_counts_as_a_stall():
     import threading
     import time
 
-    from autopoiesis.online import HotPath
+    from autopoiesis.hot_path import HotPath
     from autopoiesis.sandbox import Policy
 
     def staged_stall():
@@ -407,7 +407,7 @@ def test_a_garbage_collection_of_the_hosts_heap_is_not_charged_to_the_policy_cal
     import gc
 
     from autopoiesis import sandbox
-    from autopoiesis.online import HotPath
+    from autopoiesis.hot_path import HotPath
     from autopoiesis.sandbox import Policy
 
     def allocates(request, now):

@@ -238,7 +238,7 @@ class EngineAdapter(Adapter):
         return time.monotonic() - self._live()["origin"]
 
     def deploy(self, program, fallbacks=()) -> None:
-        from autopoiesis.online import hot_path
+        from autopoiesis.hot_path import hot_path
 
         live = self._live()
         checks = {"priority": lambda r, args: math.isfinite(float(r))}  # 10**400 falls back, not the engine

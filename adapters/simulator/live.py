@@ -17,7 +17,7 @@ import functools
 import math
 
 from autopoiesis.metrics import EngineSample, Observation
-from autopoiesis.online import hot_path
+from autopoiesis.hot_path import hot_path
 from autopoiesis.program import slot_code_id
 
 from . import scenario as scenarios

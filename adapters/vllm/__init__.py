@@ -310,7 +310,7 @@ class VLLMAdapter(Adapter):
                 if not p.name.endswith(".tmp")] if path else []
 
     def deploy(self, program, fallbacks=()) -> None:
-        from autopoiesis.online import hot_path
+        from autopoiesis.hot_path import hot_path
 
         router = self.router
         checks = {"dispatch": lambda r, args: isinstance(r, int) and 0 <= r < len(args[1])}
@@ -343,7 +343,7 @@ class VLLMAdapter(Adapter):
         one. The refit (least squares, then scaled to replay what was served) is what the next
         evolution's candidates are scored with.
         """
-        from autopoiesis.online import hot_path
+        from autopoiesis.hot_path import hot_path
 
         records = self.live["records"]
         replicas = max(1, sum(r.up for r in self.router.replicas))
