@@ -45,6 +45,11 @@ _spare: list[tuple] = []  # children started ahead, waiting for their program (s
 _spare_lock = threading.Lock()
 
 
+class GaveUp(sandbox.DeadlinePassed):
+    """The caller stopped waiting: no answer came in ``wait_s`` (a stalled machine, or a C call
+    its CPU limit has not ended yet). The program is kept; its late answer is dropped."""
+
+
 class IsolatedPolicy:
     """A program compiled and called in a child process; duck-types ``sandbox.Policy``.
 
@@ -52,11 +57,13 @@ class IsolatedPolicy:
     ``kill_cpu_s``: CPU time after which one call ends the child, for C calls the deadline
     cannot stop. ``wait_s``: real time the caller waits for one answer before it falls back
     (the program is kept; its late answer is dropped). ``memory_mb``: the child's address
-    space beyond what it holds after its first call's inputs arrive.
+    space beyond what it holds after its first call's inputs arrive. ``state_check_every`` calls
+    apart, the child measures the program's state and retires it past ``state_limit`` items.
     """
 
     def __init__(self, source: str, slots: Iterable[PolicySlot], program_id: str = "", timeout_s: float = 0.05,
-                 kill_cpu_s: float = 0.5, wait_s: float = 1.0, memory_mb: int = 1024):
+                 kill_cpu_s: float = 0.5, wait_s: float = 1.0, memory_mb: int = 1024,
+                 state_check_every: int = STATE_CHECK_EVERY, state_limit: int | None = None):
         slots = list(slots)
         sandbox.check(source, slots)  # a rejected program never starts a process
         self.program_id, self.source, self.namespace = program_id, source, {}
@@ -65,7 +72,8 @@ class IsolatedPolicy:
         self._finalize = weakref.finalize(self, _end, self._process, self._to, self._from)
         light = [PolicySlot(s.name, tuple(s.params), "", returns=s.returns) for s in slots]
         self._starting()  # "up": Python started and the sandbox imported
-        self._to.send((source, light, program_id, timeout_s, kill_cpu_s, memory_mb))
+        state_limit = sandbox.STATE_LIMIT if state_limit is None else state_limit
+        self._to.send((source, light, program_id, timeout_s, kill_cpu_s, memory_mb, state_check_every, state_limit))
         kind, value = self._starting()
         if kind == "rejected":
             self.close()
@@ -115,11 +123,11 @@ class IsolatedPolicy:
             if self._sent > self._received and not self._answers(0.0):
                 # still computing a call given up on (a C call, on a machine too busy for its CPU
                 # limit to have come yet): fall back at once rather than wait again
-                raise sandbox.DeadlinePassed()
+                raise GaveUp()
             self._to.send_bytes(message)
             self._sent += 1
             if not self._answers(self.wait_s):
-                raise sandbox.DeadlinePassed()
+                raise GaveUp()
             kind, value = self._last
         except (EOFError, OSError):
             self._lose(f"its decision process {self._death()}")
@@ -158,9 +166,21 @@ class IsolatedPolicy:
         return f"exited with code {code}"
 
 
+def _command() -> list[str]:
+    """How a child starts: ``-m`` where autopoiesis is installed; where this module was loaded
+    by path under a package name of its own (vLLM's plugin, in an environment without
+    autopoiesis: ``autopoiesis_scheduler._sandbox``), the child loads it the same way."""
+    package = __spec__.parent if __spec__ else "autopoiesis"
+    if package == "autopoiesis":
+        return [sys.executable, "-m", "autopoiesis.decision_process"]
+    boot = ("import importlib, sys, types; package = types.ModuleType({0!r}); package.__path__ = [{1!r}]; "
+            "sys.modules[{0!r}] = package; importlib.import_module({0!r} + '.decision_process').main()")
+    return [sys.executable, "-c", boot.format(package, os.path.dirname(os.path.abspath(__file__)))]
+
+
 def _start_child() -> tuple[subprocess.Popen, Connection, Connection]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "OPENBLAS_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", __name__, str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    process = subprocess.Popen([*_command(), str(os.getpid())], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, env=env)
     to, back = Connection(os.dup(process.stdin.fileno()), readable=False), Connection(os.dup(process.stdout.fileno()),
                                                                                        writable=False)
@@ -218,7 +238,7 @@ def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
     try:
         if not _wait(inbox, parent):
             return
-        source, slots, program_id, timeout_s, kill_cpu_s, memory_mb = inbox.recv()
+        source, slots, program_id, timeout_s, kill_cpu_s, memory_mb, check_every, state_limit = inbox.recv()
     except EOFError:  # a spare never used
         return
     sandbox.apply_limits(None)  # no files written, no core dumps; the memory cap waits (below)
@@ -230,7 +250,7 @@ def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
     outbox.send(("ready", sorted(policy.functions)))
     deadline = sandbox.CpuDeadline(timeout_s)
     signal.signal(signal.SIGPROF, signal.SIG_DFL)
-    capped, until_state_check = False, STATE_CHECK_EVERY
+    capped, until_state_check = False, check_every
     while _wait(inbox, parent):
         try:
             slot, args = inbox.recv()
@@ -253,9 +273,9 @@ def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
         signal.setitimer(signal.ITIMER_PROF, 0)
         until_state_check -= 1
         if until_state_check <= 0:
-            until_state_check = STATE_CHECK_EVERY
-            if sandbox.state_items(policy, sandbox.STATE_LIMIT + 1) > sandbox.STATE_LIMIT:
-                outbox.send(("lost", f"retired: its state passed {sandbox.STATE_LIMIT} items"))
+            until_state_check = check_every
+            if sandbox.state_items(policy, state_limit + 1) > state_limit:
+                outbox.send(("lost", f"retired: its state passed {state_limit} items"))
                 return
         try:
             outbox.send(answer)

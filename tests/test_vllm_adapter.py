@@ -438,28 +438,28 @@ def test_the_plugin_retires_a_program_whose_state_grows_with_its_calls(tmp_path)
     assert result["error"] == "retired: its state passed 1000 items", result
 
 
-def test_a_stall_past_the_plugin_deadline_keeps_the_program(tmp_path):
-    """The plugin's deadline is 50 ms of the program thread's CPU time. A stall (here another
-    thread holds the GIL for 0.2 s, as vLLM's own threads or a frozen machine can) lets the
-    call go on: the program answers, and the stall is counted. Before, the real-time alarm
-    dropped the program until the next deployment, and every later request was a fallback.
-    A stall past the cap gives that one call up and keeps the program. A program that
-    computes past the deadline is dropped."""
+def test_the_plugin_serves_its_program_from_a_decision_process(tmp_path):
+    """In vLLM's own Python, with no autopoiesis installed there: the plugin's program answers
+    from a child process. One C call that never ends (the fan-out) ends that child at 0.5 s
+    of CPU, the program is dropped with the reason, and the engine's thread computed none of
+    it (in-process it held the engine for over 20 s: benchmarks/one_c_call.py). A stopped
+    child (a frozen machine) costs one request, FCFS after the stall cap, counted as a stall,
+    and the program stays. A program computing past the 50 ms deadline is dropped."""
     import json
 
     out = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_plugin_stall.py"), str(ROOT / "adapters" / "vllm"),
                           str(ROOT / "autopoiesis"), str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
-    stall, capped, slow = result["stall"], result["capped"], result["slow"]
-    for case in (stall, capped):
-        assert case["took_s"] > 0.1 and case["cpu_s"] < 0.05, case  # a stall happened, not a slow program
-    # a busy machine can stall the second call too (six CPU burners did): a stall, never a fallback
-    assert (stall["first"], stall["second"], stall["fallbacks"]) == (1.0, 1.0, 0) and stall["stalls"] >= 1, stall
-    assert capped["first"] == 0.0 and 1 <= capped["fallbacks"] <= capped["stalls"], capped
-    assert stall["error"] == capped["error"] == ""  # both kept the program
+    stopped, slow, fanout = result["stopped"], result["slow"], result["fanout"]
+    assert (stopped["first"], stopped["stopped"], stopped["after"]) == (1.0, 0.0, 1.0), stopped
+    assert 0.2 <= stopped["took_s"] < 1.0 and (stopped["fallbacks"], stopped["stalls"], stopped["error"]) == (1, 1, ""), \
+        stopped
     assert slow["first"] == slow["second"] == 0.0 and slow["error"] == "timed out", slow
     assert (slow["fallbacks"], slow["stalls"]) == (2, 0), slow
+    assert "CPU limit" in fanout["error"] and set(fanout["keys"]) == {0.0} and fanout["after"] == 0.0, fanout
+    assert fanout["cpu_s"] < 0.1 and fanout["took_s"] < 5 and not fanout["pid_alive"], fanout
+    assert fanout["fallbacks"] == fanout["calls"] == len(fanout["keys"]) + 1, fanout
 
 
 def test_an_uneven_dispatch_program_sets_the_load_split(servers, tmp_path):

@@ -4,8 +4,9 @@ whose state grows with its calls.
     python tests/vllm_plugin_state.py PLUGIN_DIR SANDBOX_DIR WORK_DIR
 
 Publishes a program that remembers every request, with the state limit lowered to 1000
-items and measured every 10 requests, asks ``QueueOrder`` for 700 priorities and prints, as
-JSON, how many the program answered, the fallbacks and the status's error.
+items and measured every 10 requests (by its decision process), asks ``QueueOrder`` for 700
+priorities and prints, as JSON, how many the program answered, the fallbacks and the
+status's error.
 """
 
 import json
@@ -20,7 +21,7 @@ import autopoiesis_scheduler as plugin  # noqa: E402 - found through the path se
 
 REMEMBER = "SEEN = {}\ndef priority(request, now):\n    SEEN[request.id] = now\n    return 1.0\n"
 
-sandbox, _ = plugin._sandbox()
+sandbox = plugin._sandbox()[0]  # the limit is read at publication and sent to the program's process
 sandbox.STATE_LIMIT = 1000
 plugin.STATE_CHECK_EVERY = 10
 path = os.path.join(sys.argv[3], "remember.json")

@@ -19,14 +19,19 @@ arrival). The epoch counts the changes of order (a program loaded, withdrawn or 
 so the requests queued before a change keep their order, ahead of every later arrival: keys
 of two programs are on unrelated scales, and one queue keyed by both could rank the backlog
 wholly ahead of, or behind, the new program's arrivals. A withdrawn program leaves new
-requests their own priority. Any failure of the program (an exception, a non-finite value, 50 ms of
-computing without an answer, a program that does not compile) drops it until the next one
-is published: the queue is first come, first served for the requests that arrive meanwhile
-(priority 0), and each one is counted. The deadline is the program thread's CPU time,
-looked at by a real-time alarm: while the thread is not running (the machine stalled,
-another thread holds the GIL) the call goes on, and it is counted as a stall. A stall past
-1 s gives that one call up (FCFS, counted as a fallback too) and keeps the program. Counts
-go to ``AUTOPOIESIS_POLICY_FILE.status-PID`` for the controller to read.
+requests their own priority.
+
+The program runs in a decision process of its own (autopoiesis's ``decision_process``,
+loaded by path like the sandbox, its child started with vLLM's Python): no call of it, not
+even one C call that never ends or builds a gigabyte, can hold or grow vLLM's engine
+process. Any failure of the program (an exception, a non-finite value, 50 ms of computing
+without an answer, 0.5 s of CPU in one C call, which ends its process, state past the
+sandbox's limit, a program that does not compile) drops it until the next one is
+published: the queue is first come, first served for the requests that arrive meanwhile
+(priority 0), and each one is counted. The deadline is CPU time, so a stalled machine does
+not drop a program; a call with no answer after 1 s is given up (FCFS, counted as a
+fallback and a stall) and the program kept. Counts go to
+``AUTOPOIESIS_POLICY_FILE.status-PID`` for the controller to read.
 """
 
 from __future__ import annotations
@@ -42,21 +47,22 @@ import types
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
 
-DEADLINE_S = 0.05  # CPU time the program's thread may spend on one request
-STALL_CAP_S = 1.0  # real time after which a call is given up even if its thread hardly ran
-RECHECK_S = 0.01  # after the first alarm, how often the deadline is looked at again
+DEADLINE_S = 0.05  # CPU time the program may spend on one request
+STALL_CAP_S = 1.0  # real time after which a call is given up (the program kept)
 CHECK_EVERY_S = 0.05
 STATE_CHECK_EVERY = 4096  # requests between two measures of the program's state (the sandbox's STATE_LIMIT)
 
 
 def _sandbox():
-    """autopoiesis's sandbox module, loaded by path under a private package name (no install needed)."""
+    """autopoiesis's sandbox, program and decision_process modules, loaded by path under a
+    private package name (no install needed)."""
     name = "_autopoiesis_sandbox"
     if name not in sys.modules:
         package = types.ModuleType(name)
         package.__path__ = [os.environ["AUTOPOIESIS_SANDBOX_DIR"]]
         sys.modules[name] = package
-    return importlib.import_module(name + ".sandbox"), importlib.import_module(name + ".program")
+    return (importlib.import_module(name + ".sandbox"), importlib.import_module(name + ".program"),
+            importlib.import_module(name + ".decision_process"))
 
 
 class QueueOrder:
@@ -76,14 +82,11 @@ class QueueOrder:
         self._calls = self._fallbacks = self._stalls = 0
         self._ids = 0
         self._order_epoch = 0  # changes of order so far: a program loaded, withdrawn or dropped
-        sandbox, program = _sandbox()
-        self._compile = sandbox.compile_policy
-        self._state_items, self._state_limit = sandbox.state_items, sandbox.STATE_LIMIT
+        self._sandbox, program, self._decisions = _sandbox()
         self._policy = None
-        self._until_state_check = STATE_CHECK_EVERY
         self._slots = [program.PolicySlot(name="priority", params=("request", "now"), doc="", returns=(int, float))]
-        self._deadline = sandbox.CpuDeadline(DEADLINE_S, STALL_CAP_S, RECHECK_S)
-        self._deadline_passed = sandbox.DeadlinePassed
+        if path:
+            self._decisions.start_spares()  # the first publication need not wait for Python to start
         self._reload()
 
     def __call__(self, request) -> tuple[int, float]:
@@ -114,22 +117,32 @@ class QueueOrder:
             with open(self._path) as f:
                 published = json.load(f)
             if not published.get("source"):  # withdrawn: requests keep their own priority again
-                self._fn, self._program, self._error = None, "", ""
+                self._swap(None)
+                self._program, self._error = "", ""
                 self._version = published.get("version", 0)
                 self._order_epoch += 1
                 self._write_status(force=True)
                 return
-            policy = self._compile(published["source"], self._slots, published.get("program", ""))
-            fn = policy.functions.get("priority")
+            policy = self._decisions.IsolatedPolicy(
+                published["source"], self._slots, published.get("program", ""), timeout_s=DEADLINE_S,
+                wait_s=STALL_CAP_S, state_check_every=STATE_CHECK_EVERY, state_limit=self._sandbox.STATE_LIMIT)
             self._version, self._program = published.get("version", 0), published.get("program", "")
             self._epoch = float(published.get("epoch_unix", self._epoch))
-            self._error = "" if fn else "the program has no priority function"
-            self._fn, self._policy = fn, policy  # the swap is atomic for the scheduler: it reads _fn
-            self._until_state_check = STATE_CHECK_EVERY
+            self._error = "" if "priority" in policy else "the program has no priority function"
+            self._swap(policy)
         except Exception as e:  # noqa: BLE001 - a bad publication leaves FCFS, never a dead engine
-            self._fn, self._error = None, f"cannot load the program: {type(e).__name__}: {e}"[:300]
+            self._swap(None)
+            self._error = f"cannot load the program: {type(e).__name__}: {e}"[:300]
         self._order_epoch += 1
         self._write_status(force=True)
+
+    def _swap(self, policy) -> None:
+        """Serve ``policy`` (None: none) from now on and end the replaced one's process. One
+        assignment of ``_fn``, which the scheduler reads: a step sees one program or the other."""
+        old, self._policy = self._policy, policy
+        self._fn = getattr(policy, "priority", None)
+        if old is not None:
+            old.close()
 
     def _write_status(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -163,39 +176,25 @@ class QueueOrder:
         arrival = request.arrival_time - self._epoch
         view = types.SimpleNamespace(id=rid, arrival=arrival, prompt_tokens=request.num_prompt_tokens,
                                      generated=request.num_output_tokens)
-        deadline = self._deadline
         try:
-            with deadline:
-                value = float(fn(view, time.time() - self._epoch))
+            value = float(fn(view, time.time() - self._epoch))
             if not math.isfinite(value):
                 raise ValueError(f"priority {value} is not finite")
-            self._stalls += deadline.stalled  # past the deadline in real time, not in computing: it answered
-            self._until_state_check -= 1
-            if self._until_state_check <= 0:
-                self._check_state()
             return value
-        except (Exception, self._deadline_passed) as e:  # noqa: BLE001 - untrusted code: FCFS until the next program
+        except self._decisions.GaveUp:  # no answer in STALL_CAP_S: a stall; the program stays
             self._fallbacks += 1
-            timed_out = isinstance(e, self._deadline_passed)
-            if timed_out and deadline.computed < deadline.cpu_s:
-                self._stalls += 1  # given up at the cap, the program hardly ran: a stall, it stays
-                self._write_status(force=True)
-                return 0.0
-            self._fn = None
-            self._order_epoch += 1  # this request and the later ones are FCFS, after the backlog
-            self._error = "timed out" if timed_out else f"{type(e).__name__}: {e}"[:300]
+            self._stalls += 1
             self._write_status(force=True)
             return 0.0
-
-    def _check_state(self) -> None:
-        """Drop a program whose state between calls passed the sandbox's limit: it would grow
-        the engine's process for as long as it stays published (FCFS until the next one)."""
-        self._until_state_check = STATE_CHECK_EVERY
-        if self._policy is not None and self._state_items(self._policy, self._state_limit + 1) > self._state_limit:
-            self._fn = None
-            self._order_epoch += 1  # the later requests are FCFS, after the backlog
-            self._error = f"retired: its state passed {self._state_limit} items"
+        except (Exception, self._sandbox.DeadlinePassed) as e:  # noqa: BLE001 - untrusted code: FCFS until the next program
+            self._fallbacks += 1
+            self._swap(None)
+            self._order_epoch += 1  # this request and the later ones are FCFS, after the backlog
+            # the decision process words a program's failure ("ZeroDivisionError: ...", "retired: ...")
+            self._error = ("timed out" if isinstance(e, self._sandbox.DeadlinePassed)
+                           else str(e) if isinstance(e, self._decisions.PolicyError) else f"{type(e).__name__}: {e}")[:300]
             self._write_status(force=True)
+            return 0.0
 
 
 class PolicyScheduler(AsyncScheduler):
