@@ -15,6 +15,7 @@ from collections import Counter, deque
 from typing import Any, Callable, Mapping, Sequence
 
 from . import sandbox
+from .decision_process import GaveUp, IsolatedPolicy
 from .program import PolicyError, Program
 
 
@@ -26,7 +27,8 @@ class HotPath:
     thread) or a result the adapter's check refuses is answered by the next policy in
     ``fallbacks`` (the incumbent, then the built-in baseline) and counted, so the serving
     plane never loses a decision. A call that only stalled (a frozen machine, another thread
-    holding the GIL) goes on and answers, up to 1 s, and is counted in ``stalls``. The last
+    holding the GIL) goes on and answers, up to 1 s, and is counted in ``stalls``, as is a
+    decision process's call with no answer in its ``wait_s`` (that one falls back). The last
     fallback is trusted (human-designed) and runs without a deadline: a machine that stalls
     for longer than the deadline must not leave a request without a decision. Every
     ``state_check_every`` calls the untrusted programs' state is measured; one holding more
@@ -91,6 +93,9 @@ class HotPath:
                     if answer:
                         return answer[0]
                     reason = reason or "returned an answer the adapter cannot use"
+                except GaveUp:  # a decision process gave no answer in time: the machine, likely
+                    self.stalls += 1
+                    reason = reason or "no answer in time (stalled)"
                 except sandbox.DeadlinePassed:
                     reason = reason or "timed out"
                 except Exception as e:  # noqa: BLE001 - untrusted code: any failure falls back
@@ -149,8 +154,6 @@ def hot_path(program: Program, fallbacks: Sequence[Program], slots, checks=None,
     process of its own (``decision_process.IsolatedPolicy``), so that no call of theirs,
     not even one long C call, can hold or grow the serving process.
     """
-    from .decision_process import IsolatedPolicy
-
     chain = [program, *fallbacks]
     untrusted = len(chain) - 1 if len(chain) > 1 else 1
     compiled = []

@@ -46,7 +46,7 @@ def priority(request, now):
 
 @pytest.fixture
 def isolated():
-    policy = IsolatedPolicy(PROGRAM, SLOTS, "p", timeout_s=0.05)
+    policy = IsolatedPolicy(PROGRAM, SLOTS, "p", timeout_s=0.05, wait_s=10.0)  # a busy machine's answers are late
     yield policy
     policy.close()
 
@@ -150,15 +150,48 @@ def test_the_hot_path_answers_every_call_and_counts_what_the_child_could_not():
     path = hot_path(Program(PROGRAM), [default], adapter.slots(), isolate=True)  # the other slots: default's
     try:
         child = path._policies[0]
+        child.wait_s = 10.0  # a busy machine's answers are late: a given-up call would be a stall
         assert isinstance(child, IsolatedPolicy) and "priority" in path
         fallback_answer = path._policies[-1].priority(REQUEST, 10.0)
-        answers = [path.priority(REQUEST, now) for now in (10.0, 2.0, 3.0, 4.0, 1.0, 10.0)]
+        answers = [path.priority(REQUEST, now) for now in (10.0, 2.0, 3.0, 4.0, 1.0)]
+        answers.append(path.priority(REQUEST, 10.0))
     finally:
         path.close()
     assert answers[0] == 3.5 and answers[1:] == [fallback_answer] * 5  # the baseline answers for it
     calls, fallbacks, stalls = path.take_counts()
-    assert calls == {"priority": 6} and fallbacks == {"priority": 5} and stalls == 0
+    assert calls == {"priority": 6} and fallbacks == {"priority": 5}
+    assert stalls == 0  # the CPU limit ended the fan-out's call well inside the wait
     assert any("CPU limit" in e for e in path.errors) and not alive(child.pid)
+
+
+def test_a_stopped_child_costs_its_calls_a_stall_each_and_keeps_its_program():
+    """A frozen machine, as the kernel can leave a process (SIGSTOP): the serving thread waits
+    ``wait_s``, answers from the baseline, counts a stall as well as the fallback, and keeps
+    the program, which answers again once it runs."""
+    adapter = SimulatorAdapter("stationary", requests=50)
+    path = hot_path(Program(PROGRAM), [adapter.baselines()["default"]], adapter.slots(), isolate=True)
+    try:
+        child = path._policies[0]
+        child.wait_s = 10.0
+        assert path.priority(REQUEST, 10.0) == 3.5
+        child.wait_s = 0.2
+        os.kill(child.pid, signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            stalled = path.priority(REQUEST, 10.0)
+            took = time.monotonic() - start
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        assert child._from.poll(10)  # its late answer: until it comes, calls fall back at once
+        child.wait_s = 10.0
+        again = path.priority(REQUEST, 10.0)
+    finally:
+        path.close()
+    assert stalled == path._policies[-1].priority(REQUEST, 10.0) and 0.2 <= took < 1.0
+    assert again == 5.5 and not child.lost  # its third call (the stalled one's answer dropped)
+    calls, fallbacks, stalls = path.take_counts()
+    assert calls == {"priority": 3} and fallbacks == {"priority": 1} and stalls == 1
+    assert list(path.errors) == ["priority: no answer in time (stalled)"]
 
 
 def test_a_child_whose_server_was_killed_ends_even_while_a_forked_worker_holds_its_pipe(tmp_path):
@@ -190,7 +223,7 @@ def test_a_child_whose_server_was_killed_ends_even_while_a_forked_worker_holds_i
 
 def test_a_child_whose_state_outgrows_the_cap_retires_its_program():
     hoarder = IsolatedPolicy("seen = []\n\ndef priority(request, now):\n    seen.extend([now] * 25)\n"
-                             "    return now\n", SLOTS, "hoarder")
+                             "    return now\n", SLOTS, "hoarder", wait_s=10.0)
     try:
         answered = 0
         with pytest.raises(PolicyError, match="retired: its state passed 100000 items"):
