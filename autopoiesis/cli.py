@@ -820,7 +820,7 @@ def _defined(source: str, slots) -> set[str] | None:
     """The slots ``source`` defines at its top level (None when it does not parse: the sandbox says why)."""
     try:
         return {slot.name for slot in slots if function_source(source, slot.name)}
-    except SyntaxError:
+    except (SyntaxError, ValueError):  # ValueError: a null byte
         return None
 
 

@@ -74,7 +74,8 @@ def check(source: str, slots: Iterable[PolicySlot]) -> ast.Module:
     try:
         tree = ast.parse(source)
     except SyntaxError as e:
-        raise Rejected(f"syntax error on line {e.lineno}: {e.msg}") from None
+        where = f" on line {e.lineno}" if e.lineno else ""  # a null byte has no line
+        raise Rejected(f"syntax error{where}: {e.msg}") from None
     except (ValueError, RecursionError, MemoryError) as e:
         raise Rejected(f"cannot parse: {type(e).__name__}") from None
 

@@ -217,3 +217,13 @@ def test_evolution_meeting_every_hostile_program_finishes_with_a_healthy_pool():
     # Only the FCFS seed and its descendants can be champions.
     assert result.fitness.scalar < 100
     assert "def priority" in result.champion.source
+
+
+@pytest.mark.parametrize("source, message", [
+    ("def priority(request, now):\n    return (1.0\n", "syntax error on line 2"),
+    ("def priority(request, now):\n    return 1.0\x00\n", "syntax error: source code string cannot contain null bytes"),
+])
+def test_a_syntax_error_says_where_when_it_can(source, message):
+    with pytest.raises(sandbox.Rejected) as info:
+        sandbox.check(source, SLOTS)
+    assert str(info.value).startswith(message) and "None" not in str(info.value)
