@@ -15,9 +15,12 @@ is lost: its calls fall back from then on, counted, and the Guard sees them.
 The price is a pipe round trip per decision (140-230 us on 2-core VMs whose bare round
 trip takes 85-95 us: ``benchmarks/decision_overhead.py``), so it suits live systems that
 decide per request, not a simulator deciding a hundred thousand times a second. Children
-are started ahead (``SPARES``), so a deployment does not wait for Python to start. Inputs travel by pickle, so they must be picklable objects of
-importable classes (the shipped adapters' views are namedtuples, dataclasses and
-``SimpleNamespace``s), and a program sees copies: it cannot change the caller's objects.
+are started ahead (``SPARES``), so a deployment does not wait for Python to start. Inputs
+travel by pickle, so they must be picklable objects of importable classes (the shipped
+adapters' views are namedtuples, dataclasses and ``SimpleNamespace``s), and a program sees
+copies: it cannot change the caller's objects.
+It needs only the sandbox: vLLM's in-engine plugin loads it by path, with no autopoiesis
+installed, and its children start the same way (``_command``).
 """
 
 from __future__ import annotations
