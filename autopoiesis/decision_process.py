@@ -20,12 +20,15 @@ travel by pickle, so they must be picklable objects of importable classes (the s
 adapters' views are namedtuples, dataclasses and ``SimpleNamespace``s), and a program sees
 copies: it cannot change the caller's objects.
 It needs only the sandbox: vLLM's in-engine plugin loads it by path, with no autopoiesis
-installed, and its children start the same way (``_command``).
+installed, and its children start the same way (``_command``). ``Worker`` is the same kind
+of child for trusted work that calls a program too often for a round trip per call (the
+vLLM twin's replays of a live window): the whole job goes there.
 """
 
 from __future__ import annotations
 
 import atexit
+import importlib
 import os
 import pickle
 import signal
@@ -53,40 +56,18 @@ class GaveUp(sandbox.DeadlinePassed):
     its CPU limit has not ended yet). The program is kept; its late answer is dropped."""
 
 
-class IsolatedPolicy:
-    """A program compiled and called in a child process; duck-types ``sandbox.Policy``.
+class _Child:
+    """A started child and its pipes: one message out, its answer back within ``wait_s``.
 
-    ``timeout_s``: CPU time per call, as on the serving thread (the child's ``CpuDeadline``).
-    ``kill_cpu_s``: CPU time after which one call ends the child, for C calls the deadline
-    cannot stop. ``wait_s``: real time the caller waits for one answer before it falls back
-    (the program is kept; its late answer is dropped). ``memory_mb``: the child's address
-    space beyond what it holds after its first call's inputs arrive. ``state_check_every`` calls
-    apart, the child measures the program's state and retires it past ``state_limit`` items.
+    An answer to a message given up on comes first when it comes: it is dropped. A child
+    that died, or said it is ``lost``, is lost for good: every later message fails at once.
     """
 
-    def __init__(self, source: str, slots: Iterable[PolicySlot], program_id: str = "", timeout_s: float = 0.05,
-                 kill_cpu_s: float = 0.5, wait_s: float = 1.0, memory_mb: int = 1024,
-                 state_check_every: int = STATE_CHECK_EVERY, state_limit: int | None = None):
-        slots = list(slots)
-        sandbox.check(source, slots)  # a rejected program never starts a process
-        self.program_id, self.source, self.namespace = program_id, source, {}
+    def __init__(self, wait_s: float):
         self.wait_s, self.lost, self._sent, self._received = wait_s, "", 0, 0
         self._process, self._to, self._from = _take_child()
         self._finalize = weakref.finalize(self, _end, self._process, self._to, self._from)
-        light = [PolicySlot(s.name, tuple(s.params), "", returns=s.returns) for s in slots]
         self._starting()  # "up": Python started and the sandbox imported
-        state_limit = sandbox.STATE_LIMIT if state_limit is None else state_limit
-        self._to.send((source, light, program_id, timeout_s, kill_cpu_s, memory_mb, state_check_every, state_limit))
-        kind, value = self._starting()
-        if kind == "rejected":
-            self.close()
-            raise sandbox.Rejected(value)
-        self.functions = {name: self._caller(name) for name in value}
-        for name, fn in self.functions.items():
-            setattr(self, name, fn)
-
-    def __contains__(self, slot: str) -> bool:
-        return slot in self.functions
 
     def _starting(self) -> tuple[str, Any]:
         """The child's next message while it starts."""
@@ -104,45 +85,30 @@ class IsolatedPolicy:
         return self._process.pid
 
     def close(self) -> None:
-        """End the child (idempotent; also done when the policy is collected, or at exit)."""
+        """End the child (idempotent; also done when this is collected, or at exit)."""
         self._finalize()
 
-    def _caller(self, slot: str):
-        def call(*args):
-            return self._call(slot, args)
-
-        call.__name__ = slot
-        call.isolated = True  # the HotPath puts no deadline of its own around the wait
-        return call
-
-    def _call(self, slot: str, args: tuple) -> Any:
+    def _ask(self, message: bytes) -> tuple[str, Any]:
+        """Send ``message`` and return the child's answer to it; ``GaveUp`` when it has not
+        come in ``wait_s``, ``PolicyError`` once the child is lost."""
         if self.lost:
             raise PolicyError(self.lost)
         try:
-            message = pickle.dumps((slot, args), pickle.HIGHEST_PROTOCOL)
-        except Exception as e:  # noqa: BLE001 - the adapter's inputs, not the program
-            raise PolicyError(f"its inputs cannot be sent to its decision process ({type(e).__name__}: {e})") from None
-        try:
             if self._sent > self._received and not self._answers(0.0):
-                # still computing a call given up on (a C call, on a machine too busy for its CPU
-                # limit to have come yet): fall back at once rather than wait again
+                # still computing a message given up on (a C call, on a machine too busy for its
+                # CPU limit to have come yet): fail at once rather than wait again
                 raise GaveUp()
             self._to.send_bytes(message)
             self._sent += 1
             if not self._answers(self.wait_s):
                 raise GaveUp()
-            kind, value = self._last
+            return self._last
         except (EOFError, OSError):
             self._lose(f"its decision process {self._death()}")
-        if kind == "ok":
-            return value
-        if kind == "timeout":
-            raise sandbox.DeadlinePassed()
-        raise PolicyError(value)
 
     def _answers(self, wait_s: float) -> bool:
-        """Read answers until the one to the last call sent (in ``_last``); False if it has not
-        come in ``wait_s``. Answers to calls given up on come first: they are dropped."""
+        """Read answers until the one to the last message sent (in ``_last``); False if it has
+        not come in ``wait_s``. Answers to messages given up on come first: they are dropped."""
         while self._received < self._sent:
             if not self._from.poll(wait_s):
                 return False
@@ -167,6 +133,81 @@ class IsolatedPolicy:
         if code == -signal.SIGKILL:
             return "was killed (out of memory?)"
         return f"exited with code {code}"
+
+
+class IsolatedPolicy(_Child):
+    """A program compiled and called in a child process; duck-types ``sandbox.Policy``.
+
+    ``timeout_s``: CPU time per call, as on the serving thread (the child's ``CpuDeadline``).
+    ``kill_cpu_s``: CPU time after which one call ends the child, for C calls the deadline
+    cannot stop. ``wait_s``: real time the caller waits for one answer before it falls back
+    (the program is kept; its late answer is dropped). ``memory_mb``: the child's address
+    space beyond what it holds after its first call's inputs arrive. ``state_check_every`` calls
+    apart, the child measures the program's state and retires it past ``state_limit`` items.
+    """
+
+    def __init__(self, source: str, slots: Iterable[PolicySlot], program_id: str = "", timeout_s: float = 0.05,
+                 kill_cpu_s: float = 0.5, wait_s: float = 1.0, memory_mb: int = 1024,
+                 state_check_every: int = STATE_CHECK_EVERY, state_limit: int | None = None):
+        slots = list(slots)
+        sandbox.check(source, slots)  # a rejected program never starts a process
+        self.program_id, self.source, self.namespace = program_id, source, {}
+        super().__init__(wait_s)
+        light = [PolicySlot(s.name, tuple(s.params), "", returns=s.returns) for s in slots]
+        state_limit = sandbox.STATE_LIMIT if state_limit is None else state_limit
+        self._to.send(("program", source, light, program_id, timeout_s, kill_cpu_s, memory_mb, state_check_every,
+                       state_limit))
+        kind, value = self._starting()
+        if kind == "rejected":
+            self.close()
+            raise sandbox.Rejected(value)
+        self.functions = {name: self._caller(name) for name in value}
+        for name, fn in self.functions.items():
+            setattr(self, name, fn)
+
+    def __contains__(self, slot: str) -> bool:
+        return slot in self.functions
+
+    def _caller(self, slot: str):
+        def call(*args):
+            return self._call(slot, args)
+
+        call.__name__ = slot
+        call.isolated = True  # the HotPath puts no deadline of its own around the wait
+        return call
+
+    def _call(self, slot: str, args: tuple) -> Any:
+        try:
+            message = pickle.dumps((slot, args), pickle.HIGHEST_PROTOCOL)
+        except Exception as e:  # noqa: BLE001 - the adapter's inputs, not the program
+            raise PolicyError(f"its inputs cannot be sent to its decision process ({type(e).__name__}: {e})") from None
+        kind, value = self._ask(message)
+        if kind == "ok":
+            return value
+        if kind == "timeout":
+            raise sandbox.DeadlinePassed()
+        raise PolicyError(value)
+
+
+class Worker(_Child):
+    """A child that runs trusted functions which call untrusted programs: work that would
+    call a program too often for a round trip per call (a twin's replays of a live window),
+    kept out of the serving process all the same. ``run("module:function", *args)`` imports
+    the function there and returns what it returns; the kernel ends the child when one job
+    computes for ``cpu_s``, and its memory is capped once its first job is done (the imports
+    in). A failed or ended job raises ``PolicyError``; one with no answer in ``wait_s``,
+    ``GaveUp``. The child stays for the next job until it is lost."""
+
+    def __init__(self, wait_s: float = 2.0, cpu_s: float = 2.0, memory_mb: int = 1024):
+        super().__init__(wait_s)
+        self.cpu_s = cpu_s
+        self._to.send(("worker", memory_mb))
+
+    def run(self, target: str, *args: Any) -> Any:
+        kind, value = self._ask(pickle.dumps((target, args, self.cpu_s), pickle.HIGHEST_PROTOCOL))
+        if kind == "ok":
+            return value
+        raise PolicyError(value)
 
 
 def _command() -> list[str]:
@@ -235,16 +276,53 @@ def _end(process: subprocess.Popen, *connections: Connection) -> None:
 
 # -- the child ----------------------------------------------------------------------------
 def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
-    """Compile the program sent first, then answer calls until the pipe closes (or ``parent``,
-    the process that started this one, is gone)."""
+    """Take the first message (a program to serve, or work to do), then answer until the pipe
+    closes (or ``parent``, the process that started this one, is gone)."""
     outbox.send(("up", None))
     try:
         if not _wait(inbox, parent):
             return
-        source, slots, program_id, timeout_s, kill_cpu_s, memory_mb, check_every, state_limit = inbox.recv()
+        kind, *setup = inbox.recv()
     except EOFError:  # a spare never used
         return
     sandbox.apply_limits(None)  # no files written, no core dumps; the memory cap waits (below)
+    if kind == "worker":
+        _work(inbox, outbox, parent, *setup)
+    else:
+        _answer(inbox, outbox, parent, *setup)
+
+
+def _work(inbox: Connection, outbox: Connection, parent: int, memory_mb: int) -> None:
+    """Run each job sent, ("module:function", args, cpu_s), and send back what it returns."""
+    signal.signal(signal.SIGPROF, signal.SIG_DFL)
+    capped = False
+    while _wait(inbox, parent):
+        try:
+            target, args, cpu_s = inbox.recv()
+        except EOFError:
+            return
+        except Exception as e:  # noqa: BLE001 - a class this process cannot import, say
+            outbox.send(("error", f"its inputs could not be received ({type(e).__name__}: {e})"[:300]))
+            continue
+        signal.setitimer(signal.ITIMER_PROF, cpu_s)
+        try:
+            module, _, name = target.partition(":")
+            answer = ("ok", getattr(importlib.import_module(module), name)(*args))
+        except BaseException as e:  # noqa: BLE001 - the job's programs are untrusted: any failure is an answer
+            answer = ("error", f"{type(e).__name__}: {e}"[:300])
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        if not capped:  # after the first job: the modules it needs are loaded
+            sandbox.apply_limits(memory_mb)
+            capped = True
+        try:
+            outbox.send(answer)
+        except Exception as e:  # noqa: BLE001 - a result that does not pickle
+            outbox.send(("error", f"returned what cannot be sent back ({type(e).__name__}: {e})"[:300]))
+
+
+def _answer(inbox: Connection, outbox: Connection, parent: int, source: str, slots: list, program_id: str,
+            timeout_s: float, kill_cpu_s: float, memory_mb: int, check_every: int, state_limit: int) -> None:
+    """Compile the program, then answer its slot calls."""
     try:
         policy = sandbox.compile_policy(source, slots, program_id)
     except Exception as e:  # noqa: BLE001 - untrusted code: its failure is the answer

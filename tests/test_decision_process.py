@@ -235,3 +235,29 @@ def test_a_child_whose_state_outgrows_the_cap_retires_its_program():
             hoarder.priority(REQUEST, 1.0)
     finally:
         hoarder.close()
+
+
+def test_a_worker_runs_jobs_and_a_slow_one_is_given_up_without_waiting_again():
+    """``Worker``: trusted jobs in a child. One with no answer in ``wait_s`` is given up; while
+    the child is still on it the next fails at once; its late answer is dropped; a job that
+    ends the child leaves the worker lost, with the reason."""
+    from autopoiesis.decision_process import GaveUp, Worker
+
+    worker = Worker(wait_s=10.0)  # a busy machine's answers are late
+    try:
+        assert worker.run("math:factorial", 5) == 120 and worker.pid != os.getpid()
+        worker.wait_s = 0.2
+        with pytest.raises(GaveUp):
+            worker.run("time:sleep", 1.0)
+        start = time.monotonic()
+        with pytest.raises(GaveUp):
+            worker.run("math:factorial", 3)  # the child is still asleep
+        assert time.monotonic() - start < 0.1
+        worker.wait_s = 10.0
+        assert worker._from.poll(10)  # the sleep's late answer: until it comes, jobs fail at once
+        assert worker.run("math:factorial", 4) == 24  # not the sleep's late None
+        with pytest.raises(PolicyError, match="exited with code 3"):
+            worker.run("os:_exit", 3)
+        assert worker.lost and not alive(worker.pid)
+    finally:
+        worker.close()

@@ -83,6 +83,58 @@ def test_a_prefill_line_on_too_few_free_slots_keeps_the_previous_one():
     assert at_two == pytest.approx(true.decode_base_s + 2 * true.decode_per_seq_s, rel=0.05)
 
 
+def test_a_windows_replays_run_in_the_twin_worker_and_a_c_call_there_ends_only_it():
+    """``window_metrics``'s replays in a ``decision_process.Worker`` (a real child process):
+    the answer is the in-process one; a job's error is a ``PolicyError`` with its reason; a
+    program whose ``dispatch`` is one C call that never ends (in the serving process it would
+    hold the router past 20 s) ends the worker at its CPU limit, and the serving thread
+    computed none of it."""
+    import time
+
+    from autopoiesis.decision_process import Worker
+    from autopoiesis.program import PolicyError
+
+    true = twin.Costs(0.03, 3e-4, 0.02, 4e-3, max_batch=6)
+    served = DISPATCH_BASELINES["least_outstanding"] + "\n\n" + PRIORITY_BASELINES["fcfs"]
+    records = twin.replay(compile_policy(served, SLOTS), workload(100, seed=1), 2, true)
+    fitted = twin.fit(records, 6)
+    args = (twin.window(records, 0.0, 10.0)[2], 0.0, 10.0, 2, fitted, fitted)
+    baseline = DISPATCH_BASELINES["round_robin"] + "\n\n" + PRIORITY_BASELINES["fcfs"]
+    worker = Worker(wait_s=60.0, cpu_s=2.0)
+    try:
+        error, scaled = worker.run(f"{twin.__name__}:replayed", served, baseline, *args)
+        assert (error, scaled) == twin.replayed(served, baseline, *args) and error is not None
+        with pytest.raises(PolicyError, match="ValueError: factorial"):
+            worker.run("math:factorial", -1)
+        fanout = "def dispatch(request, replicas, now):\n    return max(map(sum, [range(10**6)] * 10**4)) * 0\n"
+        cpu = time.thread_time()
+        with pytest.raises(PolicyError, match="CPU limit"):
+            worker.run(f"{twin.__name__}:replayed", fanout, baseline, *args)
+        assert time.thread_time() - cpu < 0.1 and worker.lost
+    finally:
+        worker.close()
+
+
+def test_the_adapter_replaces_a_lost_twin_worker_and_keeps_none_without_isolation():
+    from autopoiesis.adapters.vllm import VLLMAdapter
+    from autopoiesis.program import PolicyError
+
+    adapter = VLLMAdapter(urls=["http://127.0.0.1:1"])
+    adapter.live = {}  # no servers: only what window_metrics keeps there
+    first = adapter._twin_worker()
+    try:
+        assert adapter._twin_worker() is first
+        with pytest.raises(PolicyError, match="exited with code 3"):
+            first.run("os:_exit", 3)
+        second = adapter._twin_worker()
+        assert second is not first and second.run("math:factorial", 4) == 24
+        second.close()
+        adapter.isolate_policies = False
+        assert adapter._twin_worker() is None  # --no-isolate: the replays run in-process
+    finally:
+        first.close()
+
+
 def test_each_windows_scaling_stays_within_its_limit_of_the_last_fit():
     """Past capacity the prefill line goes unfitted window after window; scaling must not compound."""
     true = twin.Costs(0.3, 3e-3, 0.02, 4e-3, max_batch=2)

@@ -26,6 +26,9 @@ from .slots import SLOTS
 
 __all__ = ["VLLMAdapter"]
 
+TWIN_WAIT_S = 2.0  # the router's wait for a window's twin replays (in-process they took 37 ms at most)
+TWIN_CPU_S = 5.0  # CPU a window's replays may take before the kernel ends their worker
+
 
 def _urls(value: Any) -> list[str]:
     if not value:
@@ -171,6 +174,11 @@ class VLLMAdapter(Adapter):
                             "loop": asyncio.new_event_loop(), "records": [], "load": None, "outcome": None,
                             "log": open(run_dir / "requests.jsonl", "a", buffering=1)}
         try:
+            if self.isolate_policies:  # its imports (0.6 s) while the servers start, not in the first window
+                worker = self._twin_worker()
+                worker.wait_s = decision_process.START_S
+                worker.run(f"{twin.__name__}:window", [], 0.0, 0.0)
+                worker.wait_s = TWIN_WAIT_S
             fleet.wait_ready(servers, self.start_timeout)
             router = live["router"] = Router([s.url for s in servers], "plugin" if self.plugin else "request")
             router.on_record = self._log
@@ -343,22 +351,36 @@ class VLLMAdapter(Adapter):
         one. The refit (least squares, then scaled to replay what was served) is what the next
         evolution's candidates are scored with.
         """
-        from autopoiesis.hot_path import hot_path
+        from autopoiesis.sandbox import DeadlinePassed
 
         records = self.live["records"]
         replicas = max(1, sum(r.up for r in self.router.replicas))
         out = {"replicas_up": float(replicas)}
-        try:  # untrusted code on the serving thread: under the hot path's deadline, baseline behind it
-            policy = hot_path(incumbent, [next(iter(self.baselines().values()))], self.slots())
-            if self.costs.samples:
-                error = twin.prediction_error(policy, records, since, until, replicas, self.costs)
-                if error is not None:
-                    out["twin_error"] = error
-            self.fitted, self.costs = twin.refit(self.fitted, policy, records, since, until, replicas)
-        except Exception:  # noqa: BLE001 - the twin's view is a report, never a reason to stop serving
+        fitted = twin.fit(records, self.fitted.max_batch, self.fitted)  # least squares: no program runs
+        args = (incumbent.source, next(iter(self.baselines().values())).source, twin.window(records, since, until)[2],
+                since, until, replicas, self.costs if self.costs.samples else None, fitted)
+        try:  # the replays call the program: in the twin's worker process (in-process with --no-isolate)
+            worker = self._twin_worker()
+            error, scaled = worker.run(f"{twin.__name__}:replayed", *args) if worker else twin.replayed(*args)
+            if error is not None:
+                out["twin_error"] = error
+            self.fitted, self.costs = fitted, scaled
+        except (Exception, DeadlinePassed):  # noqa: BLE001 - the twin's view is a report: the costs stay as they were
             pass
         out["twin_samples"] = float(self.costs.samples)
         return out
+
+    def _twin_worker(self):
+        """The process the twin's replays of each window run in (None: in this one, ``--no-isolate``);
+        a new one if the last was lost (a program ended it)."""
+        from autopoiesis.decision_process import Worker
+
+        if not self.isolate_policies:
+            return None
+        worker = self.live.get("twin_worker")
+        if worker is None or worker.lost:
+            worker = self.live["twin_worker"] = Worker(wait_s=TWIN_WAIT_S, cpu_s=TWIN_CPU_S)
+        return worker
 
     def live_metrics(self) -> dict[str, float]:
         window = RollingWindow()
@@ -385,6 +407,8 @@ class VLLMAdapter(Adapter):
             fleet.stop(live["servers"])
             if getattr(live.get("router"), "policy", None) is not None:
                 live["router"].policy.close()  # the decision processes
+            if live.get("twin_worker") is not None:
+                live["twin_worker"].close()
         self.served = live["records"]  # what was served stays readable after stop (reports, tests)
 
     def __getstate__(self):  # worker processes need the twin, not the live system

@@ -198,6 +198,26 @@ def refit(anchor: Costs, policy: Any, records: Sequence[RequestRecord], since: f
     return fitted, refine(fitted, policy, records, since, until, replicas) if fitted.samples else fitted
 
 
+def replayed(program: str, baseline: str, pool: Sequence[RequestRecord], since: float, until: float,
+             replicas: int, costs: Costs | None, fitted: Costs) -> tuple[float | None, Costs]:
+    """The replays of a live window with the program that served it: (the twin's error on
+    it with ``costs``, those before it, None for none yet; ``fitted`` scaled to replay it).
+
+    The program runs here, under the hot path's deadline, the router's baseline behind it.
+    ``VLLMAdapter.window_metrics`` sends this to a ``decision_process.Worker``: about 25
+    replays of the window call the program too often for a round trip per call, and none of
+    those calls then runs in the serving process. ``pool`` (``window``'s) is all that travels.
+    """
+    from autopoiesis.hot_path import hot_path
+    from autopoiesis.program import Program
+
+    from .slots import SLOTS
+
+    policy = hot_path(Program(program), [Program(baseline)], SLOTS)
+    error = prediction_error(policy, pool, since, until, replicas, costs) if costs is not None else None
+    return error, refine(fitted, policy, pool, since, until, replicas) if fitted.samples else fitted
+
+
 def _lower_line(x: np.ndarray, y: np.ndarray, share: float = 0.3, rounds: int = 4) -> tuple[float, float]:
     """A line under the cloud: least squares, then again on the ``share`` of points with the lowest residuals."""
     a, b = _line(x, y)
