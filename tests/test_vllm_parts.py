@@ -135,6 +135,41 @@ def test_the_adapter_replaces_a_lost_twin_worker_and_keeps_none_without_isolatio
         first.close()
 
 
+def test_window_metrics_refits_in_the_worker_and_stops_replaying_a_program_that_ended_it(monkeypatch):
+    """``window_metrics`` on recorded records (no servers: the live dict holds what it reads).
+    A program whose replays end the worker leaves the costs as they were, and is not
+    replayed again while it is the incumbent (each window would otherwise pause the router
+    until the CPU limit); the next program is refitted in a new worker."""
+    import time
+    from types import SimpleNamespace
+
+    import autopoiesis.adapters.vllm as vllm_adapter
+    from autopoiesis.adapters.vllm import VLLMAdapter
+    from autopoiesis.program import Program
+
+    monkeypatch.setattr(vllm_adapter, "TWIN_CPU_S", 0.5)
+    monkeypatch.setattr(vllm_adapter, "TWIN_WAIT_S", 30.0)
+    true = twin.Costs(0.03, 3e-4, 0.02, 4e-3, max_batch=6)
+    served = DISPATCH_BASELINES["least_outstanding"] + "\n\n" + PRIORITY_BASELINES["fcfs"]
+    records = twin.replay(compile_policy(served, SLOTS), workload(100, seed=1), 2, true)
+    adapter = VLLMAdapter(urls=["http://127.0.0.1:1"])
+    adapter.live = {"records": records, "router": SimpleNamespace(replicas=[SimpleNamespace(up=True)] * 2)}
+    before = adapter.costs
+    fanout = Program("def dispatch(request, replicas, now):\n    return max(map(sum, [range(10**6)] * 10**4)) * 0\n")
+    try:
+        out = adapter.window_metrics(0.0, 10.0, fanout)
+        assert "twin_error" not in out and adapter.costs == before
+        assert adapter.live["twin_worker"].lost and adapter.live["twin_ended_by"] == fanout.id
+        start = time.monotonic()
+        assert "twin_error" not in adapter.window_metrics(10.0, 20.0, fanout)
+        assert time.monotonic() - start < 0.5 and adapter.live["twin_worker"].lost  # no new worker for it
+        adapter.window_metrics(0.0, 10.0, Program(served))  # the first fit: no error yet (no costs before)
+        assert adapter.costs != before and not adapter.live["twin_worker"].lost
+        assert adapter.window_metrics(0.0, 10.0, Program(served))["twin_error"] < 0.5
+    finally:
+        adapter.live["twin_worker"].close()
+
+
 def test_each_windows_scaling_stays_within_its_limit_of_the_last_fit():
     """Past capacity the prefill line goes unfitted window after window; scaling must not compound."""
     true = twin.Costs(0.3, 3e-3, 0.02, 4e-3, max_batch=2)

@@ -356,17 +356,22 @@ class VLLMAdapter(Adapter):
         records = self.live["records"]
         replicas = max(1, sum(r.up for r in self.router.replicas))
         out = {"replicas_up": float(replicas)}
-        fitted = twin.fit(records, self.fitted.max_batch, self.fitted)  # least squares: no program runs
-        args = (incumbent.source, next(iter(self.baselines().values())).source, twin.window(records, since, until)[2],
-                since, until, replicas, self.costs if self.costs.samples else None, fitted)
+        worker = None
         try:  # the replays call the program: in the twin's worker process (in-process with --no-isolate)
+            if self.live.get("twin_ended_by") == incumbent.id:
+                raise RuntimeError("this program ended the twin's worker: not replayed again")
+            fitted = twin.fit(records, self.fitted.max_batch, self.fitted)  # least squares: no program runs
+            args = (incumbent.source, next(iter(self.baselines().values())).source,
+                    twin.window(records, since, until)[2], since, until, replicas,
+                    self.costs if self.costs.samples else None, fitted)
             worker = self._twin_worker()
             error, scaled = worker.run(f"{twin.__name__}:replayed", *args) if worker else twin.replayed(*args)
             if error is not None:
                 out["twin_error"] = error
             self.fitted, self.costs = fitted, scaled
         except (Exception, DeadlinePassed):  # noqa: BLE001 - the twin's view is a report: the costs stay as they were
-            pass
+            if worker is not None and worker.lost:  # each window would pause the router until the CPU limit
+                self.live["twin_ended_by"] = incumbent.id
         out["twin_samples"] = float(self.costs.samples)
         return out
 
