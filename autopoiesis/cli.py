@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -706,6 +706,39 @@ def _print_results(console: Console, archive: Archive, run_id: str, training: bo
         style = "bold green" if r["kind"] == "champion" else None
         table.add_row(r["name"], r["program"][:8], *cells, style=style)
     console.print(table)
+    config = archive.run(run_id)["config"]
+    note = trade_offs(results, (config.get("objective_list") or [""])[0], config.get("directions", {}), metrics)
+    if note:
+        console.print(note, style="yellow", highlight=False)
+
+
+def trade_offs(results: list[dict[str, Any]], objective: str, directions: Mapping[str, str],
+               metrics: Sequence[str], worse_by: float = 0.25) -> str:
+    """What the champion gives up against the best baseline on ``objective`` (held out): the
+    table's metrics it is more than ``worse_by`` worse on. Evolution optimizes one objective
+    and says nothing of the rest; a user reading only that line would miss them."""
+    direction, _, name = objective.rpartition(":")
+    held = {r["name"]: r["held_out"] or {} for r in results if r["kind"] in ("champion", "baseline")}
+    champion = next((held[r["name"]] for r in results if r["kind"] == "champion"), {})
+    baselines = {n: m for n, m in held.items() if n != "champion" and name in m}
+    if name not in champion or not baselines:
+        return ""
+    sign = -1.0 if direction == "max" else 1.0
+    best = min(baselines, key=lambda n: sign * baselines[n][name])
+    worse = []
+    for m in metrics:
+        a, b, way = champion.get(m), baselines[best].get(m), directions.get(m)
+        if m == name or a is None or b is None or way not in ("min", "max") or b == 0:
+            continue
+        change = (a - b) / abs(b) * (1.0 if way == "min" else -1.0)
+        if change > worse_by:
+            worse.append(f"{m} {_num(a)} against {_num(b)} ({'+' if way == 'min' else '-'}{abs(a - b) / abs(b):.0%})")
+    if not worse:
+        return ""
+    gain = sign * (baselines[best][name] - champion[name]) / abs(baselines[best][name] or 1.0)
+    return (f"Against {best}, the best baseline on {name}, the champion is {abs(gain):.1%} "
+            f"{'better' if gain >= 0 else 'worse'} on {name} and worse on {'; '.join(worse)}. Evolution ranks by --objective ({objective}); give another, or several "
+            f"with --strategy nsga2, to weigh what it gives up.")
 
 
 def _num(value: Any) -> str:

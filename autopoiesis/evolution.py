@@ -184,7 +184,8 @@ class Evolution:
             stored = dict(cfg.to_dict(), train_keys=[s.key for s in train], held_out_keys=[s.key for s in held_out],
                           objective_list=[str(o) for o in self.objectives],
                           adapter_options=self.adapter_options,
-                          headline=list(getattr(self.adapter, "headline", ()) or [o.name for o in self.adapter.objectives]))
+                          headline=list(getattr(self.adapter, "headline", ()) or [o.name for o in self.adapter.objectives]),
+                          directions={o.name: o.direction for o in (*self.adapter.objectives, *self.objectives)})
             self.archive.create_run(run_id, self.adapter_spec, {**stored, **self.extra_config})
             first_gen = 0
         self.run_id = run_id

@@ -353,3 +353,27 @@ def test_isolate_on_the_simulator_is_a_one_line_error_that_records_no_run(tmp_pa
     assert_one_line_error(proc, "--isolate", "live cost model")
     listed = cli("report", "--runs-dir", str(runs))
     assert "simulator-online" not in listed.stdout + listed.stderr
+
+
+def test_the_results_name_what_the_champion_gives_up_against_the_best_baseline():
+    """The quick start's champion wins total time and loses the p99 TTFT three times over (its
+    held-out figures): the line under the table says so, with each direction respected."""
+    from autopoiesis.cli import trade_offs
+
+    results = [
+        {"kind": "champion", "name": "champion", "held_out": {"total_time": 616.1, "p99_ttft": 164.7,
+                                                              "slo_attainment": 0.30, "cost_usd": 3.40}},
+        {"kind": "baseline", "name": "reschedule:periodic", "held_out": {"total_time": 638.4, "p99_ttft": 51.47,
+                                                                         "slo_attainment": 0.79, "cost_usd": 3.51}},
+        {"kind": "baseline", "name": "default", "held_out": {"total_time": 772.7, "p99_ttft": 166.1,
+                                                             "slo_attainment": 0.30, "cost_usd": 4.20}},
+    ]
+    directions = {"total_time": "min", "p99_ttft": "min", "slo_attainment": "max", "cost_usd": "min"}
+    metrics = ["total_time", "p99_ttft", "slo_attainment", "cost_usd"]
+    note = trade_offs(results, "min:total_time", directions, metrics)
+    assert note.startswith("Against reschedule:periodic, the best baseline on total_time, the champion is 3.5% better")
+    assert "p99_ttft 164.7 against 51.47 (+220%)" in note and "slo_attainment 0.3 against 0.79 (-62%)" in note
+    assert "cost_usd" not in note  # better: not a trade-off
+    assert trade_offs(results, "min:total_time", {}, metrics) == ""  # no directions (an older run): nothing said
+    even = [dict(r, held_out=dict(r["held_out"], p99_ttft=50.0, slo_attainment=0.8)) for r in results]
+    assert trade_offs(even, "min:total_time", directions, metrics) == ""
