@@ -116,7 +116,6 @@ def test_a_windows_replays_run_in_the_twin_worker_and_a_c_call_there_ends_only_i
 
 
 def test_the_adapter_replaces_a_lost_twin_worker_and_keeps_none_without_isolation():
-    from autopoiesis.adapters.vllm import VLLMAdapter
     from autopoiesis.program import PolicyError
 
     adapter = VLLMAdapter(urls=["http://127.0.0.1:1"])
@@ -144,7 +143,6 @@ def test_window_metrics_refits_in_the_worker_and_stops_replaying_a_program_that_
     from types import SimpleNamespace
 
     import autopoiesis.adapters.vllm as vllm_adapter
-    from autopoiesis.adapters.vllm import VLLMAdapter
     from autopoiesis.program import Program
 
     monkeypatch.setattr(vllm_adapter, "TWIN_CPU_S", 0.5)
