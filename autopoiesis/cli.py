@@ -737,8 +737,9 @@ def trade_offs(results: list[dict[str, Any]], objective: str, directions: Mappin
         return ""
     gain = sign * (baselines[best][name] - champion[name]) / abs(baselines[best][name] or 1.0)
     return (f"Against {best}, the best baseline on {name}, the champion is {abs(gain):.1%} "
-            f"{'better' if gain >= 0 else 'worse'} on {name} and worse on {'; '.join(worse)}. Evolution ranks by --objective ({objective}); give another, or several "
-            f"with --strategy nsga2, to weigh what it gives up.")
+            f"{'better' if gain >= 0 else 'worse'} on {name} and worse on {'; '.join(worse)}. "
+            f"Evolution ranks by --objective ({objective}); give another, or several with "
+            f"--strategy nsga2, to weigh what it gives up.")
 
 
 def _num(value: Any) -> str:
