@@ -24,6 +24,7 @@ from conftest import ROOT
     ("cost_model_error", ["--calibration", "nope"], "no calibration 'nope'"),
     ("decision_overhead", ["--calls", "0"], "must be at least 1"),
     ("one_c_call", ["--limit-s", "0"], "must be positive"),
+    ("plugin_overhead", ["--requests", "0"], "must be at least 1"),
     ("evaluator_throughput", ["--jobs", "-3"], "must be at least 1"),
     ("simulator_speed", ["--rate", "-1"], "must be positive"),
     ("engine_online", ["--scenario", "atlantis"], "unknown engine load 'atlantis'"),

@@ -67,6 +67,7 @@ def case(name, first, then):
     order = []
     while s.waiting:
         order.append(s.waiting.pop_request().num_prompt_tokens)
+    s._order.write_status()  # the counts of plain calls; the status thread would write them within 50 ms
     with open(f"{path}.status-{os.getpid()}") as f:
         status = json.load(f)
     return {"order": order, **{k: status[k] for k in ("version", "calls", "fallbacks", "error", "order_epoch")}}

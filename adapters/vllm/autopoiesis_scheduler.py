@@ -31,7 +31,9 @@ published: the queue is first come, first served for the requests that arrive me
 (priority 0), and each one is counted. The deadline is CPU time, so a stalled machine does
 not drop a program; a call with no answer after 1 s is given up (FCFS, counted as a
 fallback and a stall) and the program kept. Counts go to
-``AUTOPOIESIS_POLICY_FILE.status-PID`` for the controller to read.
+``AUTOPOIESIS_POLICY_FILE.status-PID`` for the controller to read: a failure or a change of
+program is written at once, the counts of plain calls by a thread at most 50 ms later (a
+write per request cost more than the program's call).
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import types
+import weakref
 
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_queue
@@ -50,6 +54,7 @@ from vllm.v1.core.sched.request_queue import SchedulingPolicy, create_request_qu
 DEADLINE_S = 0.05  # CPU time the program may spend on one request
 STALL_CAP_S = 1.0  # real time after which a call is given up (the program kept)
 CHECK_EVERY_S = 0.05
+STATUS_EVERY_S = 0.05  # most a status file lags the counts of plain calls
 STATE_CHECK_EVERY = 4096  # requests between two measures of the program's state (the sandbox's STATE_LIMIT)
 
 
@@ -74,7 +79,8 @@ class QueueOrder:
         self._fn = None
         self._mtime = None
         self._checked_at = 0.0
-        self._written_at = 0.0
+        self._status_lock = threading.Lock()
+        self._counted = False  # counts changed since the status was written
         self._epoch = time.time()
         self._version = 0
         self._program = ""
@@ -87,13 +93,15 @@ class QueueOrder:
         self._slots = [program.PolicySlot(name="priority", params=("request", "now"), doc="", returns=(int, float))]
         if path:
             self._decisions.start_spares()  # the first publication need not wait for Python to start
+            threading.Thread(target=_keep_status, args=(weakref.ref(self),), name="autopoiesis-status",
+                             daemon=True).start()
         self._reload()
 
     def __call__(self, request) -> tuple[int, float]:
         """The request's priority: (order epoch, the program's key, or the request's own if none)."""
         self._reload()
         value = self._priority(request)
-        self._write_status(force=True)  # a few bytes per request: the controller's counts stay current
+        self._counted = True  # written by the status thread within STATUS_EVERY_S
         return self._order_epoch, request.priority if value is None else value
 
     def look(self) -> None:
@@ -121,7 +129,7 @@ class QueueOrder:
                 self._program, self._error = "", ""
                 self._version = published.get("version", 0)
                 self._order_epoch += 1
-                self._write_status(force=True)
+                self.write_status()
                 return
             policy = self._decisions.IsolatedPolicy(
                 published["source"], self._slots, published.get("program", ""), timeout_s=DEADLINE_S,
@@ -134,7 +142,7 @@ class QueueOrder:
             self._swap(None)
             self._error = f"cannot load the program: {type(e).__name__}: {e}"[:300]
         self._order_epoch += 1
-        self._write_status(force=True)
+        self.write_status()
 
     def _swap(self, policy) -> None:
         """Serve ``policy`` (None: none) from now on and end the replaced one's process. One
@@ -144,21 +152,22 @@ class QueueOrder:
         if old is not None:
             old.close()
 
-    def _write_status(self, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self._path or (not force and now - self._written_at < 0.5):  # noqa: SIM114
+    def write_status(self) -> None:
+        """Write the counts, the program and its error to the status file now (either thread)."""
+        if not self._path:
             return
-        self._written_at = now
-        status = {"version": self._version, "program": self._program, "calls": self._calls,
-                  "fallbacks": self._fallbacks, "stalls": self._stalls, "error": self._error, "pid": os.getpid(),
-                  "order_epoch": self._order_epoch}
-        tmp = self._status_path + ".tmp"
-        try:
-            with open(tmp, "w") as f:
-                json.dump(status, f)
-            os.replace(tmp, self._status_path)
-        except OSError:
-            pass
+        with self._status_lock:
+            self._counted = False  # before the counts are read: a call counted meanwhile is written next time
+            status = {"version": self._version, "program": self._program, "calls": self._calls,
+                      "fallbacks": self._fallbacks, "stalls": self._stalls, "error": self._error,
+                      "pid": os.getpid(), "order_epoch": self._order_epoch}
+            tmp = self._status_path + ".tmp"
+            try:
+                with open(tmp, "w") as f:
+                    json.dump(status, f)
+                os.replace(tmp, self._status_path)
+            except OSError:
+                pass
 
     # -- the queue order ------------------------------------------------------------------
     def _priority(self, request) -> float | None:
@@ -184,7 +193,7 @@ class QueueOrder:
         except self._decisions.GaveUp:  # no answer in STALL_CAP_S: a stall; the program stays
             self._fallbacks += 1
             self._stalls += 1
-            self._write_status(force=True)
+            self.write_status()
             return 0.0
         except (Exception, self._sandbox.DeadlinePassed) as e:  # noqa: BLE001 - untrusted code: FCFS until the next program
             self._fallbacks += 1
@@ -193,8 +202,21 @@ class QueueOrder:
             # the decision process words a program's failure ("ZeroDivisionError: ...", "retired: ...")
             self._error = ("timed out" if isinstance(e, self._sandbox.DeadlinePassed)
                            else str(e) if isinstance(e, self._decisions.PolicyError) else f"{type(e).__name__}: {e}")[:300]
-            self._write_status(force=True)
+            self.write_status()
             return 0.0
+
+
+def _keep_status(order_ref) -> None:
+    """The status thread: writes an order's counts when they changed, every STATUS_EVERY_S,
+    until the order is gone."""
+    while True:
+        time.sleep(STATUS_EVERY_S)
+        order = order_ref()
+        if order is None:
+            return
+        if order._counted:
+            order.write_status()
+        del order
 
 
 class PolicyScheduler(AsyncScheduler):
