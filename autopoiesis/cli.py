@@ -186,6 +186,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         run = archive.run(args.resume)
         if run["status"] == "done":
             raise UserError(f"run {args.resume} already finished; see: autopoiesis report {args.resume}")
+        _check_resumable(args.resume, run, args.runs_dir)
         spec, stored = run["adapter"], run["config"]
         options = stored.get("adapter_options", {})
         config = Config.from_dict(stored)
@@ -867,6 +868,23 @@ def _policy_file(path: str, slots, base: Program) -> Program:
         if found:
             source += "\n\n" + "\n".join(base.source.splitlines()[found[1] - 1:found[2]]) + "\n"
     return Program(source, name=Path(path).stem)
+
+
+def _check_resumable(run_id: str, run: dict, runs_dir: str) -> None:
+    """Only an offline run can go on where it stopped: an online run's live system (and with
+    it the snapshots its evolutions bred on) is gone."""
+    config = run["config"]
+    if config.get("mode") == "online":
+        options = dict(config.get("adapter_options", {}))
+        scenario = f" --scenario {options.pop('scenario')}" if "scenario" in options else ""
+        rest = " and the options it ran with" if options else ""
+        raise UserError(f"run {run_id} is an online run: the live system it served is gone, so it cannot be "
+                        f"resumed; start a new one from what it served last with `autopoiesis evolve --online "
+                        f"--adapter {run['adapter']}{scenario} --policy {run_id} --runs-dir {runs_dir}`{rest} (its "
+                        f"windows and deployments so far: autopoiesis report {run_id})")
+    if config.get("parent"):
+        raise UserError(f"run {run_id} is an evolution of online run {config['parent']}, bred on a snapshot of "
+                        f"its live system; it cannot be resumed on its own (see autopoiesis report {config['parent']})")
 
 
 def _starting_program(spec: str, adapter, archive: Archive | None) -> Program:

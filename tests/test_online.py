@@ -772,6 +772,62 @@ def test_online_mistakes_are_one_line_errors(tmp_path):
     assert proc.returncode == 2 and "has no live system" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_killed_online_run_keeps_its_windows_and_says_how_to_go_on(tmp_path):
+    """An online run killed mid-run keeps the windows it served; ``--resume`` of it, or of one
+    of its evolutions, is one line (the live system, and the snapshots its evolutions bred on,
+    are gone; before, it ran an offline evolution on the stored config and failed with an
+    IndexError), and the command that line gives starts a new run from what it served last."""
+    import os
+    import shlex
+    import signal
+    import sqlite3
+    import subprocess
+    import time
+
+    from test_cli import CLI, assert_one_line_error, cli
+
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(CLI + ["evolve", "--adapter", "simulator", "--scenario", "mixed", "--online",
+                                   "--evolution-cost", "1", "--runs-dir", str(runs), "--json"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db, deadline, windows = runs / "archive.db", time.time() + 120, 0
+    while time.time() < deadline and windows < 6 and proc.poll() is None:
+        time.sleep(0.05)
+        try:
+            with sqlite3.connect(db) as con:
+                windows = con.execute("SELECT COUNT(*) FROM windows").fetchone()[0]
+        except sqlite3.Error:  # not created yet
+            pass
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    archive = Archive(db)
+    try:
+        runs_kept = [archive.run(r["id"]) for r in archive.runs()]
+        run = next(r for r in runs_kept if r["config"].get("mode") == "online")
+        kept = archive.windows(run["id"])
+        evolutions = [r["id"] for r in runs_kept if r["config"].get("parent") == run["id"]]
+    finally:
+        archive.close()
+    assert run["status"] == "running" and len(kept) >= 6 and evolutions, "the kill did not land mid-run"
+
+    refused = cli("evolve", "--resume", run["id"], "--runs-dir", str(runs))
+    assert_one_line_error(refused, "is an online run", "cannot be resumed", f"--policy {run['id']}")
+    with sqlite3.connect(db) as con:  # as a kill during that evolution leaves it
+        con.execute("UPDATE runs SET status='running' WHERE id=?", (evolutions[0],))
+    assert_one_line_error(cli("evolve", "--resume", evolutions[0], "--runs-dir", str(runs)),
+                          f"is an evolution of online run {run['id']}", "cannot be resumed on its own")
+
+    suggested = shlex.split(refused.stderr.split("`")[1])
+    assert suggested[:2] == ["autopoiesis", "evolve"] and "--scenario" in suggested
+    again = cli(*suggested[1:], "--max-windows", "1", "--json")
+    assert again.returncode == 0, again.stderr
+    archive = Archive(db)
+    try:
+        assert archive.deployments(json.loads(again.stdout)["run"])[0]["program"] == kept[-1]["policy"]
+    finally:
+        archive.close()
+
+
 def _compiled(adapter, program):
     from autopoiesis.sandbox import compile_policy
 
