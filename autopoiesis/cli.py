@@ -122,16 +122,22 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--adapter", default="vllm", help="an adapter with a live system (default vllm)")
         sv.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE")
         sv.add_argument("--scenario", help="a named load (vLLM: steady, shift, burst)")
-        sv.add_argument("--policy", metavar="FILE", help="policy functions to serve with (default: the first baselines)")
+        sv.add_argument("--policy", metavar="FILE|RUN",
+                        help="policy functions to serve with (slots it leaves out keep the first baselines), or a run "
+                             "in --runs-dir: an offline run's champion, an online run's last live program (default: "
+                             "the first baselines)")
         sv.add_argument("--window", type=positive_float, default=10.0, help="seconds per progress line")
-        sv.add_argument("--runs-dir", default="runs", help="where the server logs and requests.jsonl go")
+        sv.add_argument("--runs-dir", default="runs", help="where the server logs and requests.jsonl go, and the "
+                                                               "archive --policy RUN is found in")
         sv.add_argument("--json", action="store_true", help="print the metrics as JSON at the end")
         _add_live_args(sv)
 
     sim = sub.add_parser("simulate", help="run one policy on a simulator scenario and print its metrics")
     sim.add_argument("--scenario", default="mixed", help="scenario name or path/to/scenario.toml")
-    sim.add_argument("--policy", action="append", default=[], metavar="FILE",
-                     help="Python file with policy functions (repeatable); slots it leaves out use the first baseline")
+    sim.add_argument("--policy", action="append", default=[], metavar="FILE|RUN",
+                     help="Python file with policy functions, or a run in --runs-dir (its champion, or an online "
+                          "run's last live program); repeatable; slots none defines use the first baseline")
+    sim.add_argument("--runs-dir", default="runs", help="where --policy RUN is found")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--json", action="store_true")
     sim.add_argument("--timeout", type=positive_float, default=600.0, help="CPU seconds before the run is stopped")
@@ -225,10 +231,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
             raise UserError("--policy sets what an online run starts serving; add --online "
                             "(offline evolution starts from the baselines)")
         if not Path(args.policy).is_file() and archive is None:  # a run id: found in the archive there is
-            if not (Path(args.runs_dir) / ARCHIVE_NAME).exists():
-                raise UserError(f"--policy {args.policy}: no such file, and no archive in {args.runs_dir} to find a run in")
-            archive = _open_archive(args.runs_dir, create=False)
-        initial = _starting_program(args.policy, adapter, archive)
+            archive = _archive_with_runs(args.policy, args.runs_dir)
+        initial = _policy_program(args.policy, adapter, archive)
     archive = archive or _open_archive(args.runs_dir, create=True)
     if args.online:
         if args.resume:
@@ -392,8 +396,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     baselines = adapter.baselines()
     program = next(iter(baselines.values()))
     if args.policy:
-        program = _policy_file(args.policy, adapter.slots(), program)
-        _check_loads(program, adapter, args.policy)
+        archive = None if Path(args.policy).is_file() else _archive_with_runs(args.policy, args.runs_dir)
+        try:
+            program = _policy_program(args.policy, adapter, archive)
+        finally:
+            if archive is not None:
+                archive.close()
     console = Console(stderr=True)
     console.print(f"starting {adapter.name} ({adapter.describe()})"
                   + (f"; logs in {run_dir}" if hasattr(adapter, "run_dir") else ""))
@@ -806,8 +814,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         scenarios.path_of(args.scenario)
     except scenarios.ScenarioError as e:
         raise UserError(str(e)) from None
-    sources = {path: _read_policy(path, SLOTS) for path in args.policy}
-    source = "\n\n".join(sources.values())
+    archive = (_archive_with_runs(next(p for p in args.policy if not Path(p).is_file()), args.runs_dir)
+               if any(not Path(p).is_file() for p in args.policy) else None)
+    try:
+        sources = [_read_policy(spec, SLOTS) if Path(spec).is_file() else _run_program(spec, archive).source
+                   for spec in args.policy]
+    finally:
+        if archive is not None:
+            archive.close()
+    source = "\n\n".join(sources)
     defined = _defined(source, SLOTS) or set()
     for slot in SLOTS:  # fill the slots the files leave out with their first baseline
         if slot.name not in defined:
@@ -887,28 +902,41 @@ def _check_resumable(run_id: str, run: dict, runs_dir: str) -> None:
                         f"its live system; it cannot be resumed on its own (see autopoiesis report {config['parent']})")
 
 
-def _starting_program(spec: str, adapter, archive: Archive | None) -> Program:
-    """``evolve --online --policy``: a policy file, or what a run in ``archive`` ended with."""
-    first = next(iter(adapter.baselines().values()))
+def _policy_program(spec: str, adapter, archive: Archive | None) -> Program:
+    """``--policy FILE|RUN`` as a whole program for ``adapter``, checked to load: a policy
+    file (the slots it leaves out keep the first baselines'), or what a run in ``archive`` ended with."""
     if Path(spec).is_file():
-        program = _policy_file(spec, adapter.slots(), first)
+        program = _policy_file(spec, adapter.slots(), next(iter(adapter.baselines().values())))
     else:
-        try:
-            run = archive.run(spec)
-        except ArchiveError:
-            raise UserError(f"--policy {spec}: no such file, and no run of that id in {archive.path}") from None
-        if run["config"].get("mode") == "online":
-            windows = archive.windows(spec)
-            pid = windows[-1]["policy"] if windows else None
-        else:
-            champion = next((r for r in archive.results(spec) if r["kind"] == "champion"), None)
-            stats = archive.generation_stats(spec)  # an unfinished run: its latest generation's best
-            pid = champion["program"] if champion else (stats[-1].get("champion") if stats else None)
-        if pid is None:
-            raise UserError(f"--policy {spec}: that run has no program to start from yet")
-        program = archive.program(pid)
+        program = _run_program(spec, archive)
     _check_loads(program, adapter, spec)
     return program
+
+
+def _archive_with_runs(spec: str, runs_dir: str) -> Archive:
+    """The archive a ``--policy RUN`` is looked up in (``spec`` is no file)."""
+    if not (Path(runs_dir) / ARCHIVE_NAME).exists():
+        raise UserError(f"--policy {spec}: no such file, and no archive in {runs_dir} to find a run in")
+    return _open_archive(runs_dir, create=False)
+
+
+def _run_program(spec: str, archive: Archive) -> Program:
+    """What run ``spec`` ended with: an offline run's champion (an unfinished one's latest
+    generation's best), or the program an online run served last."""
+    try:
+        run = archive.run(spec)
+    except ArchiveError:
+        raise UserError(f"--policy {spec}: no such file, and no run of that id in {archive.path}") from None
+    if run["config"].get("mode") == "online":
+        windows = archive.windows(spec)
+        pid = windows[-1]["policy"] if windows else None
+    else:
+        champion = next((r for r in archive.results(spec) if r["kind"] == "champion"), None)
+        stats = archive.generation_stats(spec)
+        pid = champion["program"] if champion else (stats[-1].get("champion") if stats else None)
+    if pid is None:
+        raise UserError(f"--policy {spec}: that run has no program to start from yet")
+    return archive.program(pid)
 
 
 def _check_loads(program: Program, adapter, spec: str) -> None:

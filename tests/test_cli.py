@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from autopoiesis.archive import Archive
 from conftest import EXAMPLE, ROOT
 
 CLI = [sys.executable, "-m", "autopoiesis.cli"]
@@ -283,12 +284,36 @@ def test_bench_serves_the_simulator_live_as_simulate_runs_it(tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["simulate", "--scenario", "atlantis"], "unknown scenario 'atlantis'"),
-    (["simulate", "--policy", "nope.py"], "cannot read policy file"),
+    (["simulate", "--policy", "nope.py", "--runs-dir", "/nonexistent"], "nope.py: no such file, and no archive"),
     (["evolve", "--adapter", "simulator", "--scenario", "atlantis"], "unknown scenario"),
     (["simulate", "--scenario", "mixed@twice"], "load factor after @ must be a number"),
 ])
 def test_simulator_mistakes_get_one_line(tmp_path, args, fragment):
     assert_one_line_error(cli(*args), fragment)
+
+
+def test_simulate_and_bench_take_a_run_for_its_champion(tmp_path):
+    """``--policy RUN``: what an evolution found is simulated and served by its run id, as
+    the same source written to a file would be."""
+    runs = str(tmp_path / "runs")
+    load = ("--scenario", "stationary", "--seed", "3", "--json")
+    run = json.loads(cli("evolve", "--adapter", "simulator", "--scenario", "stationary", "-o", "requests=600",
+                         "--generations", "1", "--population", "4", "--train-snapshots", "1",
+                         "--held-out-snapshots", "0", "--runs-dir", runs, "--json").stdout)
+    archive = Archive(tmp_path / "runs" / "archive.db")
+    try:
+        champion = tmp_path / "champion.py"
+        champion.write_text(archive.program(run["champion"]).source)
+    finally:
+        archive.close()
+    by_run = cli("simulate", *load, "--policy", run["run"], "--runs-dir", runs)
+    assert by_run.returncode == 0, by_run.stderr
+    assert json.loads(by_run.stdout) == json.loads(cli("simulate", *load, "--policy", str(champion)).stdout)
+    bench = ("bench", "--adapter", "simulator", "--scenario", "stationary", "-o", "requests=600", "--json")
+    served = cli(*bench, "--policy", run["run"], "--runs-dir", runs)
+    assert served.returncode == 0, served.stderr
+    assert json.loads(served.stdout) == json.loads(cli(*bench, "--policy", str(champion)).stdout)
+    assert_one_line_error(cli(*bench, "--policy", "nope", "--runs-dir", runs), "no such file, and no run of that id")
 
 
 def test_simulate_rejects_a_hostile_policy(tmp_path):
