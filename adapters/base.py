@@ -10,6 +10,7 @@ small interface. Offline evolution needs only ``slots``, ``snapshot`` and
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -22,6 +23,34 @@ from autopoiesis.metrics import Objective, Observation, Snapshot
 from autopoiesis.program import PolicySlot, Program
 
 ENTRY_POINT_GROUP = "autopoiesis.adapters"
+
+
+def adapter_code(adapter: Any) -> str:
+    """A fingerprint of the code an adapter's evaluations depend on: the file of each class
+    it is made of (every file of the package, for a class in a package's ``__init__``) and
+    autopoiesis's version. The archive reuses an evaluation only under the same fingerprint,
+    so an adapter edited since is scored afresh. Code its classes import from elsewhere is
+    not covered; a class defined where no file holds it leaves only the names."""
+    from autopoiesis import __version__
+
+    digest = hashlib.sha256(__version__.encode())
+    files: list[Path] = []
+    for cls in type(adapter).__mro__:
+        if cls in (Adapter, object):
+            continue
+        digest.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+        try:
+            path = Path(inspect.getfile(cls)).resolve()
+        except (TypeError, OSError):  # a built-in class, or one made at run time
+            continue
+        if path.name == "__init__.py":
+            files += sorted(p for p in path.parent.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+        elif path.is_file():
+            files.append(path)
+    for path in dict.fromkeys(files):  # once each, in order
+        digest.update(str(path.name).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 class AdapterError(Exception):

@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS births (
     status TEXT NOT NULL, error TEXT, PRIMARY KEY (run, program));
 CREATE TABLE IF NOT EXISTS evaluations (
     program TEXT NOT NULL, snapshot TEXT NOT NULL, metrics TEXT, error TEXT,
-    seconds REAL NOT NULL, run TEXT, created REAL NOT NULL, PRIMARY KEY (program, snapshot));
+    seconds REAL NOT NULL, run TEXT, created REAL NOT NULL, code TEXT, PRIMARY KEY (program, snapshot));
 CREATE TABLE IF NOT EXISTS populations (
     run TEXT NOT NULL, generation INTEGER NOT NULL, island INTEGER NOT NULL,
     position INTEGER NOT NULL, program TEXT NOT NULL,
@@ -83,6 +83,9 @@ class Archive:
                 self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
             elif row[0] != SCHEMA_VERSION:
                 raise ArchiveError(f"{self.path} has archive schema {row[0]}, this version reads {SCHEMA_VERSION}")
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(evaluations)")}
+            if "code" not in columns:  # an archive from before evaluations recorded the adapter's code
+                self.db.execute("ALTER TABLE evaluations ADD COLUMN code TEXT")
         except sqlite3.DatabaseError as e:
             raise ArchiveError(f"{self.path} is not a usable archive ({e})") from None
 
@@ -260,27 +263,36 @@ class Archive:
 
     # -- evaluations (the cache) ---------------------------------------------------------
     def get(self, key: tuple[str, str]) -> Outcome | None:
+        found = self.evaluation(key)
+        return found[0] if found else None
+
+    def evaluation(self, key: tuple[str, str]) -> tuple[Outcome, str | None, str | None] | None:
+        """A recorded evaluation, with the run and the adapter code (``adapter_code``) that made it."""
         row = self.db.execute(
-            "SELECT metrics, error, seconds FROM evaluations WHERE program=? AND snapshot=?", key
+            "SELECT metrics, error, seconds, run, code FROM evaluations WHERE program=? AND snapshot=?", key
         ).fetchone()
         if row is None:
             return None
-        return Outcome(key[0], key[1], json.loads(row[0]) if row[0] else None, row[1], row[2], cached=True)
+        outcome = Outcome(key[0], key[1], json.loads(row[0]) if row[0] else None, row[1], row[2], cached=True)
+        return outcome, row[3], row[4]
 
-    def put(self, outcome: Outcome, run_id: str | None = None) -> None:
-        """Record an outcome. A failure already recorded is replaced: the Evaluator runs a pair
-        again only when it failed on a limit, which a later run with other limits may pass."""
+    def put(self, outcome: Outcome, run_id: str | None = None, code: str | None = None) -> None:
+        """Record an outcome, with the run and the adapter code (``adapter_code``) that made it.
+        A failure, or a result of other adapter code, already recorded is replaced: the cache
+        (``RunCache``) runs a pair again only then."""
         self._write(
-            "INSERT INTO evaluations VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (program, snapshot) DO UPDATE SET "
+            "INSERT INTO evaluations (program, snapshot, metrics, error, seconds, run, created, code) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (program, snapshot) DO UPDATE SET "
             "metrics=excluded.metrics, error=excluded.error, seconds=excluded.seconds, run=excluded.run, "
-            "created=excluded.created WHERE evaluations.metrics IS NULL",
+            "created=excluded.created, code=excluded.code "
+            "WHERE evaluations.metrics IS NULL OR evaluations.code IS NOT excluded.code",
             (outcome.program_id, outcome.snapshot_key,
              json.dumps(outcome.metrics) if outcome.metrics is not None else None,
-             outcome.error, outcome.seconds, run_id, time.time()),
+             outcome.error, outcome.seconds, run_id, time.time(), code),
         )
 
-    def cache_for(self, run_id: str) -> "RunCache":
-        return RunCache(self, run_id)
+    def cache_for(self, run_id: str, code: str | None = None) -> "RunCache":
+        return RunCache(self, run_id, code)
 
     def evaluation_count(self, run_id: str) -> int:
         return self.db.execute("SELECT COUNT(*) FROM evaluations WHERE run=?", (run_id,)).fetchone()[0]
@@ -369,13 +381,27 @@ def set_llm_outcome(archive: "Archive", run_id: str, seq: int, outcome: str) -> 
 
 
 class RunCache:
-    """The Evaluator's cache, backed by the archive and tagging new rows with the run."""
+    """The Evaluator's cache, backed by the archive and tagging new rows with the run and the
+    adapter's code (``adapters.base.adapter_code``).
 
-    def __init__(self, archive: Archive, run_id: str):
-        self.archive, self.run_id = archive, run_id
+    A result is reused only if the adapter's code has not changed since it was recorded: an
+    adapter's author who fixed ``evaluate`` (or upgraded autopoiesis) gets fresh scores, not
+    the old ones. Another run's failure is not reused either: most often it was the
+    adapter's own mistake, perhaps fixed since in code the fingerprint does not cover (a
+    helper module), and a failure costs little to find again. This run's own failures are
+    (a resumed run repeats nothing), and every success of the same code is."""
+
+    def __init__(self, archive: Archive, run_id: str, code: str | None = None):
+        self.archive, self.run_id, self.code = archive, run_id, code
 
     def get(self, key: tuple[str, str]) -> Outcome | None:
-        return self.archive.get(key)
+        found = self.archive.evaluation(key)
+        if found is None:
+            return None
+        hit, run, code = found
+        if code != self.code or (hit.metrics is None and run != self.run_id):
+            return None
+        return hit
 
     def put(self, outcome: Outcome) -> None:
-        self.archive.put(outcome, self.run_id)
+        self.archive.put(outcome, self.run_id, self.code)

@@ -572,6 +572,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     console.print(table)
 
     _print_results(console, archive, run["id"])
+    if run["status"] != "done" and not cfg.get("parent"):  # killed or interrupted, or still going
+        console.print(f"not finished: if it is no longer running, `autopoiesis evolve --resume {run['id']} "
+                      f"--runs-dir {args.runs_dir}` goes on where it stopped", highlight=False)
 
     data = _report_data(archive, run)
     lineage = Table(title="lineage of the champion (newest first)")
@@ -616,6 +619,9 @@ def _report_online(args: argparse.Namespace, archive: Archive, run: dict[str, An
     console = _console()
     console.print(f"[bold]online run {run_id}[/]  adapter {run['adapter']}  status {run['status']}")
     print_report(console, archive, run_id, figure if figure.exists() else None)
+    if run["status"] != "done":
+        console.print(f"not finished: if it is no longer running, its windows end here; "
+                      f"{_online_again(run, args.runs_dir)} starts a new run from what it served last", highlight=False)
     return 0
 
 
@@ -890,16 +896,20 @@ def _check_resumable(run_id: str, run: dict, runs_dir: str) -> None:
     it the snapshots its evolutions bred on) is gone."""
     config = run["config"]
     if config.get("mode") == "online":
-        options = dict(config.get("adapter_options", {}))
-        scenario = f" --scenario {options.pop('scenario')}" if "scenario" in options else ""
-        rest = " and the options it ran with" if options else ""
         raise UserError(f"run {run_id} is an online run: the live system it served is gone, so it cannot be "
-                        f"resumed; start a new one from what it served last with `autopoiesis evolve --online "
-                        f"--adapter {run['adapter']}{scenario} --policy {run_id} --runs-dir {runs_dir}`{rest} (its "
-                        f"windows and deployments so far: autopoiesis report {run_id})")
+                        f"resumed; start a new one from what it served last with {_online_again(run, runs_dir)} "
+                        f"(its windows and deployments so far: autopoiesis report {run_id})")
     if config.get("parent"):
         raise UserError(f"run {run_id} is an evolution of online run {config['parent']}, bred on a snapshot of "
                         f"its live system; it cannot be resumed on its own (see autopoiesis report {config['parent']})")
+
+
+def _online_again(run: dict, runs_dir: str) -> str:
+    """The command that starts a new online run from what ``run`` served last."""
+    options = dict(run["config"].get("adapter_options", {}))
+    scenario = f" --scenario {options.pop('scenario')}" if "scenario" in options else ""
+    return (f"`autopoiesis evolve --online --adapter {run['adapter']}{scenario} --policy {run['id']} --runs-dir "
+            f"{runs_dir}`" + (" and the options it ran with" if options else ""))
 
 
 def _policy_program(spec: str, adapter, archive: Archive | None) -> Program:

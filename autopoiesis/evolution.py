@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 from deap import tools
 
 from . import sandbox
+from .adapters.base import adapter_code
 from .archive import Archive
 from .evaluate import Evaluator, Limits, Outcome, Task
 from .metrics import Fitness, Objective, Snapshot, check_reported
@@ -195,7 +196,8 @@ class Evolution:
         self.on_event("start", {"run": run_id, "generations": cfg.generations, "from": first_gen})
 
         pool = (nullcontext(self.given_evaluator) if self.given_evaluator
-                else Evaluator(self.adapter, cfg.workers, limits, cache=self.archive.cache_for(run_id)))
+                else Evaluator(self.adapter, cfg.workers, limits,
+                                 cache=self.archive.cache_for(run_id, adapter_code(self.adapter))))
         with pool as evaluator:
             self.evaluator = evaluator
             hits, executed = evaluator.cache_hits, evaluator.executed
@@ -242,13 +244,21 @@ class Evolution:
             kept = self.archive.snapshots(train_keys + held_keys)
             if kept is not None:
                 return kept[:len(train_keys)], kept[len(train_keys):]
-        train = [self.adapter.snapshot(cfg.seed * 1000 + i) for i in range(cfg.train_snapshots)]
-        held_out = [self.adapter.snapshot(cfg.seed * 1000 + HELD_OUT_OFFSET + i) for i in range(cfg.held_out_snapshots)]
+        train = [self._snapshot(cfg.seed * 1000 + i) for i in range(cfg.train_snapshots)]
+        held_out = [self._snapshot(cfg.seed * 1000 + HELD_OUT_OFFSET + i) for i in range(cfg.held_out_snapshots)]
         if resume and [s.key for s in train + held_out] != train_keys + held_keys:
             self.on_event("warning", {"message": f"run {resume} kept no copy of its snapshots and '{self.adapter.name}' "
                                                  "made different ones now; the resumed generations are scored on "
                                                  "the new ones"})
         return train, held_out
+
+    def _snapshot(self, seed: int) -> Snapshot:
+        """The adapter's snapshot for ``seed``; its failure is the adapter's, and says so."""
+        try:
+            return self.adapter.snapshot(seed)
+        except Exception as e:
+            raise EvolutionError(f"adapter {self.adapter.name}: snapshot({seed}) failed: {type(e).__name__}: {e} "
+                                 "(AUTOPOIESIS_DEBUG=1 shows the traceback)") from e
 
     def _generation(self, run_id, generation, islands, seen, scored, train):
         cfg, n_islands = self.config, max(1, self.strategy.islands)
@@ -362,7 +372,7 @@ class Evolution:
             try:
                 scores[program.id] = Fitness.mean([r.metrics for r in results], self.objectives)
             except KeyError as e:
-                errors[program.id] = str(e)
+                errors[program.id] = e.args[0]  # str() of a KeyError would quote it
         return scores, errors
 
     def _individual(self, program: Program, scores: Fitness):

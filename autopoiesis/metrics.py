@@ -91,8 +91,8 @@ class Snapshot:
     """What a program is scored on: a seeded workload offline, a recorded window online.
 
     ``key`` hashes the adapter's name and the parameters, so (program id, snapshot
-    key) identifies an evaluation and caches it across runs.
-    """
+    key) identifies an evaluation and caches it across runs (while the adapter's code is
+    unchanged: ``adapters.base.adapter_code``)."""
 
     adapter: str
     params: Mapping[str, Any]

@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
+from .adapters.base import adapter_code
 from .archive import Archive, ArchiveError
 from .evaluate import Evaluator, Limits, Task
 from .evolution import Config, Evolution, new_run_id
@@ -333,7 +334,7 @@ class Controller:
         """The evolution plane: one long-lived thread (its worker processes outlive each job)."""
         try:
             with Evaluator(self.adapter, self.evolution_config.workers, limits,
-                           cache=self.archive.cache_for(self.run_id)) as evaluator:
+                           cache=self.archive.cache_for(self.run_id, adapter_code(self.adapter))) as evaluator:
                 self.evaluator = evaluator
                 while (job := self.queue.get()) is not None:
                     try:

@@ -79,6 +79,32 @@ def test_user_mistakes_get_one_line(tmp_path, args, fragment):
     assert_one_line_error(proc, fragment)
 
 
+def test_a_mistake_in_a_users_adapter_is_named_and_a_fix_is_scored_afresh(tmp_path):
+    """An adapter under development: its snapshot's failure is one line naming the call, and
+    once its author fixes ``evaluate`` the next run in the same archive scores with the fix
+    instead of reusing the broken runs' results (a failure, or a wrong metric)."""
+    source = EXAMPLE.read_text()
+    adapter, runs = tmp_path / "mine.py", str(tmp_path / "runs")
+    args = ("evolve", "--adapter", f"{adapter}:SingleQueueAdapter", "--generations", "0", "--population", "4",
+            "--runs-dir", runs)
+    adapter.write_text(source.replace("    def snapshot(self, seed", "    def snapshot(self, seed, *_):\n"
+                                      "        raise ValueError('no workload yet')\n\n    def unused(self, seed", 1))
+    assert_one_line_error(cli(*args), "adapter single_queue: snapshot(0) failed: ValueError: no workload yet")
+    evaluate = "    def evaluate(self, policy, snapshot):\n"
+    broken = {"raises": evaluate + "        raise RuntimeError('my bug')\n\n    def unused(self, policy, snapshot):\n",
+              "misnames": evaluate + "        return {'mct': 1.0}\n\n    def unused(self, policy, snapshot):\n"}
+    for bug, fragment in (("raises", "RuntimeError: my bug"),
+                          ("misnames", "the adapter reported no metric mean_completion_time (it has: mct)")):
+        adapter.write_text(source.replace(evaluate, broken[bug], 1))
+        assert_one_line_error(cli(*args), f"no seed program is valid ({fragment})")
+    adapter.write_text(source)
+    fixed = cli(*args, "--json")
+    assert fixed.returncode == 0, fixed.stderr
+    fresh = json.loads(cli(*args[:-1], str(tmp_path / "fresh"), "--json").stdout)  # an archive of its own
+    assert {k: json.loads(fixed.stdout)[k] for k in ("evaluations", "reused", "fitness")} == \
+        {k: fresh[k] for k in ("evaluations", "reused", "fitness")}
+
+
 def test_an_objective_the_adapter_does_not_report_is_refused_before_anything_runs(tmp_path):
     """The simulator names its metrics (``Adapter.metrics``): a misspelt objective is one line
     at once, not an error after the seed programs are scored."""
@@ -190,6 +216,8 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path):
         assert "State:\tZ" in state or "State: X" in state, f"worker {pid} outlived the killed run"
 
     run_id = sqlite3.connect(db).execute("SELECT id FROM runs").fetchone()[0]
+    report = " ".join(cli("report", run_id, "--runs-dir", str(runs)).stdout.split())  # unwrapped
+    assert f"not finished: if it is no longer running, `autopoiesis evolve --resume {run_id}" in report
     resumed = cli("evolve", "--resume", run_id, "--runs-dir", str(runs), "--json")
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)

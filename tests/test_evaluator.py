@@ -8,7 +8,7 @@ import time
 import pytest
 
 from autopoiesis import Archive, ArchiveError, Config, Evaluator, Evolution, Limits, Program, Task
-from conftest import single_queue
+from conftest import ROOT, single_queue
 
 SJF = Program(single_queue.SJF)
 LOOP = Program("def priority(job, now):\n    while True:\n        pass\n")
@@ -147,11 +147,12 @@ def test_archive_is_a_persistent_cache(tmp_path, queue_adapter):
     assert mode == "wal"
 
 
-def test_a_failure_on_a_limit_is_not_reused_by_a_run_with_other_limits(tmp_path):
+def test_a_failure_is_reused_by_its_own_run_and_one_on_a_limit_by_its_own_evaluator(tmp_path):
     """A run that failed every program on a limit too small (the error names the option to
     raise) must not hand those failures to the next run, with the limit raised, from the
-    archive; a failure of the program itself is reused, and one on a limit is reused within
-    the evaluator that met it."""
+    archive. Nor does any failure go to another run (it was most often the adapter's mistake,
+    fixed since); within its run a failure is reused (a resumed run repeats nothing), and one
+    on a limit within the evaluator that met it."""
     adapter = single_queue.SingleQueueAdapter(jobs=100_000)  # about half a second of CPU
     raising = Program("def priority(job, now):\n    return 1 / 0\n")
     archive = Archive(tmp_path / "a.db")
@@ -163,9 +164,60 @@ def test_a_failure_on_a_limit_is_not_reused_by_a_run_with_other_limits(tmp_path)
     assert first[key].error == again[key].error == "timed out after 0.05 s of CPU time"
     with Evaluator(adapter, cache=archive.cache_for("roomy")) as roomy:
         second = roomy.evaluate(tasks(adapter, [SJF, raising], seeds=(0,)))
-        assert roomy.executed == 1 and roomy.cache_hits == 1  # SJF again; the ZeroDivisionError from the archive
+        assert roomy.executed == 2 and roomy.cache_hits == 0  # tight's failures are found again
     assert second[key].ok and archive.get(key).ok  # the recorded failure was replaced
-    assert archive.evaluation_count("roomy") == 1
+    assert archive.evaluation_count("roomy") == 2
+    with Evaluator(adapter, cache=archive.cache_for("roomy")) as resumed:
+        third = resumed.evaluate(tasks(adapter, [SJF, raising], seeds=(0,)))
+        assert resumed.executed == 0 and resumed.cache_hits == 2  # its own success and failure
+    assert "ZeroDivisionError" in third[(raising.id, adapter.snapshot(0).key)].error
+
+
+def test_an_evaluation_is_reused_only_under_the_adapter_code_that_made_it(tmp_path):
+    """The archive answers an evaluation from the cache only if the adapter's code is what it
+    was (``adapter_code``): an author who edits ``evaluate`` gets the new scores, not the
+    old ones; an archive from before the code was recorded is read, its evaluations run again."""
+    from autopoiesis.adapters.base import adapter_code, load_adapter
+
+    source = (ROOT / "examples" / "single_queue.py").read_text()
+    path = tmp_path / "mine.py"
+    path.write_text(source)
+    first = load_adapter(f"{path}:SingleQueueAdapter", {})
+    code = adapter_code(first)  # as a run takes it, when it starts
+    archive = Archive(tmp_path / "a.db")
+    with Evaluator(first, cache=archive.cache_for("r1", code)) as evaluator:
+        before = evaluator.evaluate(tasks(first, [SJF], seeds=(0,)))
+    with Evaluator(first, cache=archive.cache_for("r2", code)) as evaluator:
+        evaluator.evaluate(tasks(first, [SJF], seeds=(0,)))
+        assert evaluator.executed == 0 and evaluator.cache_hits == 1  # same code: reused
+    doubled = source.replace("def evaluate(self, policy, snapshot):", "def evaluate(self, policy, snapshot):\n"
+                             "        return {k: 2 * v for k, v in self._evaluate(policy, snapshot).items()}\n\n"
+                             "    def _evaluate(self, policy, snapshot):")
+    assert doubled != source
+    path.write_text(doubled)
+    edited = load_adapter(f"{path}:SingleQueueAdapter", {})
+    assert adapter_code(edited) != code and edited.snapshot(0).key == first.snapshot(0).key
+    with Evaluator(edited, cache=archive.cache_for("r3", adapter_code(edited))) as evaluator:
+        after = evaluator.evaluate(tasks(edited, [SJF], seeds=(0,)))
+        assert evaluator.executed == 1
+    (key,) = before
+    assert after[key].metrics["mean_completion_time"] == 2 * before[key].metrics["mean_completion_time"]
+    archive.close()
+
+    old = sqlite3.connect(tmp_path / "old.db")  # the evaluations table as archives had it
+    old.executescript("CREATE TABLE evaluations (program TEXT NOT NULL, snapshot TEXT NOT NULL, metrics TEXT, "
+                      "error TEXT, seconds REAL NOT NULL, run TEXT, created REAL NOT NULL, "
+                      "PRIMARY KEY (program, snapshot));")
+    old.execute("INSERT INTO evaluations VALUES (?, ?, ?, NULL, 0.1, 'r0', 0)", (*key, '{"mean_completion_time": 1}'))
+    old.commit()
+    old.close()
+    reopened = Archive(tmp_path / "old.db")
+    assert reopened.get(key).metrics == {"mean_completion_time": 1}
+    with Evaluator(edited, cache=reopened.cache_for("r4", adapter_code(edited))) as evaluator:
+        evaluator.evaluate(tasks(edited, [SJF], seeds=(0,)))
+        assert evaluator.executed == 1
+    assert reopened.get(key).metrics == after[key].metrics
+    reopened.close()
 
 
 class MeasuringQueue(single_queue.SingleQueueAdapter):

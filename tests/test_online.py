@@ -810,6 +810,8 @@ def test_a_killed_online_run_keeps_its_windows_and_says_how_to_go_on(tmp_path):
         archive.close()
     assert run["status"] == "running" and len(kept) >= 6 and evolutions, "the kill did not land mid-run"
 
+    report = " ".join(cli("report", run["id"], "--runs-dir", str(runs)).stdout.split())  # unwrapped
+    assert "not finished" in report and f"--policy {run['id']}" in report
     refused = cli("evolve", "--resume", run["id"], "--runs-dir", str(runs))
     assert_one_line_error(refused, "is an online run", "cannot be resumed", f"--policy {run['id']}")
     with sqlite3.connect(db) as con:  # as a kill during that evolution leaves it
