@@ -820,8 +820,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         scenarios.path_of(args.scenario)
     except scenarios.ScenarioError as e:
         raise UserError(str(e)) from None
-    archive = (_archive_with_runs(next(p for p in args.policy if not Path(p).is_file()), args.runs_dir)
-               if any(not Path(p).is_file() for p in args.policy) else None)
+    run_ids = [spec for spec in args.policy if not Path(spec).is_file()]
+    archive = _archive_with_runs(run_ids[0], args.runs_dir) if run_ids else None
     try:
         sources = [_read_policy(spec, SLOTS) if Path(spec).is_file() else _run_program(spec, archive).source
                    for spec in args.policy]
