@@ -289,7 +289,27 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         out.print(f"\nrun [bold]{result.run_id}[/]: {result.programs} programs scored "
                         f"({result.evaluated} evaluations run, {result.reused} reused). "
                         f"Details: autopoiesis report {result.run_id} --runs-dir {args.runs_dir}")
+        _print_llm_line(out, archive, result.run_id)
     return 0
+
+
+def _print_llm_line(console: Console, archive: Archive, run_id: str) -> None:
+    """What the run's LLM calls came to, in a line; above all when they failed, which the
+    evolution otherwise survives in silence (the offline operators make the children)."""
+    from autopoiesis.archive import llm_calls
+
+    calls = llm_calls(archive, run_id)
+    if not calls:
+        return
+    failed = [c for c in calls if c["response"] is None]
+    tokens = sum(c["prompt_tokens"] + c["completion_tokens"] for c in calls)
+    line = f"LLM: {len(calls)} call(s), {tokens:,} tokens, ${sum(c['usd'] for c in calls):.2f}"
+    if failed:
+        last = (failed[-1]["error"] or "no reason recorded").split("; ")[-1]
+        line += f"; {len(failed)} failed, the last: {last}"
+        if len(failed) == len(calls):
+            line += " (every call: check --llm, --llm-url and the API key)"
+    console.print(line, style="yellow" if failed else None, highlight=False)
 
 
 def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, replay_source, initial=None) -> int:
@@ -342,7 +362,9 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
     if args.json:
         print(json.dumps({**summary, "plot": str(figure) if figure else None}))
     else:
-        print_report(_console(), archive, run_id, figure)
+        out = _console()
+        print_report(out, archive, run_id, figure)
+        _print_llm_line(out, archive, run_id)
     return 0
 
 

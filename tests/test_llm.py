@@ -4,6 +4,8 @@ No hosted LLM can be reached here, so these doubles (tests/llm_doubles.py) stand
 for it; the clients, retries, ledger, extraction, sandboxing and replay are real.
 """
 
+import os
+
 import pytest
 
 from autopoiesis import Archive, Config, Evolution
@@ -149,6 +151,10 @@ def test_cli_records_reports_and_replays_an_llm_run(tmp_path):
         double.close()
     assert live.returncode == 0, live.stderr
     first = json.loads(live.stdout)
+    shown = subprocess.run(base[:-1] + ["--llm", f"replay:{first['run']}"], capture_output=True, text=True,
+                           timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    assert "LLM: " in shown.stdout and " failed" not in shown.stdout.split("LLM: ")[1]  # a line, with no failure
     report = subprocess.run([sys.executable, "-m", "autopoiesis.cli", "report", first["run"], "--runs-dir", runs, "--json"],
                             capture_output=True, text=True)
     llm = json.loads(report.stdout)["llm"]
@@ -160,6 +166,29 @@ def test_cli_records_reports_and_replays_an_llm_run(tmp_path):
     second = json.loads(again.stdout)
     assert second["run"] != first["run"]
     assert (second["champion"], second["fitness"]) == (first["champion"], first["fitness"])
+
+
+def test_an_llm_endpoint_that_refuses_every_call_is_said_at_the_end_of_the_run(tmp_path):
+    """A mistyped --llm-url (here a real port with nothing listening) fails every call; the
+    run goes on with the offline operators and ends with a line saying so, not in silence."""
+    import socket
+    import subprocess
+    import sys
+
+    from conftest import EXAMPLE
+
+    with socket.socket() as sock:  # a port that was free a moment ago: connections are refused
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.run([sys.executable, "-m", "autopoiesis.cli", "evolve", "--adapter", str(EXAMPLE),
+                           "-o", "jobs=60", "--generations", "1", "--population", "4", "--runs-dir", str(tmp_path),
+                           "--llm-url", f"http://127.0.0.1:{port}/v1", "--llm-model", "m"],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "300"})
+    assert proc.returncode == 0, proc.stderr
+    line = " ".join(proc.stdout[proc.stdout.index("\nLLM: ") + 1:].split())  # the last line, unwrapped
+    calls = int(line.split()[1])
+    assert calls > 0 and line.startswith(f"LLM: {calls} call(s), 0 tokens, $0.00; {calls} failed, the last: "), line
+    assert "connection" in line and "(every call: check --llm, --llm-url and the API key)" in line
 
 
 def test_weighted_ensemble_sends_most_calls_to_the_cheap_model():
