@@ -150,6 +150,12 @@ class Archive:
         self._write("UPDATE births SET status=?, error=? WHERE run=? AND program=?",
                     [(status, error, run_id, pid) for pid, status, error in updates])
 
+    def program_ids(self, prefix: str) -> list[str]:
+        """The ids of the archived programs that start with ``prefix`` (tables show 8 characters)."""
+        escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        rows = self.db.execute("SELECT id FROM programs WHERE id LIKE ? ESCAPE '\\' LIMIT 2", (escaped + "%",))
+        return [r[0] for r in rows]
+
     def program(self, program_id: str, run_id: str | None = None) -> Program:
         row = self.db.execute("SELECT source FROM programs WHERE id=?", (program_id,)).fetchone()
         if row is None:

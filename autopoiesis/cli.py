@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -104,10 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "the engine and vllm adapters, off for the simulator)")
     on.add_argument("--live-seed", type=int, default=1000, help="seed of the live workload (simulated live systems)")
     on.add_argument("--max-windows", type=positive_int, help="stop after this many windows")
-    on.add_argument("--policy", metavar="FILE|RUN",
+    on.add_argument("--policy", metavar="FILE|RUN|PROGRAM",
                     help="what the live system starts serving: a file of policy functions (slots it leaves out keep "
                          "the first baselines) or a run in --runs-dir: an offline run's champion, an online run's "
-                         "last live program (default: the first baselines)")
+                         "last live program; or an archived program's id (default: the first baselines)")
 
     rp = sub.add_parser("report", help="show a run: champion, progress, lineage, baselines")
     rp.add_argument("run", metavar="RUN", nargs="?", help="run id (default: the latest)")
@@ -122,10 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--adapter", default="vllm", help="an adapter with a live system (default vllm)")
         sv.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE")
         sv.add_argument("--scenario", help="a named load (vLLM: steady, shift, burst)")
-        sv.add_argument("--policy", metavar="FILE|RUN",
+        sv.add_argument("--policy", metavar="FILE|RUN|PROGRAM",
                         help="policy functions to serve with (slots it leaves out keep the first baselines), or a run "
-                             "in --runs-dir: an offline run's champion, an online run's last live program (default: "
-                             "the first baselines)")
+                             "in --runs-dir: an offline run's champion, an online run's last live program; or an "
+                             "archived program's id (default: the first baselines)")
         sv.add_argument("--window", type=positive_float, default=10.0, help="seconds per progress line")
         sv.add_argument("--runs-dir", default="runs", help="where the server logs and requests.jsonl go, and the "
                                                                "archive --policy RUN is found in")
@@ -134,9 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run one policy on a simulator scenario and print its metrics")
     sim.add_argument("--scenario", default="mixed", help="scenario name or path/to/scenario.toml")
-    sim.add_argument("--policy", action="append", default=[], metavar="FILE|RUN",
+    sim.add_argument("--policy", action="append", default=[], metavar="FILE|RUN|PROGRAM",
                      help="Python file with policy functions, or a run in --runs-dir (its champion, or an online "
-                          "run's last live program); repeatable; slots none defines use the first baseline")
+                          "run's last live program), or an archived program's id (8 characters do); repeatable; "
+                          "slots none defines use the first baseline")
     sim.add_argument("--runs-dir", default="runs", help="where --policy RUN is found")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--json", action="store_true")
@@ -670,6 +672,9 @@ def _report_data(archive: Archive, run: dict[str, Any]) -> dict[str, Any]:
            "llm": _llm_summary(archive, run, objective)}
     if champion:
         out["champion"] = {"program": champion["program"], "source": archive.program(champion["program"]).source}
+    front = pareto_front(archive, run)
+    if front:
+        out["front"] = front
     return out
 
 
@@ -743,17 +748,65 @@ def _print_results(console: Console, archive: Archive, run_id: str, training: bo
         style = "bold green" if r["kind"] == "champion" else None
         table.add_row(r["name"], r["program"][:8], *cells, style=style)
     console.print(table)
-    config = archive.run(run_id)["config"]
-    note = trade_offs(results, (config.get("objective_list") or [""])[0], config.get("directions", {}), metrics)
+    run = archive.run(run_id)
+    objectives = run["config"].get("objective_list") or [""]
+    note = trade_offs(results, objectives[0], run["config"].get("directions", {}), metrics, several=len(objectives) > 1)
     if note:
         console.print(note, style="yellow", highlight=False)
+    front = pareto_front(archive, run)
+    if front:
+        champion = next((r["program"] for r in results if r["kind"] == "champion"), None)
+        names = [o.partition(":")[2] for o in objectives]
+        table = Table(title="Pareto front of the last generation (training snapshots): no program here is "
+                            "better on every objective than another")
+        table.add_column("program")
+        for o in objectives:
+            table.add_column(o, justify="right")
+        labels = {r["program"]: r["name"] for r in results if r["kind"] == "baseline"}
+        labels[champion] = "champion"
+        points: dict[tuple, list[str]] = {}  # programs that score alike (often rewrites of one rule): one row
+        for entry in front:
+            points.setdefault(tuple(entry["values"][n] for n in names), []).append(entry["program"])
+        for values, programs in points.items():
+            programs.sort(key=lambda pid: (pid not in labels, pid != champion))  # the champion, a baseline first
+            shown = programs[0][:8] + (f" ({labels[programs[0]]})" if programs[0] in labels else "")
+            table.add_row(shown + (f" and {len(programs) - 1} more alike" if len(programs) > 1 else ""),
+                          *(_num(v) for v in values), style="bold green" if champion in programs else None)
+        console.print(table)
+
+
+def pareto_front(archive: Archive, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """For a run with several objectives: the last generation's programs that no other in it
+    beats on every objective (DEAP's non-dominated sort, on the training snapshots), best on
+    the first objective first. One champion cannot show the trade-offs such a run found."""
+    from deap import tools
+
+    from autopoiesis.metrics import Objective
+    from autopoiesis.search import fitness_class
+
+    cfg = run["config"]
+    objectives = [Objective.parse(o) for o in cfg.get("objective_list") or []]
+    last = archive.last_generation(run["id"])
+    if len(objectives) < 2 or last is None:
+        return []
+    scored = []
+    for pid in dict.fromkeys(pid for island in archive.population(run["id"], last) for pid in island):
+        values = [_train_objective(archive, pid, cfg.get("train_keys", []), o.name) for o in objectives]
+        if None not in values:
+            scored.append(types.SimpleNamespace(program=pid, fitness=fitness_class(objectives)(values)))
+    front = tools.sortNondominated(scored, len(scored), first_front_only=True)[0] if scored else []
+    first = objectives[0]
+    front.sort(key=lambda e: (e.fitness.values[0] * (1 if first.direction == "min" else -1), e.program))
+    return [{"program": e.program, "values": dict(zip((o.name for o in objectives), e.fitness.values))}
+            for e in front]
 
 
 def trade_offs(results: list[dict[str, Any]], objective: str, directions: Mapping[str, str],
-               metrics: Sequence[str], worse_by: float = 0.25) -> str:
+               metrics: Sequence[str], worse_by: float = 0.25, several: bool = False) -> str:
     """What the champion gives up against the best baseline on ``objective`` (held out): the
     table's metrics it is more than ``worse_by`` worse on. Evolution optimizes one objective
-    and says nothing of the rest; a user reading only that line would miss them."""
+    and says nothing of the rest; a user reading only that line would miss them. With
+    ``several`` objectives the champion is the front's best on the first, and the line says so."""
     direction, _, name = objective.rpartition(":")
     held = {r["name"]: r["held_out"] or {} for r in results if r["kind"] in ("champion", "baseline")}
     champion = next((held[r["name"]] for r in results if r["kind"] == "champion"), {})
@@ -773,10 +826,12 @@ def trade_offs(results: list[dict[str, Any]], objective: str, directions: Mappin
     if not worse:
         return ""
     gain = sign * (baselines[best][name] - champion[name]) / abs(baselines[best][name] or 1.0)
+    advice = (f"The champion is the best on {name} of the programs no other beats on every objective; the "
+              f"Pareto front below shows the others." if several else
+              f"Evolution ranks by --objective ({objective}); give another, or several with "
+              f"--strategy nsga2, to weigh what it gives up.")
     return (f"Against {best}, the best baseline on {name}, the champion is {abs(gain):.1%} "
-            f"{'better' if gain >= 0 else 'worse'} on {name} and worse on {'; '.join(worse)}. "
-            f"Evolution ranks by --objective ({objective}); give another, or several with "
-            f"--strategy nsga2, to weigh what it gives up.")
+            f"{'better' if gain >= 0 else 'worse'} on {name} and worse on {'; '.join(worse)}. {advice}")
 
 
 def _num(value: Any) -> str:
@@ -954,11 +1009,16 @@ def _archive_with_runs(spec: str, runs_dir: str) -> Archive:
 
 def _run_program(spec: str, archive: Archive) -> Program:
     """What run ``spec`` ended with: an offline run's champion (an unfinished one's latest
-    generation's best), or the program an online run served last."""
+    generation's best), or the program an online run served last; or the archived program
+    whose id starts with ``spec`` (the 8 characters the report's tables show)."""
     try:
         run = archive.run(spec)
     except ArchiveError:
-        raise UserError(f"--policy {spec}: no such file, and no run of that id in {archive.path}") from None
+        found = archive.program_ids(spec) if len(spec) >= 6 else []
+        if len(found) == 1:
+            return archive.program(found[0])
+        why = "a program id" if not found else f"only one program id (it starts {len(found)} or more)"
+        raise UserError(f"--policy {spec}: no such file, and no run of that id or {why} in {archive.path}") from None
     if run["config"].get("mode") == "online":
         windows = archive.windows(spec)
         pid = windows[-1]["policy"] if windows else None

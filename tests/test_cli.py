@@ -430,3 +430,28 @@ def test_the_results_name_what_the_champion_gives_up_against_the_best_baseline()
     assert trade_offs(results, "min:total_time", {}, metrics) == ""  # no directions (an older run): nothing said
     even = [dict(r, held_out=dict(r["held_out"], p99_ttft=50.0, slo_attainment=0.8)) for r in results]
     assert trade_offs(even, "min:total_time", directions, metrics) == ""
+    several = trade_offs(results, "min:total_time", directions, metrics, several=True)
+    assert several.endswith("the Pareto front below shows the others.") and "--strategy nsga2" not in several
+
+
+def test_a_run_with_two_objectives_reports_its_front_and_any_program_in_it_can_be_simulated(tmp_path):
+    """``--strategy nsga2`` with two objectives: the results end with the last generation's
+    Pareto front (``report --json`` carries it), and a program it shows, named by the 8
+    characters of its id, is taken by ``--policy`` as a file would be."""
+    runs = str(tmp_path / "runs")
+    proc = cli("evolve", "--adapter", str(EXAMPLE), "--strategy", "nsga2", "--objective", "mean_completion_time",
+               "--objective", "max_completion_time", "--generations", "2", "--population", "8", "--runs-dir", runs)
+    assert proc.returncode == 0, proc.stderr
+    assert "Pareto front of the last generation" in proc.stdout
+    report = json.loads(cli("report", "--runs-dir", runs, "--json").stdout)
+    assert report["front"] and set(report["front"][0]["values"]) == {"mean_completion_time", "max_completion_time"}
+    assert report["front"][0]["program"] == report["champion"]["program"]
+
+    sim = ("simulate", "--scenario", "stationary", "--seed", "2", "--json")
+    run = json.loads(cli("evolve", "--adapter", "simulator", "--scenario", "stationary", "-o", "requests=600",
+                         "--generations", "0", "--population", "4", "--train-snapshots", "1",
+                         "--held-out-snapshots", "0", "--runs-dir", runs, "--json").stdout)
+    by_id = cli(*sim, "--policy", run["champion"][:8], "--runs-dir", runs)
+    assert by_id.returncode == 0, by_id.stderr
+    assert json.loads(by_id.stdout) == json.loads(cli(*sim, "--policy", run["run"], "--runs-dir", runs).stdout)
+    assert_one_line_error(cli(*sim, "--policy", "0000000000", "--runs-dir", runs), "no run of that id or a program id")

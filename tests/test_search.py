@@ -47,6 +47,36 @@ def test_nsga2_population_is_spread_along_the_front(queue_adapter):
     assert len(set(points)) > 1  # not collapsed onto one objective
 
 
+def test_the_report_shows_the_pareto_front_of_a_run_with_two_objectives(queue_adapter):
+    """``pareto_front``: every program of the last generation it leaves out is beaten on both
+    objectives by one it shows, none it shows is beaten by another, and the champion is the
+    front's best on the first objective (checked here point by point, not with DEAP)."""
+    from autopoiesis.cli import pareto_front
+
+    result, archive = run("nsga2", queue_adapter,
+                          objectives=("min:mean_completion_time", "min:max_completion_time"))
+    front = pareto_front(archive, archive.run(result.run_id))
+    last = archive.last_generation(result.run_id)
+    keys = archive.run(result.run_id)["config"]["train_keys"]
+    points = {}
+    for pid in {pid for island in archive.population(result.run_id, last) for pid in island}:
+        values = [archive.get((pid, k)).metrics for k in keys]
+        points[pid] = tuple(sum(v[m] for v in values) / len(values) for m in ("mean_completion_time",
+                                                                              "max_completion_time"))
+
+    def beats(a, b):
+        return all(x <= y for x, y in zip(a, b)) and a != b
+
+    shown = {entry["program"] for entry in front}
+    assert shown and all(not beats(points[o], points[p]) for p in shown for o in points)
+    assert all(any(beats(points[f], points[p]) for f in shown) or points[p] in {points[f] for f in shown}
+               for p in set(points) - shown)
+    assert front[0]["program"] == result.champion.id
+    assert front[0]["values"]["mean_completion_time"] == pytest.approx(points[result.champion.id][0])
+    single, single_archive = run("generational", queue_adapter)
+    assert pareto_front(single_archive, single_archive.run(single.run_id)) == []  # one objective: no front
+
+
 def test_budget_caps_programs_scored(queue_adapter):
     result, _ = run("generational", queue_adapter, budget=20)
     assert result.programs <= 20
