@@ -778,7 +778,7 @@ def _print_results(console: Console, archive: Archive, run_id: str, training: bo
 def pareto_front(archive: Archive, run: dict[str, Any]) -> list[dict[str, Any]]:
     """For a run with several objectives: the last generation's programs that no other in it
     beats on every objective (DEAP's non-dominated sort, on the training snapshots), best on
-    the first objective first. One champion cannot show the trade-offs such a run found."""
+    the first objective first (the champion). One champion cannot show the trade-offs such a run found."""
     from deap import tools
 
     from autopoiesis.metrics import Objective
@@ -795,8 +795,7 @@ def pareto_front(archive: Archive, run: dict[str, Any]) -> list[dict[str, Any]]:
         if None not in values:
             scored.append(types.SimpleNamespace(program=pid, fitness=fitness_class(objectives)(values)))
     front = tools.sortNondominated(scored, len(scored), first_front_only=True)[0] if scored else []
-    first = objectives[0]
-    front.sort(key=lambda e: (e.fitness.values[0] * (1 if first.direction == "min" else -1), e.program))
+    front.sort(key=lambda e: (tuple(-w for w in e.fitness.wvalues), e.program))  # as Strategy.best ranks
     return [{"program": e.program, "values": dict(zip((o.name for o in objectives), e.fitness.values))}
             for e in front]
 

@@ -54,7 +54,6 @@ class Strategy:
         """Move individuals between islands in place (single-population strategies: nothing)."""
 
     def best(self, population: Sequence[Individual]) -> Individual:
-        """The champion: best on the first (ranking) objective."""
-        first = population[0].scores.objectives[0]
-        key = (lambda i: i.scores.scalar) if first.direction == "min" else (lambda i: -i.scores.scalar)
-        return min(population, key=lambda i: (key(i), i.program.id))
+        """The champion: best on the first (ranking) objective; a tie goes to the better on the
+        next ones, so with several objectives the champion is on the Pareto front."""
+        return min(population, key=lambda i: (tuple(-w for w in i.fitness.wvalues), i.program.id))

@@ -77,6 +77,21 @@ def test_the_report_shows_the_pareto_front_of_a_run_with_two_objectives(queue_ad
     assert pareto_front(single_archive, single_archive.run(single.run_id)) == []  # one objective: no front
 
 
+def test_a_tie_on_the_first_objective_goes_to_the_better_on_the_next():
+    """So the champion of a run with several objectives is never one the front beats (the
+    worse program's id sorts first: before, the id broke the tie)."""
+    from autopoiesis import Program
+    from autopoiesis.metrics import Fitness
+    from autopoiesis.search import Individual, fitness_class, make
+
+    objectives = (Objective("mean", "min"), Objective("slo", "max"))
+    cls = fitness_class(objectives)
+    worse, better = (Individual(Program(f"def priority(job, now):\n    return {k}\n"),
+                                Fitness({"mean": 3.0, "slo": slo}, objectives), cls) for k, slo in ((1, 0.5), (0, 0.9)))
+    for name in STRATEGIES:
+        assert make(name).best([worse, better]) is better and make(name).best([better, worse]) is better
+
+
 def test_budget_caps_programs_scored(queue_adapter):
     result, _ = run("generational", queue_adapter, budget=20)
     assert result.programs <= 20
