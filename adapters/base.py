@@ -60,6 +60,10 @@ class AdapterError(Exception):
     """An adapter cannot be found, loaded or used; the message is for the user."""
 
 
+class Unimplemented(AdapterError, NotImplementedError):
+    """An adapter lacks a method evolution needs: a user's mistake, said as one."""
+
+
 class Adapter:
     """Base class for adapters. Subclasses set ``name`` and implement the abstract parts."""
 
@@ -80,7 +84,7 @@ class Adapter:
 
     # -- what evolves --------------------------------------------------------------
     def slots(self) -> list[PolicySlot]:
-        raise NotImplementedError
+        raise self._unimplemented("slots()")
 
     def baselines(self) -> dict[str, Program]:
         """Human-designed seed programs, each filling every slot.
@@ -107,7 +111,7 @@ class Adapter:
     # -- how it is scored ----------------------------------------------------------
     def snapshot(self, seed: int) -> Snapshot:
         """A deterministic workload to score programs on (offline twin input)."""
-        raise NotImplementedError
+        raise self._unimplemented("snapshot(seed)")
 
     def evaluate(self, policy: Any, snapshot: Snapshot) -> Mapping[str, float]:
         """Run ``policy`` (a compiled program: one attribute per slot) on a snapshot.
@@ -115,7 +119,11 @@ class Adapter:
         Runs inside a sandboxed worker process; must be deterministic for a given
         policy and snapshot. Returns finite metrics keyed by name.
         """
-        raise NotImplementedError
+        raise self._unimplemented("evaluate(policy, snapshot)")
+
+    def _unimplemented(self, method: str) -> Unimplemented:
+        return Unimplemented(f"adapter '{self.name}' ({type(self).__name__}) does not implement {method}; "
+                             "evolution needs slots(), snapshot(seed) and evaluate(policy, snapshot) (docs/adapters.md)")
 
     def summarize(self, snapshot: Snapshot) -> str:
         """A few lines on what the snapshot's workload looks like (LLM operators quote it)."""

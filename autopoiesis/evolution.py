@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Sequence
 from deap import tools
 
 from . import sandbox
-from .adapters.base import adapter_code
+from .adapters.base import AdapterError, adapter_code
 from .archive import Archive
 from .evaluate import Evaluator, Limits, Outcome, Task
 from .metrics import Fitness, Objective, Snapshot, check_reported
@@ -256,6 +256,8 @@ class Evolution:
         """The adapter's snapshot for ``seed``; its failure is the adapter's, and says so."""
         try:
             return self.adapter.snapshot(seed)
+        except AdapterError:  # already said as the adapter's
+            raise
         except Exception as e:
             raise EvolutionError(f"adapter {self.adapter.name}: snapshot({seed}) failed: {type(e).__name__}: {e} "
                                  "(AUTOPOIESIS_DEBUG=1 shows the traceback)") from e

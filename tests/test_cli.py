@@ -105,6 +105,25 @@ def test_a_mistake_in_a_users_adapter_is_named_and_a_fix_is_scored_afresh(tmp_pa
         {k: fresh[k] for k in ("evaluations", "reused", "fitness")}
 
 
+@pytest.mark.parametrize("defined, missing", [
+    ("", "slots()"),
+    ("slots", "snapshot(seed)"),
+    ("slots snapshot", "evaluate(policy, snapshot)"),
+])
+def test_an_adapter_missing_a_method_evolution_needs_is_told_which(tmp_path, defined, missing):
+    methods = {
+        "slots": "    def slots(self):\n        return [PolicySlot(name='priority', params=('job', 'now'), doc='',\n"
+                 "                           baselines={'fcfs': 'def priority(job, now):\\n    return 0.0\\n'})]\n",
+        "snapshot": "    def snapshot(self, seed):\n        return Snapshot(self.name, {'seed': seed})\n",
+    }
+    adapter = tmp_path / "half.py"
+    adapter.write_text("from autopoiesis import Adapter, PolicySlot, Snapshot\n\n\nclass Half(Adapter):\n"
+                       "    name = 'half'\n" + "".join(methods[m] for m in defined.split()))
+    proc = cli("evolve", "--adapter", str(adapter), "--objective", "x", "--runs-dir", str(tmp_path / "runs"))
+    assert_one_line_error(proc, f"adapter 'half' (Half) does not implement {missing}; evolution needs slots(), "
+                                "snapshot(seed) and evaluate(policy, snapshot)")
+
+
 def test_an_objective_the_adapter_does_not_report_is_refused_before_anything_runs(tmp_path):
     """The simulator names its metrics (``Adapter.metrics``): a misspelt objective is one line
     at once, not an error after the seed programs are scored."""
