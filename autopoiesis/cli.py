@@ -114,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run", metavar="RUN", nargs="?", help="run id (default: the latest)")
     rp.add_argument("--runs-dir", default="runs")
     rp.add_argument("--json", action="store_true")
+    rp.add_argument("--list", action="store_true", help="list the runs in --runs-dir, newest first")
 
     sub.add_parser("adapters", help="list registered adapters and their policy slots")
 
@@ -572,6 +573,8 @@ def cmd_report(args: argparse.Namespace) -> int:
     if not runs:
         raise UserError(f"no runs in {args.runs_dir}")
     top = [r for r in runs if not archive.run(r["id"])["config"].get("parent")] or runs  # not an online run's evolutions
+    if args.list:
+        return _list_runs(args, archive, top)
     run = archive.run(args.run or top[-1]["id"])
     if run["config"].get("mode") == "online":
         return _report_online(args, archive, run)
@@ -626,6 +629,50 @@ def cmd_report(args: argparse.Namespace) -> int:
     if champion:
         console.print("[bold]champion source[/]")
         console.print(Syntax(champion["source"], "python", line_numbers=False))
+    return 0
+
+
+def _list_runs(args: argparse.Namespace, archive: Archive, runs: list[dict[str, Any]]) -> int:
+    """One line per run (an online run's evolutions are counted with it): what it was, how it
+    ended, and the program it ended with, which ``--policy`` takes by run id."""
+    from rich.table import Table
+
+    rows = []
+    evolutions: dict[str, int] = {}
+    for r in archive.runs():
+        parent = archive.run(r["id"])["config"].get("parent")
+        if parent:
+            evolutions[parent] = evolutions.get(parent, 0) + 1
+    for r in reversed(runs):
+        run = archive.run(r["id"])
+        cfg = run["config"]
+        online = cfg.get("mode") == "online"
+        if online:
+            windows, deployments = archive.windows(run["id"]), archive.deployments(run["id"])
+            program = windows[-1]["policy"] if windows else None
+            kinds = [d["kind"] for d in deployments]
+            what = (f"{len(windows)} windows, {evolutions.get(run['id'], 0)} evolutions, "
+                    f"{kinds.count('deploy')} deployed, {kinds.count('rollback')} rolled back")
+        else:
+            champion = next((x for x in archive.results(run["id"]) if x["kind"] == "champion"), None)
+            program = champion["program"] if champion else None
+            stats = archive.generation_stats(run["id"])
+            best = stats[-1].get("best") if stats else None
+            what = f"{len(stats) - 1 if stats else 0} generations" + (f", best {_num(best)}" if best is not None else "")
+        rows.append({"run": run["id"], "adapter": run["adapter"], "mode": "online" if online else "offline",
+                     "status": run["status"], "started": run["created"],
+                     "objective": ", ".join(cfg.get("objective_list") or []), "progress": what, "program": program})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    table = Table(title=f"runs in {args.runs_dir} (newest first; --policy RUN takes the program a run ended with)")
+    for col in ("run", "adapter", "mode", "status", "started", "objective", "progress", "program"):
+        table.add_column(col, no_wrap=col not in ("adapter", "objective", "progress"))  # ids stay whole, to copy
+    for row in rows:
+        table.add_row(row["run"], row["adapter"], row["mode"], row["status"],
+                      time.strftime("%Y-%m-%d %H:%M", time.localtime(row["started"])), row["objective"],
+                      row["progress"], (row["program"] or "-")[:8])
+    _console().print(table)
     return 0
 
 

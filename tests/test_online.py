@@ -772,6 +772,28 @@ def test_online_mistakes_are_one_line_errors(tmp_path):
     assert proc.returncode == 2 and "has no live system" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_report_lists_the_runs_with_what_each_ended_with(tmp_path):
+    """``report --list``: newest first, an online run's evolutions counted with it rather than
+    listed, and each run's program the one ``--policy RUN`` would take."""
+    from conftest import EXAMPLE
+    from test_cli import cli
+
+    runs = str(tmp_path / "runs")
+    offline = json.loads(cli("evolve", "--adapter", str(EXAMPLE), "--generations", "1", "--population", "4",
+                             "--runs-dir", runs, "--json").stdout)
+    online = json.loads(cli("evolve", "--adapter", "simulator", "--scenario", SCENARIO, "-o", "requests=600",
+                            "--online", "--evolution-cost", "1", "--runs-dir", runs, "--json").stdout)
+    listed = cli("report", "--list", "--runs-dir", runs, "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [r["run"] for r in rows] == [online["run"], offline["run"]]
+    assert (rows[0]["mode"], rows[0]["program"]) == ("online", online["final_policy"])
+    assert (rows[1]["mode"], rows[1]["program"], rows[1]["status"]) == ("offline", offline["champion"], "done")
+    assert rows[1]["progress"] == f"1 generations, best {offline['fitness']['mean_completion_time']:.6g}"
+    table = cli("report", "--list", "--runs-dir", runs)
+    assert online["run"] in table.stdout and offline["champion"][:8] in table.stdout
+
+
 def test_a_killed_online_run_keeps_its_windows_and_says_how_to_go_on(tmp_path):
     """An online run killed mid-run keeps the windows it served; ``--resume`` of it, or of one
     of its evolutions, is one line (the live system, and the snapshots its evolutions bred on,
