@@ -17,6 +17,7 @@ import ast
 import _signal
 import builtins
 import collections
+import functools
 import gc
 import itertools
 import re
@@ -209,8 +210,12 @@ def _public_proxy(module: types.ModuleType) -> types.ModuleType:
 # for good. The iterators that are endless, or astronomically long from small inputs,
 # are served as generators (a bytecode step per item, so the deadline stops them), and a
 # range is capped. CPython's own big-integer loops (``10 ** 10 ** 8``, ``math.factorial``)
-# already check for signals. What stays: C work that fans out over a long list
-# (``map(sum, [range(10**6)] * 10**6)``) and memory built in one call (docs/sandbox.md).
+# already check for signals. C work fanned out over a long list, a C function called per
+# item from C (``max(map(sum, [range(10**6)] * 10**4))``, ``sorted(lists, key=sum)``), is
+# broken up the same way: ``map``, ``filter`` and itertools' function-taking iterators are
+# generators, and a C function passed as ``key`` (sorted, min, max) or to ``reduce`` is
+# called from bytecode. What stays (docs/sandbox.md): ``list.sort(key=sum)`` (a method),
+# comparing or hashing long containers item by item, and memory built in one call.
 
 RANGE_LIMIT = 1_000_000  # items in one range: a C loop over it takes milliseconds
 
@@ -284,15 +289,58 @@ def _steps(iterator):
         yield item
 
 
+def _map(function, iterable, *iterables):
+    """``map`` as a generator: each call of ``function`` returns to bytecode."""
+    if not callable(function):
+        raise TypeError(f"'{type(function).__name__}' object is not callable")
+    if not iterables:
+        return (function(item) for item in iterable)
+    return (function(*items) for items in zip(iterable, *iterables))
+
+
+def _filter(function, iterable):
+    """``filter`` as a generator: each call of ``function`` returns to bytecode."""
+    if function is None:
+        return (item for item in iterable if item)
+    return (item for item in iterable if function(item))
+
+
+def _from_bytecode(function):
+    """A C function (``sum``, ``len``) wrapped so that calling it from C passes through
+    bytecode, where a deadline acts; a Python function already does."""
+    if function is None or isinstance(function, types.FunctionType) or not callable(function):
+        return function  # a bad one fails at the call, with the builtin's own message
+    return lambda *args: function(*args)
+
+
+def _keyed(builtin: Callable) -> Callable:
+    """``sorted``, ``min`` or ``max`` calling a C ``key`` through bytecode."""
+    def keyed(*args, **kwargs):
+        if kwargs and "key" in kwargs:
+            kwargs["key"] = _from_bytecode(kwargs["key"])
+        return builtin(*args, **kwargs)
+
+    keyed.__name__ = builtin.__name__
+    return keyed
+
+
+def _reduce(function, iterable, *initial):
+    return functools.reduce(_from_bytecode(function), iterable, *initial)
+
+
 _range.__name__, _iter.__name__ = "range", "iter"
+_map.__name__, _filter.__name__, _reduce.__name__ = "map", "filter", "reduce"
 _count.__name__, _cycle.__name__, _repeat.__name__ = "count", "cycle", "repeat"
 
 _STEPWISE = {
     "itertools": {
         "count": _count, "cycle": _cycle, "repeat": _repeat,
         **{name: _stepwise(getattr(itertools, name))
-           for name in ("product", "permutations", "combinations", "combinations_with_replacement")},
+           for name in ("product", "permutations", "combinations", "combinations_with_replacement",
+                        # these call a function per item in C
+                        "starmap", "accumulate", "filterfalse", "takewhile", "dropwhile", "groupby")},
     },
+    "functools": {"reduce": _reduce},
 }
 
 
@@ -315,7 +363,8 @@ def _restricted_import_for_one_program() -> Callable:
 def safe_builtins() -> dict:
     """A fresh builtins table (and import) for one program."""
     table = {name: getattr(builtins, name) for name in SAFE_BUILTIN_NAMES}
-    table.update(range=_range, iter=_iter)
+    table.update(range=_range, iter=_iter, map=_map, filter=_filter,
+                 sorted=_keyed(sorted), min=_keyed(min), max=_keyed(max))
     table["__import__"] = _restricted_import_for_one_program()
     return table
 

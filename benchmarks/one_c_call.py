@@ -8,9 +8,10 @@ Each case is a deployed ``priority`` that does one such thing, called once throu
 under an address-space cap so a memory case cannot take the machine. It prints the
 seconds the call took and whether it fell back, or that it still had not returned after
 ``--limit-s``. The first group is closed by the sandbox (docs/sandbox.md, section 4; the
-big-integer cases by CPython itself), the second is the longest range a program may use,
-the third is what stays open in the serving process. ``--isolate`` serves the program from
-a decision process of its own (``hot_path(..., isolate=True)``), which closes the third.
+big-integer cases by CPython itself; the fan-outs since map, filter and C keys call through
+bytecode), the second is the longest range a program may use, the third is what stays open
+in the serving process. ``--isolate`` serves the program from a decision process of its
+own (``hot_path(..., isolate=True)``), which closes the third.
 """
 
 from __future__ import annotations
@@ -31,15 +32,19 @@ CLOSED = [
     "max(itertools.product(range(99), repeat=9))",
     "10 ** 10 ** 8",
     "math.factorial(10 ** 7)",
+    "max(map(sum, [range(10 ** 6)] * 10 ** 4))",
+    "sorted([range(10 ** 6)] * 10 ** 4, key=sum)[0]",
+    "functools.reduce(max, map(sum, [range(10 ** 6)] * 10 ** 4))",
+    "[xs := [1], xs.extend(map(abs, xs))][0][0]",
 ]
 ALLOWED = [  # the longest range a program may use, drained in C
     "sum(range(10 ** 6))",
     "sorted(range(10 ** 6))[0]",
 ]
 OPEN = [
-    "max(map(sum, [range(10 ** 6)] * 10 ** 4))",
+    "[xs := [range(10 ** 6)] * 10 ** 4, xs.sort(key=sum)][0]",
+    "max([list(range(10 ** 6))] * 10 ** 4)[0]",
     "len('x' * 10 ** 9)",
-    "[xs := [1], xs.extend(map(abs, xs))][0][0]",
 ]
 
 CALL = """
@@ -53,7 +58,8 @@ from autopoiesis.program import Program, replace_function
 adapter = SimulatorAdapter("stationary", requests=100)
 default = adapter.baselines()["default"]
 body = "def priority(request, now):\\n    value = " + sys.argv[1] + "\\n    return request.arrival\\n"
-program = Program("import itertools\\nimport math\\n" + replace_function(default.source, "priority", body))
+program = Program("import functools\\nimport itertools\\nimport math\\n"
+                  + replace_function(default.source, "priority", body))
 path = hot_path(program, [default], adapter.slots(), timeout_s=0.05, isolate=sys.argv[3] == "1")
 request = RequestInfo(1, 2.5, 10, 0)
 start = time.monotonic()

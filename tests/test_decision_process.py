@@ -30,7 +30,7 @@ calls = [0]
 def priority(request, now):
     calls[0] += 1
     if now == 1.0:
-        return max(map(sum, [range(10 ** 6)] * 10 ** 4))  # one C call: 10,000 sums of 18 ms
+        return [xs := [range(10 ** 6)] * 10 ** 4, xs.sort(key=sum)][1] or 0  # one C call: 10,000 sums of 18 ms
     if now == 2.0:
         return len([0] * 10 ** 9)  # 8 GB in one call
     if now == 3.0:

@@ -119,12 +119,21 @@ def test_a_policy_that_hangs_on_the_hot_path_times_out_and_falls_back(adapter, d
     "sum(iter(int, 1))",
     "sum(range(10 ** 12))",
     "max(itertools.product(range(99), repeat=9))",
+    "max(map(sum, [range(10 ** 6)] * 10 ** 5))",
+    "sorted([range(10 ** 6)] * 10 ** 5, key=sum)[0][0]",
+    "min([range(10 ** 6)] * 10 ** 5, key=sum)[0]",
+    "functools.reduce(max, map(sum, [range(10 ** 6)] * 10 ** 5))",
+    "sum(itertools.starmap(sum, [(range(10 ** 6),)] * 10 ** 5))",
+    "len(list(filter(sum, [range(10 ** 6)] * 10 ** 5)))",
+    "[xs := [1], xs.extend(map(abs, xs))][0][0]",
 ])
 def test_a_policy_that_loops_inside_one_c_call_falls_back(adapter, default, body):
     """A deadline acts between bytecodes; each of these drains an endless (or astronomically
-    long) iterator inside one C call, which held the serving thread for good. Now each is a
-    generator or refused, so the call times out or fails, and falls back."""
-    looping = Program("import itertools\n" + replace_function(default.source, "priority", (
+    long) iterator inside one C call, or calls a C function per item from C (the fan-outs:
+    half an hour of ``sum`` over a long range, or a list extended by a lazy map over itself),
+    which held the serving thread for good. Now each is a generator, refused, or calls its
+    function through bytecode, so the call times out or fails, and falls back."""
+    looping = Program("import functools\nimport itertools\n" + replace_function(default.source, "priority", (
         "def priority(request, now):\n"
         "    if request.id == 7:\n"
         f"        return float({body})\n"
