@@ -356,10 +356,12 @@ def test_simulate_and_bench_take_a_run_for_its_champion(tmp_path):
     by_run = cli("simulate", *load, "--policy", run["run"], "--runs-dir", runs)
     assert by_run.returncode == 0, by_run.stderr
     assert json.loads(by_run.stdout) == json.loads(cli("simulate", *load, "--policy", str(champion)).stdout)
+    assert json.loads(by_run.stdout) != json.loads(cli("simulate", *load).stdout)  # not the first baselines
     bench = ("bench", "--adapter", "simulator", "--scenario", "stationary", "-o", "requests=600", "--json")
     served = cli(*bench, "--policy", run["run"], "--runs-dir", runs)
     assert served.returncode == 0, served.stderr
     assert json.loads(served.stdout) == json.loads(cli(*bench, "--policy", str(champion)).stdout)
+    assert json.loads(served.stdout) != json.loads(cli(*bench).stdout)
     assert_one_line_error(cli(*bench, "--policy", "nope", "--runs-dir", runs), "no such file, and no run of that id")
 
 
@@ -473,4 +475,5 @@ def test_a_run_with_two_objectives_reports_its_front_and_any_program_in_it_can_b
     by_id = cli(*sim, "--policy", run["champion"][:8], "--runs-dir", runs)
     assert by_id.returncode == 0, by_id.stderr
     assert json.loads(by_id.stdout) == json.loads(cli(*sim, "--policy", run["run"], "--runs-dir", runs).stdout)
+    assert json.loads(by_id.stdout) != json.loads(cli(*sim).stdout)  # not the first baselines
     assert_one_line_error(cli(*sim, "--policy", "0000000000", "--runs-dir", runs), "no run of that id or a program id")
