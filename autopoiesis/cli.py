@@ -1063,8 +1063,9 @@ def _run_program(spec: str, archive: Archive) -> Program:
         found = archive.program_ids(spec) if len(spec) >= 6 else []
         if len(found) == 1:
             return archive.program(found[0])
-        why = "a program id" if not found else f"only one program id (it starts {len(found)} or more)"
-        raise UserError(f"--policy {spec}: no such file, and no run of that id or {why} in {archive.path}") from None
+        if found:
+            raise UserError(f"--policy {spec}: more than one archived program id starts so; give more of it") from None
+        raise UserError(f"--policy {spec}: no such file, and no run of that id or a program id in {archive.path}") from None
     if run["config"].get("mode") == "online":
         windows = archive.windows(spec)
         pid = windows[-1]["policy"] if windows else None

@@ -477,3 +477,7 @@ def test_a_run_with_two_objectives_reports_its_front_and_any_program_in_it_can_b
     assert json.loads(by_id.stdout) == json.loads(cli(*sim, "--policy", run["run"], "--runs-dir", runs).stdout)
     assert json.loads(by_id.stdout) != json.loads(cli(*sim).stdout)  # not the first baselines
     assert_one_line_error(cli(*sim, "--policy", "0000000000", "--runs-dir", runs), "no run of that id or a program id")
+    with sqlite3.connect(tmp_path / "runs" / "archive.db") as con:  # two ids that share their first 8 characters
+        con.executemany("INSERT INTO programs VALUES (?, ?, 0)", [("abcdef0100000000", "x"), ("abcdef0100000001", "y")])
+    assert_one_line_error(cli(*sim, "--policy", "abcdef01", "--runs-dir", runs),
+                          "--policy abcdef01: more than one archived program id starts so; give more of it")
