@@ -10,11 +10,14 @@ small interface. Offline evolution needs only ``slots``, ``snapshot`` and
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import sys
+import sysconfig
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, Mapping
@@ -27,14 +30,16 @@ ENTRY_POINT_GROUP = "autopoiesis.adapters"
 
 def adapter_code(adapter: Any) -> str:
     """A fingerprint of the code an adapter's evaluations depend on: the file of each class
-    it is made of (every file of the package, for a class in a package's ``__init__``) and
-    autopoiesis's version. The archive reuses an evaluation only under the same fingerprint,
-    so an adapter edited since is scored afresh. Code its classes import from elsewhere is
-    not covered; a class defined where no file holds it leaves only the names."""
+    it is made of (every file of the package, for a class in a package's ``__init__``), the
+    user's own modules those files import, followed import by import, and autopoiesis's
+    version. The archive reuses an evaluation only under the same fingerprint, so an adapter
+    edited since, or a helper module of its own, is scored afresh. Installed packages and
+    the standard library are left to their versions (autopoiesis's is in the fingerprint); a
+    class defined where no file holds it leaves only the names."""
     from autopoiesis import __version__
 
     digest = hashlib.sha256(__version__.encode())
-    files: list[Path] = []
+    files: dict[Path, str] = {}  # file -> the package its relative imports start from
     for cls in type(adapter).__mro__:
         if cls in (Adapter, object):
             continue
@@ -43,17 +48,97 @@ def adapter_code(adapter: Any) -> str:
             path = Path(inspect.getfile(cls)).resolve()
         except (TypeError, OSError):  # a built-in class, or one made at run time
             continue
+        module = sys.modules.get(cls.__module__)
+        package = getattr(module, "__package__", None) or ""
         if path.name == "__init__.py":
-            files += sorted(p for p in path.parent.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+            for member in sorted(p for p in path.parent.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+                files.setdefault(member, _package_of(member, path.parent, package))
         elif path.is_file():
-            files.append(path)
-    for path in dict.fromkeys(files):  # once each, in order
+            files.setdefault(path, package)
+    for path in _with_own_imports(files):
         digest.update(str(path.name).encode())
         try:
             digest.update(path.read_bytes())
         except OSError:  # unreadable: its name stands for it
             pass
     return digest.hexdigest()[:16]
+
+
+def _package_of(member: Path, root: Path, package: str) -> str:
+    """The package a file under a package's folder belongs to (for its relative imports)."""
+    parts = member.relative_to(root).parent.parts
+    return ".".join((package, *parts)) if package else ""
+
+
+def _with_own_imports(files: dict[Path, str]) -> dict[Path, str]:
+    """``files`` and every module of the user's own that they import, transitively: read from
+    each file's import statements (a function's too), found on ``sys.path`` without importing
+    anything; installed packages, the standard library and autopoiesis itself are not followed."""
+    found = dict(files)
+    queue = [(path, package) for path, package in files.items() if path.suffix == ".py"]
+    while queue:
+        path, package = queue.pop()
+        for name in _imported_names(path, package):
+            located = _own_module_file(name)
+            if located is not None and located[0] not in found:
+                found[located[0]] = located[1]
+                queue.append(located)
+    return found
+
+
+def _imported_names(path: Path, package: str) -> list[str]:
+    try:
+        tree = ast.parse(path.read_bytes())
+    except (OSError, SyntaxError, ValueError):
+        return []
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                if not package:
+                    continue
+                try:
+                    base = importlib.util.resolve_name("." * node.level + base, package)
+                except ImportError:  # beyond the top-level package
+                    continue
+            names.append(base)
+            names += [f"{base}.{alias.name}" for alias in node.names if alias.name != "*"]  # a submodule
+    return names
+
+
+def _own_module_file(name: str) -> tuple[Path, str] | None:
+    """The source file of module ``name`` and its package, if it is the user's own code."""
+    parts, search, spec = name.split("."), None, None
+    if not name or parts[0] == "autopoiesis":  # its version stands for it
+        return None
+    for depth in range(1, len(parts) + 1):
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth]), search)
+        except (ImportError, ValueError):
+            return None
+        if spec is None or not spec.origin or not _is_own(Path(spec.origin)):
+            return None
+        search = spec.submodule_search_locations
+        if search is None and depth < len(parts):  # ``from module import function``
+            return None
+    origin = Path(spec.origin).resolve()
+    return origin, name if spec.submodule_search_locations is not None else name.rpartition(".")[0]
+
+
+def _installed_roots() -> tuple[Path, ...]:
+    paths = sysconfig.get_paths()
+    roots = {Path(paths[key]).resolve() for key in ("stdlib", "platstdlib", "purelib", "platlib") if key in paths}
+    return tuple(roots)
+
+
+def _is_own(origin: Path) -> bool:
+    if origin.suffix != ".py":  # compiled extensions, namespace packages
+        return False
+    origin = origin.resolve()
+    return not any(origin.is_relative_to(root) for root in _installed_roots())
 
 
 class AdapterError(Exception):
@@ -252,6 +337,9 @@ def _from_file(path: Path, attr: str) -> Any:
     if not path.is_file():
         raise AdapterError(f"adapter file not found: {path}")
     module_name = f"autopoiesis_user_{path.stem}"
+    folder = str(path.resolve().parent)
+    if folder not in sys.path:  # as ``python path/to/file.py`` does: its own modules import
+        sys.path.insert(0, folder)
     spec = importlib.util.spec_from_file_location(module_name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module  # dataclasses and pickling look modules up by name

@@ -105,6 +105,33 @@ def test_a_mistake_in_a_users_adapter_is_named_and_a_fix_is_scored_afresh(tmp_pa
         {k: fresh[k] for k in ("evaluations", "reused", "fitness")}
 
 
+def test_an_adapter_file_imports_its_own_modules_and_an_edit_to_one_is_scored_afresh(tmp_path):
+    """An adapter file that imports a module beside it loads as ``python adapter.py`` would,
+    from any folder, and the module is part of the adapter's code: a fix there is scored
+    afresh in the same archive, not answered from the evaluations made before it."""
+    project = tmp_path / "project"
+    (project / "model").mkdir(parents=True)
+    source = EXAMPLE.read_text()
+    start, end = source.index("def mean_completion_time"), source.index("class SingleQueueAdapter")
+    (project / "model" / "__init__.py").write_text("")
+    (project / "model" / "queue.py").write_text("from __future__ import annotations\n\nimport math\n\nSCALE = 1.0\n\n\n" + source[start:end].replace(
+        "return math.fsum(flow) / len(flow), max(flow)", "return SCALE * math.fsum(flow) / len(flow), max(flow)"))
+    (project / "adapter.py").write_text(source[:start] + "from model.queue import mean_completion_time\n\n\n"
+                                        + source[end:])
+    args = ("evolve", "--adapter", str(project / "adapter.py"), "--generations", "0", "--population", "4",
+            "--runs-dir", str(tmp_path / "runs"), "--json")
+    first = cli(*args, cwd=tmp_path)  # not the adapter's folder
+    assert first.returncode == 0, first.stderr
+    again = json.loads(cli(*args, cwd=tmp_path).stdout)
+    assert again["evaluations"] == 0 and again["reused"] > 0  # nothing changed: all reused
+    (project / "model" / "queue.py").write_text((project / "model" / "queue.py").read_text()
+                                                .replace("SCALE = 1.0", "SCALE = 2.0"))
+    edited = json.loads(cli(*args, cwd=tmp_path).stdout)
+    first = json.loads(first.stdout)
+    assert (edited["evaluations"], edited["reused"]) == (first["evaluations"], first["reused"])  # run afresh
+    assert edited["fitness"]["mean_completion_time"] == pytest.approx(2 * first["fitness"]["mean_completion_time"])
+
+
 @pytest.mark.parametrize("defined, missing", [
     ("", "slots()"),
     ("slots", "snapshot(seed)"),

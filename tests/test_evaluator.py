@@ -220,6 +220,38 @@ def test_an_evaluation_is_reused_only_under_the_adapter_code_that_made_it(tmp_pa
     reopened.close()
 
 
+def test_the_adapter_code_follows_its_own_imports_and_stops_at_installed_ones(tmp_path, monkeypatch):
+    """The fingerprint covers the modules of the user's own that an adapter imports, however
+    it imports them (relatively, inside a function, through another of its modules), and
+    leaves installed packages to their versions."""
+    from autopoiesis.adapters.base import adapter_code, load_adapter
+
+    package = tmp_path / "mypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "adapter.py").write_text(
+        "import numpy\nfrom examples_queue import SingleQueueAdapter\nfrom .costs import scale\n\n\n"
+        "class Mine(SingleQueueAdapter):\n    name = 'mine'\n\n    def late(self):\n"
+        "        from mypkg import lazy\n        return lazy\n")
+    (package / "costs.py").write_text("from . import deeper\n\nscale = 1.0\n")
+    (package / "deeper.py").write_text("X = 1\n")
+    (package / "lazy.py").write_text("Y = 1\n")
+    (tmp_path / "examples_queue.py").write_text((ROOT / "examples" / "single_queue.py").read_text())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    adapter = load_adapter("mypkg.adapter:Mine", {})
+    codes = {adapter_code(adapter)}
+    for name in ("costs.py", "deeper.py", "lazy.py", "../examples_queue.py"):
+        path = package / name
+        path.write_text(path.read_text() + "\n# edited\n")
+        codes.add(adapter_code(adapter))
+    assert len(codes) == 5  # each edit changed it
+    (package / "unused.py").write_text("Z = 1\n")  # in the package, imported by nothing
+    assert adapter_code(adapter) in codes
+    from autopoiesis.adapters.base import _with_own_imports
+    files = _with_own_imports({(package / "adapter.py").resolve(): "mypkg"})
+    assert {p.name for p in files} == {"adapter.py", "__init__.py", "costs.py", "deeper.py", "lazy.py", "examples_queue.py"}
+
+
 class MeasuringQueue(single_queue.SingleQueueAdapter):
     """Test double for an adapter whose snapshots hold a measurement of the machine (the engine's
     timed step costs): each instance measures a different load, as a new process would."""
