@@ -243,7 +243,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
                             "(its windows and deployments so far are in the archive: autopoiesis report RUN)")
         return _cmd_online(args, adapter, spec, options, config, archive, llm_settings, replay_source, initial)
 
-    console = Console(stderr=True)
+    console = _console(stderr=True)
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=True,
@@ -336,7 +336,7 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
     def replayed_latency() -> float:  # replayed LLM answers come at once; their recorded latency still counts
         return sessions[0].ledger.latency_s if sessions and sessions[0].replaying else 0.0
 
-    console = Console(stderr=True)
+    console = _console(stderr=True)
     view = LiveView(console, run_id)
     controller = Controller(adapter, online, config, archive, operators, run_id=run_id, adapter_spec=spec,
                             adapter_options=options, initial=initial, extra_latency=replayed_latency,
@@ -404,7 +404,7 @@ def _live_options(args: argparse.Namespace) -> dict[str, Any]:
 # -- serve / bench ----------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve with one fixed policy; ``bench`` stops when its load is done and prints the metrics."""
-    from autopoiesis.adapters.base import load_adapter
+    from autopoiesis.adapters.base import _option_names, load_adapter
     from autopoiesis.metrics import SLO, RollingWindow
 
     options = parse_options(args.option)
@@ -412,9 +412,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         options["scenario"] = args.scenario
     options.update(_live_options(args))
     bench = args.command == "bench"
-    if bench and not (options.get("scenario") or options.get("trace")):
-        raise UserError("bench needs a load: --scenario NAME or --trace FILE")
     adapter = load_adapter(args.adapter, options)
+    if bench and not (options.get("scenario") or options.get("trace")) and \
+            {"scenario", "trace"} & set(_option_names(type(adapter))):  # else the adapter brings its own load
+        raise UserError("bench needs a load: --scenario NAME or --trace FILE")
     run_dir = getattr(adapter, "run_dir", None) or str(Path(args.runs_dir) / f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}")
     if hasattr(adapter, "run_dir"):
         adapter.run_dir = run_dir  # server logs and requests.jsonl
@@ -427,7 +428,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         finally:
             if archive is not None:
                 archive.close()
-    console = Console(stderr=True)
+    console = _console(stderr=True)
     console.print(f"starting {adapter.name} ({adapter.describe()})"
                   + (f"; logs in {run_dir}" if hasattr(adapter, "run_dir") else ""))
     adapter.start()
@@ -681,15 +682,24 @@ def _report_online(args: argparse.Namespace, archive: Archive, run: dict[str, An
 
     run_id = run["id"]
     figure = Path(args.runs_dir) / run_id / "online.png"
+    windows = archive.windows(run_id)
+    last = archive.program(windows[-1]["policy"]) if windows else None  # what it served last
     if args.json:
         print(json.dumps({"run": run_id, "status": run["status"], "mode": "online",
-                          "windows": archive.windows(run_id), "deployments": archive.deployments(run_id),
+                          "windows": windows, "deployments": archive.deployments(run_id),
                           "live": next((r["train"] for r in archive.results(run_id) if r["kind"] == "live"), None),
+                          "last_policy": {"program": last.id, "name": last.name, "source": last.source} if last else None,
                           "plot": str(figure) if figure.exists() else None}))
         return 0
     console = _console()
     console.print(f"[bold]online run {run_id}[/]  adapter {run['adapter']}  status {run['status']}")
     print_report(console, archive, run_id, figure if figure.exists() else None)
+    if last is not None:
+        from rich.syntax import Syntax
+
+        console.print(f"[bold]served last: {last.id[:8]}[/]" + (f" ({last.name})" if last.name else "")
+                      + f"; serve it with --policy {run_id}")
+        console.print(Syntax(last.source.strip() + "\n", "python", line_numbers=False))
     if run["status"] != "done":
         console.print(f"not finished: if it is no longer running, its windows end here; "
                       f"{_online_again(run, args.runs_dir)} starts a new run from what it served last", highlight=False)
@@ -1090,10 +1100,11 @@ def _check_loads(program: Program, adapter, spec: str) -> None:
         raise UserError(f"--policy {spec} fails to load: {type(e).__name__}: {e}") from None
 
 
-def _console() -> Console:
-    """Stdout console; wide when writing to a file or pipe, so tables stay legible in logs."""
-    console = Console()
-    return console if console.is_terminal else Console(width=160)
+def _console(stderr: bool = False) -> Console:
+    """Stdout (or stderr) console; wide when writing to a file or pipe, so tables and log
+    lines stay legible in logs."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=160)
 
 
 def _open_archive(runs_dir: str, create: bool) -> Archive:
