@@ -139,8 +139,9 @@ class LiveQueueAdapter(Adapter):
 
     def deploy(self, program, fallbacks=()) -> None:
         """Hot-swap: the next decision is the new program's; any failing call falls back."""
-        previous, self.live.hot = self.live.hot, hot_path(program, list(fallbacks), self.slots(),
-                                                          {"priority": lambda r, args: math.isfinite(r)})
+        checks = {"priority": lambda r, args: math.isfinite(r)}
+        previous, self.live.hot = self.live.hot, hot_path(program, list(fallbacks), self.slots(), checks,
+                                                          isolate=self.isolate_policies)  # --isolate
         self.live.hot.carry_counts(previous)
 
     def window_snapshot(self, since: float, until: float, incumbent) -> Snapshot:
