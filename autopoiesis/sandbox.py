@@ -211,11 +211,12 @@ def _public_proxy(module: types.ModuleType) -> types.ModuleType:
 # are served as generators (a bytecode step per item, so the deadline stops them), and a
 # range is capped. CPython's own big-integer loops (``10 ** 10 ** 8``, ``math.factorial``)
 # already check for signals. C work fanned out over a long list, a C function called per
-# item from C (``max(map(sum, [range(10**6)] * 10**4))``, ``sorted(lists, key=sum)``), is
+# item from C (``max(map(sum, [range(10**6)] * 10**4))``, ``lists.sort(key=sum)``), is
 # broken up the same way: ``map``, ``filter`` and itertools' function-taking iterators are
-# generators, and a C function passed as ``key`` (sorted, min, max) or to ``reduce`` is
-# called from bytecode. What stays (docs/sandbox.md): ``list.sort(key=sum)`` (a method),
-# comparing or hashing long containers item by item, and memory built in one call.
+# generators, and a C function passed as ``key`` (to anything: sorted, min, max, a list's
+# sort, bisect; ``compile_policy`` rewrites every ``key=`` argument), to ``reduce`` or to
+# ``cmp_to_key`` is called from bytecode. What stays (docs/sandbox.md): comparing or
+# hashing long containers item by item, and memory built in one call.
 
 RANGE_LIMIT = 1_000_000  # items in one range: a C loop over it takes milliseconds
 
@@ -313,23 +314,41 @@ def _from_bytecode(function):
     return lambda *args: function(*args)
 
 
-def _keyed(builtin: Callable) -> Callable:
-    """``sorted``, ``min`` or ``max`` calling a C ``key`` through bytecode."""
-    def keyed(*args, **kwargs):
-        if kwargs and "key" in kwargs:
-            kwargs["key"] = _from_bytecode(kwargs["key"])
-        return builtin(*args, **kwargs)
+def _keywords_from_bytecode(mapping):
+    """A ``**mapping`` of call arguments with its ``key``, if any, called through bytecode."""
+    if isinstance(mapping, dict) and "key" in mapping:
+        return {**mapping, "key": _from_bytecode(mapping["key"])}
+    return mapping  # anything else fails at the call, with Python's own message
 
-    keyed.__name__ = builtin.__name__
-    return keyed
+
+class _KeysThroughBytecode(ast.NodeTransformer):
+    """Every ``key=`` argument, and every ``**`` mapping (which may hold one), of every call
+    passes through ``_from_bytecode``: a ``key`` is called per item from C by whatever takes
+    it (``sorted``, ``min``, ``max``, a list's ``sort``, ``bisect``), and a method cannot be
+    swapped for a wrapper in the program's namespace as a builtin can."""
+
+    def visit_Call(self, node: ast.Call) -> ast.Call:
+        self.generic_visit(node)
+        for keyword in node.keywords:
+            wrapper = {"key": KEY_WRAPPER, None: KEYWORDS_WRAPPER}.get(keyword.arg)
+            if wrapper:
+                keyword.value = ast.Call(ast.Name(wrapper, ast.Load()), [keyword.value], [])
+        return node
+
+
+KEY_WRAPPER, KEYWORDS_WRAPPER = "__key_from_bytecode__", "__keywords_from_bytecode__"  # names a program cannot use
 
 
 def _reduce(function, iterable, *initial):
     return functools.reduce(_from_bytecode(function), iterable, *initial)
 
 
+def _cmp_to_key(function):
+    return functools.cmp_to_key(_from_bytecode(function))
+
+
 _range.__name__, _iter.__name__ = "range", "iter"
-_map.__name__, _filter.__name__, _reduce.__name__ = "map", "filter", "reduce"
+_map.__name__, _filter.__name__, _reduce.__name__, _cmp_to_key.__name__ = "map", "filter", "reduce", "cmp_to_key"
 _count.__name__, _cycle.__name__, _repeat.__name__ = "count", "cycle", "repeat"
 
 _STEPWISE = {
@@ -340,7 +359,7 @@ _STEPWISE = {
                         # these call a function per item in C
                         "starmap", "accumulate", "filterfalse", "takewhile", "dropwhile", "groupby")},
     },
-    "functools": {"reduce": _reduce},
+    "functools": {"reduce": _reduce, "cmp_to_key": _cmp_to_key},
 }
 
 
@@ -363,8 +382,8 @@ def _restricted_import_for_one_program() -> Callable:
 def safe_builtins() -> dict:
     """A fresh builtins table (and import) for one program."""
     table = {name: getattr(builtins, name) for name in SAFE_BUILTIN_NAMES}
-    table.update(range=_range, iter=_iter, map=_map, filter=_filter,
-                 sorted=_keyed(sorted), min=_keyed(min), max=_keyed(max))
+    table.update(range=_range, iter=_iter, map=_map, filter=_filter)
+    table[KEY_WRAPPER], table[KEYWORDS_WRAPPER] = _from_bytecode, _keywords_from_bytecode
     table["__import__"] = _restricted_import_for_one_program()
     return table
 
@@ -393,7 +412,7 @@ class Policy:
 def compile_policy(source: str, slots: Iterable[PolicySlot], program_id: str = "") -> Policy:
     """Check, then execute the source in a restricted namespace (runs untrusted code)."""
     slots = list(slots)
-    tree = check(source, slots)
+    tree = ast.fix_missing_locations(_KeysThroughBytecode().visit(check(source, slots)))
     namespace: dict = {"__builtins__": safe_builtins(), "__name__": "policy"}
     exec(compile(tree, f"<policy {program_id}>", "exec"), namespace)
     functions = {}

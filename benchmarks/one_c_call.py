@@ -8,8 +8,8 @@ Each case is a deployed ``priority`` that does one such thing, called once throu
 under an address-space cap so a memory case cannot take the machine. It prints the
 seconds the call took and whether it fell back, or that it still had not returned after
 ``--limit-s``. The first group is closed by the sandbox (docs/sandbox.md, section 4; the
-big-integer cases by CPython itself; the fan-outs since map, filter and C keys call through
-bytecode), the second is the longest range a program may use, the third is what stays open
+big-integer cases by CPython itself; the fan-outs since map, filter and every C key call
+through bytecode), the second is the longest range a program may use, the third is what stays open
 in the serving process. ``--isolate`` serves the program from a decision process of its
 own (``hot_path(..., isolate=True)``), which closes the third.
 """
@@ -36,13 +36,13 @@ CLOSED = [
     "sorted([range(10 ** 6)] * 10 ** 4, key=sum)[0]",
     "functools.reduce(max, map(sum, [range(10 ** 6)] * 10 ** 4))",
     "[xs := [1], xs.extend(map(abs, xs))][0][0]",
+    "[xs := [range(10 ** 6)] * 10 ** 4, xs.sort(key=sum)][0]",
 ]
 ALLOWED = [  # the longest range a program may use, drained in C
     "sum(range(10 ** 6))",
     "sorted(range(10 ** 6))[0]",
 ]
 OPEN = [
-    "[xs := [range(10 ** 6)] * 10 ** 4, xs.sort(key=sum)][0]",
     "max([list(range(10 ** 6))] * 10 ** 4)[0]",
     "len('x' * 10 ** 9)",
 ]

@@ -126,6 +126,7 @@ def test_a_policy_that_hangs_on_the_hot_path_times_out_and_falls_back(adapter, d
     "sum(itertools.starmap(sum, [(range(10 ** 6),)] * 10 ** 5))",
     "len(list(filter(sum, [range(10 ** 6)] * 10 ** 5)))",
     "[xs := [1], xs.extend(map(abs, xs))][0][0]",
+    "[xs := [range(10 ** 6)] * 10 ** 5, xs.sort(key=sum)][0][0]",
 ])
 def test_a_policy_that_loops_inside_one_c_call_falls_back(adapter, default, body):
     """A deadline acts between bytecodes; each of these drains an endless (or astronomically

@@ -442,7 +442,7 @@ def test_the_plugin_retires_a_program_whose_state_grows_with_its_calls(tmp_path)
 
 def test_the_plugin_serves_its_program_from_a_decision_process(tmp_path):
     """In vLLM's own Python, with no autopoiesis installed there: the plugin's program answers
-    from a child process. One C call that never ends (the fan-out) ends that child at 0.5 s
+    from a child process. One C call that does not end (comparing long lists) ends that child at 0.5 s
     of CPU, the program is dropped with the reason, and the engine's thread computed none of
     it (in-process it held the engine for over 20 s: benchmarks/one_c_call.py). A stopped
     child (a frozen machine) costs one request, FCFS after the stall cap, counted as a stall,

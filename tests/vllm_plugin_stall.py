@@ -7,8 +7,8 @@ Publishes a program per case, asks ``QueueOrder`` for priorities and prints the 
 JSON. "stopped": the program's process is stopped (SIGSTOP, as a frozen machine would leave
 it) while the engine asks; the engine waits the stall cap (lowered to 0.2 s), serves that
 request FCFS, and keeps the program, whose next answer comes once it runs again. "slow": the
-program computes past the 50 ms deadline. "fanout": one C call (``sum`` over each of 10^4
-ranges) that no deadline between bytecodes can stop: the kernel ends its process at 0.5 s
+program computes past the 50 ms deadline. "fanout": one C call (``max`` comparing 10^5
+million-item lists) that no deadline between bytecodes can stop: the kernel ends its process at 0.5 s
 of CPU, and the engine's thread computed none of it.
 """
 
@@ -24,7 +24,7 @@ os.environ["AUTOPOIESIS_SANDBOX_DIR"] = sys.argv[2]
 import autopoiesis_scheduler as plugin  # noqa: E402 - found through the path set above
 
 SPIN = "def priority(request, now):\n    x = i = 0\n    while i < {n}:\n        x += i\n        i += 1\n    return 1.0\n"
-FANOUT = "def priority(request, now):\n    return float([xs := [range(10**6)] * 10**4, xs.sort(key=sum)][1] or 0)\n"
+FANOUT = "def priority(request, now):\n    return float(max([list(range(10**6))] * 10**5)[0])\n"
 REQUEST = types.SimpleNamespace(arrival_time=time.time(), num_prompt_tokens=10, num_output_tokens=0, priority=0)
 
 
