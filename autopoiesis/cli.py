@@ -467,9 +467,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
     else:
-        from rich.table import Table
+        from autopoiesis.online_view import titled_table
 
-        table = Table(title=f"{args.command}: {adapter.name}, policy {program.name or program.id}")
+        table = titled_table(f"{args.command}: {adapter.name}, policy {program.name or program.id}")
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in metrics.items():
@@ -583,7 +583,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(json.dumps(_report_data(archive, run)))
         return 0
     from rich.syntax import Syntax
-    from rich.table import Table
+    from autopoiesis.online_view import titled_table
 
     console = _console()
     cfg = run["config"]
@@ -591,7 +591,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                   f"strategy {cfg['strategy']}  seed {cfg['seed']}  objectives {', '.join(cfg.get('objective_list', []))}")
 
     stats = archive.generation_stats(run["id"])
-    table = Table(title="fitness over generations")
+    table = titled_table("fitness over generations")
     for col in ("gen", "best", "median", "worst", "children", "valid", "failed", "rejected", "dupes"):
         table.add_column(col, justify="right")
     for s in stats:
@@ -605,7 +605,7 @@ def cmd_report(args: argparse.Namespace) -> int:
                       f"--runs-dir {args.runs_dir}` goes on where it stopped", highlight=False)
 
     data = _report_data(archive, run)
-    lineage = Table(title="lineage of the champion (newest first)")
+    lineage = titled_table("lineage of the champion (newest first)")
     for col in ("generation", "program", "operator", "parents", cfg.get("objective_list", ["objective"])[0]):
         lineage.add_column(col)
     for step in data["lineage"]:
@@ -615,7 +615,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     llm = data["llm"]
     if llm:
-        table = Table(title="LLM operators")
+        table = titled_table("LLM operators")
         table.add_column("measure")
         table.add_column("value", justify="right")
         for key, label in (("calls", "calls"), ("failed_calls", "failed calls"), ("retried_errors", "errors retried"),
@@ -636,7 +636,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _list_runs(args: argparse.Namespace, archive: Archive, runs: list[dict[str, Any]]) -> int:
     """One line per run (an online run's evolutions are counted with it): what it was, how it
     ended, and the program it ended with, which ``--policy`` takes by run id."""
-    from rich.table import Table
+    from autopoiesis.online_view import titled_table
 
     rows = []
     evolutions: dict[str, int] = {}
@@ -666,7 +666,7 @@ def _list_runs(args: argparse.Namespace, archive: Archive, runs: list[dict[str, 
     if args.json:
         print(json.dumps(rows))
         return 0
-    table = Table(title=f"runs in {args.runs_dir} (newest first; --policy RUN takes the program a run ended with)")
+    table = titled_table(f"runs in {args.runs_dir} (newest first; --policy RUN takes the program a run ended with)")
     for col in ("run", "adapter", "mode", "status", "started", "objective", "progress", "program"):
         table.add_column(col, no_wrap=col not in ("adapter", "objective", "progress"))  # ids stay whole, to copy
     for row in rows:
@@ -778,7 +778,7 @@ def _train_objective(archive: Archive, pid: str, keys: list[str], objective: str
 
 
 def _print_results(console: Console, archive: Archive, run_id: str, training: bool = True) -> None:
-    from rich.table import Table
+    from autopoiesis.online_view import titled_table
 
     results = archive.results(run_id)
     if not results:
@@ -788,7 +788,7 @@ def _print_results(console: Console, archive: Archive, run_id: str, training: bo
     available = {k for r in results for k in (r["held_out"] or r["train"] or {})}
     metrics = [m for m in headline if m in available] if headline else sorted(available)
     title = "held-out snapshots; training in brackets" if training else "held-out snapshots"
-    table = Table(title=f"champion and baselines ({title})")
+    table = titled_table(f"champion and baselines ({title})")
     table.add_column("policy")
     table.add_column("program")
     for m in metrics:
@@ -814,7 +814,7 @@ def _print_results(console: Console, archive: Archive, run_id: str, training: bo
     if front:
         champion = next((r["program"] for r in results if r["kind"] == "champion"), None)
         names = [o.partition(":")[2] for o in objectives]
-        table = Table(title="Pareto front of the last generation (training snapshots): no program here is "
+        table = titled_table("Pareto front of the last generation (training snapshots): no program here is "
                             "better on every objective than another")
         table.add_column("program")
         for o in objectives:
@@ -896,7 +896,7 @@ def _num(value: Any) -> str:
 
 # -- adapters ---------------------------------------------------------------------------
 def cmd_adapters() -> int:
-    from rich.table import Table
+    from autopoiesis.online_view import titled_table
 
     from autopoiesis.adapters.base import AdapterError, load_adapter, registered
 
@@ -906,7 +906,7 @@ def cmd_adapters() -> int:
         console.print("no adapters registered. Use --adapter module:Class or --adapter path/to/file.py, "
                       "or install a package with an 'autopoiesis.adapters' entry point.")
         return 0
-    table = Table(title="registered adapters")
+    table = titled_table("registered adapters")
     for col in ("name", "source", "slots", "objectives"):
         table.add_column(col)
     for name, ep in sorted(found.items()):
@@ -931,7 +931,7 @@ def cmd_adapters() -> int:
 
 # -- simulate ---------------------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from rich.table import Table
+    from autopoiesis.online_view import titled_table
 
     from autopoiesis.adapters.simulator import SimulatorAdapter, scenario as scenarios
     from autopoiesis.adapters.simulator.slots import SLOTS
@@ -940,7 +940,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     console = Console()
     if args.list:
-        table = Table(title="scenarios")
+        table = titled_table("scenarios")
         table.add_column("name")
         table.add_column("description")
         for name in scenarios.names():
@@ -983,7 +983,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
         return 0
-    table = Table(title=f"{args.scenario} (seed {args.seed}): {', '.join(args.policy) or 'first baselines'}")
+    table = titled_table(f"{args.scenario} (seed {args.seed}): {', '.join(args.policy) or 'first baselines'}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in sorted(metrics):

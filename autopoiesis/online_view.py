@@ -23,8 +23,13 @@ def _hot_path(w: dict[str, Any]) -> str:
     return f"{w.get('fallbacks', 0)}/{w.get('calls', 0)}" + (f", {stalls} stalled" if stalls else "")
 
 
+def titled_table(title: str) -> Table:
+    """A table at least as wide as its title, so a narrow one does not break its title in two."""
+    return Table(title=title, min_width=len(title))
+
+
 def windows_table(windows: list[dict[str, Any]], title: str = "live windows", last: int | None = None) -> Table:
-    table = Table(title=title)
+    table = titled_table(title)
     twin = any("twin_error" in w["metrics"] for w in windows)  # adapters with a measured twin report its error
     for col in ("window", "time (s)", "arrivals/s", "finished", "in flight", "mean e2e (s)", "p99 TTFT (s)",
                 "SLO", *(("twin error",) if twin else ()), "policy", "fallbacks", "trigger"):
@@ -41,7 +46,7 @@ def windows_table(windows: list[dict[str, Any]], title: str = "live windows", la
 
 
 def deployments_table(deployments: list[dict[str, Any]]) -> Table:
-    table = Table(title="deployments (evolutions, guard verdicts)")
+    table = titled_table("deployments (evolutions, guard verdicts)")
     for col in ("time (s)", "what", "program", "twin: incumbent", "twin: champion", "took (s)", "why"):
         table.add_column(col, justify="right" if col.startswith(("time", "twin", "took")) else "left")
     for d in deployments:
