@@ -693,13 +693,7 @@ def _report_online(args: argparse.Namespace, archive: Archive, run: dict[str, An
         return 0
     console = _console()
     console.print(f"[bold]online run {run_id}[/]  adapter {run['adapter']}  status {run['status']}")
-    print_report(console, archive, run_id, figure if figure.exists() else None)
-    if last is not None:
-        from rich.syntax import Syntax
-
-        console.print(f"[bold]served last: {last.id[:8]}[/]" + (f" ({last.name})" if last.name else "")
-                      + f"; serve it with --policy {run_id}")
-        console.print(Syntax(last.source.strip() + "\n", "python", line_numbers=False))
+    print_report(console, archive, run_id, figure if figure.exists() else None, source=True)
     if run["status"] != "done":
         console.print(f"not finished: if it is no longer running, its windows end here; "
                       f"{_online_again(run, args.runs_dir)} starts a new run from what it served last", highlight=False)

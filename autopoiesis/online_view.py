@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console, Group
+from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
@@ -102,7 +103,8 @@ class LiveView:
         return Group(windows_table(self.windows, last=12), status)
 
 
-def print_report(console: Console, archive, run_id: str, plot_path: Path | None = None) -> None:
+def print_report(console: Console, archive, run_id: str, plot_path: Path | None = None, source: bool = False) -> None:
+    """The online run's windows, deployments and whole-run line; ``source``: and the program it served last."""
     windows, deployments = archive.windows(run_id), archive.deployments(run_id)
     console.print(windows_table(windows, title=f"{run_id}: live windows"))
     console.print(deployments_table(deployments))
@@ -124,6 +126,11 @@ def print_report(console: Console, archive, run_id: str, plot_path: Path | None 
                       "(--recall)", highlight=False)
     if plot_path is not None:
         console.print(f"plot: {plot_path}")
+    if source and windows:  # the program live at the end, readable, and how to serve it again
+        last = archive.program(windows[-1]["policy"])
+        console.print(f"[bold]served last: {last.id[:8]}[/]" + (f" ({last.name})" if last.name else "")
+                      + f"; serve it again with --policy {run_id}")
+        console.print(Syntax(last.source.strip() + "\n", "python", line_numbers=False))
 
 
 def plot(windows: list[dict[str, Any]], deployments: list[dict[str, Any]], path: Path, title: str) -> Path:
