@@ -206,6 +206,20 @@ class Adapter:
         """
         raise self._unimplemented("evaluate(policy, snapshot)")
 
+    def check_live(self, needs: tuple[str, ...] = ("start", "now", "observe", "deploy", "window_snapshot")) -> None:
+        """Refuse a live run at once, naming the live methods this adapter lacks, rather than
+        after windows of serving, when the first evolution asks for a snapshot."""
+        missing = [name for name in needs if getattr(type(self), name, None) is getattr(Adapter, name)]
+        if not missing:
+            return
+        if len(missing) == len(needs):
+            raise AdapterError(f"adapter '{self.name}' has no live system (offline only)")
+        signatures = {"start": "start(seed)", "now": "now()", "observe": "observe(until)",
+                      "deploy": "deploy(program, fallbacks)", "window_snapshot": "window_snapshot(since, until, incumbent)"}
+        raise Unimplemented(f"adapter '{self.name}' ({type(self).__name__}) does not implement "
+                            f"{', '.join(signatures[m] for m in missing)}; a live run needs "
+                            f"{', '.join(signatures[m] for m in needs)} (docs/adapters.md)")
+
     def _unimplemented(self, method: str) -> Unimplemented:
         return Unimplemented(f"adapter '{self.name}' ({type(self).__name__}) does not implement {method}; "
                              "evolution needs slots(), snapshot(seed) and evaluate(policy, snapshot) (docs/adapters.md)")

@@ -413,6 +413,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     options.update(_live_options(args))
     bench = args.command == "bench"
     adapter = load_adapter(args.adapter, options)
+    adapter.check_live(("start", "now", "observe", "deploy"))
     if bench and not (options.get("scenario") or options.get("trace")) and \
             {"scenario", "trace"} & set(_option_names(type(adapter))):  # else the adapter brings its own load
         raise UserError("bench needs a load: --scenario NAME or --trace FILE")

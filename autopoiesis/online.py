@@ -258,6 +258,8 @@ class Controller:
     # -- public --------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         adapter = self.adapter
+        if hasattr(adapter, "check_live"):
+            adapter.check_live()
         isolate = self.config.isolate if self.config.isolate is not None else getattr(adapter, "isolate_policies", False)
         self.config = cfg = replace(self.config, isolate=bool(isolate))
         adapter.isolate_policies = cfg.isolate  # its deploy passes it to hot_path

@@ -151,6 +151,29 @@ def test_an_adapter_missing_a_method_evolution_needs_is_told_which(tmp_path, def
                                 "snapshot(seed) and evaluate(policy, snapshot)")
 
 
+@pytest.mark.parametrize("removed", ["window_snapshot", "observe"])
+def test_a_live_adapter_missing_a_live_method_is_told_which_before_it_serves(tmp_path, removed):
+    """A live adapter without ``window_snapshot`` served windows until its first evolution and
+    then failed, saying it had "no live system (offline only)". Now the run is refused before
+    the live system starts, naming the method; ``bench`` needs no snapshot of a window."""
+    for name in ("live_queue.py", "single_queue.py"):
+        source = (ROOT / "examples" / name).read_text()
+        (tmp_path / name).write_text(source.replace(f"    def {removed}(", f"    def renamed_{removed}("))
+    runs = str(tmp_path / "runs")
+    proc = cli("evolve", "--adapter", str(tmp_path / "live_queue.py"), "--online", "--runs-dir", runs)
+    signature = {"window_snapshot": "window_snapshot(since, until, incumbent)", "observe": "observe(until)"}[removed]
+    assert_one_line_error(proc, f"adapter 'live_queue' (LiveQueueAdapter) does not implement {signature}; a live "
+                                "run needs start(seed), now(), observe(until)")
+    assert "window 0" not in proc.stderr
+    bench = cli("bench", "--adapter", str(tmp_path / "live_queue.py"), "--runs-dir", runs, "--json")
+    if removed == "window_snapshot":
+        assert bench.returncode == 0 and json.loads(bench.stdout.splitlines()[-1])["requests"] > 1000
+    else:
+        assert_one_line_error(bench, f"does not implement {signature}")
+    assert_one_line_error(cli("evolve", "--adapter", str(EXAMPLE), "--online", "--runs-dir", runs),
+                          "adapter 'single_queue' has no live system (offline only)")
+
+
 def test_an_objective_the_adapter_does_not_report_is_refused_before_anything_runs(tmp_path):
     """The simulator names its metrics (``Adapter.metrics``): a misspelt objective is one line
     at once, not an error after the seed programs are scored."""
