@@ -319,7 +319,7 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
     from rich.live import Live
 
     from autopoiesis.evolution import new_run_id
-    from autopoiesis.online import Controller, OnlineConfig
+    from autopoiesis.online import Controller, LiveSystemFailed, OnlineConfig
     from autopoiesis.online_view import LiveView, plot, print_report
 
     online = OnlineConfig(window_s=args.window, history=args.history, horizon=args.horizon, period=args.period,
@@ -352,6 +352,12 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
         console.print(f"interrupted; what was served so far is in the archive: autopoiesis report {run_id} "
                       f"--runs-dir {args.runs_dir}")
         return 130
+    except LiveSystemFailed as e:
+        served = len(archive.windows(run_id))
+        if not served:
+            raise
+        raise UserError(f"{e}; the {served} window(s) served before it are in the archive: autopoiesis report "
+                        f"{run_id} --runs-dir {args.runs_dir}") from e  # AUTOPOIESIS_DEBUG=1: the adapter's traceback
     if getattr(adapter, "load_description", ""):
         summary = {**summary, "load": adapter.load_description}
         if not args.json:

@@ -23,16 +23,37 @@ import queue
 import statistics
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from .adapters.base import adapter_code
+from . import sandbox
+from .adapters.base import AdapterError, adapter_code
 from .archive import Archive, ArchiveError
 from .evaluate import Evaluator, Limits, Task
 from .evolution import Config, Evolution, new_run_id
 from .hot_path import HotPath, hot_path  # noqa: F401 - where adapters written before hot_path.py import them
 from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, check_reported, open_latency
 from .program import Program, slot_code_id
+
+
+class LiveSystemFailed(AdapterError):
+    """The adapter's live system failed mid-run (its own call raised); the run is marked
+    failed and the windows served before it stay in the archive."""
+
+
+@contextmanager
+def adapters_own(adapter: Any, call: str):
+    """A failure inside the adapter's ``call`` is said as the adapter's, naming the call."""
+    try:
+        yield
+    except (KeyboardInterrupt, sandbox.Rejected):
+        raise
+    except AdapterError as e:
+        raise LiveSystemFailed(str(e)) from e
+    except Exception as e:
+        raise LiveSystemFailed(f"adapter {adapter.name}: {call} failed: {type(e).__name__}: {e} "
+                               "(AUTOPOIESIS_DEBUG=1 shows the traceback)") from e
 
 
 # -- the guard ----------------------------------------------------------------------------
@@ -294,7 +315,8 @@ class Controller:
         self.stopping.clear()
         plane = threading.Thread(target=self._plane, args=(limits,), name="evolution-plane", daemon=True)
         try:
-            adapter.start(seed=cfg.live_seed)
+            with adapters_own(adapter, f"start(seed={cfg.live_seed})"):
+                adapter.start(seed=cfg.live_seed)
         except BaseException:
             self.archive.set_status(self.run_id, "failed")
             raise
@@ -361,8 +383,15 @@ class Controller:
             "fallbacks": sum(w.fallbacks for w in self.windows),
             "stalls": sum(w.stalls for w in self.windows),
             "final_policy": self.incumbent.id, "metrics": overall,
-            "live": getattr(self.adapter, "live_metrics", lambda: {})(),
+            "live": self._live_metrics(),
         }
+
+    def _live_metrics(self) -> dict[str, float]:
+        live_metrics = getattr(self.adapter, "live_metrics", None)
+        if live_metrics is None:
+            return {}
+        with adapters_own(self.adapter, "live_metrics()"):
+            return live_metrics()
 
     # -- the serving loop -----------------------------------------------------------------
     def _loop(self) -> None:
@@ -384,7 +413,8 @@ class Controller:
                 target = min(target, self.forced[0][0])
             if cfg.step_s > 0:
                 target = min(target, adapter.now() + cfg.step_s)
-            observation = adapter.observe(target)
+            with adapters_own(adapter, f"observe({target:.1f})"):
+                observation = adapter.observe(target)
             self._ingest(observation)
             if self.checks:
                 self._collect_checks()
@@ -450,7 +480,8 @@ class Controller:
         check = self._window_check(start, end)  # before window_metrics, which may refit the twin on this window
         extra = getattr(self.adapter, "window_metrics", None)  # e.g. the twin's cost level
         if extra is not None:
-            metrics.update(extra(start, end, self.live))
+            with adapters_own(self.adapter, f"window_metrics({start:.1f}, {end:.1f}, ...)"):
+                metrics.update(extra(start, end, self.live))
         w = Window(len(self.windows), start, end, self.live.id, self.swapped, metrics, self.arrivals,
                    self.calls, self.fallback_calls, stalls=self.stalled_calls)
         self.swapped = False
@@ -543,7 +574,8 @@ class Controller:
         verdict, why = self.guard.check(w.metrics, w.calls, w.fallbacks)
         if verdict == "suspect":  # ask the twin: would the incumbent have done better on this window?
             self.jobs += 1
-            snapshot = self.adapter.window_snapshot(w.start, w.end, self.incumbent)  # the world had it stayed
+            with adapters_own(self.adapter, f"window_snapshot({w.start:.1f}, {w.end:.1f}, ...)"):
+                snapshot = self.adapter.window_snapshot(w.start, w.end, self.incumbent)  # the world had it stayed
             self.job = _Job("guard", self.jobs, now, time.monotonic(), snapshot, self.incumbent,
                             candidate=self.live, why=why)
             self.queue.put(self.job)
@@ -599,9 +631,10 @@ class Controller:
         """What the candidates are scored on: the last windows, replayed up to ``horizon`` windows
         where the adapter can (``horizon_s``), since the winner will serve that long."""
         horizon_s = self.config.horizon * self.config.window_s
-        if horizon_s > until - since and "horizon_s" in inspect.signature(self.adapter.window_snapshot).parameters:
-            return self.adapter.window_snapshot(since, until, self.incumbent, horizon_s=horizon_s)
-        return self.adapter.window_snapshot(since, until, self.incumbent)
+        with adapters_own(self.adapter, f"window_snapshot({since:.1f}, {until:.1f}, ...)"):
+            if horizon_s > until - since and "horizon_s" in inspect.signature(self.adapter.window_snapshot).parameters:
+                return self.adapter.window_snapshot(since, until, self.incumbent, horizon_s=horizon_s)
+            return self.adapter.window_snapshot(since, until, self.incumbent)
 
     def _seeds(self, job: _Job) -> list[Program]:
         """The incumbent, earlier winners for the most similar conditions, then the baselines."""
@@ -788,7 +821,8 @@ class Controller:
         # the built-in baseline always ends the chain, even behind itself: it answers without a deadline
         incumbent = self.incumbent if kind == "deploy" and self.incumbent.id != program.id else None
         fallbacks = [p for p in (incumbent, self.fallback) if p is not None]
-        self.adapter.deploy(program, fallbacks)
+        with adapters_own(self.adapter, f"deploy({program.id[:8]}, ...)"):
+            self.adapter.deploy(program, fallbacks)
         if kind == "deploy":
             self.previous = self.incumbent
             self.guard.watch(self._reference())

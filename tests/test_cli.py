@@ -174,6 +174,30 @@ def test_a_live_adapter_missing_a_live_method_is_told_which_before_it_serves(tmp
                           "adapter 'single_queue' has no live system (offline only)")
 
 
+def test_a_live_adapter_that_fails_mid_run_is_named_and_its_windows_are_kept(tmp_path):
+    """A bug in a user's live system (``observe`` raising after 100 s) was "unexpected error:
+    ValueError"; now the message names the adapter's call, and the command that shows the
+    windows served before it, which the archive keeps (the run marked failed)."""
+    source = (ROOT / "examples" / "live_queue.py").read_text()
+    (tmp_path / "single_queue.py").write_text(EXAMPLE.read_text())
+    adapter, runs = tmp_path / "live_queue.py", str(tmp_path / "runs")
+    observe = "    def observe(self, until: float) -> Observation:\n"
+    adapter.write_text(source.replace(observe, observe + "        if until > 100:\n            raise ValueError('my bug')\n"))
+    proc = cli("evolve", "--adapter", str(adapter), "--online", "--runs-dir", runs, "--json")
+    *served, error = proc.stderr.strip().splitlines()  # the log of the windows served, then one line
+    assert proc.returncode == 2 and len(served) == 3 and "Traceback" not in proc.stderr
+    assert error.startswith("autopoiesis: error: adapter live_queue: observe(105.0) failed: ValueError: my bug")
+    assert "the 3 window(s) served before it are in the archive: autopoiesis report live_queue-online-" in error
+    run = error.split("autopoiesis report ")[1].split()[0]
+    report = json.loads(cli("report", run, "--runs-dir", runs, "--json").stdout)
+    assert report["status"] == "failed" and len(report["windows"]) == 3
+    start = "    def start(self, seed: int = 1000) -> None:\n"
+    adapter.write_text(source.replace(start, start + "        raise OSError('no queue here')\n"))
+    proc = cli("evolve", "--adapter", str(adapter), "--online", "--runs-dir", runs)
+    assert_one_line_error(proc, "adapter live_queue: start(seed=1000) failed: OSError: no queue here")
+    assert "window(s) served" not in proc.stderr
+
+
 def test_an_objective_the_adapter_does_not_report_is_refused_before_anything_runs(tmp_path):
     """The simulator names its metrics (``Adapter.metrics``): a misspelt objective is one line
     at once, not an error after the seed programs are scored."""
