@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from autopoiesis.metrics import Objective, Observation, Snapshot
-from autopoiesis.program import PolicySlot, Program
+from autopoiesis.program import PolicySlot, Program, parse
 
 ENTRY_POINT_GROUP = "autopoiesis.adapters"
 
@@ -88,7 +88,7 @@ def _with_own_imports(files: dict[Path, str]) -> dict[Path, str]:
 
 def _imported_names(path: Path, package: str) -> list[str]:
     try:
-        tree = ast.parse(path.read_bytes())
+        tree = parse(path.read_bytes())
     except (OSError, SyntaxError, ValueError):
         return []
     names = []

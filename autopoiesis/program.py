@@ -11,8 +11,29 @@ from __future__ import annotations
 import ast
 import hashlib
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
+
+
+# CPython 3.11 and 3.12 count the AST converter's recursion in state the whole interpreter
+# shares, so two threads converting at once (an online run's serving loop and its evolution
+# plane, when a garbage collection in one runs a finalizer and lets the other in) can fail
+# with "SystemError: AST constructor recursion depth mismatch" (python/cpython#106905). Every
+# parse of source into an AST, and every compile of one, goes through this lock.
+_AST_LOCK = threading.RLock()
+
+
+def parse(source: str | bytes, mode: str = "exec") -> ast.AST:
+    """``ast.parse``, safe to call from several threads at once."""
+    with _AST_LOCK:
+        return ast.parse(source, mode=mode)
+
+
+def compile_tree(tree: ast.AST, filename: str):
+    """``compile`` of an AST, safe to call from several threads at once."""
+    with _AST_LOCK:
+        return compile(tree, filename, "exec")
 
 
 class PolicyError(Exception):
@@ -22,7 +43,7 @@ class PolicyError(Exception):
 def normalize(source: str) -> str:
     """Canonical form of a program: comments and layout dropped, docstrings kept."""
     try:
-        return ast.unparse(ast.parse(source))
+        return ast.unparse(parse(source))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return source.strip()
 
@@ -137,7 +158,7 @@ class Program:
 
 def function_source(source: str, name: str) -> tuple[ast.FunctionDef, int, int] | None:
     """The top-level ``def name`` in source, with its first and last line (1-based)."""
-    tree = ast.parse(source)
+    tree = parse(source)
     for node in tree.body:
         if isinstance(node, ast.FunctionDef) and node.name == name:
             first = min([node.lineno] + [d.lineno for d in node.decorator_list])
@@ -165,7 +186,7 @@ def slot_code_id(source: str, name: str) -> str:
     counts for the slots that call it, and a constant only another slot reads does not.
     """
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return program_id(source)
     used = slot_statements(tree, name)

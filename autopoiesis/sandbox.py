@@ -28,7 +28,7 @@ import time
 import types
 from typing import Callable, Iterable, Mapping
 
-from .program import PolicySlot
+from .program import PolicySlot, compile_tree, parse
 
 MAX_SOURCE_CHARS = 20_000
 MAX_AST_NODES = 4_000
@@ -73,7 +73,7 @@ def check(source: str, slots: Iterable[PolicySlot]) -> ast.Module:
     if len(source) > MAX_SOURCE_CHARS:
         raise Rejected(f"program is {len(source)} characters, over the {MAX_SOURCE_CHARS} limit")
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except SyntaxError as e:
         where = f" on line {e.lineno}" if e.lineno else ""  # a null byte has no line
         raise Rejected(f"syntax error{where}: {e.msg}") from None
@@ -414,7 +414,7 @@ def compile_policy(source: str, slots: Iterable[PolicySlot], program_id: str = "
     slots = list(slots)
     tree = ast.fix_missing_locations(_KeysThroughBytecode().visit(check(source, slots)))
     namespace: dict = {"__builtins__": safe_builtins(), "__name__": "policy"}
-    exec(compile(tree, f"<policy {program_id}>", "exec"), namespace)
+    exec(compile_tree(tree, f"<policy {program_id}>"), namespace)
     functions = {}
     for slot in slots:
         fn = namespace.get(slot.name)

@@ -5,7 +5,7 @@ import pytest
 
 from autopoiesis import Archive, Config, Evaluator, Evolution, Limits, Program, Task
 from autopoiesis import sandbox
-from conftest import single_queue
+from conftest import ROOT, single_queue
 from hostile import PROGRAMS
 
 SLOTS = [single_queue.PRIORITY]
@@ -277,3 +277,45 @@ def test_a_syntax_error_says_where_when_it_can(source, message):
     with pytest.raises(sandbox.Rejected) as info:
         sandbox.check(source, SLOTS)
     assert str(info.value).startswith(message) and "None" not in str(info.value)
+
+
+def test_source_parses_in_several_threads_at_once():
+    """An online run parses programs on its serving thread (a plan's code id) and on its
+    evolution plane at once. CPython 3.11 and 3.12 share the AST converter's recursion count
+    between threads, and a collection that runs a finalizer mid-parse lets the other thread
+    in: ``ast.parse`` then fails with "SystemError: AST constructor recursion depth mismatch"
+    (it ended a test's online run once; this harness with ``ast.parse`` failed in 3 s).
+    ``program.parse`` and ``program.compile_tree`` hold a lock."""
+    import sys
+    import threading
+
+    from autopoiesis.program import compile_tree, parse
+
+    source = (ROOT / "autopoiesis" / "cli.py").read_text()
+    errors = []
+
+    class Cycle:
+        def __del__(self):  # Python code run by a collection inside the other thread's parse
+            sum(range(50))
+
+    def work():
+        try:
+            for _ in range(100):
+                for _ in range(200):
+                    garbage = Cycle()
+                    garbage.self = garbage
+                compile_tree(parse(source), "<test>")
+        except SystemError as e:
+            errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors

@@ -12,7 +12,7 @@ import ast
 import re
 from typing import Iterable
 
-from ..program import replace_function
+from ..program import parse, replace_function
 
 
 class ExtractionError(Exception):
@@ -41,7 +41,7 @@ def extract(reply: str | None, parent: str, slot_names: Iterable[str]) -> tuple[
         raise ExtractionError("no code found in the response")
     block = candidates[-1]  # the final version, when a reply shows drafts first
     try:
-        tree = ast.parse(block)
+        tree = parse(block)
     except SyntaxError as e:
         raise ExtractionError(f"code block has a syntax error on line {e.lineno}: {e.msg}") from None
     defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}

@@ -19,7 +19,7 @@ from typing import Sequence
 
 from deap import gp
 
-from ..program import PolicySlot, Primitives, Program, function_source, replace_function
+from ..program import PolicySlot, Primitives, Program, function_source, parse, replace_function
 from .base import Context, Operator, OperatorError
 
 # name -> (arg types, return type, format). Formats parenthesize fully; the final
@@ -87,7 +87,7 @@ def to_expression(tree: gp.PrimitiveTree, primitives: Primitives) -> str:
         return repr(node.value), index + 1
 
     text, _ = render(0)
-    return ast.unparse(ast.parse(text, mode="eval"))
+    return ast.unparse(parse(text, mode="eval"))
 
 
 def to_source(slot: PolicySlot, tree: gp.PrimitiveTree) -> str:
@@ -124,7 +124,7 @@ def _untemplate(node: ast.expr, template: str, slot_name: str) -> ast.expr:
     """The part of ``node`` that sits where the template has ``{expr}``."""
     if template == "{expr}":
         return node
-    pattern = ast.parse(template.format(expr=_HOLE), mode="eval").body
+    pattern = parse(template.format(expr=_HOLE), mode="eval").body
     found = _match(pattern, node)
     if found is None:
         raise OperatorError(f"{slot_name} does not have the GP template's shape: return {template}")

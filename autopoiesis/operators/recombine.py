@@ -16,7 +16,7 @@ import ast
 import re
 from typing import Sequence
 
-from ..program import Program, bound_names, slot_statements
+from ..program import Program, bound_names, parse, slot_statements
 from .base import Context, Operator, OperatorError
 
 
@@ -33,7 +33,7 @@ class Slots(Operator):
             raise OperatorError(f"cannot recombine these parents: {type(e).__name__}: {e}") from None
 
     def _recombine(self, first: Program, second: Program, context: Context) -> Program:
-        a, b = ast.parse(first.source), ast.parse(second.source)
+        a, b = parse(first.source), parse(second.source)
         defined_a, defined_b = _functions(a), _functions(b)
         choices = [name for name in context.slots if name in defined_a and name in defined_b
                    and _code(a, name) != _code(b, name)]

@@ -11,7 +11,7 @@ import ast
 import math
 from typing import Sequence
 
-from ..program import Program
+from ..program import Program, parse
 from .base import Context, Operator, OperatorError
 
 
@@ -28,7 +28,7 @@ class Constants(Operator):
     def __call__(self, parents: Sequence[Program], context: Context) -> Program:
         (parent,) = parents
         try:
-            tree = ast.parse(parent.source)
+            tree = parse(parent.source)
         except SyntaxError as e:
             raise OperatorError(f"parent does not parse: {e.msg}") from None
         literals = _tunable_literals(tree)
