@@ -290,14 +290,14 @@ def load_adapter(spec: str, options: Mapping[str, Any] | None = None) -> Adapter
     unknown = _unknown_options(target, options)
     if unknown:
         raise AdapterError(f"cannot create adapter '{spec}': it takes no option {', '.join(map(repr, unknown))} "
-                           f"(its options: {', '.join(_option_names(target)) or 'none'})")
+                           f"(its options: {', '.join(option_names(target)) or 'none'})")
     try:
         return target(**options)
     except (TypeError, ValueError) as e:
         raise AdapterError(f"cannot create adapter '{spec}': {e}") from None
 
 
-def _option_names(cls: type) -> list[str]:
+def option_names(cls: type) -> list[str]:
     """The keyword arguments ``cls`` accepts, or [] when it takes ``**kwargs``."""
     params = inspect.signature(cls).parameters.values()
     return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
@@ -312,7 +312,7 @@ def _unknown_options(cls: type, options: Mapping[str, Any]) -> list[str]:
         return []
     if any(p.kind is p.VAR_KEYWORD for p in params):
         return []
-    return sorted(set(options) - set(_option_names(cls)))
+    return sorted(set(options) - set(option_names(cls)))
 
 
 def canonical_spec(spec: str) -> str:

@@ -410,7 +410,7 @@ def _live_options(args: argparse.Namespace) -> dict[str, Any]:
 # -- serve / bench ----------------------------------------------------------------------
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve with one fixed policy; ``bench`` stops when its load is done and prints the metrics."""
-    from autopoiesis.adapters.base import _option_names, load_adapter
+    from autopoiesis.adapters.base import load_adapter, option_names
     from autopoiesis.metrics import SLO, RollingWindow
 
     options = parse_options(args.option)
@@ -421,7 +421,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     adapter = load_adapter(args.adapter, options)
     adapter.check_live(("start", "now", "observe", "deploy"))
     if bench and not (options.get("scenario") or options.get("trace")) and \
-            {"scenario", "trace"} & set(_option_names(type(adapter))):  # else the adapter brings its own load
+            {"scenario", "trace"} & set(option_names(type(adapter))):  # else the adapter brings its own load
         raise UserError("bench needs a load: --scenario NAME or --trace FILE")
     run_dir = getattr(adapter, "run_dir", None) or str(Path(args.runs_dir) / f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}")
     if hasattr(adapter, "run_dir"):
