@@ -2,7 +2,7 @@
 
 In the serving process a deployed program's call has a CPU deadline that acts between
 bytecodes (``sandbox.CpuDeadline``). One long C call (``max`` comparing
-``[list(range(10**6))] * 10**5``, item by item) runs no bytecode for as long as it takes, and one that builds a huge object
+``[[0] * 10**6] * 10**5``, item by item) runs no bytecode for as long as it takes, and one that builds a huge object
 (``[0] * 10**9``) takes the serving process's memory; a language-level sandbox cannot bound
 either. ``IsolatedPolicy`` runs the program in a child process instead, under the same
 deadline, plus the kernel's: a CPU timer whose default action ends the child when one call

@@ -129,7 +129,8 @@ class LiveQueueAdapter(Adapter):
         self.live = LiveQueue(make_jobs(seed, self.load))
 
     def stop(self) -> None:
-        pass
+        if self.live is not None and self.live.hot is not None:
+            self.live.hot.close()  # with --isolate: its decision processes
 
     def now(self) -> float:
         return self.live.clock
@@ -143,12 +144,14 @@ class LiveQueueAdapter(Adapter):
         previous, self.live.hot = self.live.hot, hot_path(program, list(fallbacks), self.slots(), checks,
                                                           isolate=self.isolate_policies)  # --isolate
         self.live.hot.carry_counts(previous)
+        if previous is not None:
+            previous.close()
 
     def window_snapshot(self, since: float, until: float, incumbent) -> Snapshot:
         """What [since, until] held: the jobs queued at ``since``, when the server was next
         free, and the jobs that arrived. Sizes are known on arrival, so the twin is exact."""
         live = self.live
-        started = [(job, start, end) for job, start, end in live.done + ([live.running] if live.running else [])]
+        started = live.done + ([live.running] if live.running else [])
         queued = [job for job, start, _ in started if job.arrival < since <= start]
         queued += [job for job in live.waiting if job.arrival < since]
         busy = [end for _, start, end in started if start < since < end]

@@ -9,7 +9,7 @@ PROGRAMS = {
     "infinite iterator": "def priority(job, now):\n    for _ in iter(int, 1):\n        pass\n",
     "endless iterator drained in C": "import itertools\ndef priority(job, now):\n    return float(sum(itertools.count()))\n",
     "range too long": "def priority(job, now):\n    return float(max(range(10**12)))\n",
-    "one long C call": "def priority(job, now):\n    return float(max([list(range(10**6))] * 10**5)[0])\n",
+    "one long C call": "def priority(job, now):\n    return float(max([[0] * 10**6] * 10**5)[0])\n",
     "memory bomb": "def priority(job, now):\n    x = [0] * 10**10\n    return 0.0\n",
     "memory growth": "def priority(job, now):\n    xs = []\n    while True:\n        xs.append('x' * 10**7)\n",
     "deep recursion": "def priority(job, now):\n    return priority(job, now) + 1\n",

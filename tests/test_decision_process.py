@@ -30,7 +30,7 @@ calls = [0]
 def priority(request, now):
     calls[0] += 1
     if now == 1.0:
-        return max([list(range(10 ** 6))] * 10 ** 5)[0]  # one C call: 10^5 list comparisons of 0.7 ms
+        return max([[0] * 10 ** 6] * 10 ** 5)[0]  # one C call: 10^5 list comparisons of 0.7 ms
     if now == 2.0:
         return len([0] * 10 ** 9)  # 8 GB in one call
     if now == 3.0:

@@ -24,7 +24,7 @@ os.environ["AUTOPOIESIS_SANDBOX_DIR"] = sys.argv[2]
 import autopoiesis_scheduler as plugin  # noqa: E402 - found through the path set above
 
 SPIN = "def priority(request, now):\n    x = i = 0\n    while i < {n}:\n        x += i\n        i += 1\n    return 1.0\n"
-FANOUT = "def priority(request, now):\n    return float(max([list(range(10**6))] * 10**5)[0])\n"
+FANOUT = "def priority(request, now):\n    return float(max([[0] * 10**6] * 10**5)[0])\n"
 REQUEST = types.SimpleNamespace(arrival_time=time.time(), num_prompt_tokens=10, num_output_tokens=0, priority=0)
 
 
