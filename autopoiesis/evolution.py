@@ -41,8 +41,9 @@ def new_run_id(adapter_name: str) -> str:
 
 
 def _limit_hint(errors: list[str], cfg: Config) -> str:
-    """When every seed, the trusted baselines too, failed on a worker limit, the limit is the
-    likely cause: name the option to raise."""
+    """When every seed (the trusted baselines among them) failed on a worker limit, the limit is
+    the likely cause: name the option to raise. Only the seeds' errors count: generation 0's
+    variants of them may fail their own ways first (a bad plan), or time out thrashing."""
     if errors and all(e == "memory limit exceeded" for e in errors):
         return f": every seed ran out of memory, so --memory-mb {cfg.memory_mb} is likely too small"
     if errors and all(e.startswith("timed out") for e in errors):
@@ -338,8 +339,9 @@ class Evolution:
         if not population:
             self.archive.set_status(run_id, "failed")
             reasons = "; ".join(f"{err}" for err in list(errors.values())[:1] + [r[2] for r in rejected[:1]])
+            seed_errors = [errors[s.id] for s in self.seeds if s.id in errors]  # variants fail their own ways
             raise EvolutionError(f"no seed program is valid ({reasons or 'the adapter has no baselines'})"
-                                 + _limit_hint(list(errors.values()), cfg))
+                                 + _limit_hint(seed_errors, cfg))
         return new_islands, scored
 
     def _vary(self, parents_of, context) -> Program | None:

@@ -8,6 +8,8 @@ import time
 import pytest
 
 from autopoiesis import Archive, ArchiveError, Config, Evaluator, Evolution, Limits, Program, Task
+from autopoiesis.evolution import EvolutionError
+from autopoiesis.operators import Operator
 from conftest import ROOT, single_queue
 
 SJF = Program(single_queue.SJF)
@@ -324,3 +326,30 @@ def test_in_process_resume_remakes_the_same_run(tmp_path, queue_adapter):
     assert resumed.champion.source == reference.champion.source
     assert resumed.fitness.values == reference.fitness.values
     assert archive.evaluation_count(first.run_id) == reference.evaluated
+
+
+class OwnBug(Operator):
+    """Makes a variant that fails its own way, before it could meet any limit."""
+    name = "own_bug"
+
+    def __call__(self, parents, context):
+        bug = f"def priority(job, now):\n    raise ValueError('own bug {context.rng.random()}')\n"
+        return self.child(bug, parents, context)
+
+
+def test_seeds_failing_on_the_memory_limit_name_it_though_their_variants_failed_otherwise():
+    """The hint that names --memory-mb rests on the seeds: generation 0's variants of them may
+    fail their own ways first (in CI a mutant's bad plan hid the hint once)."""
+    hungry = [Program(f"def priority(job, now):\n    return len([{k}] * 10**9)\n") for k in range(2)]
+    config = Config(population=5, generations=0, workers=1, memory_mb=256, train_snapshots=1, held_out_snapshots=1)
+    archive = Archive()
+    evolution = Evolution(single_queue.SingleQueueAdapter(jobs=20), config, archive, operators=[(OwnBug(), 1.0)],
+                          seeds=hungry)
+    with pytest.raises(EvolutionError) as failed:
+        evolution.run()
+    errors = [birth["error"] for birth in archive.births(evolution.run_id)]
+    assert errors[:2] == ["memory limit exceeded"] * 2
+    assert len(errors) == 5 and all("ValueError: own bug" in e for e in errors[2:]), errors
+    message = str(failed.value)
+    assert message.startswith("no seed program is valid (memory limit exceeded)"), message
+    assert "every seed ran out of memory, so --memory-mb 256 is likely too small" in message
