@@ -343,16 +343,32 @@ class Controller:
                 interrupted_again = True
             else:
                 interrupted_again = False
-            if status == "done":
-                self._collect_checks()
-                summary = self.summary()
-                self.archive.save_result(self.run_id, "live", "whole run", self.live.id,
-                                         summary["live"] or summary["metrics"], None)
-            adapter.stop()
-            self.archive.set_status(self.run_id, status)
+            try:
+                if status == "done":
+                    self._collect_checks()
+                    summary = self.summary()  # asks the adapter's live_metrics(), which may fail
+                    self.archive.save_result(self.run_id, "live", "whole run", self.live.id,
+                                             summary["live"] or summary["metrics"], None)
+            except BaseException:
+                status = "failed"
+                raise
+            finally:  # whatever failed, the live system stops and the run says how it ended
+                self._stop(status)
             if interrupted_again:
                 raise KeyboardInterrupt
         return summary
+
+    def _stop(self, status: str) -> None:
+        """Stop the live system and record how the run ended. A failing ``stop()`` fails a run
+        that was done; after an earlier failure it is dropped, so the first error is the one said."""
+        try:
+            with adapters_own(self.adapter, "stop()"):
+                self.adapter.stop()
+        except LiveSystemFailed:
+            if status == "done":
+                self.archive.set_status(self.run_id, "failed")
+                raise
+        self.archive.set_status(self.run_id, status)
 
     def _plane(self, limits: Limits) -> None:
         """The evolution plane: one long-lived thread (its worker processes outlive each job)."""

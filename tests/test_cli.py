@@ -198,6 +198,41 @@ def test_a_live_adapter_that_fails_mid_run_is_named_and_its_windows_are_kept(tmp
     assert "window(s) served" not in proc.stderr
 
 
+def test_a_live_system_that_fails_at_the_end_is_stopped_and_its_run_marked_failed(tmp_path):
+    """A failing ``live_metrics()`` at the end of a run left the live system running (``stop()``
+    never called) and the run "running" in the archive for ever; a failing ``stop()`` is said
+    when it is the only failure, and never hides the failure before it."""
+    source = (ROOT / "examples" / "live_queue.py").read_text()
+    (tmp_path / "single_queue.py").write_text(EXAMPLE.read_text())
+    adapter, runs, stopped = tmp_path / "live_queue.py", str(tmp_path / "runs"), tmp_path / "stopped"
+    stop = "    def stop(self) -> None:\n"
+    records_stop = stop + f"        open({str(stopped)!r}, 'a').write('stopped ')\n"
+    metrics_bug = "    def live_metrics(self):\n        raise ValueError('metrics bug')\n\n"
+    observe = "    def observe(self, until: float) -> Observation:\n"
+
+    def run(text):
+        adapter.write_text(text)
+        proc = cli("evolve", "--adapter", str(adapter), "--online", "--runs-dir", runs)
+        error = proc.stderr.strip().splitlines()[-1]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
+        run_id = error.split("autopoiesis report ")[1].split()[0] if "autopoiesis report " in error else None
+        return error, run_id
+
+    error, run_id = run(source.replace(stop, metrics_bug + records_stop))
+    assert error.startswith("autopoiesis: error: adapter live_queue: live_metrics() failed: ValueError: metrics bug")
+    assert stopped.read_text() == "stopped "
+    assert json.loads(cli("report", run_id, "--runs-dir", runs, "--json").stdout)["status"] == "failed"
+
+    stop_bug = stop + "        raise OSError('stop bug')\n"
+    error, run_id = run(source.replace(stop, stop_bug))
+    assert error.startswith("autopoiesis: error: adapter live_queue: stop() failed: OSError: stop bug")
+    assert json.loads(cli("report", run_id, "--runs-dir", runs, "--json").stdout)["status"] == "failed"
+
+    observe_bug = observe + "        if until > 100:\n            raise ValueError('observe bug')\n"
+    error, _ = run(source.replace(stop, stop_bug).replace(observe, observe_bug))
+    assert "observe(105.0) failed: ValueError: observe bug" in error and "stop bug" not in error
+
+
 def test_an_objective_the_adapter_does_not_report_is_refused_before_anything_runs(tmp_path):
     """The simulator names its metrics (``Adapter.metrics``): a misspelt objective is one line
     at once, not an error after the seed programs are scored."""
