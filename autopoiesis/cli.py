@@ -901,7 +901,7 @@ def cmd_adapters() -> int:
 
     from autopoiesis.adapters.base import AdapterError, load_adapter, registered
 
-    console = Console()
+    console = _console()
     found = registered()
     if not found:
         console.print("no adapters registered. Use --adapter module:Class or --adapter path/to/file.py, "
@@ -939,7 +939,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from autopoiesis.evaluate import Evaluator, Limits, Task
     from autopoiesis.sandbox import Rejected, check
 
-    console = Console()
+    console = _console()
     if args.list:
         table = titled_table("scenarios")
         table.add_column("name")

@@ -393,9 +393,10 @@ def test_resuming_a_finished_run_is_refused(tmp_path):
 
 
 def test_simulator_is_registered_and_evolves(tmp_path):
-    env = dict(os.environ, COLUMNS="200")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # a pipe: the table is not cut at 80 columns
     listing = cli("adapters", env=env)
-    assert "simulator" in listing.stdout and "dispatch(request, replicas, now)" in listing.stdout
+    assert "autopoiesis.adapters.simulator:SimulatorAdapter" in listing.stdout
+    assert "dispatch(request, replicas, now)" in listing.stdout
     proc = cli("evolve", "--adapter", "simulator", "--scenario", "burst", "-o", "requests=600",
                "--generations", "1", "--population", "4", "--held-out-snapshots", "1",
                "--runs-dir", str(tmp_path), "--json")
