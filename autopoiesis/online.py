@@ -299,6 +299,7 @@ class Controller:
         self.calls = self.fallback_calls = self.stalled_calls = 0
         self.arrivals = 0
         self.arrival_prompts: list[int] = []
+        self.prompts_told = False  # the adapter gives arrivals' prompt lengths (Observation.arrival_prompts)
         self.events: list[tuple[float, str, str]] = []
         self.job: _Job | None = None
         self.checks: list[_Job] = []  # window checks queued on the evolution plane, not yet collected
@@ -485,8 +486,11 @@ class Controller:
         metrics = window.summary(self.slo) if self.pending else {"requests": 0.0}
         metrics["rate"] = self.arrivals / max(end - start, 1e-9)
         # the length mix, for drift detection and the conditions winners are filed under: of what
-        # arrived where the adapter tells (what finished lags the arrivals by the backlog), else of what finished
-        lengths = self.arrival_prompts or [r.prompt_tokens for r in self.pending]
+        # arrived where the adapter tells (what finished lags the arrivals by the backlog), else of what
+        # finished. Once it has told, a window nothing arrived in has no mix: the backlog draining after
+        # the last arrival is not a change of workload (its finished prompts set off a false drift)
+        self.prompts_told = self.prompts_told or bool(self.arrival_prompts)
+        lengths = self.arrival_prompts if self.prompts_told else [r.prompt_tokens for r in self.pending]
         if lengths:
             metrics["mean_prompt"] = statistics.fmean(lengths)
         metrics["in_flight"] = float(len(self.in_flight))
