@@ -608,7 +608,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     _print_results(console, archive, run["id"])
     if run["status"] != "done" and not cfg.get("parent"):  # killed or interrupted, or still going
-        console.print(f"not finished: if it is no longer running, `autopoiesis evolve --resume {run['id']} "
+        console.print(f"{_how_it_ended(run['status'])} `autopoiesis evolve --resume {run['id']} "
                       f"--runs-dir {args.runs_dir}` goes on where it stopped", highlight=False)
 
     data = _report_data(archive, run)
@@ -702,7 +702,7 @@ def _report_online(args: argparse.Namespace, archive: Archive, run: dict[str, An
     console.print(f"[bold]online run {run_id}[/]  adapter {run['adapter']}  status {run['status']}")
     print_report(console, archive, run_id, figure if figure.exists() else None, source=True)
     if run["status"] != "done":
-        console.print(f"not finished: if it is no longer running, its windows end here; "
+        console.print(f"{_how_it_ended(run['status'])} its windows end here; "
                       f"{_online_again(run, args.runs_dir)} starts a new run from what it served last", highlight=False)
     return 0
 
@@ -1036,6 +1036,12 @@ def _check_resumable(run_id: str, run: dict, runs_dir: str) -> None:
     if config.get("parent"):
         raise UserError(f"run {run_id} is an evolution of online run {config['parent']}, bred on a snapshot of "
                         f"its live system; it cannot be resumed on its own (see autopoiesis report {config['parent']})")
+
+
+def _how_it_ended(status: str) -> str:
+    """The start of a report's last line for a run that is not done. A killed run stays
+    'running' (nothing records a death); an interrupted or failed one says so."""
+    return {"interrupted": "interrupted:", "failed": "failed:"}.get(status, "not finished: if it is no longer running,")
 
 
 def _online_again(run: dict, runs_dir: str) -> str:

@@ -222,6 +222,8 @@ def test_a_live_system_that_fails_at_the_end_is_stopped_and_its_run_marked_faile
     assert error.startswith("autopoiesis: error: adapter live_queue: live_metrics() failed: ValueError: metrics bug")
     assert stopped.read_text() == "stopped "
     assert json.loads(cli("report", run_id, "--runs-dir", runs, "--json").stdout)["status"] == "failed"
+    report = " ".join(cli("report", run_id, "--runs-dir", runs).stdout.split())
+    assert f"failed: its windows end here; `autopoiesis evolve --online --adapter {adapter} --policy {run_id}" in report
 
     stop_bug = stop + "        raise OSError('stop bug')\n"
     error, run_id = run(source.replace(stop, stop_bug))
