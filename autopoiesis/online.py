@@ -367,9 +367,10 @@ class Controller:
                 self.adapter.stop()
         except LiveSystemFailed:
             if status == "done":
-                self.archive.set_status(self.run_id, "failed")
+                status = "failed"
                 raise
-        self.archive.set_status(self.run_id, status)
+        finally:
+            self.archive.set_status(self.run_id, status)
 
     def _plane(self, limits: Limits) -> None:
         """The evolution plane: one long-lived thread (its worker processes outlive each job)."""
