@@ -47,33 +47,37 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scenario", help="scenario for adapters that take one (same as -o scenario=NAME)")
     ev.add_argument("--population", type=positive_int, help="programs per generation (default 16; online 8)")
     ev.add_argument("--generations", type=_non_negative_int, help="generations (default 10; online 3 per evolution)")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int, default=0, help="seeds the operators and the snapshots (training and held-out)")
     ev.add_argument("--objective", action="append", default=[], metavar="[min:|max:]METRIC",
                     help="metric to optimise (repeat for several, e.g. with --strategy nsga2)")
     ev.add_argument("--strategy", default="generational",
-                    choices=["generational", "mu-plus-lambda", "islands", "nsga2"])
+                    choices=["generational", "mu-plus-lambda", "islands", "nsga2"],
+                    help="DEAP selection and survival (nsga2: several objectives, a Pareto front)")
     ev.add_argument("--budget", type=positive_int, help="most programs to evaluate")
-    ev.add_argument("--workers", type=positive_int, default=max(1, min(4, os.cpu_count() or 1)))
+    ev.add_argument("--workers", type=positive_int, default=max(1, min(4, os.cpu_count() or 1)),
+                    help="sandboxed worker processes scoring programs (default: the cores, at most 4)")
     ev.add_argument("--timeout", type=positive_float, default=10.0,
                     help="CPU seconds per evaluation (the worker's own, so a busy machine does not change it)")
     ev.add_argument("--memory-mb", type=positive_int, default=1024, help="memory per worker for untrusted code")
-    ev.add_argument("--train-snapshots", type=positive_int, default=3)
-    ev.add_argument("--held-out-snapshots", type=_non_negative_int, default=5)
+    ev.add_argument("--train-snapshots", type=positive_int, default=3, help="workloads each program is scored on")
+    ev.add_argument("--held-out-snapshots", type=_non_negative_int, default=5,
+                    help="unseen workloads the champion and baselines are compared on at the end")
     ev.add_argument("--runs-dir", default="runs", help="where the archive and run folders live")
     ev.add_argument("--resume", metavar="RUN", help="continue a run that was interrupted")
     ev.add_argument("--json", action="store_true", help="print a machine-readable summary")
-    ev.add_argument("--llm", metavar="SPEC", action="append", default=[],
+    llm = ev.add_argument_group("LLM operators (--llm or --llm-url; docs/llm.md)")
+    llm.add_argument("--llm", metavar="SPEC", action="append", default=[],
                     help="openai:MODEL, anthropic:MODEL, or replay:RUN (no network); repeat with @WEIGHT "
                          "for an ensemble, e.g. --llm openai:gpt-4o-mini@0.8 --llm openai:gpt-4o@0.2")
-    ev.add_argument("--llm-url", help="any OpenAI-compatible server (vLLM, SGLang, llama.cpp, a gateway)")
-    ev.add_argument("--llm-model", help="model name on --llm-url")
-    ev.add_argument("--llm-rate", type=float, default=0.5, help="share of children the LLM operators make (0-1)")
-    ev.add_argument("--llm-max-calls", type=positive_int, help="stop (resumably) after this many LLM calls")
-    ev.add_argument("--llm-max-tokens", type=positive_int, help="stop (resumably) after this many tokens")
-    ev.add_argument("--llm-max-usd", type=positive_float, help="stop (resumably) after this much money")
-    ev.add_argument("--llm-concurrency", type=positive_int, default=1, help="most LLM calls in flight at once")
-    ev.add_argument("--prompts", help="folder of prompt templates that override the shipped ones")
-    ev.add_argument("--llm-max-output-tokens", type=positive_int, default=2048, help="longest reply per call")
+    llm.add_argument("--llm-url", help="any OpenAI-compatible server (vLLM, SGLang, llama.cpp, a gateway)")
+    llm.add_argument("--llm-model", help="model name on --llm-url")
+    llm.add_argument("--llm-rate", type=float, default=0.5, help="share of children the LLM operators make (0-1)")
+    llm.add_argument("--llm-max-calls", type=positive_int, help="stop (resumably) after this many LLM calls")
+    llm.add_argument("--llm-max-tokens", type=positive_int, help="stop (resumably) after this many tokens")
+    llm.add_argument("--llm-max-usd", type=positive_float, help="stop (resumably) after this much money")
+    llm.add_argument("--llm-concurrency", type=positive_int, default=1, help="most LLM calls in flight at once")
+    llm.add_argument("--prompts", help="folder of prompt templates that override the shipped ones")
+    llm.add_argument("--llm-max-output-tokens", type=positive_int, default=2048, help="longest reply per call")
     _add_live_args(ev)
     on = ev.add_argument_group("online evolution (--online): evolve while the live system serves")
     on.add_argument("--online", action="store_true", help="run the live system and evolve, deploy and guard as it serves")
