@@ -61,6 +61,7 @@ class Task:
 
 
 # Failures that say more about the limits (or the machine) than about the program.
+NO_MEMORY_TO_REPLY = 3  # a worker's exit code when its reply met the memory cap
 LIMIT_FAILURES = ("timed out", "memory limit exceeded", "worker ", "CPU time limit exceeded")
 
 
@@ -288,6 +289,8 @@ def _death_reason(exitcode: int | None, limits: Limits) -> str:
         if sig == signal.SIGKILL:
             return "worker killed (out of memory?)"
         return f"worker crashed ({signal.Signals(sig).name})"
+    if exitcode == NO_MEMORY_TO_REPLY:
+        return "memory limit exceeded (the worker had none left to send its answer)"
     return f"worker exited unexpectedly (code {exitcode})"
 
 
@@ -340,7 +343,7 @@ def _worker_main(conn, parent_conn, adapter: Any, limits: Limits) -> None:
         try:
             conn.send((status, payload, time.perf_counter() - start))
         except MemoryError:
-            os._exit(1)
+            os._exit(NO_MEMORY_TO_REPLY)
         except (OSError, ValueError):
             return
         if status == "fatal":

@@ -44,7 +44,7 @@ def _limit_hint(errors: list[str], cfg: Config) -> str:
     """When every seed (the trusted baselines among them) failed on a worker limit, the limit is
     the likely cause: name the option to raise. Only the seeds' errors count: generation 0's
     variants of them may fail their own ways first (a bad plan), or time out thrashing."""
-    if errors and all(e == "memory limit exceeded" for e in errors):
+    if errors and all(e.startswith("memory limit exceeded") for e in errors):
         return f": every seed ran out of memory, so --memory-mb {cfg.memory_mb} is likely too small"
     if errors and all(e.startswith("timed out") for e in errors):
         return f": every seed timed out, so --timeout {cfg.timeout:g} is likely too short"

@@ -353,3 +353,15 @@ def test_seeds_failing_on_the_memory_limit_name_it_though_their_variants_failed_
     message = str(failed.value)
     assert message.startswith("no seed program is valid (memory limit exceeded)"), message
     assert "every seed ran out of memory, so --memory-mb 256 is likely too small" in message
+
+
+def test_a_worker_with_no_memory_left_to_reply_is_a_memory_failure():
+    """Under a tight cap the reply itself can meet it: the worker exits with its own code, which
+    reads as the memory limit (so the hint names --memory-mb), not as an unexplained exit."""
+    from autopoiesis.evaluate import NO_MEMORY_TO_REPLY, _death_reason, hit_a_limit
+    from autopoiesis.evolution import _limit_hint
+
+    reason = _death_reason(NO_MEMORY_TO_REPLY, Limits())
+    assert reason.startswith("memory limit exceeded") and hit_a_limit(reason)
+    assert _death_reason(1, Limits()) == "worker exited unexpectedly (code 1)"
+    assert "--memory-mb 64 is likely too small" in _limit_hint(["memory limit exceeded", reason], Config(memory_mb=64))
