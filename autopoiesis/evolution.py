@@ -43,12 +43,18 @@ def new_run_id(adapter_name: str) -> str:
 def _limit_hint(errors: list[str], cfg: Config) -> str:
     """When every seed (the trusted baselines among them) failed on a worker limit, the limit is
     the likely cause: name the option to raise. Only the seeds' errors count: generation 0's
-    variants of them may fail their own ways first (a bad plan), or time out thrashing."""
-    if errors and all(e.startswith("memory limit exceeded") for e in errors):
+    variants of them may fail their own ways first (a bad plan). Near the memory cap a seed may
+    time out instead (``evolve --memory-mb 1``: one baseline of ten did), so that counts too."""
+    memory = sum(e.startswith("memory limit exceeded") for e in errors)
+    timeouts = sum(e.startswith("timed out") for e in errors)
+    if not errors or memory + timeouts < len(errors):
+        return ""
+    if memory == len(errors):
         return f": every seed ran out of memory, so --memory-mb {cfg.memory_mb} is likely too small"
-    if errors and all(e.startswith("timed out") for e in errors):
-        return f": every seed timed out, so --timeout {cfg.timeout:g} is likely too short"
-    return ""
+    if memory:  # a program whose every allocation fails can spend its time on the failures
+        return (f": every seed ran out of memory ({memory}) or of time ({timeouts}) near the memory cap, "
+                f"so --memory-mb {cfg.memory_mb} is likely too small")
+    return f": every seed timed out, so --timeout {cfg.timeout:g} is likely too short"
 
 
 class EvolutionError(Exception):

@@ -365,3 +365,18 @@ def test_a_worker_with_no_memory_left_to_reply_is_a_memory_failure():
     assert reason.startswith("memory limit exceeded") and hit_a_limit(reason)
     assert _death_reason(1, Limits()) == "worker exited unexpectedly (code 1)"
     assert "--memory-mb 64 is likely too small" in _limit_hint(["memory limit exceeded", reason], Config(memory_mb=64))
+
+
+def test_the_limit_hint_names_the_limit_every_seed_failed_on():
+    """Near a tiny memory cap a seed can time out instead (`evolve --memory-mb 1` once had one
+    baseline of ten do so): the hint still names --memory-mb; timeouts alone name --timeout;
+    one failure of the program's own names nothing."""
+    from autopoiesis.evolution import _limit_hint
+
+    cfg = Config(memory_mb=1, timeout=10.0)
+    timed_out = "timed out after 10 s of CPU time"
+    assert _limit_hint(["memory limit exceeded"] * 9 + [timed_out], cfg) == (
+        ": every seed ran out of memory (9) or of time (1) near the memory cap, so --memory-mb 1 is likely too small")
+    assert _limit_hint([timed_out] * 3, cfg) == ": every seed timed out, so --timeout 10 is likely too short"
+    assert _limit_hint(["memory limit exceeded", "ValueError: mine"], cfg) == ""
+    assert _limit_hint([], cfg) == ""
