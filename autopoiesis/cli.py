@@ -8,6 +8,7 @@ see the traceback of an unexpected error.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -202,7 +203,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         _check_resumable(args.resume, run, args.runs_dir)
         spec, stored = run["adapter"], run["config"]
         options = stored.get("adapter_options", {})
-        config = Config.from_dict(stored)
+        config = _resumed_config(args, Config.from_dict(stored), spec, options)
         llm_settings = stored.get("llm")
         if llm_settings:  # a resumed run may be given a larger budget
             for key in ("max_calls", "max_tokens", "max_usd"):
@@ -609,6 +610,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         table.add_row(str(s["generation"]), _num(s.get("best")), _num(s.get("median")), _num(s.get("worst")),
                       str(s["children"]), str(s["valid"]), str(s["failed"]), str(s["rejected"]), str(s["duplicates"]))
     console.print(table)
+    if stats and not stats[-1]["valid"] and run["status"] != "running":
+        return _report_nothing_valid(console, archive, run, stats[-1]["generation"])
 
     _print_results(console, archive, run["id"])
     if run["status"] != "done" and not cfg.get("parent"):  # killed or interrupted, or still going
@@ -641,6 +644,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     if champion:
         console.print("[bold]champion source[/]")
         console.print(Syntax(champion["source"], "python", line_numbers=False))
+    return 0
+
+
+def _report_nothing_valid(console: Console, archive: Archive, run: dict[str, Any], generation: int) -> int:
+    """A run that ended with no valid program (``no seed program is valid``): what each of that
+    generation's programs failed on, which is all there is to see, and that resuming cannot help."""
+    from autopoiesis.online_view import titled_table
+
+    table = titled_table(f"why generation {generation} has no valid program")
+    for col in ("program", "made by", "error"):
+        table.add_column(col)
+    for birth in archive.births(run["id"]):
+        if birth["generation"] == generation and birth["error"]:
+            table.add_row(birth["program"][:8], birth["name"] or birth["operator"], birth["error"])
+    console.print(table)
+    console.print(f"{run['status']}: generation {generation} left no valid program, so there is nothing to go on "
+                  "from; fix what the errors say (or raise the limit they name) and start a new run", highlight=False)
     return 0
 
 
@@ -1027,6 +1047,43 @@ def _policy_file(path: str, slots, base: Program) -> Program:
         if found:
             source += "\n\n" + "\n".join(base.source.splitlines()[found[1] - 1:found[2]]) + "\n"
     return Program(source, name=Path(path).stem)
+
+
+#: evolve's flags that set what a run is (its Config fields), which a resumed run keeps
+RUN_SETTINGS = {"population": "population", "generations": "generations", "seed": "seed", "objective": "objectives",
+                "strategy": "strategy", "budget": "budget", "train_snapshots": "train_snapshots",
+                "held_out_snapshots": "held_out_snapshots", "timeout": "timeout", "memory_mb": "memory_mb"}
+
+
+def _resumed_config(args: argparse.Namespace, config, spec: str, options: Mapping[str, Any]):
+    """The stored config of the run ``--resume`` names. A flag that would change what the run
+    is (``--memory-mb 2048`` after it ran out of memory) is refused, not ignored in silence;
+    the same value as the run's is fine (a command repeated with ``--resume`` added), and
+    ``--workers`` is taken: results do not depend on it."""
+    from autopoiesis.adapters.base import canonical_spec
+
+    defaults = build_parser().parse_args(["evolve"])  # what each flag is when not given
+    given = {flag: getattr(args, flag) for flag in RUN_SETTINGS if getattr(args, flag) != getattr(defaults, flag)}
+    differs = []
+    for flag, value in given.items():
+        stored = getattr(config, RUN_SETTINGS[flag])
+        if (tuple(value) if flag == "objective" else value) != stored:
+            differs.append(f"--{flag.replace('_', '-')} {_shown(value)} (the run's: {_shown(stored) or 'the adapter default'})")
+    if args.adapter and canonical_spec(args.adapter) != spec:
+        differs.append(f"--adapter {args.adapter} (the run's: {spec})")
+    if args.scenario and args.scenario != options.get("scenario"):
+        differs.append(f"--scenario {args.scenario} (the run's: {options.get('scenario')})")
+    if differs:
+        raise UserError(f"--resume goes on with the settings run {args.resume} began with; {'; '.join(differs)}. "
+                        "Leave them out, or start a new run with them")
+    if args.workers != defaults.workers:
+        config = dataclasses.replace(config, workers=args.workers)
+    return config
+
+
+def _shown(value: Any) -> str:
+    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" \
+        if isinstance(value, float) else str(value)
 
 
 def _check_resumable(run_id: str, run: dict, runs_dir: str) -> None:

@@ -215,6 +215,10 @@ class Evolution:
             islands: list[list[Any]] = []
             if first_gen > 0:
                 islands = self._load_population(run_id, first_gen - 1, train)
+                if not any(islands):  # it failed there: no seed was valid
+                    self.archive.set_status(run_id, "failed")
+                    raise EvolutionError(f"run {run_id} has nothing to go on from: its generation {first_gen - 1} "
+                                         "left no valid program (see autopoiesis report); start a new run")
             for generation in range(first_gen, cfg.generations + 1):
                 if cfg.budget is not None and scored >= cfg.budget and generation > 0:
                     break

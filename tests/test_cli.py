@@ -348,7 +348,12 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path):
     run_id = sqlite3.connect(db).execute("SELECT id FROM runs").fetchone()[0]
     report = " ".join(cli("report", run_id, "--runs-dir", str(runs)).stdout.split())  # unwrapped
     assert f"not finished: if it is no longer running, `autopoiesis evolve --resume {run_id}" in report
-    resumed = cli("evolve", "--resume", run_id, "--runs-dir", str(runs), "--json")
+    changed = cli("evolve", "--resume", run_id, "--generations", "9", "--seed", "6", "--runs-dir", str(runs))
+    assert_one_line_error(changed, f"--resume goes on with the settings run {run_id} began with; "
+                                   "--generations 9 (the run's: 8); --seed 6 (the run's: 5)")
+    assert _rows(db) == before  # refused before anything ran
+    again = [a if a != "2" else "1" for a in args]  # the same command with --resume (and another --workers)
+    resumed = cli(*again, "--resume", run_id, "--runs-dir", str(runs))
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
     after = _rows(db)
@@ -518,6 +523,15 @@ def test_a_limit_too_small_is_named_and_raising_it_works_at_once(tmp_path):
     args = ["evolve", "--adapter", "simulator", "--scenario", "stationary", "--generations", "0"]
     assert_one_line_error(cli(*args, "--memory-mb", "1", cwd=tmp_path),
                           "no seed program is valid (memory limit exceeded)", "--memory-mb 1 is likely too small")
+    failed = json.loads(cli("report", "--list", "--json", cwd=tmp_path).stdout)[0]["run"]
+    report = " ".join(cli("report", failed, cwd=tmp_path).stdout.split())  # what each seed failed on, and no resume
+    assert "why generation 0 has no valid program" in report and "│ default │" in report  # a row per seed
+    assert "│ memory limit exceeded │" in report  # (near the cap a seed may time out instead)
+    assert "failed: generation 0 left no valid program, so there is nothing to go on from" in report
+    assert_one_line_error(cli("evolve", "--resume", failed, cwd=tmp_path),
+                          f"run {failed} has nothing to go on from: its generation 0 left no valid program")
+    assert_one_line_error(cli("evolve", "--resume", failed, "--memory-mb", "2048", cwd=tmp_path),
+                          "--memory-mb 2048 (the run's: 1)", "Leave them out, or start a new run with them")
     rerun = cli(*args, cwd=tmp_path)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "champion" in rerun.stdout
