@@ -203,7 +203,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         _check_resumable(args.resume, run, args.runs_dir)
         spec, stored = run["adapter"], run["config"]
         options = stored.get("adapter_options", {})
-        config = _resumed_config(args, Config.from_dict(stored), spec, options)
+        config = _resumed_config(args, Config.from_dict(stored), spec, options, stored.get("objective_list", []))
         llm_settings = stored.get("llm")
         if llm_settings:  # a resumed run may be given a larger budget
             for key in ("max_calls", "max_tokens", "max_usd"):
@@ -1055,7 +1055,8 @@ RUN_SETTINGS = {"population": "population", "generations": "generations", "seed"
                 "held_out_snapshots": "held_out_snapshots", "timeout": "timeout", "memory_mb": "memory_mb"}
 
 
-def _resumed_config(args: argparse.Namespace, config, spec: str, options: Mapping[str, Any]):
+def _resumed_config(args: argparse.Namespace, config, spec: str, options: Mapping[str, Any],
+                    objectives: Sequence[str]):
     """The stored config of the run ``--resume`` names. A flag that would change what the run
     is (``--memory-mb 2048`` after it ran out of memory) is refused, not ignored in silence;
     the same value as the run's is fine (a command repeated with ``--resume`` added), and
@@ -1067,8 +1068,12 @@ def _resumed_config(args: argparse.Namespace, config, spec: str, options: Mappin
     differs = []
     for flag, value in given.items():
         stored = getattr(config, RUN_SETTINGS[flag])
-        if (tuple(value) if flag == "objective" else value) != stored:
-            differs.append(f"--{flag.replace('_', '-')} {_shown(value)} (the run's: {_shown(stored) or 'the adapter default'})")
+        if flag == "objective":  # as the run stored them: the adapter's first when none was given
+            from autopoiesis.metrics import Objective
+
+            value, stored = [str(Objective.parse(text)) for text in value], list(objectives)
+        if value != stored:
+            differs.append(f"--{flag.replace('_', '-')} {_shown(value)} (the run's: {_shown(stored)})")
     if args.adapter and canonical_spec(args.adapter) != spec:
         differs.append(f"--adapter {args.adapter} (the run's: {spec})")
     if args.scenario and args.scenario != options.get("scenario"):

@@ -528,7 +528,7 @@ def test_a_limit_too_small_is_named_and_raising_it_works_at_once(tmp_path):
     assert "why generation 0 has no valid program" in report and "│ default │" in report  # a row per seed
     assert "│ memory limit exceeded │" in report  # (near the cap a seed may time out instead)
     assert "failed: generation 0 left no valid program, so there is nothing to go on from" in report
-    assert_one_line_error(cli("evolve", "--resume", failed, cwd=tmp_path),
+    assert_one_line_error(cli("evolve", "--resume", failed, "--objective", "total_time", cwd=tmp_path),  # its own
                           f"run {failed} has nothing to go on from: its generation 0 left no valid program")
     assert_one_line_error(cli("evolve", "--resume", failed, "--memory-mb", "2048", cwd=tmp_path),
                           "--memory-mb 2048 (the run's: 1)", "Leave them out, or start a new run with them")
