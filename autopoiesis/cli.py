@@ -1078,6 +1078,9 @@ def _resumed_config(args: argparse.Namespace, config, spec: str, options: Mappin
         differs.append(f"--adapter {args.adapter} (the run's: {spec})")
     if args.scenario and args.scenario != options.get("scenario"):
         differs.append(f"--scenario {args.scenario} (the run's: {options.get('scenario')})")
+    for key, value in parse_options(args.option).items():
+        if options.get(key) != value:
+            differs.append(f"--option {key}={value} (the run's: {options.get(key)})")
     if differs:
         raise UserError(f"--resume goes on with the settings run {args.resume} began with; {'; '.join(differs)}. "
                         "Leave them out, or start a new run with them")
@@ -1087,8 +1090,9 @@ def _resumed_config(args: argparse.Namespace, config, spec: str, options: Mappin
 
 
 def _shown(value: Any) -> str:
-    return " ".join(map(str, value)) if isinstance(value, (list, tuple)) else f"{value:g}" \
-        if isinstance(value, float) else str(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
 
 
 def _check_resumable(run_id: str, run: dict, runs_dir: str) -> None:
@@ -1107,7 +1111,9 @@ def _check_resumable(run_id: str, run: dict, runs_dir: str) -> None:
 def _how_it_ended(status: str) -> str:
     """The start of a report's last line for a run that is not done. A killed run stays
     'running' (nothing records a death); an interrupted or failed one says so."""
-    return {"interrupted": "interrupted:", "failed": "failed:"}.get(status, "not finished: if it is no longer running,")
+    return {"interrupted": "interrupted:", "failed": "failed:",
+            "budget spent": "its LLM budget ran out (raise --llm-max-calls, -tokens or -usd with --resume):"}.get(
+        status, "not finished: if it is no longer running,")
 
 
 def _online_again(run: dict, runs_dir: str) -> str:

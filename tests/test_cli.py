@@ -348,9 +348,11 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path):
     run_id = sqlite3.connect(db).execute("SELECT id FROM runs").fetchone()[0]
     report = " ".join(cli("report", run_id, "--runs-dir", str(runs)).stdout.split())  # unwrapped
     assert f"not finished: if it is no longer running, `autopoiesis evolve --resume {run_id}" in report
-    changed = cli("evolve", "--resume", run_id, "--generations", "9", "--seed", "6", "--runs-dir", str(runs))
+    changed = cli("evolve", "--resume", run_id, "--generations", "9", "--seed", "6", "-o", "jobs=9000",
+                  "--runs-dir", str(runs))
     assert_one_line_error(changed, f"--resume goes on with the settings run {run_id} began with; "
-                                   "--generations 9 (the run's: 8); --seed 6 (the run's: 5)")
+                                   "--generations 9 (the run's: 8); --seed 6 (the run's: 5); "
+                                   "--option jobs=9000 (the run's: 8000)")
     assert _rows(db) == before  # refused before anything ran
     again = [a if a != "2" else "1" for a in args]  # the same command with --resume (and another --workers)
     resumed = cli(*again, "--resume", run_id, "--runs-dir", str(runs))
