@@ -523,8 +523,8 @@ def test_a_limit_too_small_is_named_and_raising_it_works_at_once(tmp_path):
     """Every baseline failing on --memory-mb is the limit's fault, and the error says so; the
     rerun with the limit raised, on the same archive, scores them instead of reusing the failures."""
     args = ["evolve", "--adapter", "simulator", "--scenario", "stationary", "--generations", "0"]
-    assert_one_line_error(cli(*args, "--memory-mb", "1", cwd=tmp_path),
-                          "no seed program is valid (memory limit exceeded)", "--memory-mb 1 is likely too small")
+    assert_one_line_error(cli(*args, "--memory-mb", "1", cwd=tmp_path),  # (the first seed's error in brackets:
+                          "no seed program is valid (", "--memory-mb 1 is likely too small")  # near the cap it may time out)
     failed = json.loads(cli("report", "--list", "--json", cwd=tmp_path).stdout)[0]["run"]
     report = " ".join(cli("report", failed, cwd=tmp_path).stdout.split())  # what each seed failed on, and no resume
     assert "why generation 0 has no valid program" in report and "│ default │" in report  # a row per seed
