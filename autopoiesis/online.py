@@ -174,7 +174,7 @@ class Window:
 @dataclass
 class Deployment:
     time: float
-    kind: str  # initial | deploy | rollback | confirm | rejected
+    kind: str  # initial | deploy | rollback | confirm | rejected | unfinished (serving ended first)
     program: str
     reason: str = ""
     incumbent_fitness: float | None = None  # on the twin snapshot
@@ -347,6 +347,7 @@ class Controller:
             try:
                 if status == "done":
                     self._collect_checks()
+                    self._record_unfinished()
                     summary = self.summary()  # asks the adapter's live_metrics(), which may fail
                     self.archive.save_result(self.run_id, "live", "whole run", self.live.id,
                                              summary["live"] or summary["metrics"], None)
@@ -440,7 +441,8 @@ class Controller:
             if observation.events and not closes:  # at a window's end, closing it triggers
                 self._on_cluster_change(observation.now)
             if closes:
-                self._close_window(window_start, observation.now)
+                last = observation.finished or bool(cfg.max_windows and len(self.windows) + 1 >= cfg.max_windows)
+                self._close_window(window_start, observation.now, last)
                 window_start, next_close = observation.now, observation.now + cfg.window_s
             if observation.finished or (cfg.max_windows and len(self.windows) >= cfg.max_windows):
                 return
@@ -452,6 +454,19 @@ class Controller:
                 self._conclude(job, observation.now)
             if self.job is not None and not self.job.done and target < next_close and not adapter.wall_clock:
                 time.sleep(0.005)  # serving at the evolution's pace; let it work
+
+    def _record_unfinished(self) -> None:
+        """Say so when serving ended before the evolution plane's job in flight could act."""
+        job, end = self.job, (self.windows[-1].end if self.windows else None)
+        if job is None or end is None:
+            return
+        if job.kind == "guard":
+            self._record(Deployment(end, "unfinished", job.candidate.id, f"serving ended at {end:.0f} s, before "
+                                    f"the guard's replay of the window that ended at {job.started_live:.0f} s"))
+        else:
+            self._record(Deployment(end, "unfinished", job.incumbent.id, f"serving ended at {end:.0f} s, before "
+                                    f"the evolution that began at {job.started_live:.0f} s could deploy",
+                                    evolution_s=end - job.started_live))
 
     def _job_clock(self, job: _Job) -> float:
         """The live time an unfinished evolution has reached."""
@@ -479,7 +494,8 @@ class Controller:
         self.fallback_calls += sum(observation.fallbacks.values())
         self.stalled_calls += observation.stalls
 
-    def _close_window(self, start: float, end: float) -> None:
+    def _close_window(self, start: float, end: float, last: bool) -> None:
+        """Close a window; ``last``: serving ends with it, so nothing it shows can be acted on."""
         cfg = self.config
         window = RollingWindow()
         for record in self.pending:
@@ -524,6 +540,8 @@ class Controller:
         self.since_trigger += 1
         if not reasons and cfg.period and self.since_trigger >= cfg.period:
             reasons = ["period"]
+        if last:
+            reasons = []  # an evolution it started could never deploy
         busy = self.job is not None or self.guard.watching
         self.cluster_owed = self.cluster_owed or "cluster" in reasons
         if self.cluster_owed and not busy and "cluster" not in reasons:

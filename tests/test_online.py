@@ -665,6 +665,24 @@ def test_evolution_deploys_at_the_time_it_finished_and_the_live_plane_kept_servi
     assert any(r.startswith(c.run_id + "-e") for r in runs)
 
 
+def test_an_evolution_still_running_when_serving_ends_is_reported_unfinished(adapter, tmp_path):
+    from rich.console import Console
+
+    from autopoiesis.online_view import print_report
+
+    c = controller(adapter, tmp_path, period=2, evolution_cost_s=10_000.0)
+    c.run()
+    began = next(w.end for w in c.windows if w.triggers)
+    assert [d.kind for d in c.deployments] == ["initial", "unfinished"]
+    last = c.deployments[-1]
+    assert last.time == c.windows[-1].end and last.program == c.incumbent.id
+    assert last.reason == f"serving ended at {last.time:.0f} s, before the evolution that began at {began:.0f} s could deploy"
+    console = Console(record=True, width=250)
+    print_report(console, c.archive, c.run_id)
+    text = console.export_text()
+    assert "unfinished" in text and last.reason in text
+
+
 def test_window_replay_is_deterministic_and_the_incumbent_does_not_replan(adapter, default):
     adapter.start(seed=1000)
     adapter.deploy(default, [default])

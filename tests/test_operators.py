@@ -1,4 +1,6 @@
+import math
 import random
+import re
 
 import pytest
 from deap import gp as deap_gp
@@ -25,6 +27,40 @@ def test_gp_round_trip_of_random_trees():
         sandbox.check(source, [SLOT])
         again = gp.from_source(source, SLOT)
         assert gp.to_source(SLOT, again) == source
+
+
+def _same_value(a: float, b: float) -> bool:
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def test_gp_renders_trees_without_dead_code_and_with_the_same_value(monkeypatch):
+    """``x if True else y`` is rendered ``x`` (and so on), and what it computes does not change."""
+    pset = gp.primitive_set(SLOT.name, SLOT.primitives)
+    trees = []
+    for seed in range(300):
+        random.seed(seed)
+        trees.append(deap_gp.PrimitiveTree(deap_gp.genHalfAndHalf(pset, min_=2, max_=5)))
+    clean = [gp.to_source(SLOT, tree) for tree in trees]
+    monkeypatch.setattr(gp._Simplify, "visit", lambda self, node: node)
+    raw = [gp.to_source(SLOT, tree) for tree in trees]
+    monkeypatch.undo()
+    changed = [(r, c) for r, c in zip(raw, clean) if r != c]
+    assert len(changed) > 30, "random trees carry dead code often; the check below must see some"
+    rng = random.Random(0)
+    for r, c in changed:
+        assert not re.search(r"if (True|False) else|\b(True|False) (and|or)\b|\b(and|or) (True|False)\b", c), c
+        assert gp.to_source(SLOT, gp.from_source(c, SLOT)) == c  # still inside the primitive set
+        before, after = sandbox.compile_policy(r, [SLOT]).priority, sandbox.compile_policy(c, [SLOT]).priority
+        for _ in range(20):
+            job, now = single_queue.Job(rng.uniform(-5, 5), rng.uniform(-5, 5)), rng.choice([0.0, rng.uniform(-5, 5)])
+            assert _same_value(before(job, now), after(job, now)), (r, c)
+
+
+def test_gp_mutation_never_returns_its_parent_plus_dead_code():
+    parent = Program("def priority(job, now):\n    return job.size if job.arrival < now else job.arrival\n")
+    for seed in range(200):
+        child = gp.Mutate()([parent], context(seed))
+        assert child.id != parent.id, child.source
 
 
 def test_gp_compiled_source_is_readable_and_runs():

@@ -4,7 +4,9 @@ A slot whose ``primitives`` are given can be varied as an expression tree: the
 parent's ``return`` expression is parsed back into a DEAP ``PrimitiveTree`` (so GP
 also varies hand-written baselines and LLM programs that happen to be expressions),
 varied with DEAP's typed operators under Koza-style static height and size limits
-(bloat control), and compiled back to one readable ``return`` statement.
+(bloat control), and compiled back to one readable ``return`` statement, with its dead
+code taken out (``x if True else y`` is ``x``): a child that only adds dead code to a
+program is that program, so it is not scored again, and a champion reads as what it does.
 
 Types: ``float`` for values, ``bool`` for conditions (``a < b``), so conditionals
 are well-typed: ``(x if a < b else y)``.
@@ -87,7 +89,55 @@ def to_expression(tree: gp.PrimitiveTree, primitives: Primitives) -> str:
         return repr(node.value), index + 1
 
     text, _ = render(0)
-    return ast.unparse(parse(text, mode="eval"))
+    return ast.unparse(_Simplify().visit(parse(text, mode="eval")))
+
+
+def _is_bool(node: ast.expr) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, bool)
+
+
+class _Simplify(ast.NodeTransformer):
+    """Takes out what a tree computes for nothing: constant conditions, equal branches,
+    comparisons of a value with itself, ``min(x, x)``. Bottom-up, so one pass does it all;
+    every rule keeps the expression's value and leaves it inside the primitive set."""
+
+    def visit_IfExp(self, node: ast.IfExp) -> ast.expr:
+        self.generic_visit(node)
+        if _is_bool(node.test):
+            return node.body if node.test.value else node.orelse
+        return node.body if _same(node.body, node.orelse) else node
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.expr:
+        self.generic_visit(node)
+        if not all(isinstance(v, (ast.Compare, ast.BoolOp)) or _is_bool(v) for v in node.values):
+            return node  # the protected division's ``(x or 1.0)``, which is a number
+        neutral = isinstance(node.op, ast.And)  # True changes nothing in an ``and``, False in an ``or``
+        values: list[ast.expr] = []
+        for value in node.values:
+            if _is_bool(value) and value.value != neutral:
+                return ast.Constant(not neutral)
+            if not _is_bool(value) and not any(_same(value, kept) for kept in values):
+                values.append(value)
+        if len(values) > 1:
+            node.values = values
+            return node
+        return values[0] if values else ast.Constant(neutral)
+
+    def visit_Compare(self, node: ast.Compare) -> ast.expr:
+        self.generic_visit(node)
+        left, right = node.left, node.comparators[0]
+        if len(node.ops) != 1 or not isinstance(node.ops[0], (ast.Lt, ast.Gt)):
+            return node
+        if _same(left, right):
+            return ast.Constant(False)
+        if all(isinstance(n, ast.Constant) and type(n.value) in (int, float) for n in (left, right)):
+            return ast.Constant(left.value < right.value if isinstance(node.ops[0], ast.Lt) else left.value > right.value)
+        return node
+
+    def visit_Call(self, node: ast.Call) -> ast.expr:
+        self.generic_visit(node)
+        pair = isinstance(node.func, ast.Name) and node.func.id in ("min", "max") and len(node.args) == 2
+        return node.args[0] if pair and _same(*node.args) else node
 
 
 def to_source(slot: PolicySlot, tree: gp.PrimitiveTree) -> str:
@@ -254,9 +304,8 @@ class Mutate(Operator):
                 (child,) = gp.mutEphemeral(child, mode="one")
             else:
                 (child,) = gp.mutShrink(child)
-            if _within_limits(child, slot.primitives) and str(child) != str(tree):
-                source = replace_function(parent.source, slot.name, to_source(slot, child))
-                return self.child(source, parents, context)
+            if _within_limits(child, slot.primitives) and (new := to_source(slot, child)) != to_source(slot, tree):
+                return self.child(replace_function(parent.source, slot.name, new), parents, context)
         raise OperatorError(f"no mutation of {slot.name} within the size limits in {self.tries} tries")
 
 
@@ -277,9 +326,9 @@ class Crossover(Operator):
         a, b = from_source(first.source, slot), from_source(second.source, slot)
         for _ in range(self.tries):
             child, _ = gp.cxOnePoint(gp.PrimitiveTree(list(a)), gp.PrimitiveTree(list(b)))
-            if _within_limits(child, slot.primitives) and str(child) not in (str(a), str(b)):
-                source = replace_function(first.source, slot.name, to_source(slot, child))
-                return self.child(source, parents, context)
+            new = to_source(slot, child)
+            if _within_limits(child, slot.primitives) and new not in (to_source(slot, a), to_source(slot, b)):
+                return self.child(replace_function(first.source, slot.name, new), parents, context)
         raise OperatorError(f"no crossover of {slot.name} within the size limits in {self.tries} tries")
 
 
