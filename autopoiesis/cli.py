@@ -594,8 +594,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_report_data(archive, run)))
         return 0
-    from rich.syntax import Syntax
-    from autopoiesis.online_view import titled_table
+    from autopoiesis.online_view import print_source, titled_table
 
     console = _console()
     cfg = run["config"]
@@ -643,7 +642,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     champion = data.get("champion")
     if champion:
         console.print("[bold]champion source[/]")
-        console.print(Syntax(champion["source"], "python", line_numbers=False))
+        print_source(console, champion["source"])
     return 0
 
 

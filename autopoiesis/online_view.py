@@ -24,6 +24,16 @@ def _hot_path(w: dict[str, Any]) -> str:
     return f"{w.get('fallbacks', 0)}/{w.get('calls', 0)}" + (f", {stalls} stalled" if stalls else "")
 
 
+def print_source(console: Console, source: str) -> None:
+    """A program's source, never cut: highlighted on a terminal (a line longer than the
+    terminal wraps), plain text to a file or pipe, so what lands there runs as it stands."""
+    source = source.strip() + "\n"
+    if console.is_terminal:
+        console.print(Syntax(source, "python", line_numbers=False, word_wrap=True))
+    else:
+        console.print(source, markup=False, highlight=False, soft_wrap=True, end="")
+
+
 def titled_table(title: str) -> Table:
     """A table at least as wide as its title, so a narrow one does not break its title in two."""
     return Table(title=title, min_width=len(title))
@@ -130,7 +140,7 @@ def print_report(console: Console, archive, run_id: str, plot_path: Path | None 
         last = archive.program(windows[-1]["policy"])
         console.print(f"[bold]served last: {last.id[:8]}[/]" + (f" ({last.name})" if last.name else "")
                       + f"; serve it again with --policy {run_id}")
-        console.print(Syntax(last.source.strip() + "\n", "python", line_numbers=False))
+        print_source(console, last.source)
 
 
 def plot(windows: list[dict[str, Any]], deployments: list[dict[str, Any]], path: Path, title: str) -> Path:

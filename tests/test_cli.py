@@ -51,6 +51,21 @@ def test_evolve_json_summary_and_report(tmp_path):
     assert data["lineage"][-1]["operator"] == "seed"
 
 
+def test_report_prints_the_champion_whole_however_long_its_lines(tmp_path):
+    """Piped or in a file, ``report`` gives the source as it is: a line wider than the console
+    is neither cut nor wrapped, and no line is padded, so the text runs as it stands."""
+    long_line = "NOTE = " + repr("a module-level line wider than any console " * 8)
+    adapter, runs = tmp_path / "wide.py", str(tmp_path / "runs")
+    adapter.write_text(EXAMPLE.read_text().replace("FCFS = '''\n", "FCFS = '''\n" + long_line + "\n", 1))
+    proc = cli("evolve", "--adapter", f"{adapter}:SingleQueueAdapter", "--generations", "0", "--population", "2",
+               "--runs-dir", runs, "--json")
+    assert proc.returncode == 0, proc.stderr
+    report = cli("report", "--runs-dir", runs)
+    source = report.stdout.split("champion source\n", 1)[1]
+    champion = json.loads(cli("report", "--runs-dir", runs, "--json").stdout)["champion"]["source"]
+    assert long_line in champion and source == champion.strip() + "\n"
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["evolve"], "needs --adapter"),
     (["evolve", "--adapter", "no-such-adapter"], "unknown adapter 'no-such-adapter'"),
