@@ -24,8 +24,8 @@ from rich.console import Console
 from rich.table import Table
 
 from autopoiesis import Archive, Config, Evolution
-from autopoiesis.adapters import load_adapter
-from autopoiesis.cli import parse_options, positive_int
+from autopoiesis.adapters import AdapterError, load_adapter
+from autopoiesis.cli import UserError, parse_options, positive_int
 from autopoiesis.operators import OperatorError, gp
 from autopoiesis.program import replace_function
 
@@ -79,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    adapter = load_adapter(args.adapter, parse_options(args.option))
+    try:
+        adapter = load_adapter(args.adapter, parse_options(args.option))
+    except (AdapterError, UserError) as e:
+        parser.error(str(e))
 
     arms = {}
     for arm in ("taken out", "kept"):
