@@ -683,6 +683,17 @@ def test_an_evolution_still_running_when_serving_ends_is_reported_unfinished(ada
     assert "unfinished" in text and last.reason in text
 
 
+def test_a_guard_replay_still_running_when_serving_ends_is_reported_unfinished(adapter, default, tmp_path):
+    c = controller(adapter, tmp_path)
+    c.force(variant(default, "dispatch", "def dispatch(request, replicas, now):\n    return 0\n"), at=135.0)
+    c.run()  # the window after the swap is the last, and suspect: its replay cannot end before serving does
+    assert [d.kind for d in c.deployments] == ["initial", "deploy", "unfinished"]
+    last = c.deployments[-1]
+    assert last.program == c.live.id != default.id
+    assert last.reason == f"serving ended at {last.time:.0f} s, before the guard's replay of the window that ended at " \
+                          f"{c.windows[-1].end:.0f} s"
+
+
 def test_window_replay_is_deterministic_and_the_incumbent_does_not_replan(adapter, default):
     adapter.start(seed=1000)
     adapter.deploy(default, [default])
