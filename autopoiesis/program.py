@@ -9,6 +9,7 @@ individual and are never evaluated twice.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import math
 import threading
@@ -46,6 +47,16 @@ def normalize(source: str) -> str:
         return ast.unparse(parse(source))
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return source.strip()
+
+
+@functools.lru_cache(maxsize=4096)
+def program_size(source: str) -> int:
+    """Syntax nodes in a program: of two equally fit programs, the smaller reads better and
+    is the champion (lexicographic parsimony)."""
+    try:
+        return sum(1 for _ in ast.walk(parse(source)))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return len(source)
 
 
 def program_id(source: str) -> str:

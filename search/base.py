@@ -12,7 +12,7 @@ from typing import Sequence
 from deap import base
 
 from autopoiesis.metrics import Fitness, Objective
-from autopoiesis.program import Program
+from autopoiesis.program import Program, program_size
 
 
 def fitness_class(objectives: Sequence[Objective]) -> type:
@@ -55,5 +55,7 @@ class Strategy:
 
     def best(self, population: Sequence[Individual]) -> Individual:
         """The champion: best on the first (ranking) objective; a tie goes to the better on the
-        next ones, so with several objectives the champion is on the Pareto front."""
-        return min(population, key=lambda i: (tuple(-w for w in i.fitness.wvalues), i.program.id))
+        next ones, so with several objectives the champion is on the Pareto front, and then to
+        the smaller program (``x`` over ``x * 2.0 + 1.5`` when they order alike)."""
+        return min(population, key=lambda i: (tuple(-w for w in i.fitness.wvalues), program_size(i.program.source),
+                                              i.program.id))

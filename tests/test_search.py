@@ -92,6 +92,22 @@ def test_a_tie_on_the_first_objective_goes_to_the_better_on_the_next():
         assert make(name).best([worse, better]) is better and make(name).best([better, worse]) is better
 
 
+def test_a_tie_on_every_objective_goes_to_the_smaller_program():
+    """Programs that order jobs alike score alike; the champion is the one that reads simplest
+    (the larger one's id sorts first: by id alone it would win)."""
+    from autopoiesis import Program
+    from autopoiesis.metrics import Fitness
+    from autopoiesis.search import Individual, fitness_class, make
+
+    objectives = (Objective("mean", "min"),)
+    cls = fitness_class(objectives)
+    larger, smaller = (Individual(Program(f"def priority(job, now):\n    return {body}\n"), Fitness({"mean": 3.0},
+                                  objectives), cls) for body in ("job.size * 2.5", "job.size"))
+    assert larger.program.id < smaller.program.id
+    for name in STRATEGIES:
+        assert make(name).best([larger, smaller]) is smaller and make(name).best([smaller, larger]) is smaller
+
+
 def test_budget_caps_programs_scored(queue_adapter):
     result, _ = run("generational", queue_adapter, budget=20)
     assert result.programs <= 20
