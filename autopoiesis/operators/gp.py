@@ -293,6 +293,7 @@ class Mutate(Operator):
         tree = from_source(parent.source, slot)
         pset = primitive_set(slot.name, slot.primitives)
         expr = functools.partial(gp.genGrow, min_=0, max_=2)
+        rendered = to_source(slot, tree)  # a child that renders as this is its parent plus dead code
         for _ in range(self.tries):
             child = gp.PrimitiveTree(list(tree))
             kind = random.random()
@@ -304,7 +305,7 @@ class Mutate(Operator):
                 (child,) = gp.mutEphemeral(child, mode="one")
             else:
                 (child,) = gp.mutShrink(child)
-            if _within_limits(child, slot.primitives) and (new := to_source(slot, child)) != to_source(slot, tree):
+            if _within_limits(child, slot.primitives) and (new := to_source(slot, child)) != rendered:
                 return self.child(replace_function(parent.source, slot.name, new), parents, context)
         raise OperatorError(f"no mutation of {slot.name} within the size limits in {self.tries} tries")
 
@@ -324,10 +325,11 @@ class Crossover(Operator):
             raise OperatorError("parents share no slot with a GP primitive set")
         slot = context.rng.choice(slots)
         a, b = from_source(first.source, slot), from_source(second.source, slot)
+        parents_rendered = (to_source(slot, a), to_source(slot, b))
         for _ in range(self.tries):
             child, _ = gp.cxOnePoint(gp.PrimitiveTree(list(a)), gp.PrimitiveTree(list(b)))
             new = to_source(slot, child)
-            if _within_limits(child, slot.primitives) and new not in (to_source(slot, a), to_source(slot, b)):
+            if _within_limits(child, slot.primitives) and new not in parents_rendered:
                 return self.child(replace_function(first.source, slot.name, new), parents, context)
         raise OperatorError(f"no crossover of {slot.name} within the size limits in {self.tries} tries")
 
