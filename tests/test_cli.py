@@ -473,6 +473,18 @@ def test_simulator_mistakes_get_one_line(tmp_path, args, fragment):
     assert_one_line_error(cli(*args), fragment)
 
 
+def test_a_mistaken_scenario_file_is_one_line_for_every_command(tmp_path):
+    """Before, a negative rate was "unexpected error: ValueError: lam < 0 or lam is NaN"."""
+    from autopoiesis.adapters.simulator import scenario as scenarios
+
+    bad = tmp_path / "mine.toml"
+    bad.write_text((scenarios.SCENARIOS / "stationary.toml").read_text().replace("rate = 19.0", "rate = -19.0"))
+    for command in (["simulate"], ["evolve", "--adapter", "simulator"], ["bench", "--adapter", "simulator"],
+                    ["evolve", "--adapter", "simulator", "--online"]):
+        proc = cli(*command, "--scenario", str(bad), "--runs-dir", str(tmp_path / "runs"))
+        assert_one_line_error(proc, "mine.toml: workload.rate must be a number > 0, got -19.0")
+
+
 def test_simulate_and_bench_take_a_run_for_its_champion(tmp_path):
     """``--policy RUN``: what an evolution found is simulated and served by its run id, as
     the same source written to a file would be."""

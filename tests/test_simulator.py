@@ -1,9 +1,11 @@
 """The simulator's invariants, its agreement with the cost model, and queueing sanity."""
 
 import math
+import re
 
 import pytest
 
+from autopoiesis.adapters.base import AdapterError
 from autopoiesis.adapters.simulator import SimulatorAdapter, hardware, scenario as scenarios, simulate
 from autopoiesis.adapters.simulator.costmodel import calibration
 from autopoiesis.adapters.simulator.engine import Simulation
@@ -148,6 +150,80 @@ def test_a_bad_load_factor_says_what_is_wrong(name, says):
         scenarios.load(name)
 
 
+STATIONARY = (scenarios.SCENARIOS / "stationary.toml").read_text()
+
+
+def every_group(text: str, line: str) -> str:
+    """``line`` added to each of stationary's three GPU groups."""
+    for count in ("count = 2\n\n[[cluster.gpus]]\ntype = \"L40S\"", "count = 2\n\n[[cluster.gpus]]\ntype = \"A10G\"",
+                  "count = 4\n\n[workload]"):
+        head, rest = count.split("\n", 1)
+        text = text.replace(count, f"{head}\n{line}\n{rest}", 1)
+    return text
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda t: t.replace("rate = 19.0", "rate = -19.0"), "workload.rate must be a number > 0, got -19.0"),
+    (lambda t: t.replace("rate = 19.0", "rat = 19.0"),
+     "unknown field 'workload.rat' (did you mean 'rate'?); missing field 'workload.rate'"),
+    (lambda t: t.replace("duration_s = 600", 'duration_s = "ten minutes"'), "duration_s must be a number > 0"),
+    (lambda t: t.replace("count = 4", "count = 0"), "count of [[cluster.gpus]] number 3 must be a whole number >= 1"),
+    (lambda t: t.replace("count = 4", "count = 2.5"), "count of [[cluster.gpus]] number 3 must be a whole number"),
+    (lambda t: t.replace("count = 4", "count = 4\nleave = 300"), "'leave of [[cluster.gpus]] number 3' (did you mean 'leave_at'?)"),
+    (lambda t: t.replace("long_share = 0.1", "long_share = 1.5"), "workload.long_share must be a number >= 0 and <= 1"),
+    (lambda t: t.replace('"constant"', '"sine"'), "workload.pattern must be one of constant, diurnal, burst"),
+    (lambda t: t + "amplitude = 0.5\n", 'workload.amplitude applies to pattern = "diurnal" only'),
+    (lambda t: t + "shifts = [[300]]\n", "workload.shifts must be a list of [at, share], got the row [300]"),
+    (lambda t: t + "shifts = [[300, 2.0]]\n", "workload.shifts has [300, 2.0], whose share must be a number >= 0 and <= 1"),
+    (lambda t: t + 'trace = "splitwise_code.csv"\n', "workload.pattern does not apply to a trace"),
+    (lambda t: t.replace("slo = { ttft_s = 2.0, tpot_s = 0.1 }", "slo = { ttft_s = 0 }"), "slo.ttft_s must be a number > 0"),
+    (lambda t: t.replace("max_context = 4096", "max_context = true"), "max_context must be a whole number >= 2, got True"),
+    (lambda t: every_group(t, "leave_at = 300"), "every GPU has left by 300 s"),
+    (lambda t: every_group(t, "join_at = 10"), "no GPU is there at 0 s"),
+    (lambda t: t.replace("count = 4", "count = 4\njoin_at = 300\nleave_at = 200"),
+     "[[cluster.gpus]] number 3: leave_at (200) must come after join_at (300)"),
+    (lambda t: t.replace("count = 4", "count = 4\nleave_at = 200\nnotice_s = 300"), "notice_s (300) would come before"),
+    (lambda t: t.replace("count = 4", "count = 4\nnotice_s = 30"), "notice_s applies to a group with leave_at only"),
+    (lambda t: t.replace("[[cluster.gpus]]", "[[cluster.gpu]]"), "cluster must hold only its GPU groups"),
+    (lambda t: t.replace("duration_s", "duraton_s"), "unknown field 'duraton_s' (did you mean 'duration_s'?)"),
+    (lambda t: t.replace('model = "Llama-2-7B"', 'model = "Llama-2-7B"\ncalibration = "mine"'), "unknown calibration 'mine'"),
+    (lambda t: t.replace('model = "Llama-2-7B"', 'model = "Llama-2-7B"\ncalibration = "cal.toml"'), "table file not found: cal.toml"),
+])
+def test_a_mistake_in_a_scenario_file_is_named_before_anything_runs(tmp_path, edit, says):
+    """A scenario file is written by hand: a field that is unknown, missing or out of range is
+    named in the error. Before, these ran (an unknown field ignored, a count of 0 or a trace with
+    a pattern), or failed as "unexpected error: ValueError: lam < 0" from numpy, or failed every
+    policy ("schedule returned an empty plan")."""
+    path = tmp_path / "mine.toml"
+    path.write_text(edit(STATIONARY))
+    with pytest.raises(scenarios.ScenarioError) as raised:
+        scenarios.load(str(path))
+    assert says in str(raised.value)
+    with pytest.raises(AdapterError, match=re.escape(says)):  # the CLI's commands build the adapter first
+        SimulatorAdapter(str(path))
+
+
+@pytest.mark.parametrize("edit, says", [
+    (lambda t: t.replace('type = "A10G"', 'type = "A10"'), "unknown GPU type(s) A10 (add them with gpu_tables)"),
+    (lambda t: t.replace('"Llama-2-7B"', '"Llama-2-70B"').replace('"A100-80GB"', '"A10G"').replace('"L40S"', '"A10G"')
+     .replace("count = 4", "count = 2"), "Llama-2-70B fits on none of the GPUs there at 0 s (6 x A10G)"),
+    (lambda t: t.replace('model = "Llama-2-7B"', 'model = "Llama-2-7B"\ngpu_tables = ["gpus.toml"]'),
+     "gpus.toml: [MyGPU]: missing network_gbps; hbm_gbps must be a positive number, got 'fast'"),
+])
+def test_a_scenario_whose_hardware_cannot_serve_is_refused_by_the_adapter(tmp_path, edit, says):
+    (tmp_path / "gpus.toml").write_text('[MyGPU]\nbf16_tflops = 500\nmemory_gb = 96\nhbm_gbps = "fast"\n'
+                                        'link_gbps = 400\nprice_per_hour = 3.0\n')
+    path = tmp_path / "mine.toml"
+    path.write_text(edit(STATIONARY))
+    with pytest.raises(AdapterError, match=re.escape(says)):
+        SimulatorAdapter(str(path))
+
+
+def test_every_shipped_scenario_passes_its_checks():
+    for name in scenarios.names():
+        SimulatorAdapter(name)  # raises on a malformed field, unknown hardware or a model that fits nowhere
+
+
 def test_adapter_evaluates_through_the_sandbox():
     from autopoiesis import Evaluator, Task
 
@@ -217,13 +293,17 @@ def test_events_grow_with_requests_not_tokens():
     assert double > 1.6 * short
 
 
-def test_losing_every_gpu_without_replanning_ends_with_a_reason(tmp_path):
-    text = (scenarios.SCENARIOS / "stationary.toml").read_text()
-    text = text.replace('count = 2\n', 'count = 2\nleave_at = 100\n').replace('count = 4\n', 'count = 4\nleave_at = 100\n')
-    (tmp_path / "doomed.toml").write_text(text)
+def test_losing_every_gpu_without_replanning_ends_with_a_reason():
+    """A scenario file cannot say this (its checks refuse it); a twin's replay built in code can."""
+    from dataclasses import replace
+
+    from autopoiesis.adapters.simulator import build
     from autopoiesis.program import PolicyError
+
+    sc = scenarios.load("stationary", 0)
+    doomed = replace(sc, cluster_events=[(100.0, "leave", tuple(i for i, _ in sc.initial_gpus))])
     with pytest.raises(PolicyError, match="no replica is left"):
-        simulate(policy("default"), str(tmp_path / "doomed.toml"), 0)
+        build(doomed, policy("default"), "stationary").run()
 
 
 HOSTILE_VIEW_PROGRAMS = {

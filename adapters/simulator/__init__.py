@@ -6,11 +6,13 @@ The embedded default of the project and the twin on which candidates are scored:
 
 from __future__ import annotations
 
+from collections import Counter
+
 from autopoiesis.adapters.base import Adapter, AdapterError
 from autopoiesis.metrics import WINDOW_METRICS, Objective, RollingWindow, Snapshot
 
 from . import hardware, scenario as scenarios
-from .costmodel import calibration
+from .costmodel import ReplicaCost, calibration
 from .engine import Simulation
 from .slots import SLOTS
 
@@ -27,7 +29,14 @@ def simulate(policy, scenario_name: str, seed: int = 0, requests_limit: int | No
 
 
 def build(sc, policy, scenario_name: str) -> Simulation:
-    """A Simulation of a loaded scenario (unknown GPU types are the user's mistake, said so)."""
+    """A Simulation of a loaded scenario."""
+    gpus, model = hardware_of(sc, scenario_name)
+    return Simulation(sc, policy, gpus, model, lambda g: calibration(sc.calibration, g))
+
+
+def hardware_of(sc, scenario_name: str):
+    """The scenario's GPU table and model. Unknown hardware, or a model that no group of the GPUs
+    there at 0 s can hold, is the user's mistake, said so (before, every policy failed on it)."""
     try:
         gpus = hardware.load_gpus(sc.gpu_tables)
         model = hardware.model(sc.model, sc.model_tables)
@@ -37,7 +46,18 @@ def build(sc, policy, scenario_name: str) -> Simulation:
             raise hardware.UnknownHardware(f"unknown GPU type(s) {', '.join(unknown)} (add them with gpu_tables)")
     except hardware.UnknownHardware as e:
         raise scenarios.ScenarioError(f"scenario {scenario_name}: {e}") from None
-    return Simulation(sc, policy, gpus, model, lambda g: calibration(sc.calibration, g))
+    counts = Counter(g for _, g in sc.initial_gpus)
+    if not any(ReplicaCost(model, gpus[g], tp, pp, calibration(sc.calibration, g)).fits()
+               for g, n in counts.items() for tp in range(1, n + 1) for pp in range(1, n // tp + 1)):
+        there = ", ".join(f"{n} x {g}" for g, n in counts.items())
+        raise scenarios.ScenarioError(f"scenario {scenario_name}: {model.name} fits on none of the GPUs there at 0 s "
+                                      f"({there}) with room for 4096 tokens of KV cache: add GPUs or take a smaller model")
+    return gpus, model
+
+
+def check(scenario_name: str) -> None:
+    """Raise ScenarioError if the scenario cannot be served (its fields, trace, tables and hardware)."""
+    hardware_of(scenarios.load(scenario_name, 0, 1), scenario_name)
 
 
 def metrics_of(sc, result) -> dict[str, float]:
@@ -71,7 +91,7 @@ class SimulatorAdapter(Adapter):
 
     def __init__(self, scenario: str = "mixed", requests: int | None = None):
         try:
-            scenarios.path_of(str(scenario))
+            check(str(scenario))
         except scenarios.ScenarioError as e:
             raise AdapterError(str(e)) from None
         self.scenario = str(scenario)

@@ -7,7 +7,7 @@ ones (same format; a user entry with an existing name replaces it).
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -59,20 +59,46 @@ class Model:
 
 
 class UnknownHardware(KeyError):
+    """A GPU or model that no table holds, or a table entry that is malformed; the message is for the user."""
+
     def __str__(self) -> str:
         return self.args[0]
 
 
-def _load(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return tomllib.load(f)
+def _load(path: Path, kind: str) -> dict:
+    """One table file, every entry checked: a user's entry replaces a shipped one whole, so it must be whole."""
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise UnknownHardware(f"{path}: {e}") from None
+    cls = GPU if kind == "gpus" else Model
+    numbers = [f.name for f in fields(cls) if f.name not in ("name", "source")]
+    for name, entry in table.items():
+        if not isinstance(entry, dict):
+            raise UnknownHardware(f"{path}: {name} must be a table ([{name}] and its fields)")
+        unknown = sorted(set(entry) - set(numbers) - {"source", "bytes_per_kv_token"})
+        missing = [key for key in numbers if key not in entry]
+        wrong = [f"{key} must be a positive {'whole number' if cls.__annotations__[key] == 'int' else 'number'}, "
+                 f"got {entry[key]!r}" for key in numbers if key in entry and not _positive(entry[key], cls.__annotations__[key])]
+        said = ([f"unknown field(s) {', '.join(unknown)}"] if unknown else []) + (
+            [f"missing {', '.join(missing)}"] if missing else []) + wrong
+        if said:
+            raise UnknownHardware(f"{path}: [{name}]: {'; '.join(said)} (its fields: {', '.join(numbers)})")
+    return table
+
+
+def _positive(value, annotation: str) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int if annotation == "int" else (int, float)):
+        return False
+    return 0 < value < float("inf")
 
 
 @lru_cache(maxsize=16)
 def _tables(kind: str, extra: tuple[str, ...]) -> dict:
-    table = _load(DATA / f"{kind}.toml")
+    table = _load(DATA / f"{kind}.toml", kind)
     for path in extra:
-        table.update(_load(Path(path)))
+        table.update(_load(Path(path), kind))
     return table
 
 

@@ -9,7 +9,9 @@ training and held-out snapshots are different samples of the same scenario.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -118,15 +120,153 @@ def load(name: str, seed: int = 0, requests_limit: int | None = None) -> Scenari
         spec = tomllib.loads(text.decode())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ScenarioError(f"{path}: {e}") from None
+    validate(spec, path)
     factor = split_load(name)[1]
-    try:
-        if factor != 1.0:
-            spec["workload"]["rate"] = float(spec["workload"]["rate"]) * factor
-            spec["name"] = f"{spec.get('name', path.stem)}@{factor:g}"
-            spec["description"] = f"{spec.get('description', '')} Arrival rate x{factor:g}.".strip()
-        return _build(spec, path, seed, requests_limit, _digest(text, factor))
-    except KeyError as e:
-        raise ScenarioError(f"{path}: missing field {e}") from None
+    if factor != 1.0:
+        spec["workload"]["rate"] = float(spec["workload"]["rate"]) * factor
+        spec["name"] = f"{spec.get('name', path.stem)}@{factor:g}"
+        spec["description"] = f"{spec.get('description', '')} Arrival rate x{factor:g}.".strip()
+    return _build(spec, path, seed, requests_limit, _digest(text, factor))
+
+
+# -- checking a scenario file ----------------------------------------------------------------
+# Scenario files are written by hand. Every field is checked before anything is built, so a
+# typo or a value out of range is one line naming the field: before, a negative rate was
+# "unexpected error: ValueError: lam < 0" from numpy, an unknown field was silently ignored,
+# and a cluster with no GPU at the start failed every policy with "empty plan".
+
+def _number(low: float, *, above: bool = False, high: float | None = None, integer: bool = False):
+    """A check: a number (an integer with ``integer``) >= low (> low with ``above``), <= high."""
+    kind = "a whole number" if integer else "a number"
+    bound = f"{'>' if above else '>='} {low:g}" + (f" and <= {high:g}" if high is not None else "")
+
+    def check(value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+            return f"must be {kind} {bound}"
+        ok = math.isfinite(value) and (value > low if above else value >= low) and (high is None or value <= high)
+        return None if ok else f"must be {kind} {bound}"
+    return check
+
+
+def _text(value) -> str | None:
+    return None if isinstance(value, str) else "must be a string"
+
+
+def _texts(value) -> str | None:
+    return None if isinstance(value, list) and all(isinstance(v, str) for v in value) else "must be a list of strings"
+
+
+def _rows(shape: str, *columns):
+    """A check: a list of rows like ``[[300, 0.6]]``, each column checked by its own check."""
+    def check(value) -> str | None:
+        if not isinstance(value, list):
+            return f"must be a list of {shape}"
+        for row in value:
+            if not isinstance(row, list) or len(row) != len(columns):
+                return f"must be a list of {shape}, got the row {row!r}"
+            for name, column, item in zip(shape.strip("[]").split(", "), columns, row):
+                if (error := column(item)) is not None:
+                    return f"has {row!r}, whose {name} {error}"
+        return None
+    return check
+
+
+_POSITIVE, _NON_NEGATIVE, _SHARE = _number(0, above=True), _number(0), _number(0, high=1)
+PATTERNS = ("constant", "diurnal", "burst")
+FIELDS = {
+    "name": _text, "description": _text, "model": _text, "duration_s": _POSITIVE,
+    "max_context": _number(2, integer=True), "reschedule_interval_s": _NON_NEGATIVE, "slo": None,
+    "token_budget": _number(1, integer=True), "max_seqs": _number(1, integer=True), "window_s": _POSITIVE,
+    "estimate_cost_s": _NON_NEGATIVE, "calibration": _text, "gpu_tables": _texts, "model_tables": _texts,
+    "cluster": None, "workload": None,
+}
+SLO_FIELDS = {"ttft_s": _POSITIVE, "tpot_s": _POSITIVE}
+GPU_FIELDS = {"type": _text, "count": _number(1, integer=True), "join_at": _NON_NEGATIVE,
+              "leave_at": _NON_NEGATIVE, "notice_s": _NON_NEGATIVE}
+WORKLOAD_FIELDS = {
+    "rate": _POSITIVE, "trace": _text,
+    "pattern": lambda v: None if v in PATTERNS else f"must be one of {', '.join(PATTERNS)}",
+    "amplitude": _NON_NEGATIVE, "period_s": _POSITIVE,
+    "bursts": _rows("[start, length, factor]", _NON_NEGATIVE, _POSITIVE, _NON_NEGATIVE),
+    "long_share": _SHARE, "shifts": _rows("[at, share]", _NON_NEGATIVE, _SHARE),
+}
+PATTERN_FIELDS = {"amplitude": "diurnal", "period_s": "diurnal", "bursts": "burst"}  # used by that pattern only
+
+
+def _fields(table: Any, schema: dict, where: str, required: tuple[str, ...]) -> list[str]:
+    """What is wrong with one table of the file (``where``: "", "workload" or "[[cluster.gpus]] number 2")."""
+    if not isinstance(table, dict):
+        return [f"{where} must be a table"]
+
+    def named(key: str) -> str:
+        return key if not where else f"{where}.{key}" if where.isidentifier() else f"{key} of {where}"
+    errors = []
+    for key, value in table.items():
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(schema)}"
+            errors.append(f"unknown field '{named(key)}' ({hint})")
+        elif schema[key] is not None and (error := schema[key](value)) is not None:
+            errors.append(f"{named(key)} {error}, got {value!r}")
+    errors += [f"missing field '{named(key)}'" for key in required if key not in table]
+    return errors
+
+
+def validate(spec: dict[str, Any], path: Path) -> None:
+    """Raise ScenarioError naming every field of a scenario file that is unknown, missing or out of range."""
+    errors = _fields(spec, FIELDS, "", ("model", "duration_s", "cluster", "workload"))
+    if "slo" in spec:
+        errors += _fields(spec["slo"], SLO_FIELDS, "slo", ())
+    if isinstance(spec.get("workload"), dict):
+        errors += _workload(spec["workload"])
+    if "cluster" in spec:
+        errors += _cluster(spec["cluster"])
+    if errors:
+        raise ScenarioError(f"{path}: " + "; ".join(errors))
+
+
+def _workload(wl: dict[str, Any]) -> list[str]:
+    errors = _fields(wl, WORKLOAD_FIELDS, "workload", ("rate",))
+    if "trace" in wl:
+        errors += [f"workload.{key} does not apply to a trace, which gives the arrivals and their lengths"
+                   for key in wl if key not in ("rate", "trace")]
+    else:
+        pattern = wl.get("pattern", "constant")
+        errors += [f"workload.{key} applies to pattern = \"{used_by}\" only (this one is \"{pattern}\")"
+                   for key, used_by in PATTERN_FIELDS.items() if key in wl and used_by != pattern]
+    return errors
+
+
+def _cluster(cluster: Any) -> list[str]:
+    """The GPU groups, and a timeline that can serve: some GPU at 0 s, and some GPU left at the end."""
+    if not isinstance(cluster, dict) or set(cluster) != {"gpus"}:
+        return ["cluster must hold only its GPU groups, as [[cluster.gpus]] tables"]
+    groups = cluster["gpus"]
+    if not isinstance(groups, list) or not groups:
+        return ["cluster.gpus must be one or more [[cluster.gpus]] tables"]
+    errors = []
+    for number, group in enumerate(groups, 1):
+        where = f"[[cluster.gpus]] number {number}"
+        found = _fields(group, GPU_FIELDS, where, ("type", "count"))
+        errors += found
+        if found:
+            continue
+        join, leave, notice = group.get("join_at", 0.0), group.get("leave_at"), group.get("notice_s")
+        if leave is not None and leave <= join:
+            errors.append(f"{where}: leave_at ({leave:g}) must come after join_at ({join:g})")
+        if notice is not None and leave is None:
+            errors.append(f"{where}: notice_s applies to a group with leave_at only")
+        elif notice is not None and leave - notice < join:
+            errors.append(f"{where}: notice_s ({notice:g}) would come before the GPUs are there")
+    if errors:
+        return errors
+    if all("join_at" in group for group in groups):
+        errors.append("no GPU is there at 0 s: give at least one [[cluster.gpus]] group no join_at")
+    if all("leave_at" in group for group in groups):
+        last = max(group["leave_at"] for group in groups)
+        errors.append(f"every GPU has left by {last:g} s, so what is still queued could never be served: "
+                      "give at least one [[cluster.gpus]] group no leave_at")
+    return errors
 
 
 def _build(spec: dict[str, Any], path: Path, seed: int, limit: int | None, digest: str) -> Scenario:
@@ -173,7 +313,7 @@ def _build(spec: dict[str, Any], path: Path, seed: int, limit: int | None, diges
         token_budget=int(spec.get("token_budget", 2048)), max_seqs=int(spec.get("max_seqs", 256)),
         max_context=max_context, reschedule_interval=float(spec.get("reschedule_interval_s", 30.0)),
         window_s=float(spec.get("window_s", 60.0)), estimate_cost_s=float(spec.get("estimate_cost_s", 0.5)),
-        calibration=spec.get("calibration", "default"), digest=digest,
+        calibration=_calibration(spec.get("calibration", "default"), path), digest=digest,
         gpu_tables=tuple(str(_relative(p, path)) for p in spec.get("gpu_tables", [])),
         model_tables=tuple(str(_relative(p, path)) for p in spec.get("model_tables", [])),
     )
@@ -186,6 +326,17 @@ def _relative(name: str, scenario_path: Path) -> Path:
     if not candidate.is_file():
         raise ScenarioError(f"{scenario_path}: table file not found: {name}")
     return candidate
+
+
+def _calibration(name: str, scenario_path: Path) -> str:
+    """A shipped calibration's name, or a ``.toml`` path relative to the scenario file (as the tables)."""
+    if name.endswith(".toml"):
+        return str(_relative(name, scenario_path))
+    shipped = sorted(p.stem for p in (HERE / "data" / "calibration").glob("*.toml"))
+    if name not in shipped:
+        raise ScenarioError(f"{scenario_path}: unknown calibration '{name}' (shipped: {', '.join(shipped)}; "
+                            "or give a .toml path, relative to the scenario file)")
+    return name
 
 
 def _mix_mean(wl: dict[str, Any], index: int) -> float:
