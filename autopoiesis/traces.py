@@ -11,35 +11,58 @@ from __future__ import annotations
 
 import csv
 import math
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 
+class TraceError(ValueError):
+    """A trace file that cannot be read, or a row of it that is not a request; the message is for the user."""
+
+
 def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Arrival seconds (from 0), prompt and output tokens of a trace file, in either format."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        fields = set(reader.fieldnames or ())
-        rows = list(reader)
+    """Arrival seconds (from 0), prompt and output tokens of a trace file, in either format.
+
+    Every row is checked: a token count that is negative, NaN or not a number would reach the
+    serving loop as a request of -2**63 tokens (a simulation that never ends)."""
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            fields = set(reader.fieldnames or ())
+            rows = [(reader.line_num, row) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise TraceError(f"{path}: cannot read the trace: {e}") from None
     if {"arrived_at", "num_prefill_tokens", "num_decode_tokens"} <= fields:
-        t = np.array([float(r["arrived_at"]) for r in rows])
-        p = np.array([float(r["num_prefill_tokens"]) for r in rows])
-        o = np.array([float(r["num_decode_tokens"]) for r in rows])
+        columns, time = ("arrived_at", "num_prefill_tokens", "num_decode_tokens"), float
     elif {"TIMESTAMP", "ContextTokens", "GeneratedTokens"} <= fields:
-        stamps = [datetime.fromisoformat(r["TIMESTAMP"].strip()[:26]) for r in rows]
-        t = np.array([(s - stamps[0]).total_seconds() for s in stamps])
-        p = np.array([float(r["ContextTokens"]) for r in rows])
-        o = np.array([float(r["GeneratedTokens"]) for r in rows])
+        columns, time = ("TIMESTAMP", "ContextTokens", "GeneratedTokens"), _timestamp
     else:
-        raise ValueError(f"{path}: unknown trace format (columns {sorted(fields)}); expected "
+        raise TraceError(f"{path}: unknown trace format (columns {sorted(fields)}); expected "
                          "TIMESTAMP,ContextTokens,GeneratedTokens or arrived_at,num_prefill_tokens,num_decode_tokens")
-    if not len(t):
-        raise ValueError(f"{path}: the trace has no requests")
+    if not rows:
+        raise TraceError(f"{path}: the trace has no requests")
+    t, p, o = np.empty(len(rows)), np.empty(len(rows)), np.empty(len(rows))
+    for i, (line, row) in enumerate(rows):
+        try:
+            if any(row[c] is None for c in columns):
+                raise ValueError(f"it has {len([v for v in row.values() if v is not None])} cells")
+            t[i], p[i], o[i] = time(row[columns[0]]), float(row[columns[1]]), float(row[columns[2]])
+            if not (math.isfinite(t[i]) and 0 <= p[i] < math.inf and 0 <= o[i] < math.inf):
+                raise ValueError("a time must be finite and token counts >= 0")
+        except ValueError as e:
+            cells = ",".join(row[c] or "" for c in columns)
+            raise TraceError(f"{path}, line {line}: {cells} is not a request "
+                             f"({', '.join(columns)}): {e}") from None
     order = np.argsort(t, kind="stable")
     t, p, o = t[order], p[order], o[order]
     return t - t[0], p, o
+
+
+def _timestamp(text: str) -> float:
+    """Seconds since the epoch of an Azure trace's TIMESTAMP (seven digits of fraction, no zone: UTC)."""
+    stamp = datetime.fromisoformat(text.strip()[:26])
+    return (stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)).timestamp()
 
 
 #: (prompt median, sigma, output median, sigma) of a lognormal request class

@@ -334,7 +334,7 @@ def test_a_load_factor_sizes_the_load_to_the_twins_capacity(small_engine):
 def test_options_are_checked_with_one_line_errors(tmp_path):
     empty = tmp_path / "empty.csv"
     empty.write_text("arrived_at,num_prefill_tokens,num_decode_tokens\n")
-    with pytest.raises(AdapterError, match="cannot read trace .*no requests"):
+    with pytest.raises(AdapterError, match="empty.csv: the trace has no requests"):
         load_adapter("engine", {"trace": str(empty)}).load(0)
     for options, message in (({"scenario": "nope"}, "unknown engine load 'nope'"),
                              ({"hidden": 100, "heads": 3}, "multiple of heads"),

@@ -203,6 +203,35 @@ def test_a_mistake_in_a_scenario_file_is_named_before_anything_runs(tmp_path, ed
         SimulatorAdapter(str(path))
 
 
+TRACE_HEADER = "arrived_at,num_prefill_tokens,num_decode_tokens\n"
+
+
+@pytest.mark.parametrize("rows, says", [
+    ("0,10,3\n1,nan,3\n", "line 3: 1,nan,3 is not a request"),  # before: a simulation that never ended
+    ("0,10,3\n1,-5,3\n", "line 3: 1,-5,3 is not a request (arrived_at, num_prefill_tokens, num_decode_tokens): "
+                         "a time must be finite and token counts >= 0"),
+    ("0,10,3\n\n1,5\n", "line 4: 1,5, is not a request (arrived_at, num_prefill_tokens, num_decode_tokens): it has 2 cells"),
+    ("0,ten,3\n", "line 2: 0,ten,3 is not a request"),
+    ("", "the trace has no requests"),
+])
+def test_a_trace_row_that_is_not_a_request_is_named_by_its_line(tmp_path, rows, says):
+    (tmp_path / "mine.csv").write_text(TRACE_HEADER + rows)
+    path = tmp_path / "mine.toml"
+    path.write_text(STATIONARY.replace('pattern = "constant"\nlong_share = 0.1', 'trace = "mine.csv"'))
+    with pytest.raises(AdapterError, match=re.escape(f"mine.csv, {says}" if "line" in says else says)):
+        SimulatorAdapter(str(path))
+
+
+def test_an_azure_trace_replays_its_gaps(tmp_path):
+    from autopoiesis.traces import read_trace
+
+    (tmp_path / "azure.csv").write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,374,44\n"
+                                        "2023-11-16 18:15:50.9951690,396,109\n2023-11-16 18:15:47.0000000,10,1\n")
+    t, p, o = read_trace(tmp_path / "azure.csv")
+    assert t.tolist() == pytest.approx([0.0, 0.31941, 4.314579], abs=1e-6)  # sorted by time, from the first
+    assert p.tolist() == [374, 10, 396] and o.tolist() == [44, 1, 109]
+
+
 @pytest.mark.parametrize("edit, says", [
     (lambda t: t.replace('type = "A10G"', 'type = "A10"'), "unknown GPU type(s) A10 (add them with gpu_tables)"),
     (lambda t: t.replace('"Llama-2-7B"', '"Llama-2-70B"').replace('"A100-80GB"', '"A10G"').replace('"L40S"', '"A10G"')

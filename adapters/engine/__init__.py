@@ -169,8 +169,8 @@ class EngineAdapter(Adapter):
             try:
                 requests = rescaled(Path(self.trace), rate, self.duration, self.token_scale, cfg.max_prompt,
                                     cfg.max_output, min_output=1)
-            except (OSError, ValueError) as e:
-                raise AdapterError(f"cannot read trace {self.trace}: {e}") from None
+            except ValueError as e:  # a TraceError names the file and the line
+                raise AdapterError(str(e)) from None
         else:
             requests = phased(LOADS[self.scenario][1], rate, self.duration, seed, SHORT, LONG, cfg.max_prompt,
                               cfg.max_output, min_output=1)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from autopoiesis.metrics import SLO
+from autopoiesis.traces import TraceError
 
 from . import workload as workloads
 
@@ -274,7 +275,10 @@ def _build(spec: dict[str, Any], path: Path, seed: int, limit: int | None, diges
     max_context = int(spec.get("max_context", 4096))
     wl = spec["workload"]
     if wl.get("trace"):
-        requests = workloads.from_trace(wl, _trace_path(wl["trace"], path), duration, seed, max_context)
+        try:
+            requests = workloads.from_trace(wl, _trace_path(wl["trace"], path), duration, seed, max_context)
+        except TraceError as e:
+            raise ScenarioError(str(e)) from None
     else:
         requests = workloads.generate(wl, duration, seed, max_context)
     if limit:
