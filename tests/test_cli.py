@@ -468,6 +468,10 @@ def test_bench_serves_the_simulator_live_as_simulate_runs_it(tmp_path):
     (["simulate", "--policy", "nope.py", "--runs-dir", "/nonexistent"], "nope.py: no such file, and no archive"),
     (["evolve", "--adapter", "simulator", "--scenario", "atlantis"], "unknown scenario"),
     (["simulate", "--scenario", "mixed@twice"], "load factor after @ must be a number"),
+    # -3 served all but the last three requests, 0 every request, "abc" was a bare int() error
+    (["evolve", "--adapter", "simulator", "-o", "requests=-3"], "requests must be a whole number >= 1"),
+    (["evolve", "--adapter", "simulator", "-o", "requests=0"], "requests must be a whole number >= 1"),
+    (["bench", "--adapter", "simulator", "-o", "requests=abc"], "requests must be a whole number >= 1"),
 ])
 def test_simulator_mistakes_get_one_line(tmp_path, args, fragment):
     assert_one_line_error(cli(*args), fragment)

@@ -79,6 +79,19 @@ def metrics_of(sc, result) -> dict[str, float]:
     return metrics
 
 
+def _first(requests) -> int | None:
+    """``-o requests=N``: serve only the first N requests of each workload (None: all of them)."""
+    if requests is None:
+        return None
+    try:
+        count = int(requests)
+    except (TypeError, ValueError):
+        count = 0
+    if count < 1 or str(count) != str(requests).strip():
+        raise AdapterError(f"requests must be a whole number >= 1 (the first N requests of each workload), got {requests!r}")
+    return count
+
+
 class SimulatorAdapter(Adapter):
     """Discrete-event simulator of a heterogeneous LLM-serving cluster (the embedded default)."""
 
@@ -95,7 +108,8 @@ class SimulatorAdapter(Adapter):
         except scenarios.ScenarioError as e:
             raise AdapterError(str(e)) from None
         self.scenario = str(scenario)
-        self.requests = int(requests) if requests else None
+        self.requests = _first(requests)
+
 
     def slots(self):
         return list(SLOTS)
