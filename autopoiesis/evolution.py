@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from contextlib import nullcontext
+import math
 import random
 from collections import deque
 import statistics
@@ -65,6 +66,23 @@ class Stopped(EvolutionError):
     """The caller's ``stop`` event was set: the run ended between two children, marked interrupted."""
 
 
+def require_whole(config: Any, name: str, low: int | None) -> None:
+    """Raise ValueError unless ``config.name`` is an int >= low (a bool is not)."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        bound = f" >= {low}" if low is not None else ""
+        raise ValueError(f"{type(config).__name__}.{name} must be a whole number{bound}, got {value!r}")
+
+
+def require_number(config: Any, name: str, low: float, *, above: bool = False, high: float = math.inf) -> None:
+    """Raise ValueError unless ``config.name`` is a finite number >= low (> low with ``above``), <= high."""
+    value = getattr(config, name)
+    number = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if not (number and (value > low if above else value >= low) and value <= high):
+        bound = f"{'>' if above else '>='} {low:g}" + (f" and <= {high:g}" if high < math.inf else "")
+        raise ValueError(f"{type(config).__name__}.{name} must be a number {bound}, got {value!r}")
+
+
 @dataclass
 class Config:
     """Everything that determines a run; stored with it so ``--resume`` needs nothing else."""
@@ -80,6 +98,20 @@ class Config:
     workers: int = 1
     timeout: float = 10.0
     memory_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        """A caller's mistake is one ValueError naming the field, before anything runs (the CLI checks
+        its flags the same way). Before, ``generations=-1`` failed at the end on "min() arg is an
+        empty sequence", ``train_snapshots=0`` on an IndexError and ``population=0`` ran."""
+        for name, low in (("population", 1), ("generations", 0), ("seed", None), ("train_snapshots", 1),
+                          ("held_out_snapshots", 0), ("workers", 1), ("memory_mb", 1)):
+            require_whole(self, name, low)
+        if self.budget is not None:
+            require_whole(self, "budget", 1)
+        require_number(self, "timeout", 0, above=True)
+        if isinstance(self.objectives, str) or not all(isinstance(o, str) for o in self.objectives):
+            raise ValueError(f"Config.objectives must be a tuple of strings such as ('min:total_time',), "
+                             f"got {self.objectives!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -31,7 +31,7 @@ from . import sandbox
 from .adapters.base import AdapterError, adapter_code
 from .archive import Archive, ArchiveError
 from .evaluate import Evaluator, Limits, Task
-from .evolution import Config, Evolution, new_run_id
+from .evolution import Config, Evolution, new_run_id, require_number, require_whole
 from .hot_path import HotPath, hot_path  # noqa: F401 - where adapters written before hot_path.py import them
 from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, check_reported, open_latency
 from .program import Program, slot_code_id
@@ -144,6 +144,24 @@ class OnlineConfig:
     max_windows: int | None = None  # stop after this many windows (default: when the live system is done)
     step_s: float = 5.0  # the serving loop looks at the live system at least this often (cluster events act at once)
     poll_s: float = 0.05  # ... and this often for a finished evolution, on a wall-clock adapter
+
+    def __post_init__(self) -> None:
+        """A caller's mistake is one ValueError naming the knob (``window_s=0`` served windows of no time
+        that never advanced the live system)."""
+        for name, low in (("history", 1), ("horizon", 1), ("period", 0), ("cooldown", 0), ("guard_windows", 1),
+                          ("live_seed", None), ("similar", 0)):
+            require_whole(self, name, low)
+        if self.max_windows is not None:
+            require_whole(self, "max_windows", 1)
+        for name in ("window_s", "drift_threshold", "guard_tolerance", "poll_s"):
+            require_number(self, name, 0, above=True)
+        for name in ("margin", "replan_margin", "step_s"):
+            require_number(self, name, 0)
+        require_number(self, "max_fallback_rate", 0, high=1)
+        if self.evolution_cost_s is not None:
+            require_number(self, "evolution_cost_s", 0)
+        if isinstance(self.drift_signals, str) or not all(isinstance(s, str) for s in self.drift_signals):
+            raise ValueError(f"OnlineConfig.drift_signals must be a tuple of signal names, got {self.drift_signals!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

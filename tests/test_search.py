@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from autopoiesis import Archive, Config, Evolution, Objective
@@ -137,3 +139,33 @@ def test_objective_parsing():
     assert Objective.parse("latency") == Objective("latency", "min")
     with pytest.raises(ValueError):
         Objective.parse("up:latency")
+
+
+@pytest.mark.parametrize("fields, says", [
+    ({"population": 0}, "Config.population must be a whole number >= 1, got 0"),  # ran before
+    ({"generations": -1}, "Config.generations must be a whole number >= 0, got -1"),  # min() of nothing at the end
+    ({"train_snapshots": 0}, "Config.train_snapshots must be a whole number >= 1, got 0"),  # an IndexError
+    ({"population": "8"}, "Config.population must be a whole number >= 1, got '8'"),  # a TypeError
+    ({"workers": True}, "Config.workers must be a whole number >= 1, got True"),
+    ({"budget": 0}, "Config.budget must be a whole number >= 1, got 0"),
+    ({"timeout": float("nan")}, "Config.timeout must be a number > 0, got nan"),
+    ({"objectives": "min:total_time"}, "Config.objectives must be a tuple of strings"),
+])
+def test_a_config_mistake_is_named_before_anything_runs(fields, says):
+    with pytest.raises(ValueError) as raised:
+        Config(**fields)
+    assert str(raised.value) == says or str(raised.value).startswith(says)
+
+
+def test_an_online_config_mistake_is_named_before_anything_runs():
+    from autopoiesis.online import OnlineConfig
+
+    for fields, says in (({"window_s": 0}, "OnlineConfig.window_s must be a number > 0, got 0"),
+                         ({"history": 0}, "OnlineConfig.history must be a whole number >= 1, got 0"),
+                         ({"max_fallback_rate": 1.5}, "OnlineConfig.max_fallback_rate must be a number >= 0 and <= 1"),
+                         ({"evolution_cost_s": -1.0}, "OnlineConfig.evolution_cost_s must be a number >= 0"),
+                         ({"max_windows": 0}, "OnlineConfig.max_windows must be a whole number >= 1"),
+                         ({"drift_signals": "rate"}, "OnlineConfig.drift_signals must be a tuple of signal names")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            OnlineConfig(**fields)
+    assert OnlineConfig.from_dict(OnlineConfig(period=0, step_s=0, evolution_cost_s=0.0).to_dict()).period == 0
