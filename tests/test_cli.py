@@ -88,6 +88,10 @@ def test_report_prints_the_champion_whole_however_long_its_lines(tmp_path):
      "--load-factor sizes the adapter's own load"),
     (["evolve", "--adapter", "vllm", "--vllm-url", "http://127.0.0.1:1", "--load-factor", "-1"], "must be positive"),
     (["evolve", "--adapter", "engine", "--online", "-o", "device=tpu"], "device 'tpu': Expected one of cpu"),
+    (["evolve", "--adapter", "vllm", "--vllm-url", "127.0.0.1:8000"], "--vllm-url must be an http:// or https:// URL"),
+    # without a scheme every LLM call failed, reported at the end of the run
+    (["evolve", "--adapter", str(EXAMPLE), "--llm-url", "127.0.0.1:8000/v1", "--llm-model", "m"],
+     "--llm-url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1, got '127.0.0.1:8000/v1'"),
 ])
 def test_user_mistakes_get_one_line(tmp_path, args, fragment):
     proc = cli(*args, "--runs-dir", str(tmp_path)) if args[0] in ("evolve", "report") else cli(*args)

@@ -5,6 +5,8 @@ real servers.
 """
 
 import random
+import re
+import time
 from dataclasses import replace
 
 import pytest
@@ -277,10 +279,30 @@ def test_loads_are_seeded_and_traces_scale(tmp_path):
     ({"urls": "http://x", "scenario": "steady", "rate": 2, "load_factor": 0.5}, "not both"),
     ({"urls": "http://x", "load_factor": 0.5}, "--load-factor sizes"),
     ({"urls": "http://x", "scenario": "steady", "load_factor": 0}, "must be positive"),
+    # without a scheme, autopoiesis waited 600 s on "unknown url type" errors, silently
+    ({"urls": "127.0.0.1:8000"}, "--vllm-url must be an http:// or https:// URL such as http://127.0.0.1:8000, got '127.0.0.1:8000'"),
+    ({"urls": "http://x,ftp://y"}, "got 'ftp://y'"),
 ])
 def test_adapter_options_are_checked(options, message):
-    with pytest.raises(AdapterError, match=message):
+    with pytest.raises(AdapterError, match=re.escape(message) if "'" in message else message):
         load_adapter("vllm", options)
+
+
+def test_an_attached_server_that_does_not_answer_is_named_with_why_in_seconds(tmp_path):
+    """Attached servers should be up already: 30 s for their /health (600 s was the launch wait,
+    spent in silence), and the error says what the last try met."""
+    import socket
+
+    assert load_adapter("vllm", {"urls": "http://127.0.0.1:1"}).start_timeout == 30.0
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    adapter = load_adapter("vllm", {"urls": f"http://127.0.0.1:{port}", "start_timeout": 1, "run_dir": str(tmp_path)})
+    started = time.monotonic()
+    with pytest.raises(AdapterError, match=re.escape(f"vLLM did not become healthy in 1 s: http://127.0.0.1:{port} (")
+                       + ".*refused"):
+        adapter.start(0)
+    assert time.monotonic() - started < 10
 
 
 def test_vllm_adapter_is_online_only_and_scores_windows_on_the_twin():

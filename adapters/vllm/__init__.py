@@ -15,6 +15,7 @@ import os
 import random
 import shlex
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -30,11 +31,20 @@ TWIN_WAIT_S = 2.0  # the router's wait for a window's twin replays (in-process t
 TWIN_CPU_S = 5.0  # CPU a window's replays may take before the kernel ends their worker
 
 
+ATTACH_WAIT_S = 30.0  # an attached server should be up already: how long to wait for its /health
+
+
 def _urls(value: Any) -> list[str]:
+    """``--vllm-url`` values (repeated or comma-separated), each an http(s) URL with a host."""
     if not value:
         return []
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return [str(u).strip() for u in items if str(u).strip()]
+    urls = [str(u).strip() for u in items if str(u).strip()]
+    for url in urls:
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise AdapterError(f"--vllm-url must be an http:// or https:// URL such as http://127.0.0.1:8000, got '{url}'")
+    return urls
 
 
 def _max_num_seqs(vllm_args: str, default: int = 256) -> int:
@@ -87,7 +97,7 @@ class VLLMAdapter(Adapter):
                  rate: float | None = None, load_factor: float | None = None, duration: float = 120.0,
                  time_scale: float = 1.0, token_scale: float = 1.0, model: str | None = None, port: int = 0,
                  max_batch: int | None = None, run_dir: str | None = None, ttft_slo: float = 2.0,
-                 tpot_slo: float = 0.1, start_timeout: float = 600.0):
+                 tpot_slo: float = 0.1, start_timeout: float | None = None):
         self.urls, self.launch = _urls(urls), launch
         if bool(self.urls) == bool(launch):
             raise AdapterError("the vLLM adapter needs either --vllm-url URL (attach; repeatable) "
@@ -120,7 +130,9 @@ class VLLMAdapter(Adapter):
         self.load_description = ""  # what start() sends, at what rate (and how the rate was found)
         self.time_scale, self.token_scale = float(time_scale), float(token_scale)
         self.model = model or (Path(launch).name if launch else None)
-        self.port, self.start_timeout = int(port), float(start_timeout)
+        self.port = int(port)
+        # how long the servers may take to answer /health: launched ones load a model, attached ones are up
+        self.start_timeout = float(start_timeout) if start_timeout is not None else 600.0 if launch else ATTACH_WAIT_S
         self.max_batch = int(max_batch) if max_batch else _max_num_seqs(vllm_args)
         self.run_dir = run_dir
         self.slo = SLO(float(ttft_slo), float(tpot_slo))

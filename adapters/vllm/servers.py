@@ -128,6 +128,7 @@ def wait_ready(servers: list[Server], timeout_s: float = 600.0, progress=None) -
     """Block until every server answers /health; a server that exits or times out is a clear error."""
     deadline = time.monotonic() + timeout_s
     pending = list(servers)
+    last_error: dict[str, str] = {}
     while pending:
         for server in list(pending):
             if server.process is not None and server.process.poll() is not None:
@@ -138,11 +139,12 @@ def wait_ready(servers: list[Server], timeout_s: float = 600.0, progress=None) -
                 with urllib.request.urlopen(server.url + "/health", timeout=2) as response:
                     if response.status == 200:
                         pending.remove(server)
-            except OSError:
-                pass
+            except OSError as e:  # refused, unreachable, an HTTP error: the last one is what we say
+                last_error[server.url] = str(getattr(e, "reason", None) or e)
         if pending and time.monotonic() > deadline:
             stop(servers)
-            where = "; ".join(f"{s.url} (log {s.log})" if s.log else s.url for s in pending)
+            where = "; ".join(f"{s.url} (log {s.log})" if s.log else
+                              f"{s.url} ({last_error.get(s.url, 'no answer')})" for s in pending)
             raise AdapterError(f"vLLM did not become healthy in {timeout_s:.0f} s: {where}")
         if pending:
             if progress:

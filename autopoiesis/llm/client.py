@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -197,6 +198,10 @@ def parse_spec(spec: str, url: str | None = None, model: str | None = None) -> C
     if url:
         if not model:
             raise LLMError("--llm-url needs --llm-model", False)
+        parsed = urllib.parse.urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise LLMError(f"--llm-url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1, got '{url}'",
+                           False)
         return OpenAIClient(model, base_url=url)
     provider, _, name = spec.partition(":")
     if not name:
