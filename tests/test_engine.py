@@ -339,6 +339,8 @@ def test_options_are_checked_with_one_line_errors(tmp_path):
     for options, message in (({"scenario": "nope"}, "unknown engine load 'nope'"),
                              ({"hidden": 100, "heads": 3}, "multiple of heads"),
                              ({"rate": 0}, "rate must be positive"),
+                             # every request was dropped and the run served nothing, silently
+                             ({"kv_tokens": 10}, r"kv_tokens \(10\) must be larger than max_prompt \(1024\)"),
                              ({"load_factor": -1}, "load_factor must be positive"),
                              ({"rate": 2, "load_factor": 0.5}, "not both"),
                              ({"trace": "/no/such.csv"}, "trace file not found")):

@@ -97,6 +97,9 @@ class EngineAdapter(Adapter):
                 raise AdapterError(f"{key} must be at least 1, got {value}")
         if int(hidden) % int(heads):
             raise AdapterError(f"hidden ({hidden}) must be a multiple of heads ({heads})")
+        if int(kv_tokens) <= int(max_prompt):  # the load drops prompts the cache cannot hold: all of them, at 10
+            raise AdapterError(f"kv_tokens ({kv_tokens}) must be larger than max_prompt ({max_prompt}): a prompt "
+                               "the KV cache cannot hold is never served")
         self.scenario, self.trace = scenario, trace
         self.rate, self.duration, self.token_scale = float(rate), float(duration), float(token_scale)
         self.load_factor = None if load_factor is None else float(load_factor)
