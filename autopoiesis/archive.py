@@ -70,7 +70,12 @@ class Archive:
     def __init__(self, path: str | Path = ":memory:"):
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # a file where the folder should be, no permission
+                blocking = next((p for p in Path(self.path).parents if p.exists() and not p.is_dir()), None)
+                why = f"{blocking} is a file, not a folder" if blocking else (e.strerror or str(e))
+                raise ArchiveError(f"cannot make the folder for {self.path}: {why}") from None
         try:
             # one connection, shared by threads (LLM calls may run concurrently); writes are serialized
             self.db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)

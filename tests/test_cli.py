@@ -98,6 +98,15 @@ def test_user_mistakes_get_one_line(tmp_path, args, fragment):
     assert_one_line_error(proc, fragment)
 
 
+def test_a_runs_dir_that_is_a_file_is_one_line(tmp_path):
+    """Before: "unexpected error: FileExistsError: [Errno 17] File exists"."""
+    (tmp_path / "runs").write_text("")
+    for runs in ("runs", "runs/more"):
+        proc = cli("evolve", "--adapter", str(EXAMPLE), "--runs-dir", str(tmp_path / runs))
+        assert_one_line_error(proc, f"cannot make the folder for {tmp_path / runs / 'archive.db'}: "
+                                    f"{tmp_path / 'runs'} is a file, not a folder")
+
+
 def test_a_mistake_in_a_users_adapter_is_named_and_a_fix_is_scored_afresh(tmp_path):
     """An adapter under development: its snapshot's failure is one line naming the call, and
     once its author fixes ``evaluate`` the next run in the same archive scores with the fix
