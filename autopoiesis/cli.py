@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scenario", help="scenario for adapters that take one (same as -o scenario=NAME)")
     ev.add_argument("--population", type=positive_int, help="programs per generation (default 16; online 8)")
     ev.add_argument("--generations", type=_non_negative_int, help="generations (default 10; online 3 per evolution)")
-    ev.add_argument("--seed", type=int, default=0, help="seeds the operators and the snapshots (training and held-out)")
+    ev.add_argument("--seed", type=_non_negative_int, default=0, help="seeds the operators and the snapshots (training and held-out)")
     ev.add_argument("--objective", action="append", default=[], metavar="[min:|max:]METRIC",
                     help="metric to optimise (repeat for several, e.g. with --strategy nsga2)")
     ev.add_argument("--strategy", default="generational",
@@ -108,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="serve each deployed program from a process of its own, so not even one long C call of it "
                          "can hold or grow the serving process (a process round trip per decision; default: on for "
                          "the engine and vllm adapters, off for the simulator)")
-    on.add_argument("--live-seed", type=int, default=1000, help="seed of the live workload (simulated live systems)")
+    on.add_argument("--live-seed", type=_non_negative_int, default=1000, help="seed of the live workload (simulated live systems)")
     on.add_argument("--max-windows", type=positive_int, help="stop after this many windows")
     on.add_argument("--policy", metavar="FILE|RUN|PROGRAM",
                     help="what the live system starts serving: a file of policy functions (slots it leaves out keep "
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "run's last live program), or an archived program's id (8 characters do); repeatable; "
                           "slots none defines use the first baseline")
     sim.add_argument("--runs-dir", default="runs", help="where --policy RUN is found")
-    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--seed", type=_non_negative_int, default=0)
     sim.add_argument("--json", action="store_true")
     sim.add_argument("--timeout", type=positive_float, default=600.0, help="CPU seconds before the run is stopped")
     sim.add_argument("--list", action="store_true", help="list the scenarios and baselines, then exit")

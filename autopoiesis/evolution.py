@@ -66,12 +66,11 @@ class Stopped(EvolutionError):
     """The caller's ``stop`` event was set: the run ended between two children, marked interrupted."""
 
 
-def require_whole(config: Any, name: str, low: int | None) -> None:
+def require_whole(config: Any, name: str, low: int) -> None:
     """Raise ValueError unless ``config.name`` is an int >= low (a bool is not)."""
     value = getattr(config, name)
-    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
-        bound = f" >= {low}" if low is not None else ""
-        raise ValueError(f"{type(config).__name__}.{name} must be a whole number{bound}, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{type(config).__name__}.{name} must be a whole number >= {low}, got {value!r}")
 
 
 def require_number(config: Any, name: str, low: float, *, above: bool = False, high: float = math.inf) -> None:
@@ -103,7 +102,7 @@ class Config:
         """A caller's mistake is one ValueError naming the field, before anything runs (the CLI checks
         its flags the same way). Before, ``generations=-1`` failed at the end on "min() arg is an
         empty sequence", ``train_snapshots=0`` on an IndexError and ``population=0`` ran."""
-        for name, low in (("population", 1), ("generations", 0), ("seed", None), ("train_snapshots", 1),
+        for name, low in (("population", 1), ("generations", 0), ("seed", 0), ("train_snapshots", 1),
                           ("held_out_snapshots", 0), ("workers", 1), ("memory_mb", 1)):
             require_whole(self, name, low)
         if self.budget is not None:

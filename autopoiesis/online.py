@@ -149,7 +149,7 @@ class OnlineConfig:
         """A caller's mistake is one ValueError naming the knob (``window_s=0`` served windows of no time
         that never advanced the live system)."""
         for name, low in (("history", 1), ("horizon", 1), ("period", 0), ("cooldown", 0), ("guard_windows", 1),
-                          ("live_seed", None), ("similar", 0)):
+                          ("live_seed", 0), ("similar", 0)):
             require_whole(self, name, low)
         if self.max_windows is not None:
             require_whole(self, "max_windows", 1)

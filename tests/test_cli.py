@@ -89,6 +89,10 @@ def test_report_prints_the_champion_whole_however_long_its_lines(tmp_path):
     (["evolve", "--adapter", "vllm", "--vllm-url", "http://127.0.0.1:1", "--load-factor", "-1"], "must be positive"),
     (["evolve", "--adapter", "engine", "--online", "-o", "device=tpu"], "device 'tpu': Expected one of cpu"),
     (["evolve", "--adapter", "vllm", "--vllm-url", "127.0.0.1:8000"], "--vllm-url must be an http:// or https:// URL"),
+    # numpy's "unexpected error: ValueError: expected non-negative integer" before
+    (["evolve", "--adapter", "simulator", "--seed", "-5"], "argument --seed: must not be negative, got -5"),
+    (["evolve", "--adapter", "simulator", "--online", "--live-seed", "-5"], "argument --live-seed: must not be negative"),
+    (["simulate", "--seed", "-1"], "argument --seed: must not be negative, got -1"),
     # without a scheme every LLM call failed, reported at the end of the run
     (["evolve", "--adapter", str(EXAMPLE), "--llm-url", "127.0.0.1:8000/v1", "--llm-model", "m"],
      "--llm-url must be an http:// or https:// URL such as http://127.0.0.1:8000/v1, got '127.0.0.1:8000/v1'"),

@@ -147,6 +147,7 @@ def test_objective_parsing():
     ({"train_snapshots": 0}, "Config.train_snapshots must be a whole number >= 1, got 0"),  # an IndexError
     ({"population": "8"}, "Config.population must be a whole number >= 1, got '8'"),  # a TypeError
     ({"workers": True}, "Config.workers must be a whole number >= 1, got True"),
+    ({"seed": -1}, "Config.seed must be a whole number >= 0, got -1"),  # numpy: "expected non-negative integer"
     ({"budget": 0}, "Config.budget must be a whole number >= 1, got 0"),
     ({"timeout": float("nan")}, "Config.timeout must be a number > 0, got nan"),
     ({"objectives": "min:total_time"}, "Config.objectives must be a tuple of strings"),
