@@ -292,9 +292,39 @@ def load_adapter(spec: str, options: Mapping[str, Any] | None = None) -> Adapter
         raise AdapterError(f"cannot create adapter '{spec}': it takes no option {', '.join(map(repr, unknown))} "
                            f"(its options: {', '.join(option_names(target)) or 'none'})")
     try:
-        return target(**options)
-    except (TypeError, ValueError) as e:
+        adapter = target(**options)
+    except AdapterError:
+        raise
+    except (TypeError, ValueError) as e:  # mostly an option's value
         raise AdapterError(f"cannot create adapter '{spec}': {e}") from None
+    except Exception as e:  # a bug in the adapter's own constructor
+        raise AdapterError(f"cannot create adapter '{spec}': {type(e).__name__}: {e} "
+                           "(AUTOPOIESIS_DEBUG=1 shows the traceback)") from e
+    checked_slots(adapter)
+    return adapter
+
+
+def checked_slots(adapter: Adapter) -> list[PolicySlot]:
+    """The adapter's ``slots()``, checked: one or more ``PolicySlot``s with distinct names.
+
+    An adapter under development that returned something else failed later, far from its
+    mistake ("TypeError: 'int' object is not iterable")."""
+    name = getattr(adapter, "name", "") or type(adapter).__name__
+    try:
+        slots = list(adapter.slots())
+    except AdapterError:
+        raise
+    except Exception as e:
+        raise AdapterError(f"adapter {name}: slots() failed: {type(e).__name__}: {e} "
+                           "(AUTOPOIESIS_DEBUG=1 shows the traceback)") from e
+    wrong = [slot for slot in slots if not isinstance(slot, PolicySlot)]
+    if not slots or wrong:
+        raise AdapterError(f"adapter {name}: slots() must return PolicySlot objects, "
+                           f"got {'nothing' if not slots else repr(wrong[0])[:80]}")
+    names = [slot.name for slot in slots]
+    if len(set(names)) < len(names):
+        raise AdapterError(f"adapter {name}: two slots are named {next(n for n in names if names.count(n) > 1)!r}")
+    return slots
 
 
 def option_names(cls: type) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 from deap import tools
 
 from . import sandbox
-from .adapters.base import AdapterError, adapter_code
+from .adapters.base import AdapterError, adapter_code, checked_slots
 from .archive import Archive
 from .evaluate import Evaluator, Limits, Outcome, Task
 from .metrics import Fitness, Objective, Snapshot, check_reported
@@ -178,7 +178,7 @@ class Evolution:
         self.adapter = adapter
         self.config = config or Config()
         self.archive = archive or Archive()
-        self.slots = {slot.name: slot for slot in adapter.slots()}
+        self.slots = {slot.name: slot for slot in checked_slots(adapter)}
         self.operators = list(operators or offline(self.slots))
         self.strategy = strategy or make(self.config.strategy)
         self.adapter_spec = adapter_spec or type(adapter).__name__
@@ -297,12 +297,16 @@ class Evolution:
     def _snapshot(self, seed: int) -> Snapshot:
         """The adapter's snapshot for ``seed``; its failure is the adapter's, and says so."""
         try:
-            return self.adapter.snapshot(seed)
+            snapshot = self.adapter.snapshot(seed)
         except AdapterError:  # already said as the adapter's
             raise
         except Exception as e:
             raise EvolutionError(f"adapter {self.adapter.name}: snapshot({seed}) failed: {type(e).__name__}: {e} "
                                  "(AUTOPOIESIS_DEBUG=1 shows the traceback)") from e
+        if not isinstance(snapshot, Snapshot):
+            raise EvolutionError(f"adapter {self.adapter.name}: snapshot({seed}) returned {repr(snapshot)[:80]}, "
+                                 "not a Snapshot (autopoiesis.Snapshot(adapter_name, params))")
+        return snapshot
 
     def _generation(self, run_id, generation, islands, seen, scored, train):
         cfg, n_islands = self.config, max(1, self.strategy.islands)

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable, Mapping, Sequence
 
 from . import sandbox
-from .adapters.base import AdapterError, adapter_code
+from .adapters.base import AdapterError, adapter_code, checked_slots
 from .archive import Archive, ArchiveError
 from .evaluate import Evaluator, Limits, Task
 from .evolution import Config, Evolution, new_run_id, require_number, require_whole
@@ -250,7 +250,7 @@ class Controller:
         self.extra_config = dict(extra_config or {})
         self.on_event = on_event or (lambda kind, data: None)
         self.extra_latency = extra_latency or (lambda: 0.0)  # seconds the operators spent outside wall time
-        self.slots = adapter.slots()
+        self.slots = checked_slots(adapter)
         objectives = self.evolution_config.objectives or (str(adapter.objectives[0]),)
         self.objective = Objective.parse(objectives[0])
         check_reported([self.objective], adapter)

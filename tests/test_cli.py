@@ -111,6 +111,46 @@ def test_a_runs_dir_that_is_a_file_is_one_line(tmp_path):
                                     f"{tmp_path / 'runs'} is a file, not a folder")
 
 
+BROKEN_ADAPTER = """from autopoiesis import Adapter, PolicySlot, Snapshot
+
+SLOT = PolicySlot(name="p", params=("x",), doc="d", baselines={"b": "def p(x):\\n    return x\\n"}, examples=[(1.0,)])
+
+
+class A(Adapter):
+    name = "a"
+
+    def __init__(self):
+        INIT
+
+    def slots(self):
+        return SLOTS
+
+    def snapshot(self, seed):
+        return SNAPSHOT
+
+    def evaluate(self, policy, snapshot):
+        return {"m": policy.p(1.0)}
+"""
+
+
+@pytest.mark.parametrize("init, slots, snapshot, says", [
+    ("raise KeyError('k')", "[SLOT]", "Snapshot('a', {})", "cannot create adapter '{path}': KeyError: 'k'"),
+    ("pass", "5", "Snapshot('a', {})", "adapter a: slots() failed: TypeError: 'int' object is not iterable"),
+    ("pass", "[]", "Snapshot('a', {})", "adapter a: slots() must return PolicySlot objects, got nothing"),
+    ("pass", "['p']", "Snapshot('a', {})", "adapter a: slots() must return PolicySlot objects, got 'p'"),
+    ("pass", "[SLOT, SLOT]", "Snapshot('a', {})", "adapter a: two slots are named 'p'"),
+    ("pass", "[SLOT]", "None", "adapter a: snapshot(0) returned None, not a Snapshot"),
+])
+def test_an_adapter_that_breaks_its_contract_is_named_in_one_line(tmp_path, init, slots, snapshot, says):
+    """Before: "unexpected error: KeyError", "TypeError: 'int' object is not iterable" and
+    "AttributeError: 'NoneType' object has no attribute 'key'", far from the mistake."""
+    path = tmp_path / "adapter.py"
+    path.write_text(BROKEN_ADAPTER.replace("INIT", init).replace("SLOTS", slots).replace("SNAPSHOT", snapshot))
+    proc = cli("evolve", "--adapter", str(path), "--objective", "m", "--generations", "1", "--population", "2",
+               "--runs-dir", str(tmp_path / "runs"))
+    assert_one_line_error(proc, says.format(path=path))
+
+
 def test_a_mistake_in_a_users_adapter_is_named_and_a_fix_is_scored_afresh(tmp_path):
     """An adapter under development: its snapshot's failure is one line naming the call, and
     once its author fixes ``evaluate`` the next run in the same archive scores with the fix
