@@ -44,10 +44,13 @@ def test_wheel_imports_without_the_source_tree(wheel, tmp_path):
     code = (
         "import sys; sys.path[:0] = sys.argv[1:];"
         "import autopoiesis.search, autopoiesis.adapters.base as b, autopoiesis;"
-        "print(autopoiesis.search.__file__); print(b.__file__)"
+        "from autopoiesis import *;"  # every public name, the online loop's included
+        "print(autopoiesis.search.__file__); print(b.__file__); print(autopoiesis.Controller.__module__)"
     )
     proc = subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path / "site"), *deps],
                           capture_output=True, text=True, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    for line in proc.stdout.splitlines():
+    *files, controller = proc.stdout.splitlines()
+    for line in files:
         assert line.startswith(str(tmp_path / "site" / "autopoiesis")), line
+    assert controller == "autopoiesis.online"

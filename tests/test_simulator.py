@@ -186,6 +186,7 @@ def every_group(text: str, line: str) -> str:
     (lambda t: t.replace("count = 4", "count = 4\nnotice_s = 30"), "notice_s applies to a group with leave_at only"),
     (lambda t: t.replace("[[cluster.gpus]]", "[[cluster.gpu]]"), "cluster must hold only its GPU groups"),
     (lambda t: t.replace("duration_s", "duraton_s"), "unknown field 'duraton_s' (did you mean 'duration_s'?)"),
+    (lambda t: t.split("[workload]")[0].replace("max_context", "workload = 5\nmax_context"), "workload must be a table"),
     (lambda t: t.replace('model = "Llama-2-7B"', 'model = "Llama-2-7B"\ncalibration = "mine"'), "unknown calibration 'mine'"),
     (lambda t: t.replace('model = "Llama-2-7B"', 'model = "Llama-2-7B"\ncalibration = "cal.toml"'), "table file not found: cal.toml"),
 ])

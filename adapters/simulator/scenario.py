@@ -218,7 +218,7 @@ def validate(spec: dict[str, Any], path: Path) -> None:
     errors = _fields(spec, FIELDS, "", ("model", "duration_s", "cluster", "workload"))
     if "slo" in spec:
         errors += _fields(spec["slo"], SLO_FIELDS, "slo", ())
-    if isinstance(spec.get("workload"), dict):
+    if "workload" in spec:
         errors += _workload(spec["workload"])
     if "cluster" in spec:
         errors += _cluster(spec["cluster"])
@@ -226,8 +226,10 @@ def validate(spec: dict[str, Any], path: Path) -> None:
         raise ScenarioError(f"{path}: " + "; ".join(errors))
 
 
-def _workload(wl: dict[str, Any]) -> list[str]:
+def _workload(wl: Any) -> list[str]:
     errors = _fields(wl, WORKLOAD_FIELDS, "workload", ("rate",))
+    if not isinstance(wl, dict):
+        return errors
     if "trace" in wl:
         errors += [f"workload.{key} does not apply to a trace, which gives the arrivals and their lengths"
                    for key in wl if key not in ("rate", "trace")]
