@@ -249,6 +249,14 @@ def test_a_scenario_whose_hardware_cannot_serve_is_refused_by_the_adapter(tmp_pa
         SimulatorAdapter(str(path))
 
 
+def test_a_calibration_file_that_is_not_toml_is_named(tmp_path):
+    (tmp_path / "cal.toml").write_text("[default\n")
+    path = tmp_path / "mine.toml"
+    path.write_text(STATIONARY.replace('model = "Llama-2-7B"', 'model = "Llama-2-7B"\ncalibration = "cal.toml"'))
+    with pytest.raises(AdapterError, match=re.escape(f"{tmp_path / 'cal.toml'}: Expected ']'")):
+        SimulatorAdapter(str(path))
+
+
 def test_every_shipped_scenario_passes_its_checks():
     for name in scenarios.names():
         SimulatorAdapter(name)  # raises on a malformed field, unknown hardware or a model that fits nowhere

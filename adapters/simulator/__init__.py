@@ -35,8 +35,7 @@ def build(sc, policy, scenario_name: str) -> Simulation:
 
 
 def hardware_of(sc, scenario_name: str):
-    """The scenario's GPU table and model. Unknown hardware, or a model that no group of the GPUs
-    there at 0 s can hold, is the user's mistake, said so (before, every policy failed on it)."""
+    """The scenario's GPU table and model; unknown hardware is the user's mistake, said so."""
     try:
         gpus = hardware.load_gpus(sc.gpu_tables)
         model = hardware.model(sc.model, sc.model_tables)
@@ -46,18 +45,20 @@ def hardware_of(sc, scenario_name: str):
             raise hardware.UnknownHardware(f"unknown GPU type(s) {', '.join(unknown)} (add them with gpu_tables)")
     except hardware.UnknownHardware as e:
         raise scenarios.ScenarioError(f"scenario {scenario_name}: {e}") from None
+    return gpus, model
+
+
+def check(scenario_name: str) -> None:
+    """Raise ScenarioError if the scenario cannot be served: its fields, trace, tables and hardware, and
+    a model that no GPU type there at 0 s can hold (before, every policy failed on "empty plan")."""
+    sc = scenarios.load(scenario_name, 0, 1)
+    gpus, model = hardware_of(sc, scenario_name)
     counts = Counter(g for _, g in sc.initial_gpus)
     if not any(ReplicaCost(model, gpus[g], tp, pp, calibration(sc.calibration, g)).fits()
                for g, n in counts.items() for tp in range(1, n + 1) for pp in range(1, n // tp + 1)):
         there = ", ".join(f"{n} x {g}" for g, n in counts.items())
         raise scenarios.ScenarioError(f"scenario {scenario_name}: {model.name} fits on none of the GPUs there at 0 s "
                                       f"({there}) with room for 4096 tokens of KV cache: add GPUs or take a smaller model")
-    return gpus, model
-
-
-def check(scenario_name: str) -> None:
-    """Raise ScenarioError if the scenario cannot be served (its fields, trace, tables and hardware)."""
-    hardware_of(scenarios.load(scenario_name, 0, 1), scenario_name)
 
 
 def metrics_of(sc, result) -> dict[str, float]:

@@ -337,7 +337,12 @@ def _relative(name: str, scenario_path: Path) -> Path:
 def _calibration(name: str, scenario_path: Path) -> str:
     """A shipped calibration's name, or a ``.toml`` path relative to the scenario file (as the tables)."""
     if name.endswith(".toml"):
-        return str(_relative(name, scenario_path))
+        path = _relative(name, scenario_path)
+        try:
+            tomllib.loads(path.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ScenarioError(f"{path}: {e}") from None
+        return str(path)
     shipped = sorted(p.stem for p in (HERE / "data" / "calibration").glob("*.toml"))
     if name not in shipped:
         raise ScenarioError(f"{scenario_path}: unknown calibration '{name}' (shipped: {', '.join(shipped)}; "
