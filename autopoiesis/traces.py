@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,10 +23,8 @@ class TraceError(ValueError):
 
 
 def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Arrival seconds (from 0), prompt and output tokens of a trace file, in either format.
-
-    Every row is checked: a token count that is negative, NaN or not a number would reach the
-    serving loop as a request of -2**63 tokens (a simulation that never ends)."""
+    """Arrival seconds (from 0), prompt and output tokens of a trace file, in either format;
+    ``TraceError`` names the first row that is not a request."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -42,21 +41,34 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
                          "TIMESTAMP,ContextTokens,GeneratedTokens or arrived_at,num_prefill_tokens,num_decode_tokens")
     if not rows:
         raise TraceError(f"{path}: the trace has no requests")
-    t, p, o = np.empty(len(rows)), np.empty(len(rows)), np.empty(len(rows))
-    for i, (line, row) in enumerate(rows):
-        try:
-            if any(row[c] is None for c in columns):
-                raise ValueError(f"it has {len([v for v in row.values() if v is not None])} cells")
-            t[i], p[i], o[i] = time(row[columns[0]]), float(row[columns[1]]), float(row[columns[2]])
-            if not (math.isfinite(t[i]) and 0 <= p[i] < math.inf and 0 <= o[i] < math.inf):
-                raise ValueError("a time must be finite and token counts >= 0")
-        except ValueError as e:
-            cells = ",".join(row[c] or "" for c in columns)
-            raise TraceError(f"{path}, line {line}: {cells} is not a request "
-                             f"({', '.join(columns)}): {e}") from None
+    try:  # the whole file at once; a row by row pass only to name the first bad row
+        t = np.array([time(row[columns[0]]) for _, row in rows])
+        p, o = (np.array([float(row[c]) for _, row in rows]) for c in columns[1:])
+        ok = bool(np.isfinite(t).all() and ((p >= 0) & (p < np.inf) & (o >= 0) & (o < np.inf)).all())
+    except (AttributeError, TypeError, ValueError):  # a short row's missing cell is None
+        ok = False
+    if not ok:
+        for line, row in rows:
+            try:
+                _request(row, columns, time)
+            except ValueError as e:
+                cells = ",".join(row[c] or "" for c in columns)
+                raise TraceError(f"{path}, line {line}: {cells} is not a request "
+                                 f"({', '.join(columns)}): {e}") from None
     order = np.argsort(t, kind="stable")
     t, p, o = t[order], p[order], o[order]
     return t - t[0], p, o
+
+
+def _request(row: dict, columns: tuple[str, str, str], time: Callable[[str], float]) -> tuple[float, float, float]:
+    """(arrival, prompt, output) of one row; ValueError says what is wrong with it (a NaN or
+    negative count would reach the serving loop as a request of -2**63 tokens)."""
+    if any(row[c] is None for c in columns):
+        raise ValueError(f"it has {len([v for v in row.values() if v is not None])} cells")
+    arrival, prompt, output = time(row[columns[0]]), float(row[columns[1]]), float(row[columns[2]])
+    if not (math.isfinite(arrival) and 0 <= prompt < math.inf and 0 <= output < math.inf):
+        raise ValueError("a time must be finite and token counts >= 0")
+    return arrival, prompt, output
 
 
 def _timestamp(text: str) -> float:
