@@ -155,7 +155,7 @@ def test_objective_parsing():
 def test_a_config_mistake_is_named_before_anything_runs(fields, says):
     with pytest.raises(ValueError) as raised:
         Config(**fields)
-    assert str(raised.value) == says or str(raised.value).startswith(says)
+    assert str(raised.value).startswith(says)
 
 
 def test_an_online_config_mistake_is_named_before_anything_runs():
