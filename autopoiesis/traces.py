@@ -61,8 +61,8 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _request(row: dict, columns: tuple[str, str, str], time: Callable[[str], float]) -> tuple[float, float, float]:
-    """(arrival, prompt, output) of one row; ValueError says what is wrong with it (a NaN or
-    negative count would reach the serving loop as a request of -2**63 tokens)."""
+    """(arrival, prompt, output) of one row; ValueError says what is wrong with it (a NaN count
+    would reach the serving loop as a request of -2**63 tokens, a negative one as one token)."""
     if any(row[c] is None for c in columns):
         raise ValueError(f"it has {len([v for v in row.values() if v is not None])} cells")
     arrival, prompt, output = time(row[columns[0]]), float(row[columns[1]]), float(row[columns[2]])
