@@ -155,11 +155,7 @@ STATIONARY = (scenarios.SCENARIOS / "stationary.toml").read_text()
 
 def every_group(text: str, line: str) -> str:
     """``line`` added to each of stationary's three GPU groups."""
-    for count in ("count = 2\n\n[[cluster.gpus]]\ntype = \"L40S\"", "count = 2\n\n[[cluster.gpus]]\ntype = \"A10G\"",
-                  "count = 4\n\n[workload]"):
-        head, rest = count.split("\n", 1)
-        text = text.replace(count, f"{head}\n{line}\n{rest}", 1)
-    return text
+    return re.sub(r"(count = \d+\n)", lambda m: f"{m.group(1)}{line}\n", text)
 
 
 @pytest.mark.parametrize("edit, says", [
@@ -239,10 +235,14 @@ def test_an_azure_trace_replays_its_gaps(tmp_path):
      .replace("count = 4", "count = 2"), "Llama-2-70B fits on none of the GPUs there at 0 s (6 x A10G)"),
     (lambda t: t.replace('model = "Llama-2-7B"', 'model = "Llama-2-7B"\ngpu_tables = ["gpus.toml"]'),
      "gpus.toml: [MyGPU]: missing network_gbps; hbm_gbps must be a positive number, got 'fast'"),
+    (lambda t: t.replace('model = "Llama-2-7B"', 'model = "Llama-2-7B"\nmodel_tables = ["models.toml"]'),
+     "models.toml: [Tiny]: layers must be a positive whole number, got 2.5"),
 ])
 def test_a_scenario_whose_hardware_cannot_serve_is_refused_by_the_adapter(tmp_path, edit, says):
     (tmp_path / "gpus.toml").write_text('[MyGPU]\nbf16_tflops = 500\nmemory_gb = 96\nhbm_gbps = "fast"\n'
                                         'link_gbps = 400\nprice_per_hour = 3.0\n')
+    (tmp_path / "models.toml").write_text("[Tiny]\nparams = 1e9\nlayers = 2.5\nhidden = 64\nheads = 4\nkv_heads = 4\n"
+                                          "intermediate = 128\nvocab = 100\n")
     path = tmp_path / "mine.toml"
     path.write_text(edit(STATIONARY))
     with pytest.raises(AdapterError, match=re.escape(says)):

@@ -74,13 +74,14 @@ def _load(path: Path, kind: str) -> dict:
         raise UnknownHardware(f"{path}: {e}") from None
     cls = GPU if kind == "gpus" else Model
     numbers = [f.name for f in fields(cls) if f.name not in ("name", "source")]
+    whole = {f.name for f in fields(cls) if f.type in (int, "int")}  # annotations are strings here
     for name, entry in table.items():
         if not isinstance(entry, dict):
             raise UnknownHardware(f"{path}: {name} must be a table ([{name}] and its fields)")
         unknown = sorted(set(entry) - set(numbers) - {"source", "bytes_per_kv_token"})
         missing = [key for key in numbers if key not in entry]
-        wrong = [f"{key} must be a positive {'whole number' if cls.__annotations__[key] == 'int' else 'number'}, "
-                 f"got {entry[key]!r}" for key in numbers if key in entry and not _positive(entry[key], cls.__annotations__[key])]
+        wrong = [f"{key} must be a positive {'whole number' if key in whole else 'number'}, got {entry[key]!r}"
+                 for key in numbers if key in entry and not _positive(entry[key], key in whole)]
         said = ([f"unknown field(s) {', '.join(unknown)}"] if unknown else []) + (
             [f"missing {', '.join(missing)}"] if missing else []) + wrong
         if said:
@@ -88,8 +89,8 @@ def _load(path: Path, kind: str) -> dict:
     return table
 
 
-def _positive(value, annotation: str) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int if annotation == "int" else (int, float)):
+def _positive(value, whole: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)):
         return False
     return 0 < value < float("inf")
 
