@@ -12,11 +12,16 @@ A server that refuses connections or breaks a stream is marked down at once. One
 is merely slow (its ``/metrics`` or a connection timing out, as a busy CPU server's or a
 briefly frozen machine's do) is marked down only after three timeouts in a row: slow is
 not dead. Attempts in flight together that time out together (a burst of requests during
-one stall of the machine) are one timeout, not several. A kept-alive connection that the
-server closed just before the router sent on it is no failure: the request goes out again
-on another connection. A request that has sent nothing
-to its client yet is retried, on another server first and on a slow one again if none is
-left; one that has gets a clear error event. Every request ends in exactly one record,
+one stall of the machine) are one timeout, not several. Only connecting and a server's
+first answer (its headers, sent at once for a stream) are timed: a request may wait in a
+loaded server's queue, or stream a long answer, for as long as its client waits. A request
+that no server marked up could take (none is up, or each failed it) is tried on those
+marked down before it fails, as Envoy's panic mode does: a server marked down during a
+freeze of this machine is most likely up, and one that answers is marked up at once. A
+kept-alive connection that the server closed just before the router sent on it is no
+failure: the request goes out again on another connection. A request that has sent
+nothing to its client yet is retried, on another server first and on a slow one again if
+none is left; one that has gets a clear error event. Every request ends in exactly one record,
 ``ok`` or not. The router runs on an asyncio loop that the caller drives (``observe`` in the
 adapter), so policy calls happen on the main thread, under the hot path's deadline.
 """
@@ -111,7 +116,7 @@ class Router:
     """Routes OpenAI-compatible requests to vLLM servers under the deployed policy."""
 
     def __init__(self, urls: list[str], priority_mode: str = "request", scrape_s: float = 1.0,
-                 request_timeout_s: float = 600.0, scrape_timeout_s: float = 5.0, connect_timeout_s: float = 5.0):
+                 answer_timeout_s: float = 600.0, scrape_timeout_s: float = 5.0, connect_timeout_s: float = 5.0):
         self.replicas = [Replica(i, u.rstrip("/").removesuffix("/v1")) for i, u in enumerate(urls)]
         self.priority_mode = priority_mode  # "request": send it; "plugin": the engine computes it
         self.policy: Any = None  # a HotPath with dispatch and priority
@@ -124,7 +129,9 @@ class Router:
         self.on_record: Callable[[RequestRecord], None] | None = None
         self._ids = 0
         self.scrape_s, self.scrape_timeout_s = scrape_s, scrape_timeout_s
-        self.timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
+        # no total: a request's queueing and streaming take what they take (its client bounds them)
+        self.timeout = aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout_s)
+        self.answer_timeout_s = answer_timeout_s  # for a server's headers
         self.scraper = Scraper()
         self.session: aiohttp.ClientSession | None = None
         self.runner: web.AppRunner | None = None
@@ -182,10 +189,14 @@ class Router:
         except (aiohttp.ClientError, Upstream) as e:
             self.mark_down(replica, f"/metrics: {type(e).__name__}: {e}")
             return
-        replica.timeouts = 0
         sample = self.scraper.sample(replica.index, self.now(), text)
         replica.running, replica.waiting, replica.kv_used_fraction = sample.running, sample.waiting, sample.kv_usage
         self.samples.append(sample)
+        self.mark_up(replica)
+
+    def mark_up(self, replica: Replica) -> None:
+        """The server answered (its /metrics, or a request): it is up, with no timeouts counted."""
+        replica.timeouts = 0
         if not replica.up:
             replica.up = True
             self.events.append((self.now(), "up", f"replica {replica.index} ({replica.url}) answers again"))
@@ -213,7 +224,7 @@ class Router:
         return web.json_response({"replicas": len(self.replicas), "up": up}, status=200 if up else 503)
 
     async def models(self, request: web.Request) -> web.Response:
-        for replica in [r for r in self.replicas if r.up]:
+        for replica in [r for r in self.replicas if r.up] or self.replicas:
             try:
                 async with await self._request("GET", replica.url + "/v1/models") as resp:
                     return web.json_response(await resp.json(), status=resp.status)
@@ -249,8 +260,7 @@ class Router:
             while True:
                 replica = self._choose(view, tried, slow)
                 if replica is None:
-                    why = "every vLLM server failed or timed out on this request" if tried else \
-                        "no vLLM server is up"
+                    why = "every vLLM server failed or timed out on this request"
                     outcome = f"error: {why}"
                     if response is None:
                         return _error(503, why)
@@ -290,7 +300,8 @@ class Router:
         return response
 
     def _choose(self, view: SimpleNamespace, tried: set[int], slow: Any = ()) -> Replica | None:
-        candidates = [r for r in self.replicas if r.up and r.index not in tried]
+        untried = [r for r in self.replicas if r.index not in tried]
+        candidates = [r for r in untried if r.up] or untried  # the last resort: servers marked down
         candidates = [r for r in candidates if r.index not in slow] or candidates
         if not candidates:
             return None
@@ -304,7 +315,7 @@ class Router:
     async def _forward(self, request: web.Request, replica: Replica, body: dict, call: _Call,
                        client_stream: bool, wants_usage: bool) -> web.StreamResponse:
         resp = await self._request("POST", replica.url + request.path, json=body)
-        replica.timeouts = 0
+        self.mark_up(replica)
         async with resp:
             if resp.status >= 400:  # the server refused the request itself (bad parameters): pass it on
                 return web.Response(status=resp.status, body=await resp.read(), content_type="application/json")
@@ -354,7 +365,8 @@ class Router:
         while True:
             attempt = SimpleNamespace(reused=False)
             try:
-                return await self.session.request(method, url, trace_request_ctx=attempt, **options)
+                return await asyncio.wait_for(self.session.request(method, url, trace_request_ctx=attempt, **options),
+                                              self.answer_timeout_s)
             except asyncio.TimeoutError as e:  # connecting, or no answer yet: slow, not dead
                 raise Slow(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) from None
             except aiohttp.ClientConnectorError as e:  # refused: nothing listens
