@@ -229,6 +229,21 @@ def test_an_azure_trace_replays_its_gaps(tmp_path):
     assert p.tolist() == [374, 10, 396] and o.tolist() == [44, 1, 109]
 
 
+def test_a_trace_is_parsed_once_per_process_while_its_file_is_unchanged(tmp_path):
+    """Every evaluation of a trace scenario builds its workload from the file; the parsed
+    arrays are shared and read-only, and an edited file is read again."""
+    from autopoiesis.traces import read_trace
+
+    path = tmp_path / "mine.csv"
+    path.write_text(TRACE_HEADER + "0,10,3\n1,20,4\n")
+    first = read_trace(path)
+    assert all(a is b for a, b in zip(read_trace(path), first))  # not parsed again
+    with pytest.raises(ValueError, match="read-only"):
+        first[1][0] = 99  # no caller can change what the others get
+    path.write_text(TRACE_HEADER + "0,10,3\n1,20,4\n2,30,5\n")
+    assert read_trace(path)[1].tolist() == [10, 20, 30] and first[1].tolist() == [10, 20]
+
+
 @pytest.mark.parametrize("edit, says", [
     (lambda t: t.replace('type = "A10G"', 'type = "A10"'), "unknown GPU type(s) A10 (add them with gpu_tables)"),
     (lambda t: t.replace('"Llama-2-7B"', '"Llama-2-70B"').replace('"A100-80GB"', '"A10G"').replace('"L40S"', '"A10G"')
