@@ -548,11 +548,9 @@ def test_a_server_that_does_not_take_connections_in_time_is_slow_then_down(froze
     assert {r.outcome for r in router.records} == {"error: every vLLM server failed or timed out on this request"}
 
 
-def test_a_request_is_tried_on_a_server_marked_down_when_no_other_can_take_it():
-    """A freeze of the router's own machine can take a healthy server down (three timeouts in
-    a row); CI then answered 16 requests with "503 no vLLM server is up" while the server was
-    fine. The router now tries a server marked down before it refuses, and one that answers is
-    up again at once, without waiting for its next /metrics."""
+def _one_request_through_a_router(answer, before=None, **router_options):
+    """One completion through a Router in front of a test double of a vLLM server answering
+    with ``answer``; ``before(router)`` runs first. (status, body text, router)."""
     import asyncio
 
     import aiohttp
@@ -560,11 +558,12 @@ def test_a_request_is_tried_on_a_server_marked_down_when_no_other_can_take_it():
     from autopoiesis.adapters.vllm.router import Router
 
     async def scenario():
-        runner, url = await _fake_vllm(_answer)
-        router = Router([url], scrape_s=60)
+        runner, url = await _fake_vllm(answer)
+        router = Router([url], scrape_s=60, **router_options)
         await router.start()
         try:
-            router.mark_down(router.replicas[0], "three timeouts in a row (a test's word)")
+            if before:
+                before(router)
             async with aiohttp.ClientSession() as client:
                 async with client.post(router.url + "/completions", json={"model": "m", "prompt": "x"}) as r:
                     return r.status, await r.text(), router
@@ -572,7 +571,16 @@ def test_a_request_is_tried_on_a_server_marked_down_when_no_other_can_take_it():
             await router.stop()
             await runner.cleanup()
 
-    status, text, router = asyncio.run(scenario())
+    return asyncio.run(scenario())
+
+
+def test_a_request_is_tried_on_a_server_marked_down_when_no_other_can_take_it():
+    """A freeze of the router's own machine can take a healthy server down (three timeouts in
+    a row); CI then answered 16 requests with "503 no vLLM server is up" while the server was
+    fine. The router now tries a server marked down before it refuses, and one that answers is
+    up again at once, without waiting for its next /metrics."""
+    status, text, router = _one_request_through_a_router(
+        _answer, before=lambda router: router.mark_down(router.replicas[0], "three timeouts in a row (a test's word)"))
     assert status == 200 and '"hi"' in text
     assert router.replicas[0].up and [kind for _, kind, _ in router.events] == ["down", "up"]
     assert [r.outcome for r in router.records] == ["ok"]
@@ -584,11 +592,9 @@ def test_an_answer_longer_than_the_answer_timeout_is_streamed_whole():
     answer, was cut at 600 s and its healthy server marked down. Test double for a vLLM
     server whose answer streams for three times the router's answer timeout."""
     import asyncio
+    import json
 
-    import aiohttp
     from aiohttp import web
-
-    from autopoiesis.adapters.vllm.router import Router
 
     async def slow_answer(request):
         out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
@@ -599,20 +605,8 @@ def test_an_answer_longer_than_the_answer_timeout_is_streamed_whole():
         await out.write(b"data: [DONE]\n\n")
         return out
 
-    async def scenario():
-        runner, url = await _fake_vllm(slow_answer)
-        router = Router([url], scrape_s=60, answer_timeout_s=0.2)
-        await router.start()
-        try:
-            async with aiohttp.ClientSession() as client:
-                async with client.post(router.url + "/completions", json={"model": "m", "prompt": "x"}) as r:
-                    return r.status, await r.json(), router
-        finally:
-            await router.stop()
-            await runner.cleanup()
-
-    status, answer, router = asyncio.run(scenario())
-    assert status == 200 and answer["choices"][0]["text"] == "hi" * 6
+    status, text, router = _one_request_through_a_router(slow_answer, answer_timeout_s=0.2)
+    assert status == 200 and json.loads(text)["choices"][0]["text"] == "hi" * 6
     assert router.replicas[0].up and not router.events and [r.outcome for r in router.records] == ["ok"]
     assert router.records[0].finish - router.records[0].arrival >= 0.6
 
