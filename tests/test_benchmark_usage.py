@@ -27,6 +27,8 @@ from conftest import ROOT
     ("plugin_overhead", ["--requests", "0"], "must be at least 1"),
     ("evaluator_throughput", ["--jobs", "-3"], "must be at least 1"),
     ("simulator_speed", ["--rate", "-1"], "must be positive"),
+    ("scenario_load", ["--scenario", "atlantis"], "unknown scenario 'atlantis'"),
+    ("scenario_load", ["--seeds", "0"], "must be at least 1"),
     ("engine_online", ["--scenario", "atlantis"], "unknown engine load 'atlantis'"),
     ("engine_online", ["--rate", "0"], "must be positive"),
     ("engine_online", ["--rate", "3", "--load-factor", "1"], "not allowed with"),
