@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+import stall_watch
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "single_queue.py"
 
@@ -31,3 +33,25 @@ def benchmark(name: str):
 @pytest.fixture
 def queue_adapter():
     return single_queue.SingleQueueAdapter(jobs=120)
+
+
+_stalls: stall_watch.StallWatch | None = None
+
+
+def pytest_configure(config):
+    global _stalls
+    _stalls = stall_watch.StallWatch()
+
+
+def pytest_runtest_logstart(nodeid, location):
+    _stalls.test = nodeid
+
+
+@pytest.hookimpl(trylast=True)  # after the durations, next to the failures' short summary
+def pytest_terminal_summary(terminalreporter):
+    terminalreporter.write_line(_stalls.summary())
+
+
+def pytest_unconfigure(config):
+    if _stalls is not None:
+        _stalls.stop()
