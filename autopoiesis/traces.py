@@ -34,12 +34,13 @@ def read_trace(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         stat = os.stat(path)
     except OSError as e:
         raise TraceError(f"{path}: cannot read the trace: {e}") from None
-    return _parsed(str(path), stat.st_mtime_ns, stat.st_size)
+    return _parsed(str(path), os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
 
 
 @functools.lru_cache(maxsize=8)
-def _parsed(path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``read_trace`` of a file as it is at (``mtime_ns``, ``size``)."""
+def _parsed(path: str, real_path: str, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``read_trace`` of the file at ``real_path`` as it is at (``mtime_ns``, ``size``);
+    ``path`` is the name the caller gave, for messages."""
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)

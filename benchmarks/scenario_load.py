@@ -27,9 +27,8 @@ from autopoiesis.cli import positive_int
 from autopoiesis.sandbox import compile_policy
 
 
-def measure(name: str, seeds: int) -> dict:
-    adapter = SimulatorAdapter(name)
-    policy = compile_policy("\n\n".join(next(iter(s.baselines.values())) for s in adapter.slots()), adapter.slots())
+def measure(name: str, adapter: SimulatorAdapter, seeds: int) -> dict:
+    policy = compile_policy(adapter.baselines()["default"].source, adapter.slots())
     loads, uncached, evaluations = [], [], []
     for seed in range(seeds):
         loads.append(_timed(scenarios.load, name, seed, None))
@@ -53,13 +52,11 @@ def main() -> None:
     parser.add_argument("--seeds", type=positive_int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    names = args.scenario or scenarios.names()
     try:
-        for name in names:
-            SimulatorAdapter(name)
+        adapters = {name: SimulatorAdapter(name) for name in args.scenario or scenarios.names()}
     except AdapterError as e:
         parser.error(str(e))
-    rows = [measure(name, args.seeds) for name in names]
+    rows = [measure(name, adapter, args.seeds) for name, adapter in adapters.items()]
     if args.json:
         print(json.dumps(rows))
         return
