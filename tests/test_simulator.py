@@ -1,6 +1,7 @@
 """The simulator's invariants, its agreement with the cost model, and queueing sanity."""
 
 import math
+import os
 import re
 
 import pytest
@@ -229,7 +230,7 @@ def test_an_azure_trace_replays_its_gaps(tmp_path):
     assert p.tolist() == [374, 10, 396] and o.tolist() == [44, 1, 109]
 
 
-def test_a_trace_is_parsed_once_per_process_while_its_file_is_unchanged(tmp_path):
+def test_a_trace_is_parsed_once_per_process_while_its_file_is_unchanged(tmp_path, monkeypatch):
     """Every evaluation of a trace scenario builds its workload from the file; the parsed
     arrays are shared and read-only, and an edited file is read again."""
     from autopoiesis.traces import read_trace
@@ -242,6 +243,14 @@ def test_a_trace_is_parsed_once_per_process_while_its_file_is_unchanged(tmp_path
         first[1][0] = 99  # no caller can change what the others get
     path.write_text(TRACE_HEADER + "0,10,3\n1,20,4\n2,30,5\n")
     assert read_trace(path)[1].tolist() == [10, 20, 30] and first[1].tolist() == [10, 20]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "mine.csv").write_text(TRACE_HEADER + "0,10,3\n1,20,4\n2,40,5\n")  # same size
+    os.utime(other / "mine.csv", ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns))
+    monkeypatch.chdir(tmp_path)
+    assert read_trace("mine.csv")[1].tolist() == [10, 20, 30]
+    monkeypatch.chdir(other)  # the same name, size and time: another file
+    assert read_trace("mine.csv")[1].tolist() == [10, 20, 40]
 
 
 @pytest.mark.parametrize("edit, says", [
