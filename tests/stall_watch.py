@@ -1,10 +1,13 @@
 """The moments a test run stood still, said in one line at its end (a report, not a test).
 
-CI's machine has frozen the real-vLLM tests for 120-706 s at a time (docs/vllm.md), and
-whether the test process stood still (a C call holding the GIL, a stop) or the whole
-machine did is not known. Two watchers tick every second: a thread in this process and a
-separate process. Each notes a tick that comes ``LATE_S`` or more late. Late ticks in both
-mean the machine stood still; in this process only, the process did.
+CI's machine has frozen the real-vLLM tests for 120-735 s at a time (docs/vllm.md). Two
+watchers tick every second: a thread in this process and a separate process. Each notes a
+tick that comes ``LATE_S`` or more late. Late ticks in both mean the machine stood still; in
+this process only, the process did (a thread holding the GIL in a C call, or in the kernel).
+CI's runs so far saw them in this process only, so the thread also says what the machine
+waited on meanwhile, from the kernel's counters read at each tick: pressure stall time
+(``/proc/pressure``: tasks waiting on memory, on IO, for a CPU), CPU time the hypervisor
+took (``steal`` in ``/proc/stat``), and the least memory available over the run.
 """
 
 from __future__ import annotations
@@ -26,42 +29,86 @@ while os.getppid() == parent:
         print(f"{{time.time() - (now - last):.0f}} {{now - last:.1f}}", flush=True)
     last = now
 """
+WAITS = ("memory", "io", "cpu")  # /proc/pressure's resources, in the order they are said
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def counters() -> dict[str, float]:
+    """Seconds the machine has spent waiting, by cause, since boot (causes not readable here are left out)."""
+    out = {}
+    for resource in WAITS:
+        try:
+            with open(f"/proc/pressure/{resource}") as f:  # "some avg10=.. avg60=.. avg300=.. total=<us>"
+                out[resource] = int(f.readline().rsplit("total=", 1)[1]) / 1e6
+        except (OSError, IndexError, ValueError):
+            pass
+    try:
+        with open("/proc/stat") as f:  # "cpu user nice system idle iowait irq softirq steal ..."
+            out["stolen"] = int(f.readline().split()[8]) * TICK_S
+    except (OSError, IndexError, ValueError):
+        pass
+    return out
+
+
+def available_gib() -> float:
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:")) / 2**20
+    except (OSError, StopIteration, ValueError):
+        return float("nan")
 
 
 class StallWatch:
     def __init__(self):
         self.test = "between tests"  # what runs now, set by the conftest's hook
-        self.inside: list[tuple[float, float, str]] = []  # (wall-clock start, seconds, test)
-        self.outside: list[tuple[float, float, str]] = []
+        self.inside: list[tuple[float, float, str, dict]] = []  # (wall-clock start, seconds, test, waits meanwhile)
+        self.outside: list[tuple[float, float, str, dict]] = []
+        self.least_memory = (float("inf"), 0.0)  # (GiB available, when)
         self.process = subprocess.Popen([sys.executable, "-c", OUTSIDE], stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._tick, daemon=True).start()
         threading.Thread(target=self._read, daemon=True).start()
 
     def _tick(self) -> None:
-        last = time.monotonic()
+        last, before = time.monotonic(), counters()
         while True:
             time.sleep(1)
-            now = time.monotonic()
+            now, after = time.monotonic(), counters()
             if now - last >= LATE_S:
-                self.inside.append((time.time() - (now - last), now - last, self.test))
-            last = now
+                waits = {k: after[k] - before[k] for k in after if k in before}
+                self.inside.append((time.time() - (now - last), now - last, self.test, waits))
+            last, before = now, after
+            memory = available_gib()
+            if memory < self.least_memory[0]:
+                self.least_memory = (memory, time.time())
 
     def _read(self) -> None:
         for line in self.process.stdout:
             start, seconds = line.split()
-            self.outside.append((float(start), float(seconds), self.test))
+            self.outside.append((float(start), float(seconds), self.test, {}))
 
     def summary(self) -> str:
+        gib, when = self.least_memory
+        memory = f"; the least memory available {gib:.1f} GiB at {_clock(when)} UTC" if gib < float("inf") else ""
         return f"stalls of {LATE_S:g} s or more: in this process {_said(self.inside)}; in a separate process " \
-               f"{_said(self.outside)}"
+               f"{_said(self.outside)}{memory}"
 
     def stop(self) -> None:
         self.process.terminate()
 
 
-def _said(stalls: list[tuple[float, float, str]]) -> str:
+def _said(stalls: list[tuple[float, float, str, dict]]) -> str:
     if not stalls:
         return "none"
-    start, seconds, test = max(stalls, key=lambda s: s[1])
-    return (f"{len(stalls)}, {sum(s[1] for s in stalls):.0f} s in all, the longest {seconds:.0f} s from "
-            f"{time.strftime('%H:%M:%S', time.gmtime(start))} UTC ({test})")
+    start, seconds, test, waits = max(stalls, key=lambda s: s[1])
+    said = (f"{len(stalls)}, {sum(s[1] for s in stalls):.0f} s in all, the longest {seconds:.0f} s from "
+            f"{_clock(start)} UTC ({test})")
+    if waits:
+        causes = ", ".join(f"{waits[k]:.0f} s on {'the CPU' if k == 'cpu' else k.upper() if k == 'io' else k}"
+                           for k in WAITS if k in waits)
+        stolen = f", {waits['stolen']:.0f} s of CPU taken by the hypervisor" if "stolen" in waits else ""
+        said += f", in which the machine's tasks waited {causes}{stolen}"
+    return said
+
+
+def _clock(unix: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(unix))

@@ -13,8 +13,10 @@ server. Without AUTOPOIESIS_VLLM_PYTHON (``.ci/run`` sets it) the module is skip
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
+import traceback
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
@@ -236,6 +238,24 @@ class _Looks:
         return self.ran
 
 
+def _wait_until(condition, patience: float, failure: str) -> None:
+    """Until ``condition()``; after looking for ``patience`` seconds, fail with ``failure``,
+    the longest gap and where the serving thread was."""
+    looks = _Looks()
+    while not condition():
+        if looks.look() > patience:
+            raise AssertionError(f"{failure} in {patience} s; the longest gap between looks was "
+                                 f"{looks.longest_gap:.0f} s; the serving thread was at:\n{_serving_thread_at()}")
+        time.sleep(0.05)
+
+
+def _serving_thread_at() -> str:
+    """The last lines of the serving (main) thread's stack: where ``serve``'s observing loop,
+    and with it the router, is held when a wait on it runs out."""
+    frame = sys._current_frames().get(threading.main_thread().ident)
+    return "".join(traceback.format_stack(frame)[-8:]) if frame else "(not running)"
+
+
 def _wait_for_idle(server, patience=IDLE_PATIENCE_S):
     """Nothing running or waiting before a burst. An earlier burst's blocker still running
     would hold a slot for minutes: that is the router failing to pass a client's hang-up on
@@ -261,8 +281,8 @@ def _wait_for_blockers(started, blockers, server, patience=BURST_TIMEOUT_S):
                                      f"was {looks.longest_gap:.0f} s") from b.exception()
         if looks.look() > patience:
             _print_log_tail(server)
-            raise AssertionError(f"the blockers never started in {patience} s; "
-                                 f"the longest gap between looks was {looks.longest_gap:.0f} s")
+            raise AssertionError(f"the blockers never started in {patience} s; the longest gap between looks was "
+                                 f"{looks.longest_gap:.0f} s; the serving thread was at:\n{_serving_thread_at()}")
         time.sleep(0.2)
     if time.monotonic() - start > 10:
         print(f"the blockers started after {time.monotonic() - start:.0f} s; "
@@ -293,7 +313,7 @@ def _wait_for_waiting(server, n, futures, patience=PATIENCE_S):
     if all(f.done() for f in futures) and not failed:
         raise BlockersRanOut(what)
     _print_log_tail(server)
-    raise AssertionError(what)
+    raise AssertionError(f"{what}; the serving thread was at:\n{_serving_thread_at()}")
 
 
 def _print_log_tail(server):
@@ -384,11 +404,11 @@ def test_a_program_published_mid_burst_leaves_the_queued_requests_their_order(se
         before = epoch()
         deployed.clear()  # a burst set up again (see _burst) publishes once more
         full.set()
-        assert deployed.wait(120), "the program was not deployed"
-        looks = _Looks()
-        while epoch() <= before:  # loaded before the next scheduling step, with no request arriving
-            assert looks.look() < 120, "the plugin did not load the program"
-            time.sleep(0.05)
+        # deploying runs on the serving thread, between two observations: CI once held that
+        # thread 735 s (the router stood still too), so it gets a burst's patience
+        _wait_until(deployed.is_set, BURST_TIMEOUT_S, "the program was not deployed")
+        # loaded before the next scheduling step, with no request arriving
+        _wait_until(lambda: epoch() > before, PATIENCE_S, "the plugin did not load the program")
 
     def between():  # on the controller's thread
         if full.is_set():
