@@ -7,7 +7,9 @@ this process only, the process did (a thread holding the GIL in a C call, or in 
 CI's runs so far saw them in this process only, so the thread also says what the machine
 waited on meanwhile, from the kernel's counters read at each tick: pressure stall time
 (``/proc/pressure``: tasks waiting on memory, on IO, for a CPU), CPU time the hypervisor
-took (``steal`` in ``/proc/stat``), and the least memory available over the run.
+took (``steal`` in ``/proc/stat``), and the least memory available over the run. A test
+whose helper thread stood still while others ran (a hold, not a stall) says so through
+``note_hold``, with where that thread stood; the longest holds are said above the line.
 """
 
 from __future__ import annotations
@@ -31,6 +33,15 @@ while os.getppid() == parent:
 """
 WAITS = ("memory", "io", "cpu")  # /proc/pressure's resources, in the order they are said
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+HOLDS_SAID = 3  # the longest holds said at the end, each with its stack
+_watch: StallWatch | None = None  # the run's watch, for note_hold
+
+
+def note_hold(what: str, seconds: float, stack: str) -> None:
+    """Note that ``what`` (a thread a test depends on) was held ``seconds``, standing at ``stack``:
+    a test that waits such a hold out passes, and this keeps where it stood for the run's end."""
+    if _watch is not None:
+        _watch.holds.append((seconds, what, _watch.test, stack))
 
 
 def counters() -> dict[str, float]:
@@ -64,9 +75,12 @@ class StallWatch:
         self.inside: list[tuple[float, float, str, dict]] = []  # (wall-clock start, seconds, test, waits meanwhile)
         self.outside: list[tuple[float, float, str, dict]] = []
         self.least_memory = (float("inf"), 0.0)  # (GiB available, when)
+        self.holds: list[tuple[float, str, str, str]] = []  # (seconds, what, test, stack), from note_hold
         self.process = subprocess.Popen([sys.executable, "-c", OUTSIDE], stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._tick, daemon=True).start()
         threading.Thread(target=self._read, daemon=True).start()
+        global _watch
+        _watch = self
 
     def _tick(self) -> None:
         last, before = time.monotonic(), counters()
@@ -89,8 +103,11 @@ class StallWatch:
     def summary(self) -> str:
         gib, when = self.least_memory
         memory = f"; the least memory available {gib:.1f} GiB at {_clock(when)} UTC" if gib < float("inf") else ""
-        return f"stalls of {LATE_S:g} s or more: in this process {_said(self.inside)}; in a separate process " \
-               f"{_said(self.outside)}{memory}"
+        holds = "".join(f"\n{what} held {seconds:.0f} s in {test}, standing at:\n{stack.rstrip()}"
+                        for seconds, what, test, stack in sorted(self.holds, reverse=True)[:HOLDS_SAID])
+        return f"{holds.lstrip()}\n" * bool(holds) + \
+            f"stalls of {LATE_S:g} s or more: in this process {_said(self.inside)}; in a separate process " \
+            f"{_said(self.outside)}{memory}"
 
     def stop(self) -> None:
         self.process.terminate()

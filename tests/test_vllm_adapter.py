@@ -28,6 +28,7 @@ from autopoiesis.adapters.vllm.scrape import Scraper
 from autopoiesis.adapters.vllm.slots import DISPATCH_BASELINES, PRIORITY_BASELINES
 from autopoiesis.program import Program
 from conftest import ROOT
+import stall_watch
 
 VLLM_PYTHON = os.environ.get("AUTOPOIESIS_VLLM_PYTHON")
 pytestmark = [pytest.mark.skipif(not VLLM_PYTHON, reason="real vLLM not set up (set AUTOPOIESIS_VLLM_PYTHON; .ci/run does)"),
@@ -76,14 +77,19 @@ def serve(adapter, client_work, prog=None, between=None):
 
         worker = threading.Thread(target=work)
         _serving["observed"] = time.monotonic()
+        done = threading.Event()
+        threading.Thread(target=_watch_serving, args=(done,), daemon=True).start()
         worker.start()
-        while worker.is_alive() or adapter.router.open:
-            observation = adapter.observe(adapter.now() + 0.2)
-            _serving["observed"] = time.monotonic()
-            observations.append(observation)
-            records.extend(observation.records)
-            if between:
-                between()
+        try:
+            while worker.is_alive() or adapter.router.open:
+                observation = adapter.observe(adapter.now() + 0.2)
+                _serving["observed"] = time.monotonic()
+                observations.append(observation)
+                records.extend(observation.records)
+                if between:
+                    between()
+        finally:
+            done.set()
         worker.join()
     finally:
         adapter.stop()
@@ -224,6 +230,7 @@ def _queue(server) -> tuple[float, float]:
 
 
 SERVING_HELD_S = 2.0  # serve's thread observes every 0.2 s: no observation for this long means it is held
+HOLD_NOTED_S = 20.0  # a hold this long is said at the run's end, passed or not
 _serving = {"observed": 0.0}  # when serve's thread last finished an observation (time.monotonic)
 
 
@@ -265,6 +272,21 @@ def _wait_until(condition, patience: float, failure: str) -> None:
         if looks.look() > patience:
             raise AssertionError(f"{failure} in {patience} s; {looks.said()}")
         time.sleep(0.05)
+
+
+def _watch_serving(done: threading.Event) -> None:
+    """Note each hold of serve's thread of HOLD_NOTED_S or more for the run's last lines, with
+    where it stood that far in (tests/stall_watch.py): the waits let a test pass through one."""
+    stack = None
+    while not done.wait(1.0):
+        held = time.monotonic() - _serving["observed"]
+        if held >= HOLD_NOTED_S and stack is None:
+            stack, since = _serving_thread_at(), _serving["observed"]
+        elif held < SERVING_HELD_S and stack is not None:
+            stall_watch.note_hold("the thread that runs the router", _serving["observed"] - since, stack)
+            stack = None
+    if stack is not None:
+        stall_watch.note_hold("the thread that runs the router", time.monotonic() - since, stack)
 
 
 def _serving_thread_at() -> str:
