@@ -31,7 +31,7 @@ while os.getppid() == parent:
         print(f"{{time.time() - (now - last):.0f}} {{now - last:.1f}}", flush=True)
     last = now
 """
-WAITS = ("memory", "io", "cpu")  # /proc/pressure's resources, in the order they are said
+WAITS = {"memory": "memory", "io": "IO", "cpu": "the CPU"}  # /proc/pressure's resources, as they are said
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 HOLDS_SAID = 3  # the longest holds said at the end, each with its stack
 _watch: StallWatch | None = None  # the run's watch, for note_hold
@@ -120,8 +120,7 @@ def _said(stalls: list[tuple[float, float, str, dict]]) -> str:
     said = (f"{len(stalls)}, {sum(s[1] for s in stalls):.0f} s in all, the longest {seconds:.0f} s from "
             f"{_clock(start)} UTC ({test})")
     if waits:
-        causes = ", ".join(f"{waits[k]:.0f} s on {'the CPU' if k == 'cpu' else k.upper() if k == 'io' else k}"
-                           for k in WAITS if k in waits)
+        causes = ", ".join(f"{waits[k]:.0f} s on {said}" for k, said in WAITS.items() if k in waits)
         stolen = f", {waits['stolen']:.0f} s of CPU taken by the hypervisor" if "stolen" in waits else ""
         said += f", in which the machine's tasks waited {causes}{stolen}"
     return said
