@@ -42,7 +42,7 @@ def _parsed(path: str, real_path: str, mtime_ns: int, size: int) -> tuple[np.nda
     """``read_trace`` of the file at ``real_path`` as it is at (``mtime_ns``, ``size``);
     ``path`` is the name the caller gave, for messages."""
     try:
-        with open(path, newline="") as f:
+        with open(real_path, newline="") as f:  # what the cache is keyed on
             reader = csv.DictReader(f)
             fields = set(reader.fieldnames or ())
             rows = [(reader.line_num, row) for row in reader]
