@@ -15,7 +15,11 @@ is lost: its calls fall back from then on, counted, and the Guard sees them.
 The price is a pipe round trip per decision (140-230 us on 2-core VMs whose bare round
 trip takes 85-95 us: ``benchmarks/decision_overhead.py``), so it suits live systems that
 decide per request, not a simulator deciding a hundred thousand times a second. Children
-are started ahead (``SPARES``), so a deployment does not wait for Python to start. Inputs
+are started ahead (``SPARES``), so a deployment does not wait for Python to start, and the
+process management itself (starting the next spares, reaping a child that was ended) runs
+on a helper thread: the thread that deploys serves too (the router's loop, vLLM's
+scheduler), and a fork and exec, or a wait for a killed child to release its memory,
+waits on the kernel for as long as the kernel takes. Inputs
 travel by pickle, so they must be picklable objects of importable classes (the shipped
 adapters' views are namedtuples, dataclasses and ``SimpleNamespace``s), and a program sees
 copies: it cannot change the caller's objects.
@@ -31,13 +35,14 @@ import atexit
 import importlib
 import os
 import pickle
+import queue
 import signal
 import subprocess
 import sys
 import threading
 import weakref
 from multiprocessing.connection import Connection
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from . import sandbox
 from .program import PolicyError, PolicySlot
@@ -48,7 +53,10 @@ IDLE_LOOK_S = 1.0  # how often an idle child looks whether the process that star
 
 SPARES = 2  # children started ahead: a deployment isolates two programs (the new one, the incumbent)
 _spare: list[tuple] = []  # children started ahead, waiting for their program (see _take_child), oldest first
+_starting = [0]  # spares being started now (they count towards SPARES)
 _spare_lock = threading.Lock()
+_helper: list = [None, 0]  # this process's helper thread's job queue, and the process it belongs to
+_helper_lock = threading.RLock()  # re-entrant: a collection inside may run a child's finalizer, which ends it here
 
 
 class GaveUp(sandbox.DeadlinePassed):
@@ -234,29 +242,74 @@ def _start_child() -> tuple[subprocess.Popen, Connection, Connection]:
 
 
 def _take_child() -> tuple[subprocess.Popen, Connection, Connection]:
-    """A started child, with ``SPARES`` more started for next time: Python takes about 0.25 s
-    to start and import the sandbox, which a deployment on the serving thread then need not
-    wait for (it waits for the program's compile). The spares idle while the process lives."""
+    """A started child, the oldest spare (the most likely up) when there is one: Python takes
+    about 0.25 s to start and import the sandbox, which a deployment then need not wait for
+    (it waits for the program's compile). The next spares are started on the helper thread."""
+    child = None
     with _spare_lock:
-        child = _spare.pop(0) if _spare else None
-        if child is not None and child[0].poll() is not None:  # it died meanwhile
-            _end(*child)
-            child = None
-        child = child or _start_child()
-    start_spares()
+        while _spare and child is None:
+            child = _spare.pop(0)
+            if child[0].poll() is not None:  # it died meanwhile
+                _end(*child)
+                child = None
+    child = child or _start_child()  # none ready: this caller waits for one to start
+    _in_background(start_spares)
     return child
 
 
 def start_spares(wait: bool = False) -> None:
-    """Start children ahead, up to ``SPARES``; ``wait``: until each is up (a live system's
-    ``start`` calls this before its clock starts, so the first deployment takes them ready)."""
-    with _spare_lock:
-        while len(_spare) < SPARES:
-            _spare.append(_start_child())
-        spares = list(_spare)
+    """Start children ahead, up to ``SPARES`` with those being started; ``wait``: until each is
+    up (a live system's ``start`` calls this before its clock starts, so the first deployment
+    takes them ready). No lock is held while one starts: a deployment takes a ready spare meanwhile."""
+    while True:
+        with _spare_lock:
+            if len(_spare) + _starting[0] >= SPARES:
+                spares = list(_spare)
+                break
+            _starting[0] += 1
+        child = None
+        try:
+            child = _start_child()
+        finally:
+            with _spare_lock:
+                _starting[0] -= 1
+                if child is not None:
+                    _spare.append(child)
     if wait:
         for _, _, back in spares:
             back.poll(START_S)  # "up" waits in the pipe: the child is ready for its program
+
+
+def _in_background(job: Callable[[], Any]) -> None:
+    """Run ``job`` on this process's helper thread (started on first use, and again in a
+    forked copy of this process, which has none)."""
+    with _helper_lock:
+        jobs, owner = _helper
+        if owner != os.getpid():
+            jobs = queue.SimpleQueue()
+            threading.Thread(target=_help, args=(jobs,), name="autopoiesis-decision-processes", daemon=True).start()
+            _helper[:] = [jobs, os.getpid()]
+    jobs.put(job)
+
+
+def _help(jobs: queue.SimpleQueue) -> None:
+    while True:
+        job = jobs.get()
+        try:
+            job()
+        except Exception:  # noqa: BLE001 - a spare that did not start is started by the next deployment
+            pass
+
+
+def _forget_parent_children() -> None:
+    """In a forked copy of this process: the spares, and the locks' holders, are the parent's."""
+    global _spare_lock, _helper_lock
+    _spare_lock, _helper_lock = threading.Lock(), threading.RLock()
+    _spare.clear()
+    _starting[0] = 0
+
+
+os.register_at_fork(after_in_child=_forget_parent_children)
 
 
 @atexit.register
@@ -267,11 +320,15 @@ def _end_spare() -> None:
 
 
 def _end(process: subprocess.Popen, *connections: Connection) -> None:
+    """Close the pipes and kill the child at once; it is reaped on the helper thread."""
     for connection in connections:
         connection.close()
     if process.poll() is None:
         process.kill()
-    process.wait()
+    try:
+        _in_background(process.wait)
+    except RuntimeError:  # no new thread at the interpreter's shutdown: its exit reparents the child
+        pass
 
 
 # -- the child ----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from conftest import ROOT
     ("twin_fidelity", ["--scenario", "atlantis"], "unknown scenario"),
     ("cost_model_error", ["--calibration", "nope"], "no calibration 'nope'"),
     ("decision_overhead", ["--calls", "0"], "must be at least 1"),
+    ("deployment_hold", ["--deployments", "0"], "must be at least 1"),
     ("one_c_call", ["--limit-s", "0"], "must be positive"),
     ("plugin_overhead", ["--requests", "0"], "must be at least 1"),
     ("evaluator_throughput", ["--jobs", "-3"], "must be at least 1"),

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -19,7 +20,7 @@ from autopoiesis.adapters.simulator.engine import RequestInfo
 from autopoiesis.decision_process import IsolatedPolicy
 from autopoiesis.hot_path import hot_path
 from autopoiesis.program import PolicyError, PolicySlot, Program
-from processes import alive
+from processes import alive, ended
 
 SLOTS = [PolicySlot("priority", ("request", "now"), "")]
 REQUEST = RequestInfo(1, 2.5, 10, 0)
@@ -132,16 +133,41 @@ def test_a_deployment_takes_a_child_started_ahead_and_starts_the_next(isolated):
     second = IsolatedPolicy(PROGRAM, SLOTS, "q")
     try:
         assert second.pid == spares[0] and second.priority(REQUEST, 10.0) == 3.5  # the oldest: the most likely up
+        deadline = time.monotonic() + 10  # the next is started on the helper thread
+        while len(decision_process._spare) < decision_process.SPARES and time.monotonic() < deadline:
+            time.sleep(0.01)
         following = [process.pid for process, _, _ in decision_process._spare]
         assert following[0] == spares[1] and len(following) == 2 and following[1] not in spares
     finally:
         second.close()
 
 
+def test_a_deployment_does_not_wait_for_the_next_spare_to_start(isolated, monkeypatch):
+    """Starting a child is a fork and an exec, which can wait on the kernel (an exec reads the
+    interpreter from disk): the thread that deploys serves too, so the next spare starts on
+    the helper thread. Here every start is held until the test lets it go."""
+    from autopoiesis import decision_process
+
+    decision_process.start_spares(wait=True)
+    release, start = threading.Event(), decision_process._start_child
+    monkeypatch.setattr(decision_process, "_start_child", lambda: release.wait(60) and start())
+    deployed = IsolatedPolicy(PROGRAM, SLOTS, "q")  # takes a ready spare; held here, it would wait 60 s
+    try:
+        assert deployed.priority(REQUEST, 10.0) == 3.5 and decision_process._starting[0] == 1 and not release.is_set()
+        release.set()
+        deadline = time.monotonic() + 30
+        while len(decision_process._spare) < decision_process.SPARES and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(decision_process._spare) == decision_process.SPARES and decision_process._starting[0] == 0
+    finally:
+        release.set()
+        deployed.close()
+
+
 def test_close_ends_the_child(isolated):
     pid = isolated.pid
     isolated.close()
-    assert not alive(pid)
+    assert ended(pid)
 
 
 def test_the_hot_path_answers_every_call_and_counts_what_the_child_could_not():

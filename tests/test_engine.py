@@ -27,7 +27,7 @@ from autopoiesis.evolution import Config as EvolutionConfig  # noqa: E402
 from autopoiesis.online import Controller, OnlineConfig  # noqa: E402
 from autopoiesis.program import Program  # noqa: E402
 from autopoiesis.sandbox import compile_policy  # noqa: E402
-from processes import alive  # noqa: E402
+from processes import ended  # noqa: E402
 
 DEVICE = os.environ.get("AUTOPOIESIS_TEST_DEVICE", "cpu")  # where the torch model runs
 
@@ -405,10 +405,10 @@ def test_one_c_call_that_never_ends_costs_the_decision_process_not_the_live_engi
         errors = list(adapter.live["hot"].errors)
         adapter.deploy(adapter.baselines()["fcfs"], [adapter.baselines()["fcfs"]])
         replaced = adapter.live["hot"]._policies[0]
-        assert replaced.pid != child.pid and not alive(child.pid)
+        assert replaced.pid != child.pid and ended(child.pid)
     finally:
         adapter.stop()
-    assert not alive(replaced.pid)  # stop ends the decision processes
+    assert ended(replaced.pid)  # stop ends the decision processes
     load = adapter.load(7)
     assert sorted(r.request_id for r in records) == list(range(len(load))) and calls == len(load)
     assert fallbacks == len(load) - 2  # from the third request on: the process that ran it is gone
