@@ -10,6 +10,9 @@ waited on meanwhile, from the kernel's counters read at each tick: pressure stal
 took (``steal`` in ``/proc/stat``), and the least memory available over the run. A test
 whose helper thread stood still while others ran (a hold, not a stall) says so through
 ``note_hold``, with where that thread stood; the longest holds are said above the line.
+A hold is also said at once (``say_now``, to the terminal, past pytest's capture), with what
+the kernel says of the thread (``in_kernel``): a run that CI ends for its time still shows
+where it stood, as its end would not.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 
 LATE_S = 5.0
 OUTSIDE = f"""
@@ -42,6 +46,76 @@ def note_hold(what: str, seconds: float, stack: str) -> None:
     a test that waits such a hold out passes, and this keeps where it stood for the run's end."""
     if _watch is not None:
         _watch.holds.append((seconds, what, _watch.test, stack))
+
+
+def say_now(text: str) -> None:
+    """Write ``text`` to the run's terminal at once, whatever pytest captures."""
+    if _watch is not None:
+        os.write(_watch.terminal, f"\n[stall watch {_clock(time.time())} UTC] {text}\n".encode(errors="replace"))
+
+
+SYSCALLS = {0: "read", 1: "write", 3: "close", 7: "poll", 9: "mmap", 17: "pread64", 18: "pwrite64", 23: "select",
+            35: "nanosleep", 45: "recvfrom", 47: "recvmsg", 56: "clone", 57: "fork", 58: "vfork", 59: "execve",
+            61: "wait4", 62: "kill", 74: "fsync", 82: "rename", 202: "futex", 230: "clock_nanosleep",
+            232: "epoll_wait", 247: "waitid", 257: "openat", 270: "pselect6", 271: "ppoll", 281: "epoll_pwait",
+            435: "clone3"}  # x86_64's numbers of the calls a held thread is likely in
+
+
+def in_kernel(pid: int, tid: int | None = None) -> str:
+    """What the kernel says of a thread (by default a process's main one): its state (D: deaf
+    to signals, waiting on a disk or the kernel), the kernel function it waits in, its system
+    call and the innermost frames of its kernel stack, as far as this user may read them."""
+    task = f"/proc/{pid}/task/{tid or pid}"
+    said = [f"state {_state(task)}"]
+    if wchan := _read(f"{task}/wchan").strip("0 \n"):
+        said.append(f"waiting in {wchan}")
+    call = _read(f"{task}/syscall").split()
+    if call and call[0].lstrip("-").isdigit():
+        said.append("not in a system call" if call[0] == "-1" else
+                    f"system call {SYSCALLS.get(int(call[0]), call[0])}")
+    elif call:
+        said.append(call[0])  # "running"
+    if stack := [line.split()[-1].split("+")[0] for line in _read(f"{task}/stack").splitlines()[:6]]:
+        said.append("kernel stack " + " < ".join(stack))
+    return ", ".join(said)
+
+
+def processes_in_kernel(pid: int) -> list[str]:
+    """One line for ``pid`` and each process under it (12 at most): its threads by state, and
+    where the threads in state D wait."""
+    lines, todo = [], [pid]
+    while todo and len(lines) < 12:
+        p = todo.pop(0)
+        tasks = _listdir(f"/proc/{p}/task")
+        states = {t: _state(f"/proc/{p}/task/{t}") for t in tasks}
+        counts = ", ".join(f"{n} {s}" for s, n in Counter(states.values()).most_common())
+        deaf = "".join(f"; thread {t} {in_kernel(p, int(t))}" for t in tasks if states[t] == "D")
+        command = " ".join(_read(f"/proc/{p}/cmdline").replace("\0", " ").split())[:70]
+        lines.append(f"{p} {command}: {len(tasks)} threads ({counts}){deaf}")
+        for t in tasks:
+            todo += [int(c) for c in _read(f"/proc/{p}/task/{t}/children").split()]
+    return lines
+
+
+def _state(task: str) -> str:
+    """A thread's state letter (R running, S sleeping, D deaf to signals, T stopped, Z ended)."""
+    fields = _read(f"{task}/stat").rsplit(")", 1)[-1].split()
+    return fields[0] if fields else "?"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []
 
 
 def counters() -> dict[str, float]:
@@ -76,6 +150,7 @@ class StallWatch:
         self.outside: list[tuple[float, float, str, dict]] = []
         self.least_memory = (float("inf"), 0.0)  # (GiB available, when)
         self.holds: list[tuple[float, str, str, str]] = []  # (seconds, what, test, stack), from note_hold
+        self.terminal = os.dup(2)  # made before any test: pytest captures fd 2 only while a test runs
         self.process = subprocess.Popen([sys.executable, "-c", OUTSIDE], stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._tick, daemon=True).start()
         threading.Thread(target=self._read, daemon=True).start()

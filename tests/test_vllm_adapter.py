@@ -230,7 +230,8 @@ def _queue(server) -> tuple[float, float]:
 
 
 SERVING_HELD_S = 2.0  # serve's thread observes every 0.2 s: no observation for this long means it is held
-HOLD_NOTED_S = 20.0  # a hold this long is said at the run's end, passed or not
+HOLD_NOTED_S = 20.0  # a hold this long is said at once and at the run's end, passed or not
+HOLD_SAID_AGAIN_S = 300.0  # and again while it lasts, so the last lines of a run ended for its time say it
 _serving = {"observed": 0.0}  # when serve's thread last finished an observation (time.monotonic)
 
 
@@ -275,13 +276,21 @@ def _wait_until(condition, patience: float, failure: str) -> None:
 
 
 def _watch_serving(done: threading.Event) -> None:
-    """Note each hold of serve's thread of HOLD_NOTED_S or more for the run's last lines, with
-    where it stood that far in (tests/stall_watch.py): the waits let a test pass through one."""
-    stack = None
+    """Say each hold of serve's thread of HOLD_NOTED_S or more at once, and every
+    HOLD_SAID_AGAIN_S while it lasts, with where the thread stands in Python and in the
+    kernel and what the processes under this one are doing; and note it for the run's last
+    lines (tests/stall_watch.py): the waits let a test pass through one."""
+    stack, said = None, 0.0
     while not done.wait(1.0):
         held = time.monotonic() - _serving["observed"]
-        if held >= HOLD_NOTED_S and stack is None:
-            stack, since = _serving_thread_at(), _serving["observed"]
+        if held >= HOLD_NOTED_S and (stack is None or held - said >= HOLD_SAID_AGAIN_S):
+            now = f"in the kernel: {stall_watch.in_kernel(os.getpid(), threading.main_thread().native_id)}"
+            if stack is None:
+                stack, since = f"{now}\n{_serving_thread_at()}", _serving["observed"]
+            said = held
+            stall_watch.say_now(f"the thread that runs the router has been held {held:.0f} s "
+                                f"({os.environ.get('PYTEST_CURRENT_TEST', '?')}); {now}\n"
+                                + "\n".join(stall_watch.processes_in_kernel(os.getpid())) + "\n" + _serving_thread_at())
         elif held < SERVING_HELD_S and stack is not None:
             stall_watch.note_hold("the thread that runs the router", _serving["observed"] - since, stack)
             stack = None
