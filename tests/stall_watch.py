@@ -12,7 +12,10 @@ whose helper thread stood still while others ran (a hold, not a stall) says so t
 ``note_hold``, with where that thread stood; the longest holds are said above the line.
 A hold is also said at once (``say_now``, to the terminal, past pytest's capture), with what
 the kernel says of the thread (``in_kernel``): a run that CI ends for its time still shows
-where it stood, as its end would not.
+where it stood, as its end would not. For the same reason the separate process, which the
+watch thread sends a beat each tick, says at once what the kernel says of the test process
+and those under it when the beats stop for ``SILENT_S``: a process frozen whole (a thread
+holding the GIL, every thread in the kernel) can say nothing of itself.
 """
 
 from __future__ import annotations
@@ -25,15 +28,33 @@ import time
 from collections import Counter
 
 LATE_S = 5.0
+SILENT_S = 60.0  # the separate process says at once what the kernel says of a test process this long silent
+SILENT_SAID_AGAIN_S = 300.0
 OUTSIDE = f"""
-import os, time
-parent, last = {os.getpid()}, time.monotonic()
+import os, sys, threading, time
+sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+import stall_watch
+parent, last, beat, said = {os.getpid()}, time.monotonic(), [time.monotonic()], 0.0
+
+def beats():  # the test process's watch thread writes a line each tick
+    for _ in sys.stdin:
+        beat[0] = time.monotonic()
+
+threading.Thread(target=beats, daemon=True).start()
 while os.getppid() == parent:
     time.sleep(1)
     now = time.monotonic()
     if now - last >= {LATE_S}:
         print(f"{{time.time() - (now - last):.0f}} {{now - last:.1f}}", flush=True)
-    last = now
+    last, silent = now, now - beat[0]
+    if silent < {SILENT_S}:
+        said = 0.0
+    elif not said or silent - said >= {SILENT_SAID_AGAIN_S}:
+        said = silent
+        lines = stall_watch.processes_in_kernel(parent)
+        os.write(2, (f"\\n[stall watch, from a separate process, {{stall_watch._clock(time.time())}} UTC] the test "
+                     f"process has not ticked for {{silent:.0f}} s; its main thread: "
+                     f"{{stall_watch.in_kernel(parent)}}\\n" + "\\n".join(lines) + "\\n").encode(errors="replace"))
 """
 WAITS = {"memory": "memory", "io": "IO", "cpu": "the CPU"}  # /proc/pressure's resources, as they are said
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -151,7 +172,8 @@ class StallWatch:
         self.least_memory = (float("inf"), 0.0)  # (GiB available, when)
         self.holds: list[tuple[float, str, str, str]] = []  # (seconds, what, test, stack), from note_hold
         self.terminal = os.dup(2)  # made before any test: pytest captures fd 2 only while a test runs
-        self.process = subprocess.Popen([sys.executable, "-c", OUTSIDE], stdout=subprocess.PIPE, text=True)
+        self.process = subprocess.Popen([sys.executable, "-c", OUTSIDE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                        text=True)
         threading.Thread(target=self._tick, daemon=True).start()
         threading.Thread(target=self._read, daemon=True).start()
         global _watch
@@ -166,6 +188,11 @@ class StallWatch:
                 waits = {k: after[k] - before[k] for k in after if k in before}
                 self.inside.append((time.time() - (now - last), now - last, self.test, waits))
             last, before = now, after
+            try:
+                self.process.stdin.write("\n")  # a beat for the separate process
+                self.process.stdin.flush()
+            except (OSError, ValueError):  # it has ended
+                pass
             memory = available_gib()
             if memory < self.least_memory[0]:
                 self.least_memory = (memory, time.time())

@@ -76,7 +76,7 @@ def serve(adapter, client_work, prog=None, between=None):
                 result["error"] = e
 
         worker = threading.Thread(target=work)
-        _serving["observed"] = time.monotonic()
+        _serving.update(observed=time.monotonic(), open=True)
         done = threading.Event()
         threading.Thread(target=_watch_serving, args=(done,), daemon=True).start()
         worker.start()
@@ -90,6 +90,7 @@ def serve(adapter, client_work, prog=None, between=None):
                     between()
         finally:
             done.set()
+            _serving["open"] = False  # no router to be held: a wait left running (this test failed) counts on
         worker.join()
     finally:
         adapter.stop()
@@ -232,7 +233,7 @@ def _queue(server) -> tuple[float, float]:
 SERVING_HELD_S = 2.0  # serve's thread observes every 0.2 s: no observation for this long means it is held
 HOLD_NOTED_S = 20.0  # a hold this long is said at once and at the run's end, passed or not
 HOLD_SAID_AGAIN_S = 300.0  # and again while it lasts, so the last lines of a run ended for its time say it
-_serving = {"observed": 0.0}  # when serve's thread last finished an observation (time.monotonic)
+_serving = {"observed": 0.0, "open": False}  # when serve's thread last observed (time.monotonic); whether it serves
 
 
 class _Looks:
@@ -242,7 +243,8 @@ class _Looks:
     which serve's thread has not observed for ``SERVING_HELD_S`` counts as none: that
     thread runs the router (and deploys), and CI once saw it held 735 s while this one
     looked on. A router held for good is left to the test's timeout, whose report shows
-    every thread's stack. ``said()`` is what a failure adds: the longest gap and hold, and
+    every thread's stack; once serve has given up (the test failed), time counts again, so
+    no wait outlives its test. ``said()`` is what a failure adds: the longest gap and hold, and
     where the serving thread is (the run's last lines say what the machine waited on:
     tests/stall_watch.py)."""
 
@@ -252,7 +254,7 @@ class _Looks:
 
     def look(self) -> float:
         now = time.monotonic()
-        held = now - _serving["observed"]
+        held = now - _serving["observed"] if _serving["open"] else 0.0
         self.longest_gap = max(self.longest_gap, now - self.last)
         if held < SERVING_HELD_S:
             self.ran += min(now - self.last, 1.0)
