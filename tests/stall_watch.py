@@ -88,7 +88,7 @@ def in_kernel(pid: int, tid: int | None = None) -> str:
     call and the innermost frames of its kernel stack, as far as this user may read them."""
     task = f"/proc/{pid}/task/{tid or pid}"
     said = [f"state {_state(task)}"]
-    if wchan := _read(f"{task}/wchan").strip("0 \n"):
+    if (wchan := _read(f"{task}/wchan").strip()) not in ("", "0"):
         said.append(f"waiting in {wchan}")
     call = _read(f"{task}/syscall").split()
     if call and call[0].lstrip("-").isdigit():
