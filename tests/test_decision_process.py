@@ -150,10 +150,14 @@ def test_a_deployment_does_not_wait_for_the_next_spare_to_start(isolated, monkey
 
     decision_process.start_spares(wait=True)
     release, start = threading.Event(), decision_process._start_child
-    monkeypatch.setattr(decision_process, "_start_child", lambda: release.wait(60) and start())
+    monkeypatch.setattr(decision_process, "_start_child", lambda: (release.wait(60), start())[1])
     deployed = IsolatedPolicy(PROGRAM, SLOTS, "q")  # takes a ready spare; held here, it would wait 60 s
     try:
-        assert deployed.priority(REQUEST, 10.0) == 3.5 and decision_process._starting[0] == 1 and not release.is_set()
+        assert deployed.priority(REQUEST, 10.0) == 3.5
+        deadline = time.monotonic() + 10  # the helper thread takes the job up
+        while decision_process._starting[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert decision_process._starting[0] == 1 and not release.is_set()  # deployed while a start is held
         release.set()
         deadline = time.monotonic() + 30
         while len(decision_process._spare) < decision_process.SPARES and time.monotonic() < deadline:
