@@ -15,26 +15,38 @@ the kernel says of the thread (``in_kernel``): a run that CI ends for its time s
 where it stood, as its end would not. For the same reason the separate process, which the
 watch thread sends a beat each tick, says at once what the kernel says of the test process
 and those under it when the beats stop for ``SILENT_S``: a process frozen whole (a thread
-holding the GIL, every thread in the kernel) can say nothing of itself.
+holding the GIL, every thread in the kernel) can say nothing of itself. What it cannot read,
+the Python stacks of a frozen process, the process writes itself: the watch thread re-arms
+``faulthandler.dump_traceback_later`` each tick, so when it has not ticked for
+``DUMP_AFTER_S`` CPython's own C watchdog thread, which needs neither the GIL nor a signal,
+dumps every thread's stack to a file that both watchers read. A stall also says how much CPU
+this process used in it and which thread used most: a thread spinning with the GIL held uses
+the whole stall, a process waiting on the kernel next to none.
 """
 
 from __future__ import annotations
 
+import faulthandler
+import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 
 LATE_S = 5.0
 SILENT_S = 60.0  # the separate process says at once what the kernel says of a test process this long silent
 SILENT_SAID_AGAIN_S = 300.0
-OUTSIDE = f"""
-import os, sys, threading, time
-sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r})
+DUMP_AFTER_S = 50.0  # this process's C watchdog dumps its threads' stacks when the watch thread is this late
+OUTSIDE = """
+import json, os, sys, threading, time
+sys.path.insert(0, {here!r})
 import stall_watch
-parent, last, beat, said = {os.getpid()}, time.monotonic(), [time.monotonic()], 0.0
+parent, last, beat, said = {parent}, time.monotonic(), [time.monotonic()], 0.0
 
 def beats():  # the test process's watch thread writes a line each tick
     for _ in sys.stdin:
@@ -44,21 +56,22 @@ threading.Thread(target=beats, daemon=True).start()
 while os.getppid() == parent:
     time.sleep(1)
     now = time.monotonic()
-    if now - last >= {LATE_S}:
-        print(f"{{time.time() - (now - last):.0f}} {{now - last:.1f}}", flush=True)
+    if now - last >= {late}:
+        print(json.dumps({{"late": [time.time() - (now - last), now - last]}}), flush=True)
     last, silent = now, now - beat[0]
-    if silent < {SILENT_S}:
+    if silent < {silent}:
         said = 0.0
-    elif not said or silent - said >= {SILENT_SAID_AGAIN_S}:
+    elif not said or silent - said >= {again}:
         said = silent
-        lines = stall_watch.processes_in_kernel(parent)
-        os.write(2, (f"\\n[stall watch, from a separate process, {{stall_watch._clock(time.time())}} UTC] the test "
-                     f"process has not ticked for {{silent:.0f}} s; its main thread: "
-                     f"{{stall_watch.in_kernel(parent)}}\\n" + "\\n".join(lines) + "\\n").encode(errors="replace"))
+        text = stall_watch.frozen(parent, silent, {dump!r}, {dump_after})
+        os.write(2, f"\\n[stall watch, from a separate process, {{stall_watch._clock(time.time())}} UTC] {{text}}\\n"
+                 .encode(errors="replace"))
+        print(json.dumps({{"said": text}}), flush=True)
 """
 WAITS = {"memory": "memory", "io": "IO", "cpu": "the CPU"}  # /proc/pressure's resources, as they are said
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 HOLDS_SAID = 3  # the longest holds said at the end, each with its stack
+STACKS_SAID = 24  # lines of stacks said at the end
 _watch: StallWatch | None = None  # the run's watch, for note_hold
 
 
@@ -103,19 +116,64 @@ def in_kernel(pid: int, tid: int | None = None) -> str:
 
 def processes_in_kernel(pid: int) -> list[str]:
     """One line for ``pid`` and each process under it (12 at most): its threads by state, and
-    where the threads in state D wait."""
+    where the threads in state D wait (and, in ``pid`` itself, those running, state R)."""
     lines, todo = [], [pid]
     while todo and len(lines) < 12:
         p = todo.pop(0)
         tasks = _listdir(f"/proc/{p}/task")
         states = {t: _state(f"/proc/{p}/task/{t}") for t in tasks}
         counts = ", ".join(f"{n} {s}" for s, n in Counter(states.values()).most_common())
-        deaf = "".join(f"; thread {t} {in_kernel(p, int(t))}" for t in tasks if states[t] == "D")
+        shown = ("D", "R") if p == pid else ("D",)
+        deaf = "".join(f"; thread {t} {in_kernel(p, int(t))}" for t in tasks if states[t] in shown)
         command = " ".join(_read(f"/proc/{p}/cmdline").replace("\0", " ").split())[:70]
         lines.append(f"{p} {command}: {len(tasks)} threads ({counts}){deaf}")
         for t in tasks:
             todo += [int(c) for c in _read(f"/proc/{p}/task/{t}/children").split()]
     return lines
+
+
+def frozen(pid: int, silent: float, dump: str, dump_after: float) -> str:
+    """What a separate process can say of test process ``pid``, silent for ``silent`` seconds: the
+    kernel's view of it and the processes under it, and its threads' Python stacks from
+    ``dump``, the file its own faulthandler watchdog writes when its watch thread is late."""
+    stacks = condense(_read(dump))
+    return (f"the test process has not ticked for {silent:.0f} s; its main thread: {in_kernel(pid)}\n"
+            + "\n".join(processes_in_kernel(pid)) + "\nits threads in Python (faulthandler, "
+            + (f"{dump_after:g} s in):\n" + "\n".join(stacks) if stacks else "nothing written: its C watchdog "
+               "did not run either)"))
+
+
+FRAME = re.compile(r'\s+File "(.*)", line (\d+) in (.*)')
+
+
+def condense(dump: str, names: dict[int, str] | None = None, frames: int = 4) -> list[str]:
+    """A faulthandler dump of every thread, one line per distinct stack: how many threads stand
+    there (by name where ``names`` maps their idents), then the innermost ``frames`` frames,
+    innermost first."""
+    stacks: list[tuple[str, list[str]]] = []
+    for line in dump.splitlines():
+        if line.startswith(("Thread 0x", "Current thread 0x")):
+            ident = int(line.split("0x", 1)[1].split()[0], 16)
+            stacks.append(((names or {}).get(ident, hex(ident)), []))
+        elif stacks and (m := FRAME.match(line)):
+            stacks[-1][1].append(f"{'/'.join(m[1].split('/')[-2:])}:{m[2]} {m[3]}")
+    where: dict[tuple[str, ...], list[str]] = {}
+    for name, stack in stacks:
+        where.setdefault(tuple(stack[:frames]), []).append(name)
+    return [f"  {len(who)} ({', '.join(who[:3])}{', ...' * (len(who) > 3)}): {' < '.join(stack) or '(no frame)'}"
+            for stack, who in where.items()]
+
+
+def thread_cpu(pid: int | str = "self") -> dict[int, float]:
+    """The CPU seconds (user and system) each thread of a process has used, and under 0 the
+    process's whole, which keeps the time of threads that have ended."""
+    used = {int(tid): _cpu(f"/proc/{pid}/task/{tid}/stat") for tid in _listdir(f"/proc/{pid}/task")}
+    return used | {0: _cpu(f"/proc/{pid}/stat")}
+
+
+def _cpu(stat: str) -> float:
+    fields = _read(stat).rsplit(")", 1)[-1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S if len(fields) > 12 else 0.0  # stat's utime, stime
 
 
 def _state(task: str) -> str:
@@ -164,30 +222,59 @@ def available_gib() -> float:
         return float("nan")
 
 
+@dataclass
+class Stall:
+    start: float  # wall clock
+    seconds: float
+    test: str
+    waits: dict = field(default_factory=dict)  # what the machine's tasks waited on meanwhile, by cause
+    used: str = ""  # the CPU this process used in it, and by which thread most
+    stacks: list = field(default_factory=list)  # its threads' stacks DUMP_AFTER_S in (condense)
+    dumped: float = 0.0  # seconds into it that they were written (more than DUMP_AFTER_S: as it ended)
+
+
 class StallWatch:
     def __init__(self):
         self.test = "between tests"  # what runs now, set by the conftest's hook
-        self.inside: list[tuple[float, float, str, dict]] = []  # (wall-clock start, seconds, test, waits meanwhile)
-        self.outside: list[tuple[float, float, str, dict]] = []
+        self.inside: list[Stall] = []
+        self.outside: list[Stall] = []
+        self.outside_said: list[str] = []  # what the separate process said of this one, frozen
         self.least_memory = (float("inf"), 0.0)  # (GiB available, when)
         self.holds: list[tuple[float, str, str, str]] = []  # (seconds, what, test, stack), from note_hold
         self.terminal = os.dup(2)  # made before any test: pytest captures fd 2 only while a test runs
-        self.process = subprocess.Popen([sys.executable, "-c", OUTSIDE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        text=True)
+        self.dump = tempfile.NamedTemporaryFile("w+", prefix="stall-watch-", suffix=".txt")  # faulthandler's
+        self.arming, self.stopped = threading.Lock(), False
+        self.names: dict[int, str] = {}  # thread names by ident, as faulthandler gives them
+        self.native: dict[int, str] = {}  # and by the kernel's thread id
+        here = os.path.dirname(os.path.abspath(__file__))
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", OUTSIDE.format(here=here, parent=os.getpid(), dump=self.dump.name, late=LATE_S,
+                                                  silent=SILENT_S, again=SILENT_SAID_AGAIN_S, dump_after=DUMP_AFTER_S)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._tick, daemon=True).start()
         threading.Thread(target=self._read, daemon=True).start()
         global _watch
         _watch = self
 
     def _tick(self) -> None:
-        last, before = time.monotonic(), counters()
+        before, cpu, last = counters(), thread_cpu(), time.monotonic()
         while True:
+            self._name_threads()
+            with self.arming:  # re-armed each tick, so it fires only when the ticks stop
+                if self.stopped:
+                    return
+                faulthandler.dump_traceback_later(DUMP_AFTER_S, file=self.dump)
             time.sleep(1)
-            now, after = time.monotonic(), counters()
+            # read before the clock (the process's CPU last): a stall that began in a read, which lets
+            # go of the GIL, is in them
+            after, cpu_after, now = counters(), thread_cpu(), time.monotonic()
             if now - last >= LATE_S:
-                waits = {k: after[k] - before[k] for k in after if k in before}
-                self.inside.append((time.time() - (now - last), now - last, self.test, waits))
-            last, before = now, after
+                self._name_threads()
+                start = time.time() - (now - last)
+                self.inside.append(Stall(start, now - last, self.test,
+                                         {k: after[k] - before[k] for k in after if k in before},
+                                         _used(cpu, cpu_after, self.native), *self._take_dump(start)))
+            last, before, cpu = now, after, cpu_after
             try:
                 self.process.stdin.write("\n")  # a beat for the separate process
                 self.process.stdin.flush()
@@ -197,34 +284,81 @@ class StallWatch:
             if memory < self.least_memory[0]:
                 self.least_memory = (memory, time.time())
 
+    def _name_threads(self) -> None:
+        """Keep the threads' names, for the stacks and CPU times of a stall, ended threads too."""
+        for t in threading.enumerate():
+            self.names[t.ident], self.native[t.native_id] = t.name, t.name
+
+    def _take_dump(self, start: float) -> tuple[list[str], float]:
+        """The stacks faulthandler wrote in the stall that began at ``start``, if it lasted that
+        long, and how far into it; the file is emptied for the next."""
+        text = _read(self.dump.name)
+        if not text:
+            return [], 0.0
+        written = os.fstat(self.dump.fileno()).st_mtime - start
+        os.ftruncate(self.dump.fileno(), 0)
+        os.lseek(self.dump.fileno(), 0, os.SEEK_SET)
+        return condense(text, self.names), written
+
     def _read(self) -> None:
         for line in self.process.stdout:
-            start, seconds = line.split()
-            self.outside.append((float(start), float(seconds), self.test, {}))
+            said = json.loads(line)
+            if "late" in said:
+                self.outside.append(Stall(*said["late"], self.test))
+            else:
+                self.outside_said.append(said["said"])
 
     def summary(self) -> str:
         gib, when = self.least_memory
         memory = f"; the least memory available {gib:.1f} GiB at {_clock(when)} UTC" if gib < float("inf") else ""
         holds = "".join(f"\n{what} held {seconds:.0f} s in {test}, standing at:\n{stack.rstrip()}"
                         for seconds, what, test, stack in sorted(self.holds, reverse=True)[:HOLDS_SAID])
-        return f"{holds.lstrip()}\n" * bool(holds) + \
-            f"stalls of {LATE_S:g} s or more: in this process {_said(self.inside)}; in a separate process " \
-            f"{_said(self.outside)}{memory}"
+        lines = [holds.lstrip()] if holds else []
+        lines.append(f"stalls of {LATE_S:g} s or more: in this process {_said(self.inside)}; in a separate process "
+                     f"{_said(self.outside)}{memory}")
+        dumped = max(self.inside, key=lambda s: (bool(s.stacks), s.seconds), default=Stall(0, 0, ""))
+        if dumped.stacks:  # a dump well after DUMP_AFTER_S came as the process went on (it was stopped whole)
+            when = f"{dumped.dumped:.0f} s into" if dumped.dumped < DUMP_AFTER_S + 5 else "at the end of"
+            lines.append(f"this process's threads {when} its longest stall that was dumped ({dumped.seconds:.0f} s "
+                         f"from {_clock(dumped.start)} UTC), by stack, innermost frame first:\n"
+                         + "\n".join(dumped.stacks[:STACKS_SAID]))
+        if self.outside_said:  # what the kernel said; the stacks are above, named
+            kernel = self.outside_said[-1].split("\nits threads in Python")[0]
+            lines.append(f"the separate process said ({len(self.outside_said)} times), last:\n"
+                         + "\n".join(kernel.splitlines()[:STACKS_SAID]))
+        return "\n".join(lines)
 
     def stop(self) -> None:
+        with self.arming:
+            self.stopped = True
+            faulthandler.cancel_dump_traceback_later()
         self.process.terminate()
 
 
-def _said(stalls: list[tuple[float, float, str, dict]]) -> str:
+def _used(before: dict[int, float], after: dict[int, float], names: dict[int, str]) -> str:
+    """The CPU this process used between two reads of ``thread_cpu``, and the thread that used
+    most (``names`` by native id), or threads that ended meanwhile."""
+    used = {tid: after[tid] - before.get(tid, 0.0) for tid in after if tid}
+    whole = after.get(0, 0.0) - before.get(0, 0.0)
+    tid = max(used, key=used.get, default=0)
+    busiest = max(used.get(tid, 0.0), whole - sum(used.values()))
+    by = (names.get(tid, f"thread {tid}, not Python's") if busiest == used.get(tid) else
+          "threads that ended meanwhile")
+    return f"this process used {whole:.1f} s of CPU in it" + f", most {busiest:.1f} s by {by}" * (busiest >= 0.5)
+
+
+def _said(stalls: list[Stall]) -> str:
     if not stalls:
         return "none"
-    start, seconds, test, waits = max(stalls, key=lambda s: s[1])
-    said = (f"{len(stalls)}, {sum(s[1] for s in stalls):.0f} s in all, the longest {seconds:.0f} s from "
-            f"{_clock(start)} UTC ({test})")
-    if waits:
+    longest = max(stalls, key=lambda s: s.seconds)
+    said = (f"{len(stalls)}, {sum(s.seconds for s in stalls):.0f} s in all, the longest {longest.seconds:.0f} s "
+            f"from {_clock(longest.start)} UTC ({longest.test})")
+    if waits := longest.waits:
         causes = ", ".join(f"{waits[k]:.0f} s on {said}" for k, said in WAITS.items() if k in waits)
         stolen = f", {waits['stolen']:.0f} s of CPU taken by the hypervisor" if "stolen" in waits else ""
         said += f", in which the machine's tasks waited {causes}{stolen}"
+    if longest.used:
+        said += f"; {longest.used}"
     return said
 
 

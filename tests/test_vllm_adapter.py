@@ -149,15 +149,17 @@ FAVOUR_ODD = "def priority(request, now):\n    return 0.0 if request.prompt_toke
 
 def _burst(url, server, when_full=None):
     """Two blockers take the server's two slots; 8 disfavoured requests (even prompt length)
-    queue behind them, then 8 favoured ones (odd). Only once the server reports all 16
-    waiting do the blockers hang up (vLLM aborts them), so the order is decided on a full
-    queue however slowly two busy cores let the client threads and the servers' API
-    processes work. The blockers ask for BLOCKER_TOKENS (over 100 s of decoding) so they
-    never end on their own first: on CI's machine 2000 tokens ran out while the client
-    threads were still sending (these machines freeze for seconds at a time under full
-    load, the whole VM at once). The pool's threads are all started before the blockers,
-    so sending is only a hand-over. A slow machine only makes the burst take longer: its
-    requests may wait BURST_TIMEOUT_S, and the wait fails only when the queue stops growing.
+    queue behind them, then 8 favoured ones (odd), sent only once the server reports the 8
+    waiting (CI once saw the router's thread held 22 s, and favoured requests sent 0.2 s after
+    the others reached the server among them, so FCFS served three among the first 8). Only once
+    the server reports all 16 waiting do the blockers hang up (vLLM aborts them), so the order
+    is decided on a full queue however slowly two busy cores let the client threads and the
+    servers' API processes work. The blockers ask for BLOCKER_TOKENS (over 100 s of decoding) so
+    they never end on their own first: on CI's machine 2000 tokens ran out while the client
+    threads were still sending (these machines freeze for seconds at a time under full load, the
+    whole VM at once). The pool's threads are all started before the blockers, so sending is
+    only a hand-over. A slow machine only makes the burst take longer: its requests may wait
+    BURST_TIMEOUT_S, and the wait fails only when the queue stops growing.
 
     Only a stall of this process longer than the blockers (over 300 s) defeats that: CI once
     saw neither the router nor the queue watcher run for minutes while vLLM went on, so the
@@ -211,7 +213,7 @@ def _one_burst(url, server, when_full=None):
         try:
             _wait_for_blockers(started, blockers, server)
             futures = [pool.submit(one, 40) for _ in range(8)]
-            time.sleep(0.2)
+            _wait_for_waiting(server, 8, futures)  # the 8 disfavoured first in the server's queue, however slow
             futures += [pool.submit(one, 41) for _ in range(8)]
             _wait_for_waiting(server, 16, futures)
             if when_full:
