@@ -164,14 +164,15 @@ def condense(dump: str, names: dict[int, str] | None = None, frames: int = 4) ->
             for stack, who in where.items()]
 
 
-def thread_cpu(pid: int | str = "self") -> dict[int, float]:
+def threadcpu_seconds(pid: int | str = "self") -> dict[int, float]:
     """The CPU seconds (user and system) each thread of a process has used, and under 0 the
     process's whole, which keeps the time of threads that have ended."""
-    used = {int(tid): _cpu(f"/proc/{pid}/task/{tid}/stat") for tid in _listdir(f"/proc/{pid}/task")}
-    return used | {0: _cpu(f"/proc/{pid}/stat")}
+    used = {int(tid): cpu_seconds(f"/proc/{pid}/task/{tid}/stat") for tid in _listdir(f"/proc/{pid}/task")}
+    return used | {0: cpu_seconds(f"/proc/{pid}/stat")}
 
 
-def _cpu(stat: str) -> float:
+def cpu_seconds(stat: str) -> float:
+    """The CPU seconds (user and system) a process or thread has used, from its stat file."""
     fields = _read(stat).rsplit(")", 1)[-1].split()
     return (int(fields[11]) + int(fields[12])) * TICK_S if len(fields) > 12 else 0.0  # stat's utime, stime
 
@@ -257,7 +258,7 @@ class StallWatch:
         _watch = self
 
     def _tick(self) -> None:
-        before, cpu, last = counters(), thread_cpu(), time.monotonic()
+        before, cpu, last = counters(), threadcpu_seconds(), time.monotonic()
         while True:
             self._name_threads()
             with self.arming:  # re-armed each tick, so it fires only when the ticks stop
@@ -267,7 +268,7 @@ class StallWatch:
             time.sleep(1)
             # read before the clock (the process's CPU last): a stall that began in a read, which lets
             # go of the GIL, is in them
-            after, cpu_after, now = counters(), thread_cpu(), time.monotonic()
+            after, cpu_after, now = counters(), threadcpu_seconds(), time.monotonic()
             if now - last >= LATE_S:
                 self._name_threads()
                 start = time.time() - (now - last)
@@ -302,7 +303,10 @@ class StallWatch:
 
     def _read(self) -> None:
         for line in self.process.stdout:
-            said = json.loads(line)
+            try:
+                said = json.loads(line)
+            except ValueError:
+                continue
             if "late" in said:
                 self.outside.append(Stall(*said["late"], self.test))
             else:

@@ -284,20 +284,26 @@ def _watch_serving(done: threading.Event) -> None:
     HOLD_SAID_AGAIN_S while it lasts, with where the thread stands in Python and in the
     kernel and what the processes under this one are doing; and note it for the run's last
     lines (tests/stall_watch.py): the waits let a test pass through one."""
-    stack, said = None, 0.0
+    main = threading.main_thread().native_id
+    stack, said, since = None, 0.0, 0.0
+    ran, ran_at = stall_watch.cpu_seconds(f"/proc/self/task/{main}/stat"), time.monotonic()
     while not done.wait(1.0):
         held = time.monotonic() - _serving["observed"]
-        if held >= HOLD_NOTED_S and (stack is None or held - said >= HOLD_SAID_AGAIN_S):
-            now = f"in the kernel: {stall_watch.in_kernel(os.getpid(), threading.main_thread().native_id)}"
+        if held < SERVING_HELD_S:
+            if stack is not None:
+                stall_watch.note_hold("the thread that runs the router", _serving["observed"] - since, stack)
+                stack = None
+            ran, ran_at = stall_watch.cpu_seconds(f"/proc/self/task/{main}/stat"), time.monotonic()  # before a hold
+        elif held >= HOLD_NOTED_S and (stack is None or held - said >= HOLD_SAID_AGAIN_S):
+            used = stall_watch.cpu_seconds(f"/proc/self/task/{main}/stat") - ran  # all of it: it computes
+            now = (f"it used {used:.1f} s of CPU in the last {time.monotonic() - ran_at:.0f} s; in the kernel: "
+                   f"{stall_watch.in_kernel(os.getpid(), main)}")
             if stack is None:
                 stack, since = f"{now}\n{_serving_thread_at()}", _serving["observed"]
             said = held
             stall_watch.say_now(f"the thread that runs the router has been held {held:.0f} s "
                                 f"({os.environ.get('PYTEST_CURRENT_TEST', '?')}); {now}\n"
                                 + "\n".join(stall_watch.processes_in_kernel(os.getpid())) + "\n" + _serving_thread_at())
-        elif held < SERVING_HELD_S and stack is not None:
-            stall_watch.note_hold("the thread that runs the router", _serving["observed"] - since, stack)
-            stack = None
     if stack is not None:
         stall_watch.note_hold("the thread that runs the router", time.monotonic() - since, stack)
 
