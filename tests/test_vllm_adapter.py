@@ -207,8 +207,8 @@ def _one_burst(url, server, when_full=None):
     with ThreadPoolExecutor(18) as pool:
         ready = threading.Barrier(19)
         for _ in range(18):
-            pool.submit(ready.wait, 60)
-        ready.wait(60)  # all 18 threads exist and are idle
+            pool.submit(ready.wait, BURST_TIMEOUT_S)
+        ready.wait(BURST_TIMEOUT_S)  # all 18 threads exist and are idle (milliseconds, unless this process freezes)
         blockers = [pool.submit(blocker, i) for i in range(2)]
         try:
             _wait_for_blockers(started, blockers, server)
