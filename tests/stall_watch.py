@@ -16,12 +16,13 @@ where it stood, as its end would not. For the same reason the separate process, 
 watch thread sends a beat each tick, says at once what the kernel says of the test process
 and those under it when the beats stop for ``SILENT_S``: a process frozen whole (a thread
 holding the GIL, every thread in the kernel) can say nothing of itself. What it cannot read,
-the Python stacks of a frozen process, the process writes itself: the watch thread re-arms
-``faulthandler.dump_traceback_later`` each tick, so when it has not ticked for
-``DUMP_AFTER_S`` CPython's own C watchdog thread, which needs neither the GIL nor a signal,
-dumps every thread's stack to a file that both watchers read. A stall also says how much CPU
-this process used in it and which thread used most: a thread spinning with the GIL held uses
-the whole stall, a process waiting on the kernel next to none.
+the Python stacks of a frozen process, the process writes itself: the separate process sends
+it ``DUMP_SIGNAL``, whose handler (``faulthandler.register``) runs in C, needs no GIL, and
+writes every thread's stack to a file that both watchers read. (Not
+``faulthandler.dump_traceback_later``: its watchdog thread's lock, copied held into a forked
+child, hangs the child at its exit.) A stall also says how much CPU this process used in it
+and which thread used most: a thread spinning with the GIL held uses the whole stall, a
+process waiting on the kernel next to none.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import faulthandler
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +43,7 @@ from dataclasses import dataclass, field
 LATE_S = 5.0
 SILENT_S = 60.0  # the separate process says at once what the kernel says of a test process this long silent
 SILENT_SAID_AGAIN_S = 300.0
-DUMP_AFTER_S = 50.0  # this process's C watchdog dumps its threads' stacks when the watch thread is this late
+DUMP_SIGNAL = signal.SIGUSR2  # on which this process writes its threads' stacks, sent when it is silent
 OUTSIDE = """
 import json, os, sys, threading, time
 sys.path.insert(0, {here!r})
@@ -62,8 +64,12 @@ while os.getppid() == parent:
     if silent < {silent}:
         said = 0.0
     elif not said or silent - said >= {again}:
+        if not said:  # once a silence: its stacks, written by the signal's handler in C, without the GIL
+            os.kill(parent, {signal})
+            time.sleep(1)
+            last = time.monotonic()  # this wait is not a stall of this process
         said = silent
-        text = stall_watch.frozen(parent, silent, {dump!r}, {dump_after})
+        text = stall_watch.frozen(parent, silent, {dump!r})
         os.write(2, f"\\n[stall watch, from a separate process, {{stall_watch._clock(time.time())}} UTC] {{text}}\\n"
                  .encode(errors="replace"))
         print(json.dumps({{"said": text}}), flush=True)
@@ -132,15 +138,15 @@ def processes_in_kernel(pid: int) -> list[str]:
     return lines
 
 
-def frozen(pid: int, silent: float, dump: str, dump_after: float) -> str:
+def frozen(pid: int, silent: float, dump: str) -> str:
     """What a separate process can say of test process ``pid``, silent for ``silent`` seconds: the
     kernel's view of it and the processes under it, and its threads' Python stacks from
-    ``dump``, the file its own faulthandler watchdog writes when its watch thread is late."""
+    ``dump``, the file it writes on ``DUMP_SIGNAL``."""
     stacks = condense(_read(dump))
     return (f"the test process has not ticked for {silent:.0f} s; its main thread: {in_kernel(pid)}\n"
-            + "\n".join(processes_in_kernel(pid)) + "\nits threads in Python (faulthandler, "
-            + (f"{dump_after:g} s in):\n" + "\n".join(stacks) if stacks else "nothing written: its C watchdog "
-               "did not run either)"))
+            + "\n".join(processes_in_kernel(pid)) + "\nits threads in Python (on a signal, "
+            + (f"{SILENT_S:g} s in):\n" + "\n".join(stacks) if stacks else "nothing written: no thread of it ran "
+               "the handler)"))
 
 
 FRAME = re.compile(r'\s+File "(.*)", line (\d+) in (.*)')
@@ -230,8 +236,8 @@ class Stall:
     test: str
     waits: dict = field(default_factory=dict)  # what the machine's tasks waited on meanwhile, by cause
     used: str = ""  # the CPU this process used in it, and by which thread most
-    stacks: list = field(default_factory=list)  # its threads' stacks DUMP_AFTER_S in (condense)
-    dumped: float = 0.0  # seconds into it that they were written (more than DUMP_AFTER_S: as it ended)
+    stacks: list = field(default_factory=list)  # its threads' stacks SILENT_S in (condense)
+    dumped: float = 0.0  # seconds into it that they were written (well past SILENT_S: as it ended)
 
 
 class StallWatch:
@@ -244,13 +250,13 @@ class StallWatch:
         self.holds: list[tuple[float, str, str, str]] = []  # (seconds, what, test, stack), from note_hold
         self.terminal = os.dup(2)  # made before any test: pytest captures fd 2 only while a test runs
         self.dump = tempfile.NamedTemporaryFile("w+", prefix="stall-watch-", suffix=".txt")  # faulthandler's
-        self.arming, self.stopped = threading.Lock(), False
+        faulthandler.register(DUMP_SIGNAL, file=self.dump, all_threads=True)
         self.names: dict[int, str] = {}  # thread names by ident, as faulthandler gives them
         self.native: dict[int, str] = {}  # and by the kernel's thread id
         here = os.path.dirname(os.path.abspath(__file__))
         self.process = subprocess.Popen(
             [sys.executable, "-c", OUTSIDE.format(here=here, parent=os.getpid(), dump=self.dump.name, late=LATE_S,
-                                                  silent=SILENT_S, again=SILENT_SAID_AGAIN_S, dump_after=DUMP_AFTER_S)],
+                                                  silent=SILENT_S, again=SILENT_SAID_AGAIN_S, signal=int(DUMP_SIGNAL))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         threading.Thread(target=self._tick, daemon=True).start()
         threading.Thread(target=self._read, daemon=True).start()
@@ -261,10 +267,6 @@ class StallWatch:
         before, cpu, last = counters(), threadcpu_seconds(), time.monotonic()
         while True:
             self._name_threads()
-            with self.arming:  # re-armed each tick, so it fires only when the ticks stop
-                if self.stopped:
-                    return
-                faulthandler.dump_traceback_later(DUMP_AFTER_S, file=self.dump)
             time.sleep(1)
             # read before the clock (the process's CPU last): a stall that began in a read, which lets
             # go of the GIL, is in them
@@ -321,8 +323,8 @@ class StallWatch:
         lines.append(f"stalls of {LATE_S:g} s or more: in this process {_said(self.inside)}; in a separate process "
                      f"{_said(self.outside)}{memory}")
         dumped = max(self.inside, key=lambda s: (bool(s.stacks), s.seconds), default=Stall(0, 0, ""))
-        if dumped.stacks:  # a dump well after DUMP_AFTER_S came as the process went on (it was stopped whole)
-            when = f"{dumped.dumped:.0f} s into" if dumped.dumped < DUMP_AFTER_S + 5 else "at the end of"
+        if dumped.stacks:  # a dump at its end: the signal waited for the process to go on (it was stopped whole)
+            when = "at the end of" if dumped.dumped >= dumped.seconds - 1 else f"{dumped.dumped:.0f} s into"
             lines.append(f"this process's threads {when} its longest stall that was dumped ({dumped.seconds:.0f} s "
                          f"from {_clock(dumped.start)} UTC), by stack, innermost frame first:\n"
                          + "\n".join(dumped.stacks[:STACKS_SAID]))
@@ -333,9 +335,7 @@ class StallWatch:
         return "\n".join(lines)
 
     def stop(self) -> None:
-        with self.arming:
-            self.stopped = True
-            faulthandler.cancel_dump_traceback_later()
+        faulthandler.unregister(DUMP_SIGNAL)
         self.process.terminate()
 
 
