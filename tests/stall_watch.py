@@ -170,11 +170,22 @@ def condense(dump: str, names: dict[int, str] | None = None, frames: int = 4) ->
             for stack, who in where.items()]
 
 
-def threadcpu_seconds(pid: int | str = "self") -> dict[int, float]:
+def thread_cpu(pid: int | str = "self") -> dict[int, float]:
     """The CPU seconds (user and system) each thread of a process has used, and under 0 the
     process's whole, which keeps the time of threads that have ended."""
     used = {int(tid): cpu_seconds(f"/proc/{pid}/task/{tid}/stat") for tid in _listdir(f"/proc/{pid}/task")}
     return used | {0: cpu_seconds(f"/proc/{pid}/stat")}
+
+
+def waited_for_cpu(pid: int | str = "self") -> float:
+    """The seconds the threads of a process (those alive) have spent runnable but waiting for a
+    CPU, from the kernel's schedstat: a process starved by the machine's load waits there, one
+    whose threads wait on a lock, the GIL or the kernel sleeps instead."""
+    waited = 0.0
+    for tid in _listdir(f"/proc/{pid}/task"):
+        fields = _read(f"/proc/{pid}/task/{tid}/schedstat").split()  # ns running, ns waiting, time slices
+        waited += int(fields[1]) / 1e9 if len(fields) > 1 else 0.0
+    return waited
 
 
 def cpu_seconds(stat: str) -> float:
@@ -264,20 +275,21 @@ class StallWatch:
         _watch = self
 
     def _tick(self) -> None:
-        before, cpu, last = counters(), threadcpu_seconds(), time.monotonic()
+        before, cpu, queued, last = counters(), thread_cpu(), waited_for_cpu(), time.monotonic()
         while True:
             self._name_threads()
             time.sleep(1)
             # read before the clock (the process's CPU last): a stall that began in a read, which lets
             # go of the GIL, is in them
-            after, cpu_after, now = counters(), threadcpu_seconds(), time.monotonic()
+            after, cpu_after, queued_after, now = counters(), thread_cpu(), waited_for_cpu(), time.monotonic()
             if now - last >= LATE_S:
                 self._name_threads()
                 start = time.time() - (now - last)
                 self.inside.append(Stall(start, now - last, self.test,
                                          {k: after[k] - before[k] for k in after if k in before},
-                                         _used(cpu, cpu_after, self.native), *self._take_dump(start)))
-            last, before, cpu = now, after, cpu_after
+                                         _used(cpu, cpu_after, self.native, queued_after - queued),
+                                         *self._take_dump(start)))
+            last, before, cpu, queued = now, after, cpu_after, queued_after
             try:
                 self.process.stdin.write("\n")  # a beat for the separate process
                 self.process.stdin.flush()
@@ -339,16 +351,18 @@ class StallWatch:
         self.process.terminate()
 
 
-def _used(before: dict[int, float], after: dict[int, float], names: dict[int, str]) -> str:
+def _used(before: dict[int, float], after: dict[int, float], names: dict[int, str], queued: float) -> str:
     """The CPU this process used between two reads of ``thread_cpu``, and the thread that used
-    most (``names`` by native id), or threads that ended meanwhile."""
+    most (``names`` by native id), or threads that ended meanwhile; and how long its threads
+    were runnable but waited for a CPU (``queued``, from ``waited_for_cpu``)."""
     used = {tid: after[tid] - before.get(tid, 0.0) for tid in after if tid}
     whole = after.get(0, 0.0) - before.get(0, 0.0)
     tid = max(used, key=used.get, default=0)
     busiest = max(used.get(tid, 0.0), whole - sum(used.values()))
     by = (names.get(tid, f"thread {tid}, not Python's") if busiest == used.get(tid) else
           "threads that ended meanwhile")
-    return f"this process used {whole:.1f} s of CPU in it" + f", most {busiest:.1f} s by {by}" * (busiest >= 0.5)
+    return (f"this process used {whole:.1f} s of CPU in it" + f", most {busiest:.1f} s by {by}" * (busiest >= 0.5)
+            + f", and its threads waited {queued:.1f} s for a CPU between them")
 
 
 def _said(stalls: list[Stall]) -> str:
