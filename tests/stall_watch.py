@@ -20,9 +20,10 @@ the Python stacks of a frozen process, the process writes itself: the separate p
 it ``DUMP_SIGNAL``, whose handler (``faulthandler.register``) runs in C, needs no GIL, and
 writes every thread's stack to a file that both watchers read. (Not
 ``faulthandler.dump_traceback_later``: its watchdog thread's lock, copied held into a forked
-child, hangs the child at its exit.) A stall also says how much CPU this process used in it
-and which thread used most: a thread spinning with the GIL held uses the whole stall, a
-process waiting on the kernel next to none.
+child, hangs the child at its exit.) A stall also says how much CPU this process used in it,
+which thread used most, and how long its threads waited for a CPU: a thread spinning with
+the GIL held uses the whole stall, a process waiting on the kernel next to none, and a
+process starved by the machine's load neither, its threads runnable and waiting.
 """
 
 from __future__ import annotations
@@ -279,8 +280,7 @@ class StallWatch:
         while True:
             self._name_threads()
             time.sleep(1)
-            # read before the clock (the process's CPU last): a stall that began in a read, which lets
-            # go of the GIL, is in them
+            # read before the clock: a stall that began in a read, which lets go of the GIL, is in them
             after, cpu_after, queued_after, now = counters(), thread_cpu(), waited_for_cpu(), time.monotonic()
             if now - last >= LATE_S:
                 self._name_threads()
@@ -347,8 +347,9 @@ class StallWatch:
         return "\n".join(lines)
 
     def stop(self) -> None:
+        self.process.kill()  # first: unhandled, its signal would end this process
+        self.process.wait()
         faulthandler.unregister(DUMP_SIGNAL)
-        self.process.terminate()
 
 
 def _used(before: dict[int, float], after: dict[int, float], names: dict[int, str], queued: float) -> str:
