@@ -100,6 +100,42 @@ def test_same_seed_same_metrics_to_the_last_bit():
     assert a != c
 
 
+class PreemptionWatch(Simulation):
+    """Checks every preemption as it happens against what the engine promises (vLLM's rule):
+    of the requests running on the replica, the one with the lowest priority goes, the
+    latest queued of a tie (the largest (epoch, key, seq))."""
+
+    preempted = 0
+
+    def _preempt(self, replica):
+        running = {id(r): r for _, _, r in replica.finishing if r.alive}
+        lowest = max(running.values(), key=lambda r: (r.epoch, r.key, r.seq))
+        super()._preempt(replica)
+        assert [r for r in running.values() if not r.alive] == [lowest]
+        assert lowest.target == lowest.prompt + lowest.generated and lowest.prefilled == 0  # recomputed
+        self.preempted += 1
+
+
+def test_a_full_cache_preempts_the_lowest_priority_running_request():
+    """300 requests at once whose decode growth outgrows one A100's KV cache (about 110,000
+    tokens of Llama-2-7B): shortest-prompt-first keeps the short prompts running and
+    preempts the long ones, and every preempted request is recomputed and finishes."""
+    import random
+
+    rng = random.Random(5)
+    requests = [(50.0 + i * 1e-3, rng.choice([100, 400, 400, 1200]), rng.randint(600, 1400)) for i in range(300)]
+    sc = one_gpu_scenario(requests)
+    sim = PreemptionWatch(sc, policy("priority:shortest_prompt"), hardware.load_gpus(), hardware.model(sc.model),
+                          lambda g: calibration("default", g))
+    result = sim.run()
+    assert sim.preempted > 20
+    assert sim.tokens_out == sum(o for _, _, o in requests)
+    assert sorted(r.request_id for r in result.records) == list(range(len(requests)))
+    preempted = [r for r in result.records if r.preemptions]
+    assert max(r.prompt_tokens for r in result.records if not r.preemptions) >= 400
+    assert all(r.prompt_tokens >= 400 for r in preempted)  # the shortest prompts always outrank someone
+
+
 def poisson(rate, duration, seed=0, prompt=300, output=100):
     import random
     rng, t, out = random.Random(seed), 50.0, []
