@@ -147,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "slots none defines use the first baseline")
     sim.add_argument("--runs-dir", default="runs", help="where --policy RUN is found")
     sim.add_argument("--seed", type=_non_negative_int, default=0)
+    sim.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
+                     help="requests=N serves the scenario's first N requests only, as evolve's -o does")
     sim.add_argument("--json", action="store_true")
     sim.add_argument("--timeout", type=positive_float, default=600.0, help="CPU seconds before the run is stopped")
     sim.add_argument("--list", action="store_true", help="list the scenarios and baselines, then exit")
@@ -977,6 +979,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         scenarios.path_of(args.scenario)
     except scenarios.ScenarioError as e:
         raise UserError(str(e)) from None
+    options = parse_options(args.option)
+    if set(options) - {"requests"}:
+        other = ", ".join(f"-o {k}" for k in sorted(set(options) - {"requests"}))
+        raise UserError(f"simulate takes only -o requests=N (the scenario is --scenario, the seed --seed); got {other}")
     run_ids = [spec for spec in args.policy if not Path(spec).is_file()]
     archive = _archive_with_runs(run_ids[0], args.runs_dir) if run_ids else None
     try:
@@ -992,7 +998,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             source += "\n\n" + next(iter(slot.baselines.values()))
     try:
         check(source, SLOTS)
-        adapter = SimulatorAdapter(args.scenario)
+        adapter = SimulatorAdapter(args.scenario, **options)  # a bad requests=N is an AdapterError: one line
         scenarios.load(args.scenario, args.seed, 1)  # a missing trace or bad field: say so before starting
     except Rejected as e:
         raise UserError(f"policy rejected: {e}") from None
@@ -1007,7 +1013,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(metrics))
         return 0
-    table = titled_table(f"{args.scenario} (seed {args.seed}): {', '.join(args.policy) or 'first baselines'}")
+    first = f", first {adapter.requests} requests" if adapter.requests else ""
+    table = titled_table(f"{args.scenario} (seed {args.seed}{first}): {', '.join(args.policy) or 'first baselines'}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in sorted(metrics):

@@ -499,6 +499,18 @@ def test_simulate_runs_a_policy_file(tmp_path):
     assert "spot_loss" in listing.stdout and "capacity_jsq" in listing.stdout
 
 
+def test_simulate_serves_the_first_requests_as_evolve_does(tmp_path):
+    """``-o requests=N`` cuts a scenario short in ``simulate`` as in ``evolve`` (it had no -o)."""
+    whole = json.loads(cli("simulate", "--scenario", "stationary", "--json").stdout)
+    first = cli("simulate", "--scenario", "stationary", "-o", "requests=50", "--json")
+    assert first.returncode == 0, first.stderr
+    metrics = json.loads(first.stdout)
+    assert metrics["requests"] == 50 < whole["requests"]
+    assert metrics["total_time"] < whole["total_time"] / 10
+    table = cli("simulate", "--scenario", "stationary", "-o", "requests=50")
+    assert "stationary (seed 0, first 50 requests)" in table.stdout
+
+
 def test_a_mistaken_evolve_leaves_no_archive(tmp_path):
     runs = tmp_path / "runs"
     assert_one_line_error(cli("evolve", "--adapter", "simulator", "--scenario", "atlantis", "--runs-dir", str(runs)),
@@ -529,6 +541,9 @@ def test_bench_serves_the_simulator_live_as_simulate_runs_it(tmp_path):
     (["evolve", "--adapter", "simulator", "-o", "requests=-3"], "requests must be a whole number >= 1"),
     (["evolve", "--adapter", "simulator", "-o", "requests=0"], "requests must be a whole number >= 1"),
     (["bench", "--adapter", "simulator", "-o", "requests=abc"], "requests must be a whole number >= 1"),
+    (["simulate", "-o", "requests=0"], "requests must be a whole number >= 1"),
+    (["simulate", "-o", "seed=3", "-o", "rate=2"], "simulate takes only -o requests=N (the scenario is --scenario, "
+                                                   "the seed --seed); got -o rate, -o seed"),
 ])
 def test_simulator_mistakes_get_one_line(tmp_path, args, fragment):
     assert_one_line_error(cli(*args), fragment)
