@@ -23,7 +23,11 @@ writes every thread's stack to a file that both watchers read. (Not
 child, hangs the child at its exit.) A stall also says how much CPU this process used in it,
 which thread used most, and how long its threads waited for a CPU: a thread spinning with
 the GIL held uses the whole stall, a process waiting on the kernel next to none, and a
-process starved by the machine's load neither, its threads runnable and waiting.
+process starved by the machine's load neither, its threads runnable and waiting. Then who
+starved it: a stall (and the separate process, of a silence) says how busy and idle each
+CPU was meanwhile and which processes on the machine used most, and a held thread's kernel
+view says which CPUs it may run on and at what priority. CI's stalls so far had the test
+process's threads runnable for minutes with next to no CPU, while the separate process ran.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ import json, os, sys, threading, time
 sys.path.insert(0, {here!r})
 import stall_watch
 parent, last, beat, said = {parent}, time.monotonic(), [time.monotonic()], 0.0
+base = (stall_watch.cpus(), stall_watch.processes())  # the machine's CPU counters while the beats came
 
 def beats():  # the test process's watch thread writes a line each tick
     for _ in sys.stdin:
@@ -62,6 +67,8 @@ while os.getppid() == parent:
     if now - last >= {late}:
         print(json.dumps({{"late": [time.time() - (now - last), now - last]}}), flush=True)
     last, silent = now, now - beat[0]
+    if silent < 2:  # a beat since the last tick
+        base = (stall_watch.cpus(), stall_watch.processes())
     if silent < {silent}:
         said = 0.0
     elif not said or silent - said >= {again}:
@@ -70,7 +77,7 @@ while os.getppid() == parent:
             time.sleep(1)
             last = time.monotonic()  # this wait is not a stall of this process
         said = silent
-        text = stall_watch.frozen(parent, silent, {dump!r})
+        text = stall_watch.frozen(parent, silent, {dump!r}, base)
         os.write(2, f"\\n[stall watch, from a separate process, {{stall_watch._clock(time.time())}} UTC] {{text}}\\n"
                  .encode(errors="replace"))
         print(json.dumps({{"said": text}}), flush=True)
@@ -95,6 +102,8 @@ def say_now(text: str) -> None:
         os.write(_watch.terminal, f"\n[stall watch {_clock(time.time())} UTC] {text}\n".encode(errors="replace"))
 
 
+POLICIES = {"0": "SCHED_OTHER", "1": "SCHED_FIFO", "2": "SCHED_RR", "3": "SCHED_BATCH", "5": "SCHED_IDLE",
+            "6": "SCHED_DEADLINE"}
 SYSCALLS = {0: "read", 1: "write", 3: "close", 7: "poll", 9: "mmap", 17: "pread64", 18: "pwrite64", 23: "select",
             35: "nanosleep", 45: "recvfrom", 47: "recvmsg", 56: "clone", 57: "fork", 58: "vfork", 59: "execve",
             61: "wait4", 62: "kill", 74: "fsync", 82: "rename", 202: "futex", 230: "clock_nanosleep",
@@ -118,7 +127,20 @@ def in_kernel(pid: int, tid: int | None = None) -> str:
         said.append(call[0])  # "running"
     if stack := [line.split()[-1].split("+")[0] for line in _read(f"{task}/stack").splitlines()[:6]]:
         said.append("kernel stack " + " < ".join(stack))
-    return ", ".join(said)
+    return ", ".join(said + [placement(task)])
+
+
+def placement(task: str) -> str:
+    """Where the kernel may run a thread and with what share: its allowed CPUs, the CPU it ran
+    on last, its nice value and policy (a thread pinned to a busy CPU, or of low priority,
+    waits there while another CPU idles)."""
+    allowed = next((line.split(":", 1)[1].strip() for line in _read(f"{task}/status").splitlines()
+                    if line.startswith("Cpus_allowed_list:")), "?")
+    fields = _read(f"{task}/stat").rsplit(")", 1)[-1].split()  # from field 3, state
+    if len(fields) < 39:
+        return f"may run on CPUs {allowed}"
+    policy = POLICIES.get(fields[38], f"policy {fields[38]}")
+    return f"may run on CPUs {allowed}, last on CPU {fields[36]}, nice {fields[16]}, {policy}"
 
 
 def processes_in_kernel(pid: int) -> list[str]:
@@ -139,12 +161,14 @@ def processes_in_kernel(pid: int) -> list[str]:
     return lines
 
 
-def frozen(pid: int, silent: float, dump: str) -> str:
+def frozen(pid: int, silent: float, dump: str, base: tuple[dict, dict] | None = None) -> str:
     """What a separate process can say of test process ``pid``, silent for ``silent`` seconds: the
-    kernel's view of it and the processes under it, and its threads' Python stacks from
-    ``dump``, the file it writes on ``DUMP_SIGNAL``."""
+    kernel's view of it and the processes under it, its threads' Python stacks from ``dump``, the
+    file it writes on ``DUMP_SIGNAL``, and who used the machine's CPUs since ``base`` (``cpus()``
+    and ``processes()`` read at its last beat)."""
     stacks = condense(_read(dump))
-    return (f"the test process has not ticked for {silent:.0f} s; its main thread: {in_kernel(pid)}\n"
+    machine = f"; since its last beat {cpu_users(*base, cpus(), processes())}" if base else ""
+    return (f"the test process has not ticked for {silent:.0f} s{machine}; its main thread: {in_kernel(pid)}\n"
             + "\n".join(processes_in_kernel(pid)) + "\nits threads in Python (on a signal, "
             + (f"{SILENT_S:g} s in):\n" + "\n".join(stacks) if stacks else "nothing written: no thread of it ran "
                "the handler)"))
@@ -187,6 +211,41 @@ def waited_for_cpu(pid: int | str = "self") -> float:
         fields = _read(f"/proc/{pid}/task/{tid}/schedstat").split()  # ns running, ns waiting, time slices
         waited += int(fields[1]) / 1e9 if len(fields) > 1 else 0.0
     return waited
+
+
+def cpus() -> dict[str, tuple[float, float]]:
+    """Busy and idle seconds since boot of each CPU ("cpu0", ...) and of all ("cpu"), from
+    ``/proc/stat`` (the hypervisor's share, steal, is neither)."""
+    out = {}
+    for line in _read("/proc/stat").splitlines():
+        name, *ticks = line.split()
+        if not name.startswith("cpu") or len(ticks) < 7:
+            break
+        user, nice, system, idle, iowait, irq, softirq = (int(t) for t in ticks[:7])
+        out[name] = ((user + nice + system + irq + softirq) * TICK_S, (idle + iowait) * TICK_S)
+    return out
+
+
+def processes() -> dict[int, float]:
+    """The CPU seconds each process on the machine has used (its threads', ended ones too)."""
+    return {int(p): cpu_seconds(f"/proc/{p}/stat") for p in _listdir("/proc") if p.isdigit()}
+
+
+def cpu_users(cpus_before: dict, processes_before: dict, cpus_after: dict, processes_after: dict,
+              most: int = 4) -> str:
+    """Who used the machine's CPUs between two reads of ``cpus()`` and ``processes()``: how busy
+    and idle each CPU was, and the processes that used most. A process starved while a CPU it
+    may use idles was not starved by load; one starved while others use every CPU was."""
+    each = [f"{name} {busy - cpus_before[name][0]:.0f} and {idle - cpus_before[name][1]:.0f} s"
+            for name, (busy, idle) in cpus_after.items() if name != "cpu" and name in cpus_before]
+    busy, idle = (a - b for a, b in zip(cpus_after.get("cpu", (0, 0)), cpus_before.get("cpu", (0, 0))))
+    used = {p: s - processes_before.get(p, 0.0) for p, s in processes_after.items()}
+    ended = len(processes_before.keys() - processes_after.keys())
+    top = sorted(used, key=used.get, reverse=True)[:most]
+    users = ", ".join(f"{p} {_read(f'/proc/{p}/comm').strip() or '?'} {used[p]:.0f} s" for p in top if used[p] >= 0.5)
+    return (f"the CPUs were busy {busy:.0f} s and idle {idle:.0f} s (each, busy and idle: {', '.join(each)})"
+            + f", most used by {users}" * bool(users)
+            + f"; processes that ended meanwhile, whose part is in the busy time only: {ended}" * bool(ended))
 
 
 def cpu_seconds(stat: str) -> float:
@@ -250,6 +309,7 @@ class Stall:
     used: str = ""  # the CPU this process used in it, and by which thread most
     stacks: list = field(default_factory=list)  # its threads' stacks SILENT_S in (condense)
     dumped: float = 0.0  # seconds into it that they were written (well past SILENT_S: as it ended)
+    machine: str = ""  # who used the machine's CPUs in it (cpu_users)
 
 
 class StallWatch:
@@ -277,19 +337,21 @@ class StallWatch:
 
     def _tick(self) -> None:
         before, cpu, queued, last = counters(), thread_cpu(), waited_for_cpu(), time.monotonic()
+        machine = (cpus(), processes())
         while True:
             self._name_threads()
             time.sleep(1)
             # read before the clock: a stall that began in a read, which lets go of the GIL, is in them
-            after, cpu_after, queued_after, now = counters(), thread_cpu(), waited_for_cpu(), time.monotonic()
+            after, cpu_after, queued_after = counters(), thread_cpu(), waited_for_cpu()
+            machine_after, now = (cpus(), processes()), time.monotonic()
             if now - last >= LATE_S:
                 self._name_threads()
                 start = time.time() - (now - last)
                 self.inside.append(Stall(start, now - last, self.test,
                                          {k: after[k] - before[k] for k in after if k in before},
                                          _used(cpu, cpu_after, self.native, queued_after - queued),
-                                         *self._take_dump(start)))
-            last, before, cpu, queued = now, after, cpu_after, queued_after
+                                         *self._take_dump(start), machine=cpu_users(*machine, *machine_after)))
+            last, before, cpu, queued, machine = now, after, cpu_after, queued_after, machine_after
             try:
                 self.process.stdin.write("\n")  # a beat for the separate process
                 self.process.stdin.flush()
@@ -378,6 +440,8 @@ def _said(stalls: list[Stall]) -> str:
         said += f", in which the machine's tasks waited {causes}{stolen}"
     if longest.used:
         said += f"; {longest.used}"
+    if longest.machine:
+        said += f"; {longest.machine}"
     return said
 
 
