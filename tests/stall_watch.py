@@ -235,7 +235,9 @@ def cpu_users(cpus_before: dict, processes_before: dict, cpus_after: dict, proce
               most: int = 4) -> str:
     """Who used the machine's CPUs between two reads of ``cpus()`` and ``processes()``: how busy
     and idle each CPU was, and the processes that used most. A process starved while a CPU it
-    may use idles was not starved by load; one starved while others use every CPU was."""
+    may use idles was not starved by load; one starved while others use every CPU was; and a
+    CPU whose busy and idle time fall well short of the stretch did not run (its hypervisor
+    held it, whether or not it counts that as steal)."""
     each = [f"{name} {busy - cpus_before[name][0]:.0f} and {idle - cpus_before[name][1]:.0f} s"
             for name, (busy, idle) in cpus_after.items() if name != "cpu" and name in cpus_before]
     busy, idle = (a - b for a, b in zip(cpus_after.get("cpu", (0, 0)), cpus_before.get("cpu", (0, 0))))
