@@ -13,7 +13,6 @@ import json
 import os
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -23,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from . import __version__
 from .archive import Archive, ArchiveError
 from .program import Program, function_source
+from .report import number, print_nothing_valid, print_results, report_data
 
 ARCHIVE_NAME = "archive.db"
 
@@ -295,7 +295,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         print(json.dumps(result.summary()))
     else:
         out = _console()
-        _print_results(out, archive, result.run_id, training=False)
+        print_results(out, archive, result.run_id, training=False)
         out.print(f"\nrun [bold]{result.run_id}[/]: {result.programs} programs scored "
                         f"({result.evaluated} evaluations run, {result.reused} reused). "
                         f"Details: autopoiesis report {result.run_id} --runs-dir {args.runs_dir}")
@@ -467,7 +467,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             m = window.summary(getattr(adapter, "slo", None) or SLO())
             console.print(f"t={observation.now:6.0f}s  finished {m.get('requests', 0):4.0f}  errors "
                           f"{m.get('errors', 0):.0f}  in flight {len(observation.in_flight):3d}  mean TTFT "
-                          f"{_num(m.get('mean_ttft'))} s  mean e2e {_num(m.get('mean_e2e'))} s"
+                          f"{number(m.get('mean_ttft'))} s  mean e2e {number(m.get('mean_e2e'))} s"
                           + "".join(f"  [{kind}] {detail}" for _, kind, detail in observation.events),
                           highlight=False)
             window = RollingWindow()
@@ -487,7 +487,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         table.add_column("metric")
         table.add_column("value", justify="right")
         for key, value in metrics.items():
-            table.add_row(key, _num(value))
+            table.add_row(key, number(value))
         _console().print(table)
     return 0
 
@@ -594,7 +594,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if run["config"].get("mode") == "online":
         return _report_online(args, archive, run)
     if args.json:
-        print(json.dumps(_report_data(archive, run)))
+        print(json.dumps(report_data(archive, run)))
         return 0
     from autopoiesis.online_view import print_source, titled_table
 
@@ -608,24 +608,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     for col in ("gen", "best", "median", "worst", "children", "valid", "failed", "rejected", "dupes"):
         table.add_column(col, justify="right")
     for s in stats:
-        table.add_row(str(s["generation"]), _num(s.get("best")), _num(s.get("median")), _num(s.get("worst")),
+        table.add_row(str(s["generation"]), number(s.get("best")), number(s.get("median")), number(s.get("worst")),
                       str(s["children"]), str(s["valid"]), str(s["failed"]), str(s["rejected"]), str(s["duplicates"]))
     console.print(table)
     if stats and not stats[-1]["valid"] and run["status"] != "running":
-        return _report_nothing_valid(console, archive, run, stats[-1]["generation"])
+        return print_nothing_valid(console, archive, run, stats[-1]["generation"])
 
-    _print_results(console, archive, run["id"])
+    print_results(console, archive, run["id"])
     if run["status"] != "done" and not cfg.get("parent"):  # killed or interrupted, or still going
         console.print(f"{_how_it_ended(run['status'])} `autopoiesis evolve --resume {run['id']} "
                       f"--runs-dir {args.runs_dir}` goes on where it stopped", highlight=False)
 
-    data = _report_data(archive, run)
+    data = report_data(archive, run)
     lineage = titled_table("lineage of the champion (newest first)")
     for col in ("generation", "program", "operator", "parents", cfg.get("objective_list", ["objective"])[0]):
         lineage.add_column(col)
     for step in data["lineage"]:
         lineage.add_row(str(step["generation"]), step["name"] or step["program"][:8], step["operator"],
-                        ", ".join(p[:8] for p in step["parents"]), _num(step["objective"]))
+                        ", ".join(p[:8] for p in step["parents"]), number(step["objective"]))
     console.print(lineage)
 
     llm = data["llm"]
@@ -638,30 +638,13 @@ def cmd_report(args: argparse.Namespace) -> int:
                            ("usd", "cost (USD)"), ("latency_s", "LLM time (s)"), ("children", "LLM children"),
                            ("valid_child_rate", "valid-child rate"),
                            ("improvement_per_1k_tokens", "improvement per 1,000 tokens")):
-            table.add_row(label, _num(llm[key]) if isinstance(llm[key], float) else str(llm[key]))
+            table.add_row(label, number(llm[key]) if isinstance(llm[key], float) else str(llm[key]))
         console.print(table)
 
     champion = data.get("champion")
     if champion:
         console.print("[bold]champion source[/]")
         print_source(console, champion["source"])
-    return 0
-
-
-def _report_nothing_valid(console: Console, archive: Archive, run: dict[str, Any], generation: int) -> int:
-    """A run that ended with no valid program (``no seed program is valid``): what each of that
-    generation's programs failed on, which is all there is to see, and that resuming cannot help."""
-    from autopoiesis.online_view import titled_table
-
-    table = titled_table(f"why generation {generation} has no valid program")
-    for col in ("program", "made by", "error"):
-        table.add_column(col)
-    for birth in archive.births(run["id"]):
-        if birth["generation"] == generation and birth["error"]:
-            table.add_row(birth["program"][:8], birth["name"] or birth["operator"], birth["error"])
-    console.print(table)
-    console.print(f"{run['status']}: generation {generation} left no valid program, so there is nothing to go on "
-                  "from; fix what the errors say (or raise the limit they name) and start a new run", highlight=False)
     return 0
 
 
@@ -691,7 +674,7 @@ def _list_runs(args: argparse.Namespace, archive: Archive, runs: list[dict[str, 
             program = champion["program"] if champion else None
             stats = archive.generation_stats(run["id"])
             best = stats[-1].get("best") if stats else None
-            what = f"{len(stats) - 1 if stats else 0} generations" + (f", best {_num(best)}" if best is not None else "")
+            what = f"{len(stats) - 1 if stats else 0} generations" + (f", best {number(best)}" if best is not None else "")
         rows.append({"run": run["id"], "adapter": run["adapter"], "mode": "online" if online else "offline",
                      "status": run["status"], "started": run["created"],
                      "objective": ", ".join(cfg.get("objective_list") or []), "progress": what, "program": program})
@@ -730,194 +713,6 @@ def _report_online(args: argparse.Namespace, archive: Archive, run: dict[str, An
         console.print(f"{_how_it_ended(run['status'])} its windows end here; "
                       f"{_online_again(run, args.runs_dir)} starts a new run from what it served last", highlight=False)
     return 0
-
-
-def _report_data(archive: Archive, run: dict[str, Any]) -> dict[str, Any]:
-    cfg = run["config"]
-    objective = (cfg.get("objective_list") or ["min:?"])[0].partition(":")[2]
-    results = archive.results(run["id"])
-    champion = next((r for r in results if r["kind"] == "champion"), None)
-    if champion is None:  # unfinished run: its latest generation's best
-        stats = archive.generation_stats(run["id"])
-        pid = stats[-1].get("champion") if stats else None
-        champion = {"program": pid} if pid else None
-    births = {b["program"]: b for b in archive.births(run["id"])}
-    lineage, frontier, seen = [], [champion["program"]] if champion else [], set()
-    while frontier and len(lineage) < 50:
-        pid = frontier.pop(0)
-        if pid in seen or pid not in births:
-            continue
-        seen.add(pid)
-        b = births[pid]
-        lineage.append({**b, "objective": _train_objective(archive, pid, cfg.get("train_keys", []), objective)})
-        frontier.extend(b["parents"])
-    out = {"run": run, "generations": archive.generation_stats(run["id"]), "results": results, "lineage": lineage,
-           "llm": _llm_summary(archive, run, objective)}
-    if champion:
-        out["champion"] = {"program": champion["program"], "source": archive.program(champion["program"]).source}
-    front = pareto_front(archive, run)
-    if front:
-        out["front"] = front
-    return out
-
-
-def _llm_summary(archive: Archive, run: dict[str, Any], objective: str) -> dict[str, Any] | None:
-    from autopoiesis.archive import llm_calls
-
-    calls = llm_calls(archive, run["id"])
-    if not calls:
-        return None
-    births = archive.births(run["id"])
-    children = [b for b in births if b["operator"].startswith("llm.")]
-    valid = [b for b in children if b["status"] == "valid"]
-    tokens = sum(c["prompt_tokens"] + c["completion_tokens"] for c in calls)
-    keys = run["config"].get("train_keys", [])
-    direction = (run["config"].get("objective_list") or ["min:"])[0].partition(":")[0]
-    seeds = [v for b in births if b["operator"] == "seed"
-             if (v := _train_objective(archive, b["program"], keys, objective)) is not None]
-    results = {r["kind"]: r for r in archive.results(run["id"])}
-    champion = (results.get("champion") or {}).get("train") or {}
-    improvement = None
-    if seeds and objective in champion and tokens:
-        best_seed = min(seeds) if direction == "min" else max(seeds)
-        gain = (best_seed - champion[objective]) / abs(best_seed) if best_seed else 0.0
-        improvement = (gain if direction == "min" else -gain) / (tokens / 1000)
-    return {
-        "calls": len(calls), "failed_calls": sum(1 for c in calls if c["response"] is None),
-        "retried_errors": sum(1 for c in calls if c["error"] and c["response"] is not None),
-        "prompt_tokens": sum(c["prompt_tokens"] for c in calls),
-        "completion_tokens": sum(c["completion_tokens"] for c in calls),
-        "usd": float(sum(c["usd"] for c in calls)), "latency_s": float(sum(c["latency_s"] for c in calls)),
-        "children": len(children), "valid_child_rate": (len(valid) / len(children)) if children else 0.0,
-        "improvement_per_1k_tokens": improvement,
-    }
-
-
-def _train_objective(archive: Archive, pid: str, keys: list[str], objective: str) -> float | None:
-    values = []
-    for key in keys:
-        outcome = archive.get((pid, key))
-        if outcome is None or not outcome.ok or objective not in outcome.metrics:
-            return None
-        values.append(outcome.metrics[objective])
-    return sum(values) / len(values) if values else None
-
-
-def _print_results(console: Console, archive: Archive, run_id: str, training: bool = True) -> None:
-    from autopoiesis.online_view import titled_table
-
-    results = archive.results(run_id)
-    if not results:
-        console.print("no final results yet (the run has not finished)")
-        return
-    headline = archive.run(run_id)["config"].get("headline")
-    available = {k for r in results for k in (r["held_out"] or r["train"] or {})}
-    metrics = [m for m in headline if m in available] if headline else sorted(available)
-    title = "held-out snapshots; training in brackets" if training else "held-out snapshots"
-    table = titled_table(f"champion and baselines ({title})")
-    table.add_column("policy")
-    table.add_column("program")
-    for m in metrics:
-        table.add_column(m, justify="right")
-    for r in results:
-        cells = []
-        for m in metrics:
-            held = (r["held_out"] or {}).get(m)
-            train = (r["train"] or {}).get(m)
-            if held is None:
-                cells.append(f"[dim]({_num(train)})[/]")
-            else:
-                cells.append(f"{_num(held)} [dim]({_num(train)})[/]" if training else _num(held))
-        style = "bold green" if r["kind"] == "champion" else None
-        table.add_row(r["name"], r["program"][:8], *cells, style=style)
-    console.print(table)
-    run = archive.run(run_id)
-    objectives = run["config"].get("objective_list") or [""]
-    note = trade_offs(results, objectives[0], run["config"].get("directions", {}), metrics, several=len(objectives) > 1)
-    if note:
-        console.print(note, style="yellow", highlight=False)
-    front = pareto_front(archive, run)
-    if front:
-        champion = next((r["program"] for r in results if r["kind"] == "champion"), None)
-        names = [o.partition(":")[2] for o in objectives]
-        table = titled_table("Pareto front of the last generation (training snapshots): no program here is "
-                            "better on every objective than another")
-        table.add_column("program")
-        for o in objectives:
-            table.add_column(o, justify="right")
-        labels = {r["program"]: r["name"] for r in results if r["kind"] == "baseline"}
-        labels[champion] = "champion"
-        points: dict[tuple, list[str]] = {}  # programs that score alike (often rewrites of one rule): one row
-        for entry in front:
-            points.setdefault(tuple(entry["values"][n] for n in names), []).append(entry["program"])
-        for values, programs in points.items():
-            programs.sort(key=lambda pid: (pid not in labels, pid != champion))  # the champion, a baseline first
-            shown = programs[0][:8] + (f" ({labels[programs[0]]})" if programs[0] in labels else "")
-            table.add_row(shown + (f" and {len(programs) - 1} more alike" if len(programs) > 1 else ""),
-                          *(_num(v) for v in values), style="bold green" if champion in programs else None)
-        console.print(table)
-
-
-def pareto_front(archive: Archive, run: dict[str, Any]) -> list[dict[str, Any]]:
-    """For a run with several objectives: the last generation's programs that no other in it
-    beats on every objective (DEAP's non-dominated sort, on the training snapshots), best on
-    the first objective first (the champion). One champion cannot show the trade-offs such a run found."""
-    from deap import tools
-
-    from autopoiesis.metrics import Objective
-    from autopoiesis.search import fitness_class
-
-    cfg = run["config"]
-    objectives = [Objective.parse(o) for o in cfg.get("objective_list") or []]
-    last = archive.last_generation(run["id"])
-    if len(objectives) < 2 or last is None:
-        return []
-    scored = []
-    for pid in dict.fromkeys(pid for island in archive.population(run["id"], last) for pid in island):
-        values = [_train_objective(archive, pid, cfg.get("train_keys", []), o.name) for o in objectives]
-        if None not in values:
-            scored.append(types.SimpleNamespace(program=pid, fitness=fitness_class(objectives)(values)))
-    front = tools.sortNondominated(scored, len(scored), first_front_only=True)[0] if scored else []
-    front.sort(key=lambda e: (tuple(-w for w in e.fitness.wvalues), e.program))  # as Strategy.best ranks
-    return [{"program": e.program, "values": dict(zip((o.name for o in objectives), e.fitness.values))}
-            for e in front]
-
-
-def trade_offs(results: list[dict[str, Any]], objective: str, directions: Mapping[str, str],
-               metrics: Sequence[str], worse_by: float = 0.25, several: bool = False) -> str:
-    """What the champion gives up against the best baseline on ``objective`` (held out): the
-    table's metrics it is more than ``worse_by`` worse on. Evolution optimizes one objective
-    and says nothing of the rest; a user reading only that line would miss them. With
-    ``several`` objectives the champion is the front's best on the first, and the line says so."""
-    direction, _, name = objective.rpartition(":")
-    held = {r["name"]: r["held_out"] or {} for r in results if r["kind"] in ("champion", "baseline")}
-    champion = next((held[r["name"]] for r in results if r["kind"] == "champion"), {})
-    baselines = {n: m for n, m in held.items() if n != "champion" and name in m}
-    if name not in champion or not baselines:
-        return ""
-    sign = -1.0 if direction == "max" else 1.0
-    best = min(baselines, key=lambda n: sign * baselines[n][name])
-    worse = []
-    for m in metrics:
-        a, b, way = champion.get(m), baselines[best].get(m), directions.get(m)
-        if m == name or a is None or b is None or way not in ("min", "max") or b == 0:
-            continue
-        change = (a - b) / abs(b) * (1.0 if way == "min" else -1.0)
-        if change > worse_by:
-            worse.append(f"{m} {_num(a)} against {_num(b)} ({'+' if way == 'min' else '-'}{abs(a - b) / abs(b):.0%})")
-    if not worse:
-        return ""
-    gain = sign * (baselines[best][name] - champion[name]) / abs(baselines[best][name] or 1.0)
-    advice = (f"The champion is the best on {name} of the programs no other beats on every objective; the "
-              f"Pareto front below shows the others." if several else
-              f"Evolution ranks by --objective ({objective}); give another, or several with "
-              f"--strategy nsga2, to weigh what it gives up.")
-    return (f"Against {best}, the best baseline on {name}, the champion is {abs(gain):.1%} "
-            f"{'better' if gain >= 0 else 'worse'} on {name} and worse on {'; '.join(worse)}. {advice}")
-
-
-def _num(value: Any) -> str:
-    return "-" if value is None else f"{value:.6g}"
 
 
 # -- adapters ---------------------------------------------------------------------------
@@ -1018,7 +813,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key in sorted(metrics):
-        table.add_row(key, _num(metrics[key]))
+        table.add_row(key, number(metrics[key]))
     console.print(table)
     return 0
 

@@ -663,7 +663,7 @@ def test_isolate_on_the_simulator_is_a_one_line_error_that_records_no_run(tmp_pa
 def test_the_results_name_what_the_champion_gives_up_against_the_best_baseline():
     """The quick start's champion wins total time and loses the p99 TTFT three times over (its
     held-out figures): the line under the table says so, with each direction respected."""
-    from autopoiesis.cli import trade_offs
+    from autopoiesis.report import trade_offs
 
     results = [
         {"kind": "champion", "name": "champion", "held_out": {"total_time": 616.1, "p99_ttft": 164.7,

@@ -53,7 +53,7 @@ def test_the_report_shows_the_pareto_front_of_a_run_with_two_objectives(queue_ad
     """``pareto_front``: every program of the last generation it leaves out is beaten on both
     objectives by one it shows, none it shows is beaten by another, and the champion is the
     front's best on the first objective (checked here point by point, not with DEAP)."""
-    from autopoiesis.cli import pareto_front
+    from autopoiesis.report import pareto_front
 
     result, archive = run("nsga2", queue_adapter,
                           objectives=("min:mean_completion_time", "min:max_completion_time"))
