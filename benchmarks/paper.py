@@ -368,7 +368,7 @@ def write_docs(rows: list[dict], summary: dict, command: str, seconds: float, lo
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed per scenario (7-13 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="one seed per scenario (4-13 minutes on 2 cores)")
     parser.add_argument("--seeds", type=positive_int, default=3)
     parser.add_argument("--scenario", action="append", help="only these scenarios")
     parser.add_argument("--workers", type=positive_int, default=2)
