@@ -28,6 +28,11 @@ starved it: a stall (and the separate process, of a silence) says how busy and i
 CPU was meanwhile and which processes on the machine used most, and a held thread's kernel
 view says which CPUs it may run on and at what priority. CI's stalls so far had the test
 process's threads runnable for minutes with next to no CPU, while the separate process ran.
+The CPUs' counters (busy, idle, steal) add up to their time only while they run: a stall
+says how far short they fell, and how much of it the separate process stood still too. A
+local run of ``.ci/run`` saw an 18 s stall in which both CPUs counted 7 s busy and none idle
+while vLLM's two busy processes were charged 18 and 17 s: the machine did not run for most
+of it, and its hypervisor counted no steal.
 """
 
 from __future__ import annotations
@@ -167,7 +172,7 @@ def frozen(pid: int, silent: float, dump: str, base: tuple[dict, dict] | None = 
     file it writes on ``DUMP_SIGNAL``, and who used the machine's CPUs since ``base`` (``cpus()``
     and ``processes()`` read at its last beat)."""
     stacks = condense(_read(dump))
-    machine = f"; since its last beat {cpu_users(*base, cpus(), processes())}" if base else ""
+    machine = f"; since its last beat {cpu_users(*base, cpus(), processes(), seconds=silent)}" if base else ""
     return (f"the test process has not ticked for {silent:.0f} s{machine}; its main thread: {in_kernel(pid)}\n"
             + "\n".join(processes_in_kernel(pid)) + "\nits threads in Python (on a signal, "
             + (f"{SILENT_S:g} s in):\n" + "\n".join(stacks) if stacks else "nothing written: no thread of it ran "
@@ -232,12 +237,14 @@ def processes() -> dict[int, float]:
 
 
 def cpu_users(cpus_before: dict, processes_before: dict, cpus_after: dict, processes_after: dict,
-              most: int = 4) -> str:
+              most: int = 4, seconds: float | None = None) -> str:
     """Who used the machine's CPUs between two reads of ``cpus()`` and ``processes()``: how busy
     and idle each CPU was, and the processes that used most. A process starved while a CPU it
     may use idles was not starved by load; one starved while others use every CPU was; and a
-    CPU whose busy and idle time fall well short of the stretch did not run (its hypervisor
-    held it, whether or not it counts that as steal)."""
+    CPU whose busy and idle time fall well short of the stretch (``seconds``, when given, says
+    by how much) did not run: its hypervisor held it, whether or not it counts that as steal.
+    (A process's own CPU time is the scheduler's clock, which goes on meanwhile, so the one
+    running when the CPU stopped is charged the whole stop.)"""
     each = [f"{name} {busy - cpus_before[name][0]:.0f} and {idle - cpus_before[name][1]:.0f} s"
             for name, (busy, idle) in cpus_after.items() if name != "cpu" and name in cpus_before]
     busy, idle = (a - b for a, b in zip(cpus_after.get("cpu", (0, 0)), cpus_before.get("cpu", (0, 0))))
@@ -245,7 +252,10 @@ def cpu_users(cpus_before: dict, processes_before: dict, cpus_after: dict, proce
     ended = len(processes_before.keys() - processes_after.keys())
     top = sorted(used, key=used.get, reverse=True)[:most]
     users = ", ".join(f"{p} {_read(f'/proc/{p}/comm').strip() or '?'} {used[p]:.0f} s" for p in top if used[p] >= 0.5)
+    missing = seconds * len(each) - busy - idle if seconds is not None else 0.0
     return (f"the CPUs were busy {busy:.0f} s and idle {idle:.0f} s (each, busy and idle: {', '.join(each)})"
+            + (f", {missing:.0f} s short of {len(each)} CPUs for {seconds:.0f} s (CPU time in no counter: they did "
+               f"not run, as if the machine were paused)" if missing >= max(1.0, 0.1 * seconds * len(each)) else "")
             + f", most used by {users}" * bool(users)
             + f"; processes that ended meanwhile, whose part is in the busy time only: {ended}" * bool(ended))
 
@@ -352,7 +362,8 @@ class StallWatch:
                 self.inside.append(Stall(start, now - last, self.test,
                                          {k: after[k] - before[k] for k in after if k in before},
                                          _used(cpu, cpu_after, self.native, queued_after - queued),
-                                         *self._take_dump(start), machine=cpu_users(*machine, *machine_after)))
+                                         *self._take_dump(start),
+                                         machine=cpu_users(*machine, *machine_after, seconds=now - last)))
             last, before, cpu, queued, machine = now, after, cpu_after, queued_after, machine_after
             try:
                 self.process.stdin.write("\n")  # a beat for the separate process
@@ -396,8 +407,8 @@ class StallWatch:
         holds = "".join(f"\n{what} held {seconds:.0f} s in {test}, standing at:\n{stack.rstrip()}"
                         for seconds, what, test, stack in sorted(self.holds, reverse=True)[:HOLDS_SAID])
         lines = [holds.lstrip()] if holds else []
-        lines.append(f"stalls of {LATE_S:g} s or more: in this process {_said(self.inside)}; in a separate process "
-                     f"{_said(self.outside)}{memory}")
+        lines.append(f"stalls of {LATE_S:g} s or more: in this process {_said(self.inside, self.outside)}; in a "
+                     f"separate process {_said(self.outside)}{memory}")
         dumped = max(self.inside, key=lambda s: (bool(s.stacks), s.seconds), default=Stall(0, 0, ""))
         if dumped.stacks:  # a dump at its end: the signal waited for the process to go on (it was stopped whole)
             when = "at the end of" if dumped.dumped >= dumped.seconds - 1 else f"{dumped.dumped:.0f} s into"
@@ -430,12 +441,18 @@ def _used(before: dict[int, float], after: dict[int, float], names: dict[int, st
             + f", and its threads waited {queued:.1f} s for a CPU between them")
 
 
-def _said(stalls: list[Stall]) -> str:
+def _said(stalls: list[Stall], others: list[Stall] | None = None) -> str:
+    """The stalls' count and length, and what is known of the longest; with ``others`` (the
+    separate process's), how much of it they share: a stall both saw is the machine's."""
     if not stalls:
         return "none"
     longest = max(stalls, key=lambda s: s.seconds)
     said = (f"{len(stalls)}, {sum(s.seconds for s in stalls):.0f} s in all, the longest {longest.seconds:.0f} s "
             f"from {_clock(longest.start)} UTC ({longest.test})")
+    if others is not None:
+        end = longest.start + longest.seconds
+        shared = sum(max(0.0, min(end, o.start + o.seconds) - max(longest.start, o.start)) for o in others)
+        said += f", {shared:.0f} s of it a stall of the separate process too"
     if waits := longest.waits:
         causes = ", ".join(f"{waits[k]:.0f} s on {said}" for k, said in WAITS.items() if k in waits)
         stolen = f", {waits['stolen']:.0f} s of CPU taken by the hypervisor" if "stolen" in waits else ""
