@@ -32,7 +32,8 @@ The CPUs' counters (busy, idle, steal) add up to their time only while they run 
 count: a stall says how far short they fell, and how much of it the separate process stood
 still too. Here the real-vLLM tests stall every run, 9-33 s while a server serves a burst:
 its engine core and worker are charged all of it and nothing else on the machine runs,
-with the counters sometimes short and sometimes full (docs/vllm.md).
+with the counters sometimes short and sometimes full, while each CPU took its timer's
+interrupts all along (so a stall also says how many each CPU took; docs/vllm.md).
 """
 
 from __future__ import annotations
@@ -311,6 +312,25 @@ def counters() -> dict[str, float]:
     return out
 
 
+def interrupts() -> dict[str, list[int]]:
+    """Interrupts taken since boot per CPU, by kind (``/proc/interrupts``: "LOC" the local timer,
+    "RES" rescheduling). A busy CPU takes the timer's interrupt HZ times a second; one that took
+    few in a stall was not interrupted, and its kernel could not preempt what ran there."""
+    out = {}
+    for line in _read("/proc/interrupts").splitlines():
+        name, _, rest = line.strip().partition(":")
+        if name in ("LOC", "RES"):
+            out[name] = [int(v) for v in rest.split()[:os.cpu_count() or 1] if v.isdigit()]
+    return out
+
+
+def interrupts_between(before: dict[str, list[int]], after: dict[str, list[int]]) -> str:
+    """The timer and rescheduling interrupts each CPU took between two reads of ``interrupts``."""
+    said = [f"{name} " + ", ".join(f"cpu{i} {a - b}" for i, (b, a) in enumerate(zip(before[kind], after[kind])))
+            for kind, name in (("LOC", "timer"), ("RES", "rescheduling")) if kind in before and kind in after]
+    return f"interrupts taken ({'; '.join(said)})" if said else ""
+
+
 def available_gib() -> float:
     try:
         with open("/proc/meminfo") as f:
@@ -356,13 +376,13 @@ class StallWatch:
 
     def _tick(self) -> None:
         before, cpu, queued, last = counters(), thread_cpu(), waited_for_cpu(), time.monotonic()
-        machine = (cpus(), processes())
+        machine, irqs = (cpus(), processes()), interrupts()
         while True:
             self._name_threads()
             time.sleep(1)
             # read before the clock: a stall that began in a read, which lets go of the GIL, is in them
             after, cpu_after, queued_after = counters(), thread_cpu(), waited_for_cpu()
-            machine_after, now = (cpus(), processes()), time.monotonic()
+            machine_after, irqs_after, now = (cpus(), processes()), interrupts(), time.monotonic()
             if now - last >= LATE_S:
                 self._name_threads()
                 start = time.time() - (now - last)
@@ -370,8 +390,10 @@ class StallWatch:
                                          {k: after[k] - before[k] for k in after if k in before},
                                          _used(cpu, cpu_after, self.native, _waited_between(queued, queued_after)),
                                          *self._take_dump(start),
-                                         machine=cpu_users(*machine, *machine_after, seconds=now - last)))
-            last, before, cpu, queued, machine = now, after, cpu_after, queued_after, machine_after
+                                         machine="; ".join(filter(None, (
+                                             cpu_users(*machine, *machine_after, seconds=now - last),
+                                             interrupts_between(irqs, irqs_after))))))
+            last, before, cpu, queued, machine, irqs = now, after, cpu_after, queued_after, machine_after, irqs_after
             try:
                 self.process.stdin.write("\n")  # a beat for the separate process
                 self.process.stdin.flush()
