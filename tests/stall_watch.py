@@ -250,9 +250,9 @@ def cpu_users(cpus_before: dict, processes_before: dict, cpus_after: dict, proce
     and idle each CPU was, and the processes that used most. A process starved while a CPU it
     may use idles was not starved by load; one starved while others use every CPU was; and a
     CPU whose busy and idle time fall well short of the stretch (``seconds``, when given, says
-    by how much) did not run: its hypervisor held it, whether or not it counts that as steal.
-    (A process's own CPU time is the scheduler's clock, which goes on meanwhile, so the one
-    running when the CPU stopped is charged the whole stop.)"""
+    by how much) did not run (a hypervisor holding it, steal or not) or did not count its
+    time; its timer interrupts (``interrupts``) tell which. A process's own CPU time is the
+    scheduler's clock, which goes on either way: the one running there is charged all of it."""
     each = [f"{name} {busy - cpus_before[name][0]:.0f} and {idle - cpus_before[name][1]:.0f} s"
             for name, (busy, idle) in cpus_after.items() if name != "cpu" and name in cpus_before]
     busy, idle = (a - b for a, b in zip(cpus_after.get("cpu", (0, 0)), cpus_before.get("cpu", (0, 0))))
