@@ -267,7 +267,8 @@ class Adapter:
     # and refits it this way). ``window_check(since, until, incumbent) -> (Snapshot, names) | None``
     # is for numbers that take a replay: the controller scores the incumbent on that snapshot
     # on the evolution plane and adds the metrics ``names`` to the window when they are in (the
-    # engine adapter's twin error). A wall-clock adapter serves nothing while window_metrics runs.
+    # engine adapter's twin error). A wall-clock adapter serves nothing while window_metrics runs, unless it
+    # runs its live loop through its own waits (the vLLM adapter's wait for its twin's replays).
 
     def describe(self) -> str:
         doc = inspect.getdoc(type(self)) or ""

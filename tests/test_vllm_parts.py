@@ -139,8 +139,10 @@ def test_the_adapter_replaces_a_lost_twin_worker_and_keeps_none_without_isolatio
 def test_window_metrics_refits_in_the_worker_and_stops_replaying_a_program_that_ended_it(monkeypatch):
     """``window_metrics`` on recorded records (no servers: the live dict holds what it reads).
     A program whose replays end the worker leaves the costs as they were, and is not
-    replayed again while it is the incumbent (each window would otherwise pause the router
-    until the CPU limit); the next program is refitted in a new worker."""
+    replayed again while it is the incumbent (each window would otherwise wait for the CPU
+    limit); the next program is refitted in a new worker. The router's loop serves on while
+    the worker computes: a task ticking on it every 10 ms ticks through the replays."""
+    import asyncio
     import time
     from types import SimpleNamespace
 
@@ -153,12 +155,24 @@ def test_window_metrics_refits_in_the_worker_and_stops_replaying_a_program_that_
     served = DISPATCH_BASELINES["least_outstanding"] + "\n\n" + PRIORITY_BASELINES["fcfs"]
     records = twin.replay(compile_policy(served, SLOTS), workload(100, seed=1), 2, true)
     adapter = VLLMAdapter(urls=["http://127.0.0.1:1"])
-    adapter.live = {"records": records, "router": SimpleNamespace(replicas=[SimpleNamespace(up=True)] * 2)}
+    loop, ticks = asyncio.new_event_loop(), []
+
+    async def tick():
+        while True:
+            ticks.append(time.monotonic())
+            await asyncio.sleep(0.01)
+
+    adapter.live = {"records": records, "router": SimpleNamespace(replicas=[SimpleNamespace(up=True)] * 2),
+                    "loop": loop}
+    ticking = loop.create_task(tick())
     before = adapter.costs
     fanout = Program("def dispatch(request, replicas, now):\n    return max([[0] * 10**6] * 10**5)[0]\n")
     try:
+        start = time.monotonic()
         out = adapter.window_metrics(0.0, 10.0, fanout)
+        took = time.monotonic() - start
         assert "twin_error" not in out and adapter.costs == before
+        assert took >= 0.5 and len(ticks) >= 0.5 * took / 0.01, (took, len(ticks))  # the loop served throughout
         assert adapter.live["twin_worker"].lost and adapter.live["twin_ended_by"] == fanout.id
         start = time.monotonic()
         assert "twin_error" not in adapter.window_metrics(10.0, 20.0, fanout)
@@ -168,6 +182,9 @@ def test_window_metrics_refits_in_the_worker_and_stops_replaying_a_program_that_
         assert adapter.window_metrics(0.0, 10.0, Program(served))["twin_error"] < 0.5
     finally:
         adapter.live["twin_worker"].close()
+        ticking.cancel()
+        loop.run_until_complete(asyncio.gather(ticking, return_exceptions=True))
+        loop.close()
 
 
 def test_each_windows_scaling_stays_within_its_limit_of_the_last_fit():
