@@ -51,7 +51,7 @@ def windows_table(windows: list[dict[str, Any]], title: str = "live windows", la
         table.add_row(str(w["index"]), f"{w['start']:.0f}-{w['end']:.0f}", f"{m.get('rate', 0):.1f}",
                       f"{m.get('requests', 0):.0f}", f"{m.get('in_flight', 0):.0f}", _fmt(m.get("mean_e2e")),
                       _fmt(m.get("p99_ttft")), _fmt(m.get("slo_attainment")),
-                      *((f"{error:.0%}" if error is not None else "-",) if twin else ()), w["policy"][:8],
+                      *((f"{error:.0%}" if error is not None else "late" if m.get("twin_late") else "-",) if twin else ()), w["policy"][:8],
                       _hot_path(w), ", ".join(w.get("triggers", [])))
     return table
 
@@ -128,8 +128,11 @@ def print_report(console: Console, archive, run_id: str, plot_path: Path | None 
                       f"{sum(w.get('stalls', 0) for w in windows)} stalled call(s)", highlight=False)
     errors = [w["metrics"]["twin_error"] for w in windows if "twin_error" in w["metrics"]]
     if errors:
+        late = sum(1 for w in windows if w["metrics"].get("twin_late"))
         console.print(f"twin prediction error (mean e2e, out of sample): median {statistics.median(errors):.0%}, "
-                      f"mean {sum(errors) / len(errors):.0%} over {len(errors)} window(s)", highlight=False)
+                      f"mean {sum(errors) / len(errors):.0%} over {len(errors)} window(s)"
+                      + (f"; {late} window(s) had none, their replays late (a busy machine)" if late else ""),
+                      highlight=False)
     recalled = archive.run(run_id)["config"].get("recalled") or {}
     if recalled:
         console.print(f"seeded from {len(recalled)} winner(s) of {len(set(recalled.values()))} earlier online run(s) "

@@ -187,6 +187,46 @@ def test_window_metrics_refits_in_the_worker_and_stops_replaying_a_program_that_
         loop.close()
 
 
+def test_a_window_whose_replays_come_late_keeps_the_costs_and_the_report_says_so(monkeypatch):
+    """Replays not back in ``TWIN_WAIT_S`` (a machine too busy for the worker) leave the window
+    without a twin error and the costs as they were, and the report counts such windows."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    import autopoiesis.adapters.vllm as vllm_adapter
+    from autopoiesis.archive import Archive
+    from autopoiesis.online_view import print_report
+    from autopoiesis.program import Program
+
+    monkeypatch.setattr(vllm_adapter, "TWIN_WAIT_S", 0.001)
+    true = twin.Costs(0.03, 3e-4, 0.02, 4e-3, max_batch=6)
+    served = Program(DISPATCH_BASELINES["least_outstanding"] + "\n\n" + PRIORITY_BASELINES["fcfs"])
+    adapter = VLLMAdapter(urls=["http://127.0.0.1:1"])
+    adapter.live = {"records": twin.replay(compile_policy(served.source, SLOTS), workload(300, seed=2), 2, true),
+                    "router": SimpleNamespace(replicas=[SimpleNamespace(up=True)] * 2), "loop": asyncio.new_event_loop()}
+    before = adapter.costs
+    try:
+        adapter._twin_worker().wait_s = 60.0  # its start and imports, as start() waits for them
+        adapter._twin_worker().run("math:factorial", 3)
+        adapter._twin_worker().wait_s = vllm_adapter.TWIN_WAIT_S
+        late = adapter.window_metrics(0.0, 10.0, served)
+    finally:
+        adapter.live["twin_worker"].close()
+        adapter.live["loop"].close()
+    assert late["twin_late"] == 1.0 and "twin_error" not in late and adapter.costs == before
+    archive = Archive()
+    archive.create_run("run", "vllm", {})
+    archive.add_window("run", 0, 0.0, 10.0, served.id, {"requests": 40.0, "twin_error": 0.25}, {})
+    archive.add_window("run", 1, 10.0, 20.0, served.id, {"requests": 40.0, **late}, {})
+    console = Console(record=True, width=200)
+    print_report(console, archive, "run")
+    text = console.export_text()
+    assert "over 1 window(s); 1 window(s) had none, their replays late (a busy machine)" in text
+    assert " late " in text.splitlines()[next(i for i, line in enumerate(text.splitlines()) if "10-20" in line)]
+
+
 def test_each_windows_scaling_stays_within_its_limit_of_the_last_fit():
     """Past capacity the prefill line goes unfitted window after window; scaling must not compound."""
     true = twin.Costs(0.3, 3e-3, 0.02, 4e-3, max_batch=2)

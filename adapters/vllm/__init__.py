@@ -361,8 +361,10 @@ class VLLMAdapter(Adapter):
 
         The error is out of sample: the costs come from earlier windows, the latency from this
         one. The refit (least squares, then scaled to replay what was served) is what the next
-        evolution's candidates are scored with.
+        evolution's candidates are scored with. ``twin_late``: the replays were not back in
+        ``TWIN_WAIT_S``, so this window has neither.
         """
+        from autopoiesis.decision_process import GaveUp
         from autopoiesis.sandbox import DeadlinePassed
 
         records = self.live["records"]
@@ -382,7 +384,9 @@ class VLLMAdapter(Adapter):
             if error is not None:
                 out["twin_error"] = error
             self.fitted, self.costs = fitted, scaled
-        except (Exception, DeadlinePassed):  # noqa: BLE001 - the twin's view is a report: the costs stay as they were
+        except (Exception, DeadlinePassed) as e:  # noqa: BLE001 - the twin's view is a report: the costs stay
+            if isinstance(e, GaveUp):
+                out["twin_late"] = 1.0
             if worker is not None and worker.lost:  # each window would wait for the CPU limit
                 self.live["twin_ended_by"] = incumbent.id
         out["twin_samples"] = float(self.costs.samples)
