@@ -62,8 +62,10 @@ def test_online_evolution_deploys_twice_against_live_servers(tmp_path):
     measurable = [w for w in report["windows"] if sum(
         w["start"] <= r["arrival"] and r["finish"] <= w["end"] and r["outcome"] == "ok" for r in records) >= 3]
     errors = [w["metrics"]["twin_error"] for w in measurable if "twin_error" in w["metrics"]]
-    assert measurable and len(errors) >= max(1, len(measurable) - 1) and all(e >= 0 for e in errors), (
-        len(measurable), errors)  # one may be lost to a machine too busy for the twin's 10 s
+    late = [w["index"] for w in measurable if "twin_error" not in w["metrics"] and w["metrics"].get("twin_late")]
+    assert measurable and len(errors) + len(late) == len(measurable) and all(e >= 0 for e in errors), (
+        len(measurable), errors, late)
+    assert len(late) <= 1, late  # one window's replays may come late on a machine too busy for the twin's 10 s
     text = subprocess.run(cli + ["report", summary["run"], "--runs-dir", runs], capture_output=True, text=True).stdout
     assert "twin prediction error" in text and "deployments" in text
     logs = list((tmp_path / "runs" / summary["run"]).glob("vllm-*.log"))
