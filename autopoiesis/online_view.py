@@ -41,17 +41,17 @@ def titled_table(title: str) -> Table:
 
 def windows_table(windows: list[dict[str, Any]], title: str = "live windows", last: int | None = None) -> Table:
     table = titled_table(title)
-    twin = any("twin_error" in w["metrics"] for w in windows)  # adapters with a measured twin report its error
+    twin = any("twin_error" in w["metrics"] or "twin_late" in w["metrics"] for w in windows)  # a measured twin's
     for col in ("window", "time (s)", "arrivals/s", "finished", "in flight", "mean e2e (s)", "p99 TTFT (s)",
                 "SLO", *(("twin error",) if twin else ()), "policy", "fallbacks", "trigger"):
         table.add_column(col, justify="left" if col in ("policy", "trigger", "time (s)") else "right")
     for w in windows[-last:] if last else windows:
         m = w["metrics"]
-        error = m.get("twin_error")
+        error = f"{m['twin_error']:.0%}" if "twin_error" in m else "late" if m.get("twin_late") else "-"
         table.add_row(str(w["index"]), f"{w['start']:.0f}-{w['end']:.0f}", f"{m.get('rate', 0):.1f}",
                       f"{m.get('requests', 0):.0f}", f"{m.get('in_flight', 0):.0f}", _fmt(m.get("mean_e2e")),
                       _fmt(m.get("p99_ttft")), _fmt(m.get("slo_attainment")),
-                      *((f"{error:.0%}" if error is not None else "late" if m.get("twin_late") else "-",) if twin else ()), w["policy"][:8],
+                      *((error,) if twin else ()), w["policy"][:8],
                       _hot_path(w), ", ".join(w.get("triggers", [])))
     return table
 
@@ -127,11 +127,12 @@ def print_report(console: Console, archive, run_id: str, plot_path: Path | None 
                       f"{sum(w.get('fallbacks', 0) for w in windows)} hot-path fallback(s), "
                       f"{sum(w.get('stalls', 0) for w in windows)} stalled call(s)", highlight=False)
     errors = [w["metrics"]["twin_error"] for w in windows if "twin_error" in w["metrics"]]
-    if errors:
-        late = sum(1 for w in windows if w["metrics"].get("twin_late"))
-        console.print(f"twin prediction error (mean e2e, out of sample): median {statistics.median(errors):.0%}, "
-                      f"mean {sum(errors) / len(errors):.0%} over {len(errors)} window(s)"
-                      + (f"; {late} window(s) had none, their replays late (a busy machine)" if late else ""),
+    late = sum(1 for w in windows if w["metrics"].get("twin_late"))
+    if errors or late:
+        measured = (f"median {statistics.median(errors):.0%}, mean {sum(errors) / len(errors):.0%} over "
+                    f"{len(errors)} window(s)") if errors else "none measured"
+        console.print(f"twin prediction error (mean e2e, out of sample): {measured}"
+                      + (f"; {late} window(s) without one: their replays came late (a busy machine)" if late else ""),
                       highlight=False)
     recalled = archive.run(run_id)["config"].get("recalled") or {}
     if recalled:

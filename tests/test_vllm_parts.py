@@ -223,8 +223,14 @@ def test_a_window_whose_replays_come_late_keeps_the_costs_and_the_report_says_so
     console = Console(record=True, width=200)
     print_report(console, archive, "run")
     text = console.export_text()
-    assert "over 1 window(s); 1 window(s) had none, their replays late (a busy machine)" in text
+    assert "over 1 window(s); 1 window(s) without one: their replays came late (a busy machine)" in text
     assert " late " in text.splitlines()[next(i for i, line in enumerate(text.splitlines()) if "10-20" in line)]
+    archive.create_run("all late", "vllm", {})
+    archive.add_window("all late", 0, 0.0, 10.0, served.id, {"requests": 40.0, **late}, {})
+    console = Console(record=True, width=200)
+    print_report(console, archive, "all late")
+    text = console.export_text()
+    assert "twin error" in text and "none measured; 1 window(s) without one: their replays came late" in text
 
 
 def test_each_windows_scaling_stays_within_its_limit_of_the_last_fit():
