@@ -30,7 +30,7 @@ view says which CPUs it may run on and at what priority. CI's stalls so far had 
 process's threads runnable for minutes with next to no CPU, while the separate process ran.
 The CPUs' counters (busy, idle, steal) add up to their time only while they run and
 count: a stall says how far short they fell, and how much of it the separate process stood
-still too. Here the real-vLLM tests stall every run, 9-33 s while a server serves a burst:
+still too. Here the real-vLLM tests stall in most runs, 9-33 s while a server serves a burst:
 its engine core and worker are charged all of it and nothing else on the machine runs,
 with the counters sometimes short and sometimes full, while each CPU took its timer's
 interrupts all along (so a stall also says how many each CPU took; docs/vllm.md).
@@ -315,7 +315,8 @@ def counters() -> dict[str, float]:
 def interrupts() -> dict[str, list[int]]:
     """Interrupts taken since boot per CPU, by kind (``/proc/interrupts``: "LOC" the local timer,
     "RES" rescheduling). A busy CPU takes the timer's interrupt HZ times a second; one that took
-    few in a stall was not interrupted, and its kernel could not preempt what ran there."""
+    few in a stall was not interrupted (through the vLLM stalls here each took its share, and
+    the kernel did switch tasks: docs/vllm.md)."""
     out = {}
     for line in _read("/proc/interrupts").splitlines():
         name, _, rest = line.strip().partition(":")
