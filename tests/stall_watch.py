@@ -30,10 +30,12 @@ view says which CPUs it may run on and at what priority. CI's stalls so far had 
 process's threads runnable for minutes with next to no CPU, while the separate process ran.
 The CPUs' counters (busy, idle, steal) add up to their time only while they run and
 count: a stall says how far short they fell, and how much of it the separate process stood
-still too. Here the real-vLLM tests stall in most runs, 9-33 s while a server serves a burst:
-its engine core and worker are charged all of it and nothing else on the machine runs,
-with the counters sometimes short and sometimes full, while each CPU took its timer's
-interrupts all along (so a stall also says how many each CPU took; docs/vllm.md).
+still too. The real-vLLM tests stalled here in most runs, 9-33 s while a server served a
+burst: its engine core and worker were charged all of it and nothing else on the machine
+ran, while each CPU took its timer's interrupts all along (so a stall also says how many
+each CPU took). The cause was each launched server's session of its own, a scheduling group
+of its own under the kernel's autogroups; since servers start in the caller's session these
+lines have said none (docs/vllm.md, Limits).
 """
 
 from __future__ import annotations

