@@ -261,13 +261,22 @@ def cpu_users(cpus_before: dict, processes_before: dict, cpus_after: dict, proce
     used = {p: s - processes_before.get(p, 0.0) for p, s in processes_after.items()}
     ended = len(processes_before.keys() - processes_after.keys())
     top = sorted(used, key=used.get, reverse=True)[:most]
-    users = ", ".join(f"{p} {_read(f'/proc/{p}/comm').strip() or '?'} {used[p]:.0f} s" for p in top if used[p] >= 0.5)
+    users = ", ".join(f"{p} {_read(f'/proc/{p}/comm').strip() or '?'} {used[p]:.0f} s{_other_group(p)}"
+                      for p in top if used[p] >= 0.5)
     missing = seconds * len(each) - busy - idle if seconds is not None else 0.0
     return (f"the CPUs were busy {busy:.0f} s and idle {idle:.0f} s (each, busy and idle: {', '.join(each)})"
             + (f", {missing:.0f} s short of {len(each)} CPUs for {seconds:.0f} s (CPU time in no counter: they did "
                f"not run, or did not count it)" if missing >= max(1.0, 0.1 * seconds * len(each)) else "")
             + f", most used by {users}" * bool(users)
             + f"; processes that ended meanwhile, whose part is in the busy time only: {ended}" * bool(ended))
+
+
+def _other_group(pid: int) -> str:
+    """", in scheduling group autogroup-N" for a process outside this one's autogroup (a session of
+    its own, where the kernel's autogroups are on): the vLLM servers' stalls were one group
+    holding the CPUs from the others (docs/vllm.md, Limits)."""
+    theirs, ours = _read(f"/proc/{pid}/autogroup").split()[:1], _read("/proc/self/autogroup").split()[:1]
+    return f" in scheduling group {theirs[0].lstrip('/')}" if theirs and ours and theirs != ours else ""
 
 
 def cpu_seconds(stat: str) -> float:
