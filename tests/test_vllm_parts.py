@@ -8,6 +8,8 @@ import json
 import os
 import random
 import re
+import signal
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -395,7 +397,9 @@ def test_launch_settings_follow_the_server_arguments_and_the_cores(monkeypatch):
 
 
 STAND_IN_SERVER = """
-import json, os, subprocess, sys, time
+import json, os, signal, subprocess, sys, time
+if os.environ.get("DEAF"):  # as vLLM's API server while it starts
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # as vLLM's engine core
 with open(os.environ["WHERE"] + "." + sys.argv[sys.argv.index("--port") + 1], "w") as out:
     json.dump({"sid": os.getsid(0), "pgid": os.getpgid(0), "pid": os.getpid(), "child": child.pid,
@@ -404,14 +408,12 @@ time.sleep(600)
 """
 
 
-def test_launched_servers_share_the_callers_session_and_stop_as_whole_groups(tmp_path, monkeypatch):
-    """Each server is a process group of its own (so stop() ends the engine processes it starts) in the
-    caller's session: a session of its own is a scheduling group of its own under the kernel's autogroups,
-    and a busy server's group then held the CPUs for seconds while the router waited (docs/vllm.md).
-    The server is a test double of vLLM's API server (a package named vllm on PYTHONPATH): what is tested
-    is how the processes are started and stopped, which a real server takes minutes to show."""
-    from autopoiesis.adapters.vllm import servers
-
+@pytest.fixture
+def stand_in_vllm(tmp_path, monkeypatch):
+    """A test double of vLLM's API server (a package named vllm on PYTHONPATH) that starts a child, as
+    vLLM's engine core is, and writes where it runs: what is tested is how autopoiesis starts and ends
+    the servers' processes, which a real server takes a minute to show. Returns a function that waits
+    for a launched server's report."""
     package = tmp_path / "stand_in" / "vllm" / "entrypoints" / "openai"
     package.mkdir(parents=True)
     for folder in (package, package.parent, package.parent.parent):
@@ -420,25 +422,66 @@ def test_launched_servers_share_the_callers_session_and_stop_as_whole_groups(tmp
     (tmp_path / "model").mkdir()
     monkeypatch.setenv("PYTHONPATH", str(tmp_path / "stand_in"))
     monkeypatch.setenv("WHERE", str(tmp_path / "where"))
+
+    def report(port: str, alive=lambda: True) -> dict:
+        where = tmp_path / f"where.{port}"
+        deadline = time.monotonic() + 60
+        while not where.exists() or not where.read_text().endswith("}"):
+            assert alive() and time.monotonic() < deadline
+            time.sleep(0.05)
+        return json.loads(where.read_text())
+
+    return report
+
+
+def test_launched_servers_share_the_callers_session_and_stop_as_whole_groups(tmp_path, stand_in_vllm):
+    """Each server is a process group of its own (so stop() ends the engine processes it starts) in the
+    caller's session: a session of its own is a scheduling group of its own under the kernel's autogroups,
+    and a busy server's group then held the CPUs for seconds while the router waited (docs/vllm.md)."""
+    from autopoiesis.adapters.vllm import servers
+
     launched = servers.launch(str(tmp_path / "model"), 2, tmp_path / "logs", sys.executable)
     try:
-        said = []
-        for server in launched:
-            where = tmp_path / f"where.{server.url.rsplit(':', 1)[1]}"
-            deadline = time.monotonic() + 60
-            while not where.exists() or not where.read_text().endswith("}"):
-                assert server.process.poll() is None and time.monotonic() < deadline, server.log_tail()
-                time.sleep(0.05)
-            said.append(json.loads(where.read_text()))
+        said = [stand_in_vllm(s.url.rsplit(":", 1)[1], lambda s=s: s.process.poll() is None) for s in launched]
         for server, it in zip(launched, said):
-            assert it["pid"] == server.process.pid == it["pgid"]  # a group of its own
+            assert it["pgid"] == server.process.pid != it["pid"]  # a group of its own, led by supervise.py
             assert it["sid"] == os.getsid(0)  # in the caller's session, so in its autogroup
             assert it["stdin"] == "/dev/null"  # never the caller's terminal
             assert "--scheduling-policy" in it["args"]
     finally:
         servers.stop(launched, grace_s=5)
-    assert all(ended(it["child"]) for it in said)  # the whole group went, the engine-like child too
-    assert all(server.process.poll() is not None for server in launched)
+    assert all(ended(it["pid"]) and ended(it["child"]) for it in said)  # the whole group went
+    assert [server.process.returncode for server in launched] == [128 + signal.SIGTERM] * 2  # the server's own
+
+
+LAUNCHER = """
+import sys, time
+from pathlib import Path
+from autopoiesis.adapters.vllm import servers
+servers.ORPHAN_GRACE_S = 1.0
+servers.launch({model!r}, 1, Path({logs!r}), sys.executable)
+print("launched", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_controller_takes_a_server_that_ignores_sigterm_down_with_it(tmp_path, stand_in_vllm, monkeypatch):
+    """SIGKILL of autopoiesis, which runs no clean-up, still ends each launched server's whole group: vLLM's
+    API server ignores SIGTERM while it starts (here the stand-in always does) and, killed alone, leaves its
+    engine core and worker running, so the group's leader (supervise.py) sends SIGTERM, then SIGKILL."""
+    monkeypatch.setenv("DEAF", "1")
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER.format(model=str(tmp_path / "model"),
+                                                                       logs=str(tmp_path / "logs"))],
+                                stdout=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout.readline().strip() == "launched"
+        port = re.search(r"--port (\d+)", (tmp_path / "logs" / "vllm-0.log").read_text())[1]
+        it = stand_in_vllm(port)
+    finally:
+        launcher.kill()
+        launcher.wait()
+    assert ended(it["pid"], patience=15) and ended(it["child"], patience=15)
+    assert ended(it["pgid"], patience=5)  # supervise.py too
 
 
 async def _fake_vllm(completions=None, metrics=None, **runner_options):

