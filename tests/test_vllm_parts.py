@@ -395,7 +395,6 @@ def test_launch_settings_follow_the_server_arguments_and_the_cores(monkeypatch):
     assert servers.core_slices(6) == [None] * 6  # more replicas than cores: vLLM's own binding
 
 
-
 STAND_IN_SERVER = """
 import json, os, signal, subprocess, sys, time
 if os.environ.get("DEAF"):  # as vLLM's API server while it starts
@@ -480,8 +479,15 @@ def test_a_killed_controller_takes_a_server_that_ignores_sigterm_down_with_it(tm
     finally:
         launcher.kill()
         launcher.wait()
-    assert ended(it["pid"], patience=15) and ended(it["child"], patience=15)
-    assert ended(it["pgid"], patience=5)  # supervise.py too
+    try:
+        assert ended(it["pid"], patience=15) and ended(it["child"], patience=15)
+        assert ended(it["pgid"], patience=5)  # supervise.py too
+    finally:  # a failure leaves no process behind
+        for pid in (it["pid"], it["child"], it["pgid"]):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 async def _fake_vllm(completions=None, metrics=None, **runner_options):
