@@ -11,8 +11,11 @@ import argparse
 import dataclasses
 import json
 import os
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,6 +32,46 @@ ARCHIVE_NAME = "archive.db"
 
 class UserError(Exception):
     """Something the user can fix; printed as one line."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C raises KeyboardInterrupt: a `kill` of autopoiesis,
+    a service manager's stop or a closed terminal ends a run as Ctrl-C does, its run marked
+    interrupted, its servers stopped and its workers ended, instead of leaving a run that says
+    "running" for ever."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    for sig in STOP_SIGNALS:  # a second one ends autopoiesis at once (its servers and workers still end)
+        signal.signal(sig, signal.SIG_DFL)
+    raise Terminated(signum)
+
+
+@contextmanager
+def _stop_signals_interrupt():
+    """While the CLI runs, SIGTERM and SIGHUP raise Terminated; a handler the host set (nohup's
+    ignore, an embedding program's own) stays, and main() called from a thread changes nothing."""
+    installed = {}
+    if threading.current_thread() is threading.main_thread():
+        installed = {sig: signal.signal(sig, _raise_terminated) for sig in STOP_SIGNALS
+                     if signal.getsignal(sig) == signal.SIG_DFL}
+    try:
+        yield
+    finally:
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
+
+
+def interrupted_status(e: KeyboardInterrupt) -> int:
+    """The shell's exit status for a run ended by a signal: 128 + its number (130 for Ctrl-C)."""
+    return 128 + (e.signum if isinstance(e, Terminated) else signal.SIGINT)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -158,22 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True)
     try:
-        args = build_parser().parse_args(argv)
-        if args.command == "evolve":
-            return cmd_evolve(args)
-        if args.command == "report":
-            return cmd_report(args)
-        if args.command == "adapters":
-            return cmd_adapters()
-        if args.command in ("serve", "bench"):
-            return cmd_serve(args)
-        if args.command == "simulate":
-            return cmd_simulate(args)
-        build_parser().print_help()
-        return 2
-    except KeyboardInterrupt:
-        err.print("autopoiesis: interrupted")
-        return 130
+        with _stop_signals_interrupt():
+            return _run(argv)
+    except KeyboardInterrupt as e:
+        err.print(f"autopoiesis: interrupted{f' ({e})' if isinstance(e, Terminated) else ''}")
+        return interrupted_status(e)
     except Exception as e:
         from autopoiesis.adapters.base import AdapterError
         from autopoiesis.evolution import EvolutionError
@@ -186,6 +218,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"autopoiesis: unexpected error: {type(e).__name__}: {e} (AUTOPOIESIS_DEBUG=1 shows the traceback)",
               file=sys.stderr)
         return 1
+
+
+def _run(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "evolve":
+        return cmd_evolve(args)
+    if args.command == "report":
+        return cmd_report(args)
+    if args.command == "adapters":
+        return cmd_adapters()
+    if args.command in ("serve", "bench"):
+        return cmd_serve(args)
+    if args.command == "simulate":
+        return cmd_simulate(args)
+    build_parser().print_help()
+    return 2
 
 
 # -- evolve -----------------------------------------------------------------------------
@@ -284,12 +332,12 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     try:
         with progress:
             result = evolution.run(resume=args.resume, run_id=run_id)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         run_id = state.get("run")
         if run_id:
             archive.set_status(run_id, "interrupted")
             console.print(f"interrupted; resume with: autopoiesis evolve --resume {run_id} --runs-dir {args.runs_dir}")
-        return 130
+        return interrupted_status(e)
 
     if args.json:
         print(json.dumps(result.summary()))
@@ -355,10 +403,10 @@ def _cmd_online(args, adapter, spec, options, config, archive, llm_settings, rep
                 summary = controller.run()
         else:
             summary = controller.run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         console.print(f"interrupted; what was served so far is in the archive: autopoiesis report {run_id} "
                       f"--runs-dir {args.runs_dir}")
-        return 130
+        return interrupted_status(e)
     except LiveSystemFailed as e:
         served = len(archive.windows(run_id))
         if not served:

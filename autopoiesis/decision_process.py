@@ -335,6 +335,8 @@ def _end(process: subprocess.Popen, *connections: Connection) -> None:
 def serve(inbox: Connection, outbox: Connection, parent: int) -> None:
     """Take the first message (a program to serve, or work to do), then answer until the pipe
     closes (or ``parent``, the process that started this one, is gone)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the parent ends it, as an evaluation worker
+        signal.signal(sig, signal.SIG_IGN)
     outbox.send(("up", None))
     try:
         if not _wait(inbox, parent):

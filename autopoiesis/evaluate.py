@@ -306,7 +306,8 @@ def _die_with_parent() -> None:
 def _worker_main(conn, parent_conn, adapter: Any, limits: Limits) -> None:
     parent_conn.close()
     _die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the parent decides when a worker ends:
+        signal.signal(sig, signal.SIG_IGN)  # Ctrl-C, a service manager's stop of the whole group, a closed terminal
     slots = adapter.slots()
     sandbox.apply_limits(limits.memory_mb)
     while True:

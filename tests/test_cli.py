@@ -13,6 +13,7 @@ import pytest
 
 from autopoiesis.archive import Archive
 from conftest import EXAMPLE, ROOT
+from processes import ended
 
 CLI = [sys.executable, "-m", "autopoiesis.cli"]
 
@@ -437,6 +438,67 @@ def test_sigkill_mid_run_then_resume_loses_and_repeats_nothing(tmp_path):
     assert len(before) + summary["evaluations"] == len(expected_rows)  # ...none of it done twice
     assert summary["champion"] == expected["champion"]
     assert summary["fitness"] == expected["fitness"]
+
+
+def _stop_once(proc, db, enough, sig=signal.SIGTERM, whole_group=False, patience=120):
+    """Send ``sig`` to ``proc`` (or its process group) once its archive holds ``enough()``
+    rows; its children then, its output."""
+    deadline = time.time() + patience
+    while time.time() < deadline and not enough(db):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    (os.killpg if whole_group else os.kill)(proc.pid, sig)
+    out, err = proc.communicate(timeout=60)
+    return children, out.decode(), err.decode()
+
+
+def _count(db, table):
+    try:
+        return sqlite3.connect(db).execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+
+
+@pytest.mark.parametrize("sig, whole_group", [(signal.SIGTERM, False), (signal.SIGTERM, True), (signal.SIGHUP, True)])
+def test_a_kill_mid_run_ends_it_as_ctrl_c_does_and_resume_finishes_it(tmp_path, sig, whole_group):
+    """A `kill`, a service manager's stop (SIGTERM to every process of the run) or a closed
+    terminal (SIGHUP to its process group) marks the run interrupted, ends its workers and
+    says how to resume, as Ctrl-C does; without a handler the run died at once and its archive
+    said "running" for ever. Workers signalled with it leave the ending to it: none records
+    a program as having crashed its worker."""
+    runs = tmp_path / "runs"
+    args = ["evolve", "--adapter", str(EXAMPLE), "-o", "jobs=8000", "--generations", "8", "--population", "12",
+            "--workers", "2", "--held-out-snapshots", "0", "--runs-dir", str(runs)]
+    proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
+    children, _, err = _stop_once(proc, runs / "archive.db", lambda db: _count(db, "generations") >= 2, sig,
+                                  whole_group)
+    run_id, status = sqlite3.connect(runs / "archive.db").execute("SELECT id, status FROM runs").fetchone()
+    assert proc.returncode == 128 + sig, err
+    assert status == "interrupted"
+    assert f"interrupted; resume with: autopoiesis evolve --resume {run_id}" in " ".join(err.split())
+    assert "Traceback" not in err
+    assert len(children) == 2 and all(ended(int(pid)) for pid in children)  # its workers, ended with it
+    crashed = sqlite3.connect(runs / "archive.db").execute("SELECT error FROM evaluations WHERE error IS NOT NULL")
+    assert [e for (e,) in crashed if e.startswith("worker")] == []
+    resumed = cli("evolve", "--resume", run_id, "--runs-dir", str(runs), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["generations"] == 8
+    assert Archive(runs / "archive.db").run(run_id)["status"] == "done"
+
+
+def test_a_kill_of_an_online_run_keeps_what_it_served(tmp_path):
+    runs = tmp_path / "runs"
+    proc = subprocess.Popen(CLI + ["evolve", "--adapter", "simulator", "--scenario", "mixed", "--online",
+                                   "--runs-dir", str(runs)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _, _, err = _stop_once(proc, runs / "archive.db", lambda db: _count(db, "windows") >= 2)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    run_id, status = sqlite3.connect(runs / "archive.db").execute("SELECT id, status FROM runs WHERE id NOT LIKE '%-e%'").fetchone()
+    assert status == "interrupted"
+    assert f"what was served so far is in the archive: autopoiesis report {run_id}" in " ".join(err.split())
+    assert "Traceback" not in err
+    report = cli("report", run_id, "--runs-dir", str(runs))
+    assert report.returncode == 0 and "windows" in report.stdout
 
 
 def test_a_resume_on_snapshots_the_archive_could_not_keep_says_so(tmp_path):

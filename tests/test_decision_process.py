@@ -174,6 +174,15 @@ def test_close_ends_the_child(isolated):
     assert ended(pid)
 
 
+def test_the_child_leaves_its_ending_to_the_server(isolated):
+    """Signals meant for the serving process's group (Ctrl-C, a stop, a closed terminal) do not
+    end the child: the server stops it when it stops."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        os.kill(isolated.pid, sig)
+    time.sleep(0.2)
+    assert alive(isolated.pid) and isolated.priority(REQUEST, 10.0) == 3.5
+
+
 def test_the_hot_path_answers_every_call_and_counts_what_the_child_could_not():
     adapter = SimulatorAdapter("stationary", requests=50)
     default = adapter.baselines()["default"]

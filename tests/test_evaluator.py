@@ -47,6 +47,24 @@ def test_timeout_replaces_the_worker_and_work_continues(queue_adapter):
     assert out[(SJF.id, snapshot)].ok
 
 
+def test_a_worker_leaves_its_ending_to_the_evaluator(queue_adapter):
+    """Ctrl-C, a service manager's stop and a closed terminal signal a worker with the evolution
+    process; it ignores them, so it is not scored as a crash while the process stops itself."""
+    import signal
+
+    from processes import ended
+
+    with Evaluator(queue_adapter, workers=1) as evaluator:
+        assert all(o.ok for o in evaluator.evaluate(tasks(queue_adapter, [SJF], seeds=(0,))).values())  # it is up
+        pid = evaluator._pool[0].process.pid
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            os.kill(pid, sig)
+        time.sleep(0.2)
+        assert all(o.ok for o in evaluator.evaluate(tasks(queue_adapter, [SJF], seeds=(1,))).values())
+        assert [w.process.pid for w in evaluator._pool] == [pid]  # the same worker did the work
+    assert ended(pid)
+
+
 # one C call of half an hour (10**5 sums of a million items): no bytecode between, so only the kernel stops it
 C_LOOP = Program("def priority(job, now):\n    return float(max([[0] * 10 ** 6] * 10 ** 5)[0])\n")
 
