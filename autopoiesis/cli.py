@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
         sv.add_argument("--runs-dir", default="runs", help="where the server logs and requests.jsonl go, and the "
                                                                "archive --policy RUN is found in")
         sv.add_argument("--json", action="store_true", help="print the metrics as JSON at the end")
+        if name == "bench":
+            sv.add_argument("--live-seed", type=_non_negative_int, default=1000,
+                            help="seed of the load (the same as evolve --online's for the same arrivals)")
         _add_live_args(sv)
 
     sim = sub.add_parser("simulate", help="run one policy on a simulator scenario and print its metrics")
@@ -493,7 +496,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     console = _console(stderr=True)
     console.print(f"starting {adapter.name} ({adapter.describe()})"
                   + (f"; logs in {run_dir}" if hasattr(adapter, "run_dir") else ""))
-    adapter.start()
+    adapter.start(getattr(args, "live_seed", 1000))
     window, total = RollingWindow(), RollingWindow()
     try:
         from autopoiesis import sandbox

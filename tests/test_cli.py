@@ -592,6 +592,10 @@ def test_bench_serves_the_simulator_live_as_simulate_runs_it(tmp_path):
     assert live["requests"] == offline["requests"] > 1000
     assert live["total_time"] == pytest.approx(offline["total_time"], rel=1e-9)
     assert not (tmp_path / "runs").exists()  # the simulator writes no server logs
+    other = cli("bench", "--adapter", "simulator", "--scenario", "stationary", "--live-seed", "7", "--json")
+    seven = cli("simulate", "--scenario", "stationary", "--seed", "7", "--json")
+    assert json.loads(other.stdout)["total_time"] == pytest.approx(json.loads(seven.stdout)["total_time"], rel=1e-9)
+    assert json.loads(other.stdout)["total_time"] != pytest.approx(live["total_time"], rel=1e-6)  # another load
 
 
 @pytest.mark.parametrize("args, fragment", [
