@@ -9,8 +9,10 @@ Each arm is one `autopoiesis` command, as a user would run it, on servers launch
 (no arm finds another's prompts in vLLM's prefix cache): each static arm is `autopoiesis
 bench --policy` with one dispatch and one priority baseline; `online` is `autopoiesis
 evolve --online`, starting from the default (round robin, first come; offline operators).
-Every arm of a seed serves the same arrivals: the same scenario, rate, duration and
-`--live-seed`. `--load-factor F` sizes the rate once, before the arms: a `bench
+Every arm of a seed is sent the same arrivals: the same scenario, rate, duration and
+`--live-seed`; on a busy machine the router receives them late (the load generator shares
+its event loop), by different amounts in different arms, and a late arrival lengthens total
+time whatever the policy, so each arm reports how late its arrivals were. `--load-factor F` sizes the rate once, before the arms: a `bench
 --load-factor F` on fresh servers is stopped (SIGTERM) once its probe has set the rate,
 which every arm then gets as `--rate`. Improvement is (arm - online) / arm, on total time
 (first arrival to last completion) and on mean end-to-end latency. Takes about
@@ -119,6 +121,19 @@ def policy_file(arm: str, folder: Path) -> Path:
     return path
 
 
+def arrival_lag(args, rate: float, seed: int, folder: Path) -> dict[str, float]:
+    """How far the router's arrivals fell behind the load's schedule (seconds, the last and the
+    mean): the load generator and the router share one event loop, which a busy machine can
+    hold up, and a late arrival lengthens total time whatever the policy."""
+    logs = list(folder.glob("*/requests.jsonl"))
+    if not logs:
+        return {}
+    arrivals = sorted(json.loads(line)["arrival"] for line in logs[0].read_text().splitlines() if line.strip())
+    schedule = sorted(at for at, _, _ in loads.named(args.scenario, rate, args.duration, seed).requests)
+    lags = [a - arrivals[0] - (at - schedule[0]) for a, at in zip(arrivals, schedule)]
+    return {"arrival_lag_last_s": lags[-1], "arrival_lag_mean_s": statistics.mean(lags)} if lags else {}
+
+
 def run_arm(args, arm: str, rate: float, seed: int, runs: Path) -> dict:
     """One arm's command and the metrics its --json prints (online: its live metrics, deployments, rollbacks)."""
     folder = runs / f"seed{seed}-{arm}"
@@ -136,6 +151,7 @@ def run_arm(args, arm: str, rate: float, seed: int, runs: Path) -> dict:
     out = json.loads(done.stdout)
     metrics = out["metrics"] if arm == ONLINE else out  # both over the records the router kept
     row = {k: metrics.get(k) for k in (*HEADLINE, "requests")}
+    row.update(arrival_lag(args, rate, seed, folder))
     if arm == ONLINE:
         row.update(deployments=out["deployments"], rollbacks=out["rollbacks"], evolutions=out["evolutions"],
                    fallbacks=out["fallbacks"])
@@ -158,6 +174,7 @@ def main(argv=None) -> int:
             row = results.setdefault(seed, {})[arm] = run_arm(args, arm, rate, seed, runs)
             console.print("  " + "  ".join(f"{k} {row[k]:.4g}" for k in HEADLINE if row.get(k) is not None)
                           + (f"  deployments {row['deployments']}, rollbacks {row['rollbacks']}" if arm == ONLINE else "")
+                          + (f"  arrivals {row['arrival_lag_last_s']:.1f} s late at the end" if "arrival_lag_last_s" in row else "")
                           + f"  ({row['wall_s']:.0f} s)", highlight=False)
     summary = {"scenario": args.scenario, "rate": rate, "duration": args.duration, "replicas": args.replicas,
                "vllm_args": args.vllm_args, "plugin": args.plugin, "seeds": results, "minutes": (time.monotonic() - began) / 60}
@@ -170,13 +187,16 @@ def main(argv=None) -> int:
         return 0
     table = Table(title=f"vLLM live, {args.scenario} at {rate:.3g} req/s for {args.duration:g} s, "
                         f"{args.replicas} servers, mean of {args.seeds} seed(s)")
-    for column in ("arm", *HEADLINE, "online gains (total, mean e2e)"):
+    for column in ("arm", *HEADLINE, "arrivals late (s)", "online gains (total, mean e2e)"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for arm in args.arms:
         gains = summary.get("improvement", {}).get(arm)
-        table.add_row(arm, *(f"{statistics.mean(r[arm][k] for r in results.values()):.4g}" for k in HEADLINE),
+        means = {k: statistics.mean(r[arm].get(k, float("nan")) for r in results.values())
+                 for k in (*HEADLINE, "arrival_lag_last_s")}
+        table.add_row(arm, *(f"{means[k]:.4g}" for k in HEADLINE), f"{means['arrival_lag_last_s']:.1f}",
                       f"{gains['total_time']:+.1%}, {gains['mean_e2e']:+.1%}" if gains else "")
-    Console().print(table)
+    out = Console()
+    (out if out.is_terminal else Console(width=160)).print(table)  # a pipe or file: whole columns
     console.print(f"runs in {runs}; {summary['minutes']:.1f} min")
     return 0
 
