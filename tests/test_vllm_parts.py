@@ -672,6 +672,46 @@ async def _answer(request):
     return out
 
 
+def test_the_load_and_the_router_keep_every_request_open_past_a_hundred():
+    """The load is open-loop and the router forwards every request at once, however many are
+    in flight: with aiohttp's default pool of 100 connections the 101st waited, unseen by any
+    server's queue, and a load past capacity reached the router up to 21 s late. Test double
+    for a vLLM server that holds each request until all 150 are in."""
+    import asyncio
+
+    from autopoiesis.adapters.vllm import load as loads
+    from autopoiesis.adapters.vllm.router import Router
+
+    held, everyone = [0, 0], asyncio.Event()  # in the server now, the most at once
+
+    async def hold(request):
+        held[0] += 1
+        held[1] = max(held)
+        if held[0] == 150:
+            everyone.set()
+        try:
+            await asyncio.wait_for(everyone.wait(), 5)
+        except asyncio.TimeoutError:
+            pass
+        held[0] -= 1
+        return await _answer(request)
+
+    async def scenario():
+        runner, upstream = await _fake_vllm(hold)
+        router = Router([upstream], scrape_s=60)
+        await router.start()
+        try:
+            outcome = await loads.replay(loads.Load("wide", [(0.0, 4, 1)] * 150), router.url, "m")
+        finally:
+            await router.stop()
+            await runner.cleanup()
+        return outcome, router
+
+    outcome, router = asyncio.run(scenario())
+    assert held[1] == 150, f"only {held[1]} of 150 requests reached the server at once"
+    assert outcome.ok == 150 and len(router.records) == 150
+
+
 def test_a_server_that_does_not_take_connections_in_time_is_slow_then_down(frozen_url):
     """Each request goes on to the live server; the frozen one is marked down only at its
     third timeout in a row. Alone, it gets each request three tries and then a clear 503,

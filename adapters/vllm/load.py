@@ -88,7 +88,10 @@ async def replay(load: Load, url: str, model: str, time_scale: float = 1.0, voca
             outcome.failed += 1
             outcome.errors.append(f"{type(e).__name__}: {e}"[:200])
 
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3600)) as session:
+    # open-loop means no cap on requests in flight: with aiohttp's default of 100 connections the
+    # 101st waited for one to finish, and a load past capacity arrived late by up to 21 s
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=3600)) as session:
         tasks = []
         for at, prompt, output in load.requests:
             delay = start + at * time_scale - time.monotonic()

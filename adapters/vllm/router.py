@@ -143,7 +143,10 @@ class Router:
 
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.session = aiohttp.ClientSession(timeout=self.timeout, trace_configs=[_reuse_tracer()])
+        # no cap on connections (aiohttp's default is 100): past it a request would wait in the pool,
+        # first come, where no server's priority queue can see it
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=self.timeout,
+                                             trace_configs=[_reuse_tracer()])
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_post("/v1/completions", self.handle)
         app.router.add_post("/v1/chat/completions", self.handle)
