@@ -23,6 +23,7 @@ import itertools
 import re
 import resource
 import signal
+import sys
 import threading
 import time
 import types
@@ -529,17 +530,24 @@ class CpuDeadline:
         self._cpu = self._wall = 0.0
         self._host_timer = (0.0, 0.0)
         self._collect = False
+        self._caller = None  # the frame whose `with` runs the call
 
     def __enter__(self) -> CpuDeadline:
         self._cpu, self._wall = time.thread_time(), time.monotonic()
         if self.armed:
             self._collect = gc.isenabled()  # a host that turned collection off keeps it off
-            gc.disable()
-            # _signal's getsignal: signal's wrapper tries to make an enum of the handler (2 us a call)
-            if _signal.getsignal(SIGALRM) is not _on_alarm:  # first call, or the host set its own since
-                _host_handler[0] = signal.signal(SIGALRM, _on_alarm)
-            _timing[0] = self
-            self._host_timer = signal.setitimer(signal.ITIMER_REAL, self.cpu_s)
+            self._host_timer = (0.0, 0.0)
+            self._caller = sys._getframe(1)
+            try:
+                gc.disable()
+                # _signal's getsignal: signal's wrapper tries to make an enum of the handler (2 us a call)
+                if _signal.getsignal(SIGALRM) is not _on_alarm:  # first call, or the host set its own since
+                    _host_handler[0] = signal.signal(SIGALRM, _on_alarm)
+                _timing[0] = self
+                self._host_timer = signal.setitimer(signal.ITIMER_REAL, self.cpu_s)
+            except BaseException:  # Ctrl-C or SIGTERM raised just as the timer was armed: no `with` calls
+                self.__exit__(None, None, None)  # __exit__ after a failed __enter__, and the timer left
+                raise  # armed killed the process with SIGALRM at its exit (the alarm's default action)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -550,7 +558,7 @@ class CpuDeadline:
             _timing[0] = _LATE
             _handle_pending_signals()  # an alarm of ours that came just now is dropped, not passed on
         finally:  # even if another signal's handler raised above: a collector left off would leak
-            _timing[0] = None  # every cycle, and the host's timer must go on
+            _timing[0] = self._caller = None  # every cycle, and the host's timer must go on
             if self._collect:
                 gc.enable()
             delay, interval = self._host_timer
@@ -597,6 +605,15 @@ def _outside_the_call(frame, depth: int = 4) -> str:
     return ""
 
 
+def _on_the_stack(caller, frame) -> bool:
+    """Whether ``caller`` is ``frame`` or one of the frames that called it."""
+    while frame is not None:
+        if frame is caller:
+            return True
+        frame = frame.f_back
+    return False
+
+
 def _on_alarm(signum, frame) -> None:
     deadline = _timing[0]
     if deadline is _LATE:
@@ -611,6 +628,12 @@ def _on_alarm(signum, frame) -> None:
         return
     outside = _outside_the_call(frame)
     if outside == "exit":  # the call is over
+        return
+    if not _on_the_stack(deadline._caller, frame):  # it ended without __exit__: an interrupt (Ctrl-C,
+        signal.setitimer(signal.ITIMER_REAL, 0)  # SIGTERM) raised as __exit__ began, before it disarmed
+        _timing[0] = deadline._caller = None
+        if deadline._collect:
+            gc.enable()
         return
     if outside == "enter":  # a pause between arming and the call: its CPU clock starts now
         deadline._cpu = time.thread_time()

@@ -353,6 +353,72 @@ def test_a_pause_between_arming_and_the_call_neither_escapes_nor_takes_the_host_
         signal.signal(signal.SIGALRM, previous_handler)
 
 
+def test_ctrl_c_or_sigterm_as_the_timer_is_armed_leaves_no_alarm_behind(monkeypatch):
+    """A KeyboardInterrupt (Ctrl-C, or SIGTERM through the CLI) raised in ``__enter__`` just after
+    it armed the timer: no ``with`` calls ``__exit__`` then, and the armed timer killed the
+    process with SIGALRM as it exited after its clean-up (exit -14 in place of 143, once in some
+    runs of test_cli's SIGTERM test), or raised DeadlinePassed into the clean-up. Here the
+    interrupt is a test double: a ``signal`` module whose ``setitimer`` raises it after arming."""
+    import gc
+    import signal
+
+    from autopoiesis import sandbox
+
+    setitimer = signal.setitimer
+
+    class InterruptedSignal:
+        def __getattr__(self, name):
+            return getattr(signal, name)
+
+        @staticmethod
+        def setitimer(which, seconds, interval=0.0):
+            previous = setitimer(which, seconds, interval)
+            if seconds > 0:
+                raise KeyboardInterrupt  # what the SIGINT or SIGTERM handler raises at this point
+            return previous
+
+    monkeypatch.setattr(sandbox, "signal", InterruptedSignal())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with sandbox.CpuDeadline(cpu_s=0.01):
+                pass
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert sandbox._timing[0] is None and gc.isenabled()
+    finally:
+        setitimer(signal.ITIMER_REAL, 0)
+        sandbox._timing[0] = None
+        gc.enable()
+
+
+def test_a_call_left_without_its_exit_stops_the_alarm_at_the_next_one():
+    """An interrupt can also come as ``__exit__`` begins, before it disarms (a function's first
+    instruction runs pending signal handlers): the ``with`` is left, the timer runs on, and its
+    alarms raised DeadlinePassed into whatever ran next once that had computed for the deadline's
+    CPU time (a run's clean-up), with the collector left off. The next alarm now sees that the
+    frame that entered the call is gone and disarms. Here the call is entered by hand and its
+    frame returns without ``__exit__``."""
+    import gc
+    import signal
+    import time
+
+    from autopoiesis import sandbox
+
+    def left_without_exit():
+        sandbox.CpuDeadline(cpu_s=0.01, recheck_s=0.005).__enter__()
+
+    try:
+        left_without_exit()
+        end = time.thread_time() + 0.1  # ten times the deadline's CPU time, outside the call
+        while time.thread_time() < end:
+            pass
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        assert sandbox._timing[0] is None and gc.isenabled()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        sandbox._timing[0] = None
+        gc.enable()
+
+
 def test_a_stalled_call_on_the_hot_path_answers_and_counts_as_a_stall():
     """The deadline is 50 ms of the serving thread's CPU time. Here another thread holds the
     GIL for about 0.2 s while the policy runs (a frozen machine does the same): 50 ms pass in
