@@ -8,7 +8,10 @@
 Each arm is one `autopoiesis` command, as a user would run it, on servers launched afresh
 (no arm finds another's prompts in vLLM's prefix cache): each static arm is `autopoiesis
 bench --policy` with one dispatch and one priority baseline; `online` is `autopoiesis
-evolve --online`, starting from the default (round robin, first come; offline operators).
+evolve --online`, starting from the default (round robin, first come; offline operators);
+`online_never_deploying` (not run unless named in --arms) is the same with a margin no
+champion meets, so it serves the default while evolving: what the evolution plane alone
+costs the servers, which share the machine's cores with it.
 Every arm of a seed is sent the same arrivals: the same scenario, rate, duration and
 `--live-seed`; on a busy machine the router receives them late (the load generator shares
 its event loop), by different amounts in different arms, and a late arrival lengthens total
@@ -48,7 +51,8 @@ STATIC = {  # arm: (dispatch, priority) baselines
     "shortest_prompt": ("least_outstanding", "shortest_prompt"),
 }
 ONLINE = "online"
-ARMS = (*STATIC, ONLINE)
+PLANE_ONLY = "online_never_deploying"  # default served while evolving: what the evolution plane alone costs
+ARMS = (*STATIC, ONLINE, PLANE_ONLY)
 HEADLINE = ("total_time", "mean_e2e", "p99_ttft", "slo_attainment")
 CLI = [sys.executable, "-m", "autopoiesis.cli"]
 
@@ -67,7 +71,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="size the rate once to F times the twin's capacity (default 1.0)")
     parser.add_argument("--duration", type=positive_float, default=120.0, help="seconds of load")
     parser.add_argument("--seeds", type=positive_int, default=1, help="loads (live seeds 1000, 1001, ...)")
-    parser.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated, of {', '.join(ARMS)}")
+    parser.add_argument("--arms", default=",".join((*STATIC, ONLINE)), help=f"comma-separated, of {', '.join(ARMS)}")
     parser.add_argument("--online-args", default="--window 10 --period 1",
                         help="extra `evolve --online` flags for the online arm")
     parser.add_argument("--runs-dir", help="where each arm's run folder goes (default: a new temporary folder)")
@@ -138,8 +142,9 @@ def run_arm(args, arm: str, rate: float, seed: int, runs: Path) -> dict:
     """One arm's command and the metrics its --json prints (online: its live metrics, deployments, rollbacks)."""
     folder = runs / f"seed{seed}-{arm}"
     common = [*servers(args), "--rate", repr(rate), "--live-seed", str(seed), "--runs-dir", str(folder), "--json"]
-    if arm == ONLINE:
-        command = CLI + ["evolve", *common, "--online", *shlex.split(args.online_args)]
+    if arm in (ONLINE, PLANE_ONLY):
+        never = ["--margin", "1000"] if arm == PLANE_ONLY else []  # no champion is 1000x better
+        command = CLI + ["evolve", *common, "--online", *shlex.split(args.online_args), *never]
     else:
         folder.mkdir(parents=True, exist_ok=True)
         command = CLI + ["bench", *common, "--policy", str(policy_file(arm, folder))]
@@ -149,10 +154,11 @@ def run_arm(args, arm: str, rate: float, seed: int, runs: Path) -> dict:
         raise SystemExit(f"vllm_online: arm {arm} (seed {seed}) failed ({done.returncode}):\n"
                          f"{shlex.join(command)}\n{done.stderr[-3000:]}")
     out = json.loads(done.stdout)
-    metrics = out["metrics"] if arm == ONLINE else out  # both over the records the router kept
+    online = arm in (ONLINE, PLANE_ONLY)
+    metrics = out["metrics"] if online else out  # both over the records the router kept
     row = {k: metrics.get(k) for k in (*HEADLINE, "requests")}
     row.update(arrival_lag(args, rate, seed, folder))
-    if arm == ONLINE:
+    if online:
         row.update(deployments=out["deployments"], rollbacks=out["rollbacks"], evolutions=out["evolutions"],
                    fallbacks=out["fallbacks"])
     return {**row, "wall_s": time.monotonic() - start, "run_dir": str(folder)}
@@ -173,7 +179,7 @@ def main(argv=None) -> int:
             console.print(f"seed {seed}, arm {arm} ...", highlight=False)
             row = results.setdefault(seed, {})[arm] = run_arm(args, arm, rate, seed, runs)
             console.print("  " + "  ".join(f"{k} {row[k]:.4g}" for k in HEADLINE if row.get(k) is not None)
-                          + (f"  deployments {row['deployments']}, rollbacks {row['rollbacks']}" if arm == ONLINE else "")
+                          + (f"  deployments {row['deployments']}, rollbacks {row['rollbacks']}" if "deployments" in row else "")
                           + (f"  arrivals {row['arrival_lag_last_s']:.1f} s late at the end" if "arrival_lag_last_s" in row else "")
                           + f"  ({row['wall_s']:.0f} s)", highlight=False)
     summary = {"scenario": args.scenario, "rate": rate, "duration": args.duration, "replicas": args.replicas,
@@ -181,7 +187,7 @@ def main(argv=None) -> int:
     if ONLINE in args.arms:
         summary["improvement"] = {arm: {k: statistics.mean(
             (r[arm][k] - r[ONLINE][k]) / r[arm][k] for r in results.values()) for k in ("total_time", "mean_e2e")}
-            for arm in args.arms if arm != ONLINE}
+            for arm in args.arms if arm not in (ONLINE, PLANE_ONLY)}
     if args.json:
         print(json.dumps(summary))
         return 0
