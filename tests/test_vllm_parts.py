@@ -492,7 +492,7 @@ def test_a_killed_controller_takes_a_server_that_ignores_sigterm_down_with_it(tm
 
 async def _fake_vllm(completions=None, metrics=None, **runner_options):
     """Start a test double of a vLLM server on a free port: (runner, its URL). ``/metrics``
-    answers empty unless ``metrics`` is given; ``/v1/completions`` only if given."""
+    answers empty unless ``metrics`` is given, ``/health`` always; ``/v1/completions`` only if given."""
     from aiohttp import web
 
     async def no_metrics(request):
@@ -500,6 +500,7 @@ async def _fake_vllm(completions=None, metrics=None, **runner_options):
 
     app = web.Application()
     app.router.add_get("/metrics", metrics or no_metrics)
+    app.router.add_get("/health", no_metrics)
     if completions is not None:
         app.router.add_post("/v1/completions", completions)
     runner = web.AppRunner(app, **runner_options)
@@ -923,6 +924,69 @@ def test_the_probe_gives_each_line_of_the_fit_its_points(replicas, max_batch):
     assert 1 / 1.6 < fitted.prefill_per_token_s / costs.prefill_per_token_s < 1.6
     if (replicas, max_batch) == (2, 2):
         assert waves == [2, 2, 4, 4, 8]  # the probe tests/test_vllm_online.py sees
+
+
+@pytest.fixture
+def paced_servers():
+    """Two test doubles of vLLM servers (a thread's event loop) that stream each answer at a
+    measured pace: a prefill of 10 ms + 20 us per prompt token, then 4 ms per output token.
+    They answer in a few tenths of a second, as a fast fleet does; only a GPU could be real."""
+    import asyncio
+    import threading
+
+    from aiohttp import web
+
+    async def answer(request):
+        body = await request.json()
+        await asyncio.sleep(0.01 + 2e-5 * len(body["prompt"]))
+        out = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await out.prepare(request)
+        for _ in range(body["max_tokens"]):
+            await out.write(b'data: {"choices": [{"index": 0, "text": "x"}]}\n\n')
+            await asyncio.sleep(0.004)
+        usage = {"prompt_tokens": len(body["prompt"]), "completion_tokens": body["max_tokens"]}
+        await out.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\ndata: [DONE]\n\n".encode())
+        return out
+
+    loop, runners, urls = asyncio.new_event_loop(), [], []
+
+    async def up():
+        for _ in range(2):
+            runner, url = await _fake_vllm(answer)
+            runners.append(runner)
+            urls.append(url)
+
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    asyncio.run_coroutine_threadsafe(up(), loop).result(10)
+    yield urls
+    for runner in runners:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.mark.parametrize("seconds, most", [(1.5, 400), (60.0, 40)])
+def test_the_probe_lasts_its_seconds_or_its_most_requests(paced_servers, tmp_path, monkeypatch, seconds, most):
+    """On a fleet that answers in tenths of a second the probe's fewest waves take well under
+    a second, too few requests for a steady fit (on this VM's CPU servers, 2-3 s probes put
+    one fleet's capacity anywhere from 6.5 to 13.3 req/s); it goes on with full batches until
+    it has lasted ``PROBE_S`` or sent ``PROBE_MAX_REQUESTS``, whichever comes first."""
+    import autopoiesis.adapters.vllm as vllm_adapter
+
+    monkeypatch.setattr(vllm_adapter, "PROBE_S", seconds)
+    monkeypatch.setattr(vllm_adapter, "PROBE_MAX_REQUESTS", most)
+    adapter = VLLMAdapter(urls=paced_servers, scenario="steady", load_factor=1.0, duration=5.0, model="m",
+                          max_batch=2, run_dir=str(tmp_path))
+    adapter.start()
+    adapter.stop()
+    sizing = json.loads((tmp_path / "calibration.json").read_text())
+    fewest = sum(probe_waves(2, 2))
+    assert sizing["probe_ok"] == sizing["probe_requests"] > fewest
+    if seconds < 60:
+        assert seconds <= sizing["probe_s"] < seconds + 2 and sizing["probe_requests"] < most
+    else:
+        assert sizing["probe_requests"] <= most and sizing["probe_s"] < seconds
+    assert sizing["costs"]["samples"] >= sizing["probe_requests"] - 2  # every paced stream fitted
+    assert 0.5 < sizing["costs"]["decode_base_s"] / 0.004 < 2.0  # and the pace found
 
 
 def test_the_twins_capacity_is_the_rate_past_which_its_queue_grows():

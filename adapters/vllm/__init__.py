@@ -58,8 +58,12 @@ def _max_num_seqs(vllm_args: str, default: int = 256) -> int:
     return default
 
 
+PROBE_S = 10.0  # more full-batch waves until the probe has lasted this long (docs/vllm.md, "How much load")
+PROBE_MAX_REQUESTS = 400  # ...or has sent this many: a fast fleet is measured well before
+
+
 def probe_waves(replicas: int, max_batch: int) -> list[int]:
-    """The probe's waves (requests sent at once, each after the last is done); see ``_size_load``."""
+    """The probe's fewest waves (requests sent at once, each after the last is done); see ``_size_load``."""
     per_server = min(max_batch, 4)
     waves = [replicas] * 2 + [replicas * per_server] * 2
     while sum(waves) + replicas * min(2 * per_server, max_batch) < 2 * twin.MIN_POINTS:
@@ -220,11 +224,12 @@ class VLLMAdapter(Adapter):
     def _size_load(self, seed: int, run_dir: Path) -> str:
         """Set ``rate`` to ``load_factor`` times the fleet's capacity for this load's length mix.
 
-        Before the load starts, a probe sends the load's own shapes (spread over its prompt
-        lengths) in waves: one request per server, twice; full batches (up to 4 per server),
-        twice or more, until twice ``twin.MIN_POINTS`` requests will have found a free slot
-        (a merged stream does not count, see ``twin.streamed``); then twice a full batch at
-        once, so queues form. The twin is fitted to the probe and
+        Before the load starts, a probe sends the load's own shapes (each wave spread over its
+        prompt lengths) in waves: one request per server, twice; full batches (up to 4 per
+        server), twice or more, until twice ``twin.MIN_POINTS`` requests will have found a free
+        slot (a merged stream does not count, see ``twin.streamed``), and on until the probe has
+        lasted ``PROBE_S`` or sent ``PROBE_MAX_REQUESTS``; then twice a full batch at once, so
+        queues form. The twin is fitted to the probe and
         scaled to replay it as it was served (``twin.refine``); its capacity for the whole
         load's mix, times ``load_factor``, is the mean rate. The probe stays out of the
         run's records; its fit is the twin's first.
@@ -232,22 +237,29 @@ class VLLMAdapter(Adapter):
         shapes = sorted(self._load(seed).requests, key=lambda r: r[1])
         if not shapes:
             raise AdapterError("--load-factor: the load has no requests to size (a longer --duration?)")
-        router, since = self.router, self.router.now()
-        waves = probe_waves(self.replicas, self.max_batch)
-        sent = sum(waves)
-        spread = [shapes[int((k + 0.5) * len(shapes) / sent)] for k in range(sent)]  # quantiles of prompt length
-        random.Random(seed).shuffle(spread)
+        router, since, rng = self.router, self.router.now(), random.Random(seed)
+        *waves, overload = probe_waves(self.replicas, self.max_batch)
         probe: list = []
         router.on_record = probe.append
+
+        def send(size: int) -> None:  # a wave spread over the prompt lengths, one draw per quantile band
+            wave = [shapes[int((k + rng.random()) * len(shapes) / size)] for k in range(size)]
+            rng.shuffle(wave)
+            self.live["loop"].run_until_complete(
+                loads.replay(loads.Load("probe", [(0.0, p, o) for _, p, o in wave]), router.url, self.model))
+
         try:
             for size in waves:
-                wave, spread = spread[:size], spread[size:]
-                self.live["loop"].run_until_complete(
-                    loads.replay(loads.Load("probe", [(0.0, p, o) for _, p, o in wave]), router.url, self.model))
+                send(size)
+            while router.now() - since < PROBE_S and sum(waves) + waves[-1] + overload <= PROBE_MAX_REQUESTS:
+                send(waves[-1])
+                waves.append(waves[-1])
+            send(overload)
         finally:
             router.on_record = self._log
             router.take()  # the probe is not part of the run
             self._plugin_counts()
+        sent = sum(waves) + overload
         ok = sum(r.ok for r in probe)
         fitted = twin.fit(probe, self.max_batch)
         if not fitted.samples:
