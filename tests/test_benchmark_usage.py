@@ -1,11 +1,12 @@
 """Every benchmark script answers a mistaken argument with one line of usage, before any work."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, benchmark
 
 
 @pytest.mark.parametrize("script, args, fragment", [
@@ -58,6 +59,7 @@ from conftest import ROOT
     ("vllm_online", ["/nonexistent"], "no model at /nonexistent"),
     ("vllm_online", [".", "--arms", "default,oracle"], "unknown arm 'oracle'"),
     ("vllm_online", [".", "--rate", "1", "--load-factor", "2"], "not allowed with"),
+    ("vllm_online", [".", "--repeats", "0"], "must be at least 1"),
     ("vllm_step_times", ["/nonexistent"], "no model directory at /nonexistent"),
     ("vllm_step_times", [".", "--dtypes", "bf16"], "unknown dtype 'bf16'"),
     ("vllm_step_times", [".", "--prompts", "32,x"], "comma-separated whole numbers"),
@@ -69,3 +71,32 @@ def test_a_mistaken_argument_is_one_line_of_usage(script, args, fragment):
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert fragment in proc.stderr.splitlines()[-1]
+
+
+def test_vllm_online_runs_its_arms_in_rounds_and_pairs_each_with_its_own_rounds_online_run(tmp_path, monkeypatch,
+                                                                                          capsys):
+    """Test double for the arms' commands (minutes of real vLLM each; tests/test_vllm_online.py
+    runs the real `evolve --online`): the order, the pairing and the ranges are this script's."""
+    vllm_online = benchmark("vllm_online")
+    (tmp_path / "config.json").write_text("{}")
+    order, served = [], {("default", 1): 10.0, ("online", 1): 8.0, ("default", 2): 30.0, ("online", 2): 15.0}
+
+    def run_arm(args, arm, rate, seed, runs, repeat=0):
+        order.append((arm, repeat + 1))
+        value = served[(arm, repeat + 1)]
+        return {"total_time": value, "mean_e2e": value, "p99_ttft": 1.0, "slo_attainment": 1.0,
+                "arrival_lag_last_s": 0.0, "wall_s": 0.0}
+
+    monkeypatch.setattr(vllm_online, "run_arm", run_arm)
+    assert vllm_online.main([str(tmp_path), "--rate", "2", "--arms", "default,online", "--repeats", "2",
+                             "--runs-dir", str(tmp_path / "runs"), "--json"]) == 0
+    assert order == [("default", 1), ("online", 1), ("default", 2), ("online", 2)]  # rounds, not arm after arm
+    summary = json.loads(capsys.readouterr().out)
+    assert [(r["seed"], r["repeat"]) for r in summary["rounds"]] == [(1000, 1), (1000, 2)]
+    # each round's own pair: (10 - 8) / 10 and (30 - 15) / 30, not the means' (20 - 11.5) / 20
+    assert summary["improvement"]["default"]["mean_e2e"] == pytest.approx((0.2 + 0.5) / 2)
+    order.clear()
+    assert vllm_online.main([str(tmp_path), "--rate", "2", "--arms", "default,online", "--repeats", "2",
+                             "--runs-dir", str(tmp_path / "runs")]) == 0
+    table = capsys.readouterr().out
+    assert "20 (10-30)" in table and "11.5 (8-15)" in table  # the mean, then its range
