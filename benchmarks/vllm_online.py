@@ -206,7 +206,8 @@ def main(argv=None) -> int:
     runs_each = len(rounds)
     table = Table(title=f"vLLM live, {args.scenario} at {rate:.3g} req/s for {args.duration:g} s, "
                         f"{args.replicas} servers, mean of {args.seeds} seed(s)"
-                        + (f" x {args.repeats} rounds (min-max beside)" if args.repeats > 1 else ""))
+                        + (f" x {args.repeats} rounds" if args.repeats > 1 else "")
+                        + (" (min-max beside)" if runs_each > 1 else ""))
     for column in ("arm", *HEADLINE, "arrivals late (s)", "online gains (total, mean e2e)"):
         table.add_column(column, justify="left" if column == "arm" else "right")
 
