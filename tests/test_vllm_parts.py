@@ -956,12 +956,15 @@ def paced_servers():
             runners.append(runner)
             urls.append(url)
 
-    threading.Thread(target=loop.run_forever, daemon=True).start()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
     asyncio.run_coroutine_threadsafe(up(), loop).result(10)
     yield urls
     for runner in runners:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)
+    loop.close()
 
 
 @pytest.mark.parametrize("seconds, most", [(1.5, 400), (60.0, 40)])
