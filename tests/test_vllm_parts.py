@@ -983,6 +983,7 @@ def test_the_probe_lasts_its_seconds_or_its_most_requests(paced_servers, tmp_pat
     adapter.stop()
     sizing = json.loads((tmp_path / "calibration.json").read_text())
     fewest = sum(probe_waves(2, 2))
+    assert f"fitted on a {sizing['probe_requests']}-request, {sizing['probe_s']:.0f} s probe" in adapter.load_description
     assert sizing["probe_ok"] == sizing["probe_requests"] > fewest
     if seconds < 60:
         assert seconds <= sizing["probe_s"] < seconds + 2 and sizing["probe_requests"] < most

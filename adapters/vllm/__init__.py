@@ -259,7 +259,7 @@ class VLLMAdapter(Adapter):
             router.on_record = self._log
             router.take()  # the probe is not part of the run
             self._plugin_counts()
-        sent = sum(waves) + overload
+        sent, probe_s = sum(waves) + overload, router.now() - since
         ok = sum(r.ok for r in probe)
         fitted = twin.fit(probe, self.max_batch)
         if not fitted.samples:
@@ -272,11 +272,12 @@ class VLLMAdapter(Adapter):
         self.rate = self.load_factor * capacity / mean_factor
         (run_dir / "calibration.json").write_text(json.dumps({
             "load_factor": self.load_factor, "capacity_rps": capacity, "mean_rate": self.load_factor * capacity,
-            "rate": self.rate, "probe_requests": sent, "probe_ok": ok, "probe_s": router.now() - since,
+            "rate": self.rate, "probe_requests": sent, "probe_ok": ok, "probe_s": probe_s,
             "probe_merged_streams": twin.merged(probe),
             "fitted": fitted.to_dict(), "costs": self.costs.to_dict()}, indent=1))
         return (f"load factor {self.load_factor:g}: {self.load_factor * capacity:.2f} req/s on average, the twin's "
-                f"capacity for this length mix being {capacity:.2f} req/s, fitted on a {sent}-request probe")
+                f"capacity for this length mix being {capacity:.2f} req/s, fitted on a {sent}-request, "
+                f"{probe_s:.0f} s probe")
 
     def _served_model(self) -> str:
         import urllib.request
