@@ -286,6 +286,25 @@ class PageHinkley:
         return False
 
 
+def moved(before: Mapping[str, float], after: Mapping[str, float], factor: float = 1.25) -> list[str]:
+    """The names whose value in ``after`` is more than ``factor`` times, or less than 1/``factor``
+    of, its value in ``before``: a two-window test.
+
+    Page-Hinkley sets each signal's scale on its first windows and then needs a shift to
+    last a while; this compares two stretches outright, for a question it cannot answer
+    yet, or not in time: is the stretch before a snapshot the same workload as the snapshot?
+    """
+    out = []
+    for name, b in before.items():
+        a = after.get(name)
+        if a is None or not (math.isfinite(a) and math.isfinite(b)):
+            continue
+        low, high = sorted((abs(a), abs(b)))
+        if high > 0 and (low == 0 or high / low > factor):
+            out.append(name)
+    return out
+
+
 class DriftDetector:
     """Which signals of the live windows drifted, with a cooldown between triggers.
 

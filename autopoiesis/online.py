@@ -33,7 +33,8 @@ from .archive import Archive, ArchiveError
 from .evaluate import Evaluator, Limits, Task
 from .evolution import Config, Evolution, new_run_id, require_number, require_whole
 from .hot_path import HotPath, hot_path  # noqa: F401 - where adapters written before hot_path.py import them
-from .metrics import DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, check_reported, open_latency
+from .metrics import (DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, check_reported, moved,
+                      open_latency)
 from .program import Program, slot_code_id
 
 
@@ -557,7 +558,9 @@ class Controller:
         self.cluster_seen = 0
         self.since_trigger += 1
         if not reasons and cfg.period and self.since_trigger >= cfg.period:
-            reasons = ["period"]
+            reasons = self._workload_moved() or ["period"]
+            if reasons != ["period"]:
+                self.drift.quiet = cfg.cooldown  # a drift trigger, as if Page-Hinkley had fired
         if last:
             reasons = []  # an evolution it started could never deploy
         busy = self.job is not None or self.guard.watching
@@ -580,6 +583,35 @@ class Controller:
                                  "events": [list(e) for e in cluster_events]})
         self.on_event("window", {"window": w, "incumbent": self.incumbent.id, "job": self.job is not None,
                                  "deployments": self.deployments})
+
+    def _workload_moved(self) -> list[str]:
+        """The workload's signals (arrival rate, mean prompt) that moved by more than a factor
+        1.25 between the last ``history`` windows and the ``history`` before them (``metrics.moved``).
+
+        A periodic trigger stands for "nothing changed", and its holdout replays the stretch
+        before the snapshot as another sample of the same workload. Page-Hinkley cannot say
+        so in its first windows (their mean is its scale) and says it late after a step: on
+        real vLLM (10 s windows) a load whose rate and prompts doubled at 30 s still made a
+        periodic trigger at 40 s, and its holdout, under capacity at 0-20 s, refused every
+        shortest-prompt-first candidate, 32% ahead on the snapshot. This asks outright."""
+        n = self.config.history
+        if len(self.windows) < 2 * n:
+            return []
+        names = [k for k in ("rate", "mean_prompt") if k in self.config.drift_signals]
+        before, after = (self._workload(ws, names) for ws in (self.windows[-2 * n:-n], self.windows[-n:]))
+        return moved(before, after)
+
+    def _workload(self, windows: Sequence[Window], names: Sequence[str]) -> dict[str, float]:
+        """``names`` of (rate, mean_prompt) over ``windows`` taken together."""
+        seconds = sum(w.end - w.start for w in windows)
+        out = {"rate": sum(w.arrivals for w in windows) / seconds} if seconds > 0 else {}
+        # a window's mean prompt is of what arrived where the adapter tells, else of what finished
+        weighted = [(w.metrics["mean_prompt"], w.arrivals if self.prompts_told else w.metrics.get("requests", 0.0))
+                    for w in windows if "mean_prompt" in w.metrics]
+        count = sum(k for _, k in weighted)
+        if count > 0:
+            out["mean_prompt"] = sum(m * k for m, k in weighted) / count
+        return {k: v for k, v in out.items() if k in names}
 
     def _window_check(self, start: float, end: float):
         """The adapter's check of a closed window (``window_check``), run on the evolution plane.
@@ -774,10 +806,15 @@ class Controller:
             self._record(Deployment(now, "rejected", champion.id, why, **detail))
             return
         self.winners.append((job.conditions, champion))
-        smaller = "" if champion.id == result.champion.id else (
+        offered = self._contenders(job.incumbent, [p for p in candidates if p.id not in overfit], scores,
+                                   job.snapshot.key)
+        smaller = "" if champion.id == max(offered, key=lambda option: option[0], default=(0, champion))[1].id else (
             f"; the smallest change within {self.config.margin:.0%} of the best ({self._changes(job.incumbent, champion)} slot(s))")
+        ahead = [p for p in candidates if p.id in overfit and (out := scores.get((p.id, job.snapshot.key))) is not None
+                 and out.ok and name in out.metrics and self.objective.improvement(out.metrics[name], new_f) > 0]
+        held = f"; {len(ahead)} further ahead on the twin lost on the stretch before the snapshot" if ahead else ""
         recalled = f"; recalled: confirmed in {self.recalled[champion.id]}" if champion.id in self.recalled else ""
-        self._deploy(champion, now, "deploy", f"{gain:+.1%} {name} on the twin{smaller}{recalled}",
+        self._deploy(champion, now, "deploy", f"{gain:+.1%} {name} on the twin{smaller}{held}{recalled}",
                      conditions=job.conditions, **detail)
 
     def _overfit(self, job: _Job, candidates: Sequence[Program], scores) -> dict[str, str]:

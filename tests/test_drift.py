@@ -1,8 +1,8 @@
-"""Drift detection on live-window signals: Page-Hinkley with a cooldown."""
+"""Drift detection on live-window signals: Page-Hinkley with a cooldown, and the two-window test."""
 
 import random
 
-from autopoiesis.metrics import DriftDetector, PageHinkley
+from autopoiesis.metrics import DriftDetector, PageHinkley, moved
 
 
 def noisy(mean, n, seed, spread=0.05):
@@ -62,3 +62,14 @@ def test_a_cluster_event_triggers_even_while_cooling_down():
     assert detector.update({"rate": 10.0}, cluster_events=1) == ["cluster"]
     assert detector.update({"rate": 10.0}) == []  # cooling down
     assert detector.update({"rate": 10.0}, cluster_events=1) == ["cluster"]  # a fact, not noise
+
+
+def test_the_two_window_test_names_what_moved_by_more_than_its_factor_either_way():
+    before = {"rate": 8.5, "mean_prompt": 100.0, "slo_attainment": 1.0}
+    assert moved(before, {"rate": 11.5, "mean_prompt": 182.0, "slo_attainment": 0.7}) == ["rate", "mean_prompt",
+                                                                                        "slo_attainment"]
+    assert moved(before, {"rate": 10.0, "mean_prompt": 81.0, "slo_attainment": 0.9}) == []  # within 1.25 either way
+    assert moved(before, {"rate": 6.7, "mean_prompt": 126.0}) == ["rate", "mean_prompt"]  # down by more than 1/1.25
+    assert moved({"rate": 0.0}, {"rate": 0.0}) == [] and moved({"rate": 0.0}, {"rate": 0.1}) == ["rate"]
+    assert moved(before, {"rate": float("nan")}) == []  # nothing to compare: no claim
+    assert moved(before, {"rate": 11.5}, factor=1.5) == []

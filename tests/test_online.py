@@ -2,6 +2,7 @@
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 
@@ -1399,6 +1400,15 @@ def test_a_periodic_champion_that_loses_on_the_stretch_before_is_not_offered(tmp
     overfit = c._overfit(job, [fit, aging], scores)
     assert list(overfit) == [fit.id] and "total_time" in overfit[fit.id]
     assert c._choose(default, [p for p in (fit, aging) if p.id not in overfit], scores, snapshot.key) is aging
+    # concluded, aging goes live, and the reason says why not the one further ahead on the twin
+    c.live, c.windows, c.previous = default, [], None
+    c.archive.create_run(c.run_id, "simulator", {})
+    job.result = (SimpleNamespace(champion=fit, evaluated=3), scores, [fit, aging])
+    c._conclude(job, 390.0)
+    deployed = c.deployments[-1]
+    assert deployed.kind == "deploy" and deployed.program == aging.id, deployed
+    assert "; 1 further ahead on the twin lost on the stretch before the snapshot" in deployed.reason
+    assert "smallest change" not in deployed.reason  # aging is the best of what could be offered
     job.holdout = None
     assert c._overfit(job, [fit, aging], scores) == {}
 
@@ -1525,3 +1535,38 @@ def test_the_reports_median_twin_error_is_the_median(tmp_path):
     console = Console(record=True, width=200)
     print_report(console, archive, "r")
     assert "median 13%, mean 15% over 4 window(s)" in console.export_text()
+
+
+def test_a_periodic_trigger_after_an_early_shift_is_a_drift_trigger_without_a_holdout(tmp_path):
+    """Page-Hinkley sets its scale on its first five windows, so a length shift at 60 s
+    cannot set it off before 150 s. A periodic trigger stands for "nothing changed" and
+    replays the stretch before its snapshot as a holdout; here that stretch is the old
+    workload, so the period's two-window test names the shift (mean_prompt) instead, and
+    the evolution it starts has no holdout. On stationary, where nothing changes, every
+    periodic trigger while requests arrive stays one."""
+    from autopoiesis.adapters.simulator.scenario import SCENARIOS
+
+    text = (SCENARIOS / "length_shift.toml").read_text()
+    early = tmp_path / "early_shift.toml"
+    early.write_text(text.replace("duration_s = 600", "duration_s = 240").replace("[[300, 0.6]]", "[[60, 0.6]]"))
+    holdouts = []
+
+    def run(scenario: str) -> Controller:
+        c = Controller(SimulatorAdapter(scenario), OnlineConfig(window_s=30.0, period=1, margin=10.0, history=2,
+                                                                evolution_cost_s=1.0),
+                       Config(population=2, generations=0, workers=1, held_out_snapshots=0), archive=Archive())
+        original = c._holdout
+        c._holdout = lambda reasons, since: holdouts.append((scenario, reasons, original(reasons, since))) \
+            or holdouts[-1][2]
+        c.run()
+        return c
+
+    c = run(str(early))
+    moved = [w for w in c.windows if "mean_prompt" in w.triggers]
+    assert moved and moved[0].end <= 120.0  # the 4th window: Page-Hinkley is still taking its scale
+    assert any(reasons == ["mean_prompt"] and holdout is None for _, reasons, holdout in holdouts)
+    assert any(reasons == ["period"] and holdout is not None for _, reasons, holdout in holdouts)  # later, settled
+
+    c = run("stationary")
+    arriving = [w for w in c.windows if w.arrivals and w.index >= 2 * c.config.history - 1]
+    assert len(arriving) >= 15 and all(w.triggers == ["period"] for w in arriving)
