@@ -453,6 +453,36 @@ def test_launched_servers_share_the_callers_session_and_stop_as_whole_groups(tmp
     assert [server.process.returncode for server in launched] == [128 + signal.SIGTERM] * 2  # the server's own
 
 
+@pytest.mark.parametrize("host_ignores_hangups", [False, True])
+def test_a_hang_up_sent_to_a_servers_group_is_the_servers_to_act_on(tmp_path, stand_in_vllm, host_ignores_hangups):
+    """SIGHUP sent to a launched server's group (by hand; a terminal's hang-up reaches only
+    its foreground group) ends the server, and its leader (supervise.py) waits and exits with
+    the server's own status, as for SIGTERM, rather than dying first with -1. Where the host
+    ignores hang-ups (nohup), so does the server."""
+    from autopoiesis.adapters.vllm import servers
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN if host_ignores_hangups else signal.SIG_DFL)
+    try:
+        launched = servers.launch(str(tmp_path / "model"), 1, tmp_path / "logs", sys.executable)
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    leader = launched[0].process
+    try:
+        it = stand_in_vllm(launched[0].url.rsplit(":", 1)[1], lambda: leader.poll() is None)
+        os.killpg(it["pgid"], signal.SIGHUP)
+        if host_ignores_hangups:
+            time.sleep(1.0)
+            assert leader.poll() is None and not ended(it["pid"], patience=0.1)
+        else:
+            assert leader.wait(10) == 128 + signal.SIGHUP  # the server's status, not the leader's -1
+            assert ended(it["pid"]) and ended(it["child"])
+    finally:
+        servers.stop(launched, grace_s=5)
+    assert ended(it["pid"]) and ended(it["child"])
+    if host_ignores_hangups:
+        assert leader.returncode == 128 + signal.SIGTERM
+
+
 LAUNCHER = """
 import sys, time
 from pathlib import Path

@@ -10,8 +10,9 @@ starts the server in the group. The kernel signals the script when autopoiesis e
 it ends (``PR_SET_PDEATHSIG``, SIGKILL included); the script then sends the group SIGTERM,
 waits up to ``GRACE_S`` for the server to exit, and SIGKILLs what is left of the group (the
 server's engine processes, itself). SIGTERM itself, which ``servers.stop``
-sends the whole group, the script leaves to the server and waits: it exits with the server's
-own exit status, so ``Popen.poll()`` on it tells what the server did.
+sends the whole group, the script leaves to the server and waits, as it does SIGHUP and SIGINT
+sent to the group (by hand, or a hang-up): it exits with the server's own exit status, so
+``Popen.poll()`` on it tells what the server did.
 """
 
 from __future__ import annotations
@@ -26,8 +27,15 @@ import time
 PARENT_GONE = signal.SIGUSR1  # what the kernel sends when autopoiesis ends; stop() never sends it
 
 
+LEFT_TO_THE_SERVER = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)  # stop() sends the group SIGTERM
+
+
 def main(parent: int, grace_s: float, command: list[str]) -> int:
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # stop() sends the group SIGTERM: the server's to act on
+    # the server's: SIGTERM as by default (stop() relies on it), the others as the host left them (nohup)
+    dispositions = {stop: signal.SIG_IGN if stop != signal.SIGTERM and signal.getsignal(stop) == signal.SIG_IGN
+                    else signal.SIG_DFL for stop in LEFT_TO_THE_SERVER}
+    for stop in LEFT_TO_THE_SERVER:  # a stop sent to the group is the server's to act on
+        signal.signal(stop, signal.SIG_IGN)
     gone: list[int] = []
     signal.signal(PARENT_GONE, lambda *_: gone.append(1))
     try:
@@ -36,7 +44,8 @@ def main(parent: int, grace_s: float, command: list[str]) -> int:
         pass  # elsewhere only stop() ends the server
     if os.getppid() != parent:  # autopoiesis ended before the line above
         gone.append(1)
-    server = subprocess.Popen(command, preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
+    server = subprocess.Popen(command, preexec_fn=lambda: [signal.signal(stop, dispositions[stop])
+                                                           for stop in LEFT_TO_THE_SERVER])
     while server.poll() is None and not gone:
         time.sleep(0.2)
     if gone:
