@@ -84,8 +84,8 @@ def test_vllm_online_runs_its_arms_in_rounds_and_pairs_each_with_its_own_rounds_
     def run_arm(args, arm, rate, seed, runs, repeat=0):
         order.append((arm, repeat + 1))
         value = served[(arm, repeat + 1)]
-        return {"total_time": value, "mean_e2e": value, "p99_ttft": 1.0, "slo_attainment": 1.0,
-                "arrival_lag_last_s": 0.0, "wall_s": 0.0}
+        lag = {"arrival_lag_last_s": 0.5} if repeat else {}  # the first round's records gave none
+        return {"total_time": value, "mean_e2e": value, "p99_ttft": 1.0, "slo_attainment": 1.0, "wall_s": 0.0, **lag}
 
     monkeypatch.setattr(vllm_online, "run_arm", run_arm)
     assert vllm_online.main([str(tmp_path), "--rate", "2", "--arms", "default,online", "--repeats", "2",
@@ -100,3 +100,4 @@ def test_vllm_online_runs_its_arms_in_rounds_and_pairs_each_with_its_own_rounds_
                              "--runs-dir", str(tmp_path / "runs")]) == 0
     table = capsys.readouterr().out
     assert "20 (10-30)" in table and "11.5 (8-15)" in table  # the mean, then its range
+    assert " 0.5 " in table and "nan" not in table  # the latest arrivals of the rounds that measured them
