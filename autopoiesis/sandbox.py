@@ -558,12 +558,16 @@ class CpuDeadline:
             _timing[0] = _LATE
             _handle_pending_signals()  # an alarm of ours that came just now is dropped, not passed on
         finally:  # even if another signal's handler raised above: a collector left off would leak
-            _timing[0] = self._caller = None  # every cycle, and the host's timer must go on
-            if self._collect:
-                gc.enable()
-            delay, interval = self._host_timer
-            if delay > 0:
-                signal.setitimer(signal.ITIMER_REAL, max(delay - self.elapsed, 1e-6), interval)
+            self._release()  # every cycle, and the host's timer must go on
+
+    def _release(self) -> None:
+        """The call is over (our timer already disarmed): the collector and the host's timer, back."""
+        _timing[0] = self._caller = None
+        if self._collect:
+            gc.enable()
+        delay, interval = self._host_timer
+        if delay > 0:  # less the time the call took; one due meanwhile fires at once
+            signal.setitimer(signal.ITIMER_REAL, max(delay - self.elapsed, 1e-6), interval)
 
     @property
     def computed(self) -> float:
@@ -631,9 +635,7 @@ def _on_alarm(signum, frame) -> None:
         return
     if not _on_the_stack(deadline._caller, frame):  # it ended without __exit__: an interrupt (Ctrl-C,
         signal.setitimer(signal.ITIMER_REAL, 0)  # SIGTERM) raised as __exit__ began, before it disarmed
-        _timing[0] = deadline._caller = None
-        if deadline._collect:
-            gc.enable()
+        deadline._release()
         return
     if outside == "enter":  # a pause between arming and the call: its CPU clock starts now
         deadline._cpu = time.thread_time()

@@ -391,13 +391,15 @@ def test_ctrl_c_or_sigterm_as_the_timer_is_armed_leaves_no_alarm_behind(monkeypa
         gc.enable()
 
 
-def test_a_call_left_without_its_exit_stops_the_alarm_at_the_next_one():
+@pytest.mark.parametrize("host_timer", [0.0, 1.0])
+def test_a_call_left_without_its_exit_stops_the_alarm_at_the_next_one(host_timer):
     """An interrupt can also come as ``__exit__`` begins, before it disarms (a function's first
     instruction runs pending signal handlers): the ``with`` is left, the timer runs on, and its
     alarms raised DeadlinePassed into whatever ran next once that had computed for the deadline's
     CPU time (a run's clean-up), with the collector left off. The next alarm now sees that the
     frame that entered the call is gone and disarms. Here the call is entered by hand and its
-    frame returns without ``__exit__``."""
+    frame returns without ``__exit__``. A host's pending timer (``host_timer`` seconds) is put
+    back as ``__exit__`` would have, less the time since the call began: it was left cancelled."""
     import gc
     import signal
     import time
@@ -407,15 +409,27 @@ def test_a_call_left_without_its_exit_stops_the_alarm_at_the_next_one():
     def left_without_exit():
         sandbox.CpuDeadline(cpu_s=0.01, recheck_s=0.005).__enter__()
 
+    fired = []
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(time.monotonic()))
     try:
+        started = time.monotonic()
+        signal.setitimer(signal.ITIMER_REAL, host_timer)
         left_without_exit()
         end = time.thread_time() + 0.1  # ten times the deadline's CPU time, outside the call
         while time.thread_time() < end:
             pass
-        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        left = signal.getitimer(signal.ITIMER_REAL)
         assert sandbox._timing[0] is None and gc.isenabled()
+        if not host_timer:
+            assert left == (0.0, 0.0)
+            return
+        assert 0 < left[0] <= host_timer - (time.monotonic() - started) + 0.01 and not fired
+        while not fired and time.monotonic() < started + 10:
+            time.sleep(0.01)
+        assert len(fired) == 1 and host_timer - 0.01 <= fired[0] - started < host_timer + 2.0
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
         sandbox._timing[0] = None
         gc.enable()
 
