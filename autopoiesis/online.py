@@ -38,6 +38,12 @@ from .metrics import (DriftDetector, Objective, RequestRecord, RollingWindow, SL
 from .program import Program, slot_code_id
 
 
+#: triggers seen while an evolution or the guard is busy that are evolved for once it is done: the
+#: workload's own changes and the cluster's. SLO attainment moves with the policy, so a drift in it
+#: while the guard watches is mostly the deployment's doing, which the guard judges
+OWED = ("rate", "mean_prompt", "cluster")
+
+
 class LiveSystemFailed(AdapterError):
     """The adapter's live system failed mid-run (its own call raised); the run is marked
     failed and the windows served before it stay in the archive."""
@@ -324,7 +330,7 @@ class Controller:
         self.checks: list[_Job] = []  # window checks queued on the evolution plane, not yet collected
         self.jobs = 0
         self.since_trigger = 0
-        self.cluster_owed = False  # a cluster change not yet evolved for (it came while busy)
+        self.owed: list[str] = []  # changes seen while busy, not yet evolved for (OWED)
         self.cluster_seen = 0  # this window's cluster events already acted on (or owed)
         self.acted: list[str] = []  # triggers acted on inside the current window
         self.swapped = False
@@ -561,16 +567,16 @@ class Controller:
             reasons = self._workload_moved() or ["period"]
             if reasons != ["period"]:
                 self.drift.quiet = cfg.cooldown  # a drift trigger, as if Page-Hinkley had fired
+        busy = self.job is not None or self.guard.watching
+        self.owed = list(dict.fromkeys([*self.owed, *(r for r in reasons if r in OWED)]))
+        if not busy:  # what changed while an evolution or the guard was busy is evolved for now
+            reasons = list(dict.fromkeys([*reasons, *self.owed]))
         if last:
             reasons = []  # an evolution it started could never deploy
-        busy = self.job is not None or self.guard.watching
-        self.cluster_owed = self.cluster_owed or "cluster" in reasons
-        if self.cluster_owed and not busy and "cluster" not in reasons:
-            reasons = [*reasons, "cluster"]  # the cluster changed while an evolution or the guard was busy
         w.triggers = list(dict.fromkeys([*self.acted, *reasons]))
         self.acted = []
         if reasons and not busy:
-            self.cluster_owed = False
+            self.owed = []
             self._start_job(end, reasons)
         if check is not None:  # after the evolution, if one started: a report never delays it
             snapshot, names = check
@@ -645,11 +651,11 @@ class Controller:
         self.cluster_seen = len(self.events)
         self.drift.quiet = self.config.cooldown  # as a cluster trigger at a window's end does
         if self.job is None and not self.guard.watching:
-            self.cluster_owed = False
-            self.acted.append("cluster")
-            self._start_job(now, ["cluster"])
+            reasons, self.owed = list(dict.fromkeys(["cluster", *self.owed])), []
+            self.acted.extend(reasons)
+            self._start_job(now, reasons)
         else:
-            self.cluster_owed = True
+            self.owed = list(dict.fromkeys([*self.owed, "cluster"]))
 
     # -- guard ----------------------------------------------------------------------------
     def _guard_window(self, w: Window, now: float) -> None:

@@ -1209,6 +1209,34 @@ def test_a_cluster_change_while_the_guard_watches_is_evolved_for_afterwards(tmp_
     assert "cluster" in after_confirm.triggers  # owed while the guard watched, started once it was done
     assert any(d.kind in ("deploy", "rejected") and d.time > confirmed for d in c.deployments)
 
+    # when that window is the run's last, the owed change starts nothing: it could never deploy
+    # (it started an evolution there, which ended "unfinished")
+    c = controller(SimulatorAdapter("scale_out", requests=6750), tmp_path, guard_windows=3,
+                   max_windows=after_confirm.index + 1)
+    c.force(renamed, at=180.0)
+    c.run()
+    assert c.windows[-1].index == after_confirm.index and not c.windows[-1].triggers
+    assert [d.kind for d in c.deployments] == ["initial", "deploy", "confirm"]  # no "unfinished"
+
+
+def test_a_workload_drift_while_the_guard_watches_is_evolved_for_afterwards(tmp_path):
+    """length_shift doubles its prompts at 300 s; Page-Hinkley sees it at 360 s, while the guard
+    still watches a program deployed at 290 s. The drift was dropped: with no period, nothing
+    evolved for the new workload after the guard confirmed. Now it is owed, as a cluster change
+    is, and the first window after the confirmation starts the evolution for it."""
+    shift = SimulatorAdapter("length_shift")
+    default = shift.baselines()["default"]
+    renamed = variant(default, "priority", "def priority(request, now):\n    return request.arrival + 0.0\n")
+    c = controller(shift, tmp_path, window_s=30.0, drift_signals=("mean_prompt",), guard_windows=3, max_windows=16)
+    c.force(renamed, at=290.0)  # watched over 300-390 s
+    c.run()
+    confirmed = next(d.time for d in c.deployments if d.kind == "confirm")
+    seen = next(w for w in c.windows if "mean_prompt" in w.triggers)
+    assert 300.0 < seen.end < confirmed  # the drift came while the guard watched
+    after_confirm = next(w for w in c.windows if w.end >= confirmed - 1e-6)  # a twin check may end mid-window
+    assert "mean_prompt" in after_confirm.triggers
+    assert any(d.kind in ("deploy", "rejected") and d.time > confirmed for d in c.deployments)
+
 
 def test_a_cluster_change_starts_an_evolution_at_once_not_at_the_windows_end(tmp_path):
     """Four GPUs join at 200 s, inside the 195-210 s window: the evolution for it starts
