@@ -8,7 +8,9 @@
 Each arm is one `autopoiesis` command, as a user would run it, on servers launched afresh
 (no arm finds another's prompts in vLLM's prefix cache): each static arm is `autopoiesis
 bench --policy` with one dispatch and one priority baseline; `online` is `autopoiesis
-evolve --online`, starting from the default (round robin, first come; offline operators);
+evolve --online --window 10 --period 1` and then `--online-args` (a flag given again wins),
+starting from the default (round robin, first come; offline operators; `--online-args
+"--policy FILE"` starts it from FILE);
 `online_never_deploying` (not run unless named in --arms) is the same with a margin no
 champion meets, so it serves the default while evolving: what the evolution plane alone
 costs the servers, which share the machine's cores with it.
@@ -58,6 +60,7 @@ STATIC = {  # arm: (dispatch, priority) baselines
 ONLINE = "online"
 PLANE_ONLY = "online_never_deploying"  # default served while evolving: what the evolution plane alone costs
 ARMS = (*STATIC, ONLINE, PLANE_ONLY)
+ONLINE_FLAGS = ("--window", "10", "--period", "1")  # every online arm's; --online-args come after, and win
 HEADLINE = ("total_time", "mean_e2e", "p99_ttft", "slo_attainment")
 CLI = [sys.executable, "-m", "autopoiesis.cli"]
 
@@ -78,8 +81,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=positive_int, default=1, help="loads (live seeds 1000, 1001, ...)")
     parser.add_argument("--repeats", type=positive_int, default=1, help="rounds of every arm on each seed's load")
     parser.add_argument("--arms", default=",".join((*STATIC, ONLINE)), help=f"comma-separated, of {', '.join(ARMS)}")
-    parser.add_argument("--online-args", default="--window 10 --period 1",
-                        help="extra `evolve --online` flags for the online arm")
+    parser.add_argument("--online-args", default="",
+                        help=f"more `evolve --online` flags for the online arms, after {' '.join(ONLINE_FLAGS)} "
+                             "(a flag given again wins; e.g. \"--policy FILE --window 30\")")
     parser.add_argument("--runs-dir", help="where each arm's run folder goes (default: a new temporary folder)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -144,16 +148,20 @@ def arrival_lag(args, rate: float, seed: int, folder: Path) -> dict[str, float]:
     return {"arrival_lag_last_s": lags[-1], "arrival_lag_mean_s": statistics.mean(lags)} if lags else {}
 
 
-def run_arm(args, arm: str, rate: float, seed: int, runs: Path, repeat: int = 0) -> dict:
-    """One arm's command and the metrics its --json prints (online: its live metrics, deployments, rollbacks)."""
-    folder = runs / (f"seed{seed}-{arm}" + (f"-{repeat + 1}" if args.repeats > 1 else ""))
+def arm_command(args, arm: str, rate: float, seed: int, folder: Path) -> list[str]:
+    """The `autopoiesis` command of one arm's run into ``folder``."""
     common = [*servers(args), "--rate", repr(rate), "--live-seed", str(seed), "--runs-dir", str(folder), "--json"]
     if arm in (ONLINE, PLANE_ONLY):
         never = ["--margin", "1000"] if arm == PLANE_ONLY else []  # no champion is 1000x better
-        command = CLI + ["evolve", *common, "--online", *shlex.split(args.online_args), *never]
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        command = CLI + ["bench", *common, "--policy", str(policy_file(arm, folder))]
+        return CLI + ["evolve", *common, "--online", *ONLINE_FLAGS, *shlex.split(args.online_args), *never]
+    folder.mkdir(parents=True, exist_ok=True)
+    return CLI + ["bench", *common, "--policy", str(policy_file(arm, folder))]
+
+
+def run_arm(args, arm: str, rate: float, seed: int, runs: Path, repeat: int = 0) -> dict:
+    """One arm's command and the metrics its --json prints (online: its live metrics, deployments, rollbacks)."""
+    folder = runs / (f"seed{seed}-{arm}" + (f"-{repeat + 1}" if args.repeats > 1 else ""))
+    command = arm_command(args, arm, rate, seed, folder)
     start = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

@@ -73,6 +73,26 @@ def test_a_mistaken_argument_is_one_line_of_usage(script, args, fragment):
     assert fragment in proc.stderr.splitlines()[-1]
 
 
+def test_vllm_online_args_add_to_the_online_arms_flags_and_win_where_repeated(tmp_path):
+    """`--online-args "--policy FILE"` replaced `--window 10 --period 1`, so the online arms ran
+    30 s windows and evolved once in 120 s of load (a half-hour measurement lost). Now they
+    come after those flags, and a flag given again wins, as `evolve` parses it."""
+    from autopoiesis.cli import build_parser
+
+    vllm_online = benchmark("vllm_online")
+    (tmp_path / "config.json").write_text("{}")
+    args = vllm_online.parse_args([str(tmp_path), "--rate", "2", "--online-args", "--policy sp.py --window 5"])
+    evolve = build_parser().parse_args
+    for arm in ("online", "online_never_deploying"):
+        command = vllm_online.arm_command(args, arm, 2.0, 1000, tmp_path / arm)
+        parsed = evolve(command[len(vllm_online.CLI):])
+        assert (parsed.online, parsed.window, parsed.period, parsed.policy) == (True, 5.0, 1, "sp.py")
+        assert (parsed.margin == 1000) == (arm == "online_never_deploying")
+    parsed = evolve(vllm_online.arm_command(vllm_online.parse_args([str(tmp_path), "--rate", "2"]), "online", 2.0,
+                                            1000, tmp_path / "plain")[len(vllm_online.CLI):])
+    assert (parsed.window, parsed.period, parsed.policy) == (10.0, 1, None)
+
+
 def test_vllm_online_runs_its_arms_in_rounds_and_pairs_each_with_its_own_rounds_online_run(tmp_path, monkeypatch,
                                                                                           capsys):
     """Test double for the arms' commands (minutes of real vLLM each; tests/test_vllm_online.py
