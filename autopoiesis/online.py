@@ -477,6 +477,8 @@ class Controller:
             if job is not None and job.done and observation.now >= (self._ready_at(job) or math.inf):
                 self.job = None
                 self._conclude(job, observation.now)
+                if self.owed and self.job is None and not self.guard.watching:
+                    self._start_owed(observation.now)  # a change that came meanwhile: now, not at the window's end
             if self.job is not None and not self.job.done and target < next_close and not adapter.wall_clock:
                 time.sleep(0.005)  # serving at the evolution's pace; let it work
 
@@ -650,12 +652,15 @@ class Controller:
         change is owed and evolved for once they are done."""
         self.cluster_seen = len(self.events)
         self.drift.quiet = self.config.cooldown  # as a cluster trigger at a window's end does
+        self.owed = list(dict.fromkeys(["cluster", *self.owed]))
         if self.job is None and not self.guard.watching:
-            reasons, self.owed = list(dict.fromkeys(["cluster", *self.owed])), []
-            self.acted.extend(reasons)
-            self._start_job(now, reasons)
-        else:
-            self.owed = list(dict.fromkeys([*self.owed, "cluster"]))
+            self._start_owed(now)
+
+    def _start_owed(self, now: float) -> None:
+        """Evolve now for the changes owed (``OWED``), mid-window."""
+        reasons, self.owed = self.owed, []
+        self.acted.extend(reasons)
+        self._start_job(now, reasons)
 
     # -- guard ----------------------------------------------------------------------------
     def _guard_window(self, w: Window, now: float) -> None:

@@ -1197,26 +1197,37 @@ def test_the_controller_scores_candidates_over_the_horizon(adapter, default, tmp
 
 
 def test_a_cluster_change_while_the_guard_watches_is_evolved_for_afterwards(tmp_path):
-    scale_out = SimulatorAdapter("scale_out", requests=6750)  # four GPUs join at 200 s; about 265 s
-    default = scale_out.baselines()["default"]
-    renamed = variant(default, "priority", "def priority(request, now):\n    return request.arrival + 0.0\n")
-    c = controller(scale_out, tmp_path, guard_windows=3)
-    c.force(renamed, at=180.0)  # watched from 195 s to 240 s: the join comes meanwhile
-    c.run()
+    """Four GPUs join at 200 s while the guard watches a program deployed at 180 s. The change
+    is owed and evolved for as soon as the guard is done: at once when a twin replay of a
+    suspect window confirms mid-window (it waited for the window's end, and the GPUs 13 s
+    more for a re-plan), at the window's end when the guard confirms there, and not at all
+    when that window is the run's last (it started an evolution there that could never deploy)."""
+    renamed = variant(SimulatorAdapter("scale_out").baselines()["default"], "priority",
+                      "def priority(request, now):\n    return request.arrival + 0.0\n")
+
+    def run(**online) -> Controller:
+        c = controller(SimulatorAdapter("scale_out", requests=6750), tmp_path, guard_windows=3, **online)  # ~265 s
+        c.force(renamed, at=180.0)  # watched from 195 s: the join comes meanwhile
+        c.run()
+        return c
+
+    c = run()
     confirmed = next(d.time for d in c.deployments if d.kind == "confirm")
-    assert confirmed >= 210.0
-    after_confirm = next(w for w in c.windows if w.end >= confirmed - 1e-6)  # a twin check may end mid-window
+    assert confirmed % c.config.window_s > 0  # a twin replay confirmed it mid-window
+    after_confirm = next(w for w in c.windows if w.end >= confirmed)
     assert "cluster" in after_confirm.triggers  # owed while the guard watched, started once it was done
+    evolved = next(d for d in c.deployments if d.kind in ("deploy", "rejected") and d.time > confirmed)
+    assert evolved.time <= confirmed + c.config.evolution_cost_s + 1e-6  # started at the confirmation
+
+    c = run(guard_tolerance=100.0)  # no window suspect, so no replay: the guard confirms at a window's end
+    confirmed = next(d.time for d in c.deployments if d.kind == "confirm")
+    at_confirm = next(w for w in c.windows if w.end == confirmed)
+    assert "cluster" in at_confirm.triggers
     assert any(d.kind in ("deploy", "rejected") and d.time > confirmed for d in c.deployments)
 
-    # when that window is the run's last, the owed change starts nothing: it could never deploy
-    # (it started an evolution there, which ended "unfinished")
-    c = controller(SimulatorAdapter("scale_out", requests=6750), tmp_path, guard_windows=3,
-                   max_windows=after_confirm.index + 1)
-    c.force(renamed, at=180.0)
-    c.run()
-    assert c.windows[-1].index == after_confirm.index and not c.windows[-1].triggers
-    assert [d.kind for d in c.deployments] == ["initial", "deploy", "confirm"]  # no "unfinished"
+    c = run(guard_tolerance=100.0, max_windows=at_confirm.index + 1)
+    assert c.windows[-1].index == at_confirm.index and not c.windows[-1].triggers
+    assert [d.kind for d in c.deployments] == ["initial", "deploy", "confirm"]  # no "unfinished" evolution
 
 
 def test_a_workload_drift_while_the_guard_watches_is_evolved_for_afterwards(tmp_path):
