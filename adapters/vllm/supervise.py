@@ -44,8 +44,11 @@ def main(parent: int, grace_s: float, command: list[str]) -> int:
         pass  # elsewhere only stop() ends the server
     if os.getppid() != parent:  # autopoiesis ended before the line above
         gone.append(1)
-    server = subprocess.Popen(command, preexec_fn=lambda: [signal.signal(stop, dispositions[stop])
-                                                           for stop in LEFT_TO_THE_SERVER])
+    def as_the_server_gets_them() -> None:  # in the child, before the server's program starts
+        for stop, disposition in dispositions.items():
+            signal.signal(stop, disposition)
+
+    server = subprocess.Popen(command, preexec_fn=as_the_server_gets_them)
     while server.poll() is None and not gone:
         time.sleep(0.2)
     if gone:
