@@ -308,13 +308,13 @@ def write_docs(rows: list[dict], summary: dict, command: str, seconds: float, lo
         "",
         "How much adapting could win at all: `python benchmarks/switching_oracle.py` switches between "
         "the baselines at 4 or 12 points of each run, choosing each switch knowing the whole trace, and "
-        "gains about 1% on the best static baseline (docs/online.md, Measured). The hindsight arm's "
+        "gains about 1% on the best static baseline (docs/online_measured.md, The benchmark). The hindsight arm's "
         "gain is mostly fitted to its seeds: `python benchmarks/hindsight_out_of_sample.py` tunes the "
         "same way and gains +0.97% on the tuning seeds, +0.28% on three others. Recombining the "
         "human-designed parts without adapting: `python benchmarks/static_combinations.py` scores all 72 "
         "combinations of planner, re-planning rule, router and queue order and keeps the best of each "
         "scenario, knowing its seeds; it gains +0.2% on the best baseline at the shipped load, +1.8% at "
-        "1.5x (docs/online.md, Measured).",
+        "1.5x (docs/online_measured.md, The benchmark).",
         "",
         "Final static = the program Autopoiesis ended each run with, served alone from the start of the "
         "same seed. Where the online run beats it, the gain came from switching programs as the run "

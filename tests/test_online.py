@@ -1156,7 +1156,7 @@ def test_the_twin_replays_the_backlog_in_the_order_it_had_live():
     had live, so a candidate whose keys tie there (FCFS: every arrival time is 0) serves them
     in that order, as the incumbent did. Before, they were sorted by prompt, and FCFS replayed
     its own backlog shortest-prompt-first. A candidate with keys of its own orders them by
-    those (queuing them ahead in the live order instead cost tail latency: docs/online.md)."""
+    those (queuing them ahead in the live order instead cost tail latency: docs/online_measured.md)."""
     from autopoiesis.adapters.simulator.live import twin
     from autopoiesis.sandbox import compile_policy
 

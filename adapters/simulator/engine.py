@@ -339,7 +339,7 @@ class Simulation:
         The backlog keeps the order it was promised, ahead of every later arrival (a new
         deployment epoch): keys of two programs are on unrelated scales (an arrival time, a
         prompt length, a constant), so one queue keyed by both could put every arrival ahead of
-        the whole backlog or behind it. See docs/online.md, Deployment, for why the backlog is
+        the whole backlog or behind it. See docs/online_measured.md, Deployment, for why the backlog is
         not keyed again by the new program instead.
 
         ``replan``: the new policy plans differently, so run its ``schedule`` on the observed

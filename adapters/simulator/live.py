@@ -129,7 +129,7 @@ class LiveSimulation:
                 observed.append((round(r.arrival - since, 6), r.prompt, output))
         # The backlog arrives at 0 s in the order it had live (those decoding first): where a
         # candidate's keys tie, as FCFS's all do at 0 s, its replay keeps that order. Queuing it
-        # ahead in that order, as a live deployment does, cost tail latency (docs/online.md).
+        # ahead in that order, as a live deployment does, cost tail latency (docs/online_measured.md).
         backlog.sort(key=lambda b: b[:4])
         span = until - since
         repeats = math.ceil(horizon_s / span) - 1 if span > 0 and observed else 0
