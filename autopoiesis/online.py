@@ -30,12 +30,13 @@ from typing import Any, Callable, Mapping, Sequence
 from . import sandbox
 from .adapters.base import AdapterError, adapter_code, checked_slots
 from .archive import Archive, ArchiveError
+from .choice import Choice
 from .evaluate import Evaluator, Limits, Task
 from .evolution import Config, Evolution, new_run_id, require_number, require_whole
 from .hot_path import HotPath, hot_path  # noqa: F401 - where adapters written before hot_path.py import them
 from .metrics import (DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, check_reported, moved,
                       open_latency)
-from .program import Program, slot_code_id
+from .program import Program
 
 
 #: triggers seen while an evolution or the guard is busy that are evolved for once it is done: the
@@ -273,6 +274,8 @@ class Controller:
         self.winners: list[tuple[dict[str, float], Program]] = []  # (conditions, program) library
         self.recalled: dict[str, str] = {}  # program id -> the earlier run whose guard confirmed it
         self.refused: set[str] = set()  # rolled back: never deployed again
+        self.choice = Choice(self.objective, self.slots, self.config.margin, self.config.replan_margin,
+                             getattr(adapter, "disruption_metric", ""), self.refused)
         self.evaluations = 0
         self.forced: list[tuple[float, Program]] = []
         self.stopping = threading.Event()  # set when serving ends: an evolution in flight stops
@@ -767,7 +770,7 @@ class Controller:
             result = evolution.run(run_id=f"{self.run_id}-e{job.number:03d}")
             candidates = list(dict.fromkeys([result.champion, *seeds]))  # seeds were scored there: cache hits
             scores = self.evaluator.evaluate([Task(p.id, p.source, job.snapshot) for p in [job.incumbent, *candidates]])
-            contenders = [p for _, p in self._contenders(job.incumbent, candidates, scores, job.snapshot.key)]
+            contenders = [p for _, p in self.choice.contenders(job.incumbent, candidates, scores, job.snapshot.key)]
             if job.holdout is not None and contenders:  # only a contender can be offered: the rest need no holdout
                 scores = {**scores, **self.evaluator.evaluate([Task(p.id, p.source, job.holdout)
                                                                for p in [job.incumbent, *contenders]])}
@@ -789,8 +792,9 @@ class Controller:
         result, scores, candidates = job.result
         self.evaluations += result.evaluated
         inc = scores.get((job.incumbent.id, job.snapshot.key))
-        overfit = self._overfit(job, candidates, scores)
-        chosen = self._choose(job.incumbent, [p for p in candidates if p.id not in overfit], scores, job.snapshot.key)
+        overfit = self.choice.overfit(job.incumbent, candidates, scores, job.holdout.key if job.holdout else None)
+        chosen = self.choice.best(job.incumbent, [p for p in candidates if p.id not in overfit], scores,
+                                  job.snapshot.key)
         champion = chosen or result.champion
         new = scores.get((champion.id, job.snapshot.key))
         name = self.objective.name
@@ -806,7 +810,7 @@ class Controller:
                                     "snapshot (a periodic trigger: the workload had not changed)", **detail))
             return
         gain = self.objective.improvement(new_f, inc_f) if inc_f is not None else math.inf
-        margin, disrupts = self.margin(inc, new)
+        margin, disrupts = self.choice.required(inc, new)
         if gain < margin or gain <= 0:  # a tie is no win, even at --margin 0: a swap is a risk
             self._record(Deployment(now, "rejected", champion.id, f"gain {gain:+.2%} below the "
                                     f"{'re-plan ' if disrupts else ''}margin {margin:.0%}" if gain < margin else
@@ -817,91 +821,17 @@ class Controller:
             self._record(Deployment(now, "rejected", champion.id, why, **detail))
             return
         self.winners.append((job.conditions, champion))
-        offered = self._contenders(job.incumbent, [p for p in candidates if p.id not in overfit], scores,
-                                   job.snapshot.key)
+        offered = self.choice.contenders(job.incumbent, [p for p in candidates if p.id not in overfit], scores,
+                                         job.snapshot.key)
         smaller = "" if champion.id == max(offered, key=lambda option: option[0], default=(0, champion))[1].id else (
-            f"; the smallest change within {self.config.margin:.0%} of the best ({self._changes(job.incumbent, champion)} slot(s))")
-        ahead = [p for p in candidates if p.id in overfit and (out := scores.get((p.id, job.snapshot.key))) is not None
-                 and out.ok and name in out.metrics and self.objective.improvement(out.metrics[name], new_f) > 0]
+            f"; the smallest change within {self.config.margin:.0%} of the best "
+            f"({self.choice.changes(job.incumbent, champion)} slot(s))")
+        ahead = [p for p in candidates if p.id in overfit  # ahead of the champion on the snapshot
+                 and (self.choice.gain(scores, p, champion, job.snapshot.key) or 0.0) > 0]
         held = f"; {len(ahead)} further ahead on the twin lost on the stretch before the snapshot" if ahead else ""
         recalled = f"; recalled: confirmed in {self.recalled[champion.id]}" if champion.id in self.recalled else ""
         self._deploy(champion, now, "deploy", f"{gain:+.1%} {name} on the twin{smaller}{held}{recalled}",
                      conditions=job.conditions, **detail)
-
-    def _overfit(self, job: _Job, candidates: Sequence[Program], scores) -> dict[str, str]:
-        """Candidates that lose to the incumbent by more than ``margin`` on the job's holdout.
-
-        A periodic trigger means no drift was seen: the stretch before the snapshot is another
-        sample of the same workload. A program bred on one 60 s sample can fit its particular
-        requests (on the simulator's stationary scenario at 1.5x load, champions that won by
-        2-4% on their snapshot lost by 9-12% on the next window); one that also holds on the
-        sample before has learned the workload, not the sample."""
-        if job.holdout is None:
-            return {}
-        inc = scores.get((job.incumbent.id, job.holdout.key))
-        name = self.objective.name
-        if inc is None or not inc.ok or name not in inc.metrics:
-            return {}
-        out = {}
-        for program in candidates:
-            score = scores.get((program.id, job.holdout.key))
-            if program.id == job.incumbent.id or score is None:
-                continue
-            if not score.ok or name not in score.metrics:
-                out[program.id] = "it fails"
-                continue
-            gain = self.objective.improvement(score.metrics[name], inc.metrics[name])
-            if gain < -self.config.margin:
-                out[program.id] = f"{gain:+.1%} {name}"
-        return out
-
-    def _changes(self, incumbent: Program, program: Program) -> int:
-        """How many slots ``program`` decides differently from ``incumbent`` (by code)."""
-        return sum(slot_code_id(program.source, slot.name) != slot_code_id(incumbent.source, slot.name)
-                   for slot in self.slots)
-
-    def _contenders(self, incumbent: Program, candidates: Sequence[Program], scores, key: str) -> list:
-        """(gain, program) for each candidate that beats the incumbent on ``key`` by its margin
-        and was never rolled back: the only ones ``_choose`` can offer."""
-        inc, name, options = scores.get((incumbent.id, key)), self.objective.name, []
-        if inc is None or not inc.ok or name not in inc.metrics:
-            return []
-        for program in candidates:
-            out = scores.get((program.id, key))
-            if program.id == incumbent.id or program.id in self.refused or out is None or not out.ok \
-                    or name not in out.metrics:
-                continue
-            gain = self.objective.improvement(out.metrics[name], inc.metrics[name])
-            if gain > 0 and gain >= self.margin(inc, out)[0]:
-                options.append((gain, program))
-        return options
-
-    def _choose(self, incumbent: Program, candidates: Sequence[Program], scores, key: str) -> Program | None:
-        """The program to offer, or None when no candidate clears its margin.
-
-        Of the candidates (the evolution's champion and its seeds) that beat the incumbent on
-        the twin by their margin, those within ``margin`` of the best gain are equals as far
-        as the twin's forecast can tell; the one that changes the fewest slots is the safer
-        bet (a one-slot baseline swap over a champion that also rewrites three other slots)."""
-        options = self._contenders(incumbent, candidates, scores, key)
-        if not options:
-            return None
-        best = max(gain for gain, _ in options)
-        near = [(self._changes(incumbent, p), -gain, i) for i, (gain, p) in enumerate(options)
-                if gain >= best - self.config.margin]
-        return options[min(near)[2]][1]
-
-    def margin(self, incumbent, champion) -> tuple[float, bool]:
-        """(the gain a champion needs on the twin, whether it disrupts more than the incumbent there).
-
-        A champion that re-plans more (the adapter's ``disruption_metric``) needs
-        ``replan_margin``: the twin assumes the observed window goes on, and a re-plan is a
-        bet on that forecast, paid up front in reloads and paid again if the guard rolls it
-        back, so it must win by more than the forecast's error."""
-        name = getattr(self.adapter, "disruption_metric", "")
-        disrupts = bool(name and incumbent is not None and incumbent.ok and champion is not None and champion.ok
-                        and champion.metrics.get(name, 0.0) > incumbent.metrics.get(name, 0.0))
-        return (max(self.config.margin, self.config.replan_margin) if disrupts else self.config.margin), disrupts
 
     def _conclude_guard(self, job: _Job, now: float) -> None:
         if job.candidate.id != self.live.id:

@@ -1051,9 +1051,9 @@ def test_a_champion_that_re_plans_on_the_twin_needs_the_re_plan_margin(tmp_path)
         out = evaluator.evaluate([Task(p.id, p.source, snapshot) for p in (never, on_change, reorder)])
     stays, replans, reorders = (out[(p.id, snapshot.key)] for p in (never, on_change, reorder))
     c = Controller(adapter, OnlineConfig(margin=0.01, replan_margin=0.2), archive=Archive(tmp_path / "a.db"))
-    assert c.margin(stays, replans) == (0.2, True)
-    assert c.margin(stays, reorders) == (0.01, False)
-    assert c.margin(replans, stays) == (0.01, False)  # staying put is no bet
+    assert c.choice.required(stays, replans) == (0.2, True)
+    assert c.choice.required(stays, reorders) == (0.01, False)
+    assert c.choice.required(replans, stays) == (0.01, False)  # staying put is no bet
 
 
 def test_a_slots_code_id_follows_the_helpers_and_constants_it_uses():
@@ -1111,14 +1111,14 @@ def test_of_near_equal_winners_the_smallest_change_is_offered(tmp_path):
         scores = evaluator.evaluate([Task(p.id, p.source, snapshot) for p in (never, on_change, rewritten, same)])
     assert scores[(rewritten.id, snapshot.key)].metrics == scores[(on_change.id, snapshot.key)].metrics
     c = Controller(adapter, OnlineConfig(), archive=Archive(tmp_path / "a.db"))
-    assert c._changes(never, rewritten) == 2 and c._changes(never, on_change) == 1
-    assert c._choose(never, [rewritten, same, on_change], scores, snapshot.key) is on_change
+    assert c.choice.changes(never, rewritten) == 2 and c.choice.changes(never, on_change) == 1
+    assert c.choice.best(never, [rewritten, same, on_change], scores, snapshot.key) is on_change
     c.refused.add(on_change.id)
-    assert c._choose(never, [rewritten, same, on_change], scores, snapshot.key) is rewritten
-    assert c._choose(never, [same], scores, snapshot.key) is None  # no gain: nothing to offer
+    assert c.choice.best(never, [rewritten, same, on_change], scores, snapshot.key) is rewritten
+    assert c.choice.best(never, [same], scores, snapshot.key) is None  # no gain: nothing to offer
     tied = Controller(adapter, OnlineConfig(margin=0.0), archive=Archive(tmp_path / "b.db"))
-    assert tied._choose(never, [same], scores, snapshot.key) is None  # a tie is no win, even at margin 0
-    assert tied._choose(never, [same, on_change], scores, snapshot.key) is on_change
+    assert tied.choice.best(never, [same], scores, snapshot.key) is None  # a tie is no win, even at margin 0
+    assert tied.choice.best(never, [same, on_change], scores, snapshot.key) is on_change
 
 
 def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
@@ -1451,11 +1451,11 @@ def test_a_periodic_champion_that_loses_on_the_stretch_before_is_not_offered(tmp
 
     assert gain(fit, snapshot) > gain(aging, snapshot) > 0.01 and gain(fit, holdout) < -0.02
     assert gain(aging, holdout) > 0.0
-    assert c._choose(default, [fit, aging], scores, snapshot.key) is fit  # the snapshot alone picks the fit
+    assert c.choice.best(default, [fit, aging], scores, snapshot.key) is fit  # the snapshot alone picks the fit
     job = _Job("evolve", 1, 390.0, 0.0, snapshot, default, holdout=holdout)
-    overfit = c._overfit(job, [fit, aging], scores)
+    overfit = c.choice.overfit(default, [fit, aging], scores, holdout.key)
     assert list(overfit) == [fit.id] and "total_time" in overfit[fit.id]
-    assert c._choose(default, [p for p in (fit, aging) if p.id not in overfit], scores, snapshot.key) is aging
+    assert c.choice.best(default, [p for p in (fit, aging) if p.id not in overfit], scores, snapshot.key) is aging
     # concluded, aging goes live, and the reason says why not the one further ahead on the twin
     c.live, c.windows, c.previous = default, [], None
     c.archive.create_run(c.run_id, "simulator", {})
@@ -1465,8 +1465,7 @@ def test_a_periodic_champion_that_loses_on_the_stretch_before_is_not_offered(tmp
     assert deployed.kind == "deploy" and deployed.program == aging.id, deployed
     assert "; 1 further ahead on the twin lost on the stretch before the snapshot" in deployed.reason
     assert "smallest change" not in deployed.reason  # aging is the best of what could be offered
-    job.holdout = None
-    assert c._overfit(job, [fit, aging], scores) == {}
+    assert c.choice.overfit(default, [fit, aging], scores, None) == {}  # no holdout: nothing is held out
 
 
 def test_only_contenders_are_replayed_on_the_holdout(tmp_path):
@@ -1499,16 +1498,16 @@ def test_only_contenders_are_replayed_on_the_holdout(tmp_path):
         c._evolve(job)
         assert job.error is None, job.error
         _, scores, candidates = job.result
-        contenders = [p for _, p in c._contenders(default, candidates, scores, snapshot.key)]
+        contenders = [p for _, p in c.choice.contenders(default, candidates, scores, snapshot.key)]
         replayed = [t.program_id for t in evaluator.asked if t.snapshot.key == holdout.key]
         assert 1 <= len(contenders) < len(candidates) - 1  # some clear the margin, not all
         assert sorted(replayed) == sorted(p.id for p in [default, *contenders])
         everywhere = {**scores, **evaluator.evaluate([Task(p.id, p.source, holdout) for p in candidates])}
-    offered = c._choose(default, [p for p in candidates if p.id not in c._overfit(job, candidates, scores)],
-                        scores, snapshot.key)  # what the controller offers
-    assert offered is c._choose(default, [p for p in candidates if p.id not in c._overfit(job, candidates, everywhere)],
-                                everywhere, snapshot.key)
-    overfit = c._overfit(job, candidates, scores)
+    overfit = c.choice.overfit(default, candidates, scores, holdout.key)
+    offered = c.choice.best(default, [p for p in candidates if p.id not in overfit], scores, snapshot.key)  # as live
+    everywhere_overfit = c.choice.overfit(default, candidates, everywhere, holdout.key)
+    assert offered is c.choice.best(default, [p for p in candidates if p.id not in everywhere_overfit], everywhere,
+                                    snapshot.key)
     assert overfit and offered is not None and offered.id not in overfit  # it still keeps the fit one out
 
 
