@@ -1,6 +1,6 @@
 """The moments a test run stood still, said in one line at its end (a report, not a test).
 
-CI's machine has frozen the real-vLLM tests for 120-735 s at a time (docs/vllm.md). Two
+CI's machine has frozen the real-vLLM tests for 120-735 s at a time (docs/vllm_measured.md). Two
 watchers tick every second: a thread in this process and a separate process. Each notes a
 tick that comes ``LATE_S`` or more late. Late ticks in both mean the machine stood still; in
 this process only, the process did (a thread holding the GIL in a C call, or in the kernel).
@@ -327,7 +327,7 @@ def interrupts() -> dict[str, list[int]]:
     """Interrupts taken since boot per CPU, by kind (``/proc/interrupts``: "LOC" the local timer,
     "RES" rescheduling). A busy CPU takes the timer's interrupt HZ times a second; one that took
     few in a stall was not interrupted (through the vLLM stalls here each took its share, and
-    the kernel did switch tasks: docs/vllm.md)."""
+    the kernel did switch tasks: docs/vllm_measured.md)."""
     out = {}
     for line in _read("/proc/interrupts").splitlines():
         name, _, rest = line.strip().partition(":")

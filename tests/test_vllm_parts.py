@@ -436,7 +436,7 @@ def stand_in_vllm(tmp_path, monkeypatch):
 def test_launched_servers_share_the_callers_session_and_stop_as_whole_groups(tmp_path, stand_in_vllm):
     """Each server is a process group of its own (so stop() ends the engine processes it starts) in the
     caller's session: a session of its own is a scheduling group of its own under the kernel's autogroups,
-    and a busy server's group then held the CPUs for seconds while the router waited (docs/vllm.md)."""
+    and a busy server's group then held the CPUs for seconds while the router waited (docs/vllm_measured.md)."""
     from autopoiesis.adapters.vllm import servers
 
     launched = servers.launch(str(tmp_path / "model"), 2, tmp_path / "logs", sys.executable)
