@@ -2,7 +2,7 @@
 
 ``HotPath`` wraps a deployed program for the live system's loop: a call that raises, times
 out or returns what the adapter refuses is answered by the incumbent's decision, then the
-human-designed baseline's, and counted; the ``Guard`` (``online.py``) reads the counts.
+human-designed baseline's, and counted; the ``Guard`` (``guard.py``) reads the counts.
 ``hot_path`` builds one from programs, in the serving process or, with ``isolate``, each
 untrusted program in a decision process of its own (``decision_process.py``). Adapters
 import this module alone: it needs nothing of the evolution plane.
