@@ -40,17 +40,17 @@ class Choice:
             return None
         return self.objective.improvement(out.metrics[name], inc.metrics[name])
 
-    def required(self, incumbent, champion) -> tuple[float, bool]:
+    def required(self, incumbent_score, score) -> tuple[float, bool]:
         """(the gain a champion needs on the twin, whether it disrupts more than the incumbent there),
-        from their outcomes on one replay.
+        from their scores (evaluator outcomes) on one replay.
 
         A champion that re-plans more (``disruption_metric``) needs ``replan_margin``: the twin
         assumes the observed window goes on, and a re-plan is a bet on that forecast, paid up
         front in reloads and paid again if the guard rolls it back, so it must win by more
         than the forecast's error."""
         name = self.disruption_metric
-        disrupts = bool(name and incumbent is not None and incumbent.ok and champion is not None and champion.ok
-                        and champion.metrics.get(name, 0.0) > incumbent.metrics.get(name, 0.0))
+        disrupts = bool(name and incumbent_score is not None and incumbent_score.ok and score is not None and score.ok
+                        and score.metrics.get(name, 0.0) > incumbent_score.metrics.get(name, 0.0))
         return (max(self.margin, self.replan_margin) if disrupts else self.margin), disrupts
 
     def changes(self, incumbent: Program, program: Program) -> int:
