@@ -35,15 +35,9 @@ from .evaluate import Evaluator, Limits, Task
 from .evolution import Config, Evolution, new_run_id, require_number, require_whole
 from .guard import Guard
 from .hot_path import HotPath, hot_path  # noqa: F401 - where adapters written before hot_path.py import them
-from .metrics import (DriftDetector, Objective, RequestRecord, RollingWindow, SLO, Snapshot, check_reported, moved,
-                      open_latency)
+from .metrics import Objective, RequestRecord, RollingWindow, SLO, Snapshot, check_reported, open_latency
 from .program import Program
-
-
-#: triggers seen while an evolution or the guard is busy that are evolved for once it is done: the
-#: workload's own changes and the cluster's. SLO attainment moves with the policy, so a drift in it
-#: while the guard watches is mostly the deployment's doing, which the guard judges
-OWED = ("rate", "mean_prompt", "cluster")
+from .triggers import Triggers, workload_moved
 
 
 class LiveSystemFailed(AdapterError):
@@ -260,7 +254,7 @@ class Controller:
             "objective_list": [str(self.objective)], "adapter_options": self.adapter_options,
             "headline": list(getattr(adapter, "headline", ()) or [o.name for o in adapter.objectives]),
             **self.extra_config})
-        self.drift = DriftDetector(cfg.drift_signals, threshold=cfg.drift_threshold, cooldown=cfg.cooldown)
+        self.triggers = Triggers(cfg.drift_signals, cfg.drift_threshold, cfg.cooldown, cfg.period)
         limits = Limits(timeout=self.evolution_config.timeout, memory_mb=self.evolution_config.memory_mb)
         self.records: list[RequestRecord] = []
         self.pending: list[RequestRecord] = []
@@ -272,10 +266,6 @@ class Controller:
         self.job: _Job | None = None
         self.checks: list[_Job] = []  # window checks queued on the evolution plane, not yet collected
         self.jobs = 0
-        self.since_trigger = 0
-        self.owed: list[str] = []  # changes seen while busy, not yet evolved for (OWED)
-        self.cluster_seen = 0  # this window's cluster events already acted on (or owed)
-        self.acted: list[str] = []  # triggers acted on inside the current window
         self.swapped = False
         self.signals_checked = False
         self.in_flight: list[float] = []
@@ -420,7 +410,7 @@ class Controller:
             if job is not None and job.done and observation.now >= (self._ready_at(job) or math.inf):
                 self.job = None
                 self._conclude(job, observation.now)
-                if self.owed and self.job is None and not self.guard.watching:
+                if self.triggers.owed and self.job is None and not self.guard.watching:
                     self._start_owed(observation.now)  # a change that came meanwhile: now, not at the window's end
             if self.job is not None and not self.job.done and target < next_close and not adapter.wall_clock:
                 time.sleep(0.005)  # serving at the evolution's pace; let it work
@@ -505,23 +495,11 @@ class Controller:
             if missing:
                 self.on_event("warning", {"message": f"drift signal(s) {', '.join(missing)} are not among this "
                                                      f"adapter's window metrics: they never trigger"})
-        reasons = self.drift.update(signals, cluster_events=len(cluster_events) - self.cluster_seen)
-        self.cluster_seen = 0
-        self.since_trigger += 1
-        if not reasons and cfg.period and self.since_trigger >= cfg.period:
-            reasons = self._workload_moved() or ["period"]
-            if reasons != ["period"]:
-                self.drift.quiet = cfg.cooldown  # a drift trigger, as if Page-Hinkley had fired
-        busy = self.job is not None or self.guard.watching
-        self.owed = list(dict.fromkeys([*self.owed, *(r for r in reasons if r in OWED)]))
-        if not busy:  # what changed while an evolution or the guard was busy is evolved for now
-            reasons = list(dict.fromkeys([*reasons, *self.owed]))
-        if last:
-            reasons = []  # an evolution it started could never deploy
-        w.triggers = list(dict.fromkeys([*self.acted, *reasons]))
-        self.acted = []
-        if reasons and not busy:
-            self.owed = []
+        reasons, w.triggers = self.triggers.window_closed(
+            signals, len(cluster_events),
+            lambda: workload_moved(self.windows, cfg.history, cfg.drift_signals, self.prompts_told),
+            busy=self.job is not None or self.guard.watching, last=last)
+        if reasons:
             self._start_job(end, reasons)
         if check is not None:  # after the evolution, if one started: a report never delays it
             snapshot, names = check
@@ -534,35 +512,6 @@ class Controller:
                                  "events": [list(e) for e in cluster_events]})
         self.on_event("window", {"window": w, "incumbent": self.incumbent.id, "job": self.job is not None,
                                  "deployments": self.deployments})
-
-    def _workload_moved(self) -> list[str]:
-        """The workload's signals (arrival rate, mean prompt) that moved by more than a factor
-        1.25 between the last ``history`` windows and the ``history`` before them (``metrics.moved``).
-
-        A periodic trigger stands for "nothing changed", and its holdout replays the stretch
-        before the snapshot as another sample of the same workload. Page-Hinkley cannot say
-        so in its first windows (their mean is its scale) and says it late after a step: on
-        real vLLM (10 s windows) a load whose rate and prompts doubled at 30 s still made a
-        periodic trigger at 40 s, and its holdout, under capacity at 0-20 s, refused every
-        shortest-prompt-first candidate, 32% ahead on the snapshot. This asks outright."""
-        n = self.config.history
-        if len(self.windows) < 2 * n:
-            return []
-        names = [k for k in ("rate", "mean_prompt") if k in self.config.drift_signals]
-        before, after = (self._workload(ws, names) for ws in (self.windows[-2 * n:-n], self.windows[-n:]))
-        return moved(before, after)
-
-    def _workload(self, windows: Sequence[Window], names: Sequence[str]) -> dict[str, float]:
-        """``names`` of (rate, mean_prompt) over ``windows`` taken together."""
-        seconds = sum(w.end - w.start for w in windows)
-        out = {"rate": sum(w.arrivals for w in windows) / seconds} if seconds > 0 else {}
-        # a window's mean prompt is of what arrived where the adapter tells, else of what finished
-        weighted = [(w.metrics["mean_prompt"], w.arrivals if self.prompts_told else w.metrics.get("requests", 0.0))
-                    for w in windows if "mean_prompt" in w.metrics]
-        count = sum(k for _, k in weighted)
-        if count > 0:
-            out["mean_prompt"] = sum(m * k for m, k in weighted) / count
-        return {k: v for k, v in out.items() if k in names}
 
     def _window_check(self, start: float, end: float):
         """The adapter's check of a closed window (``window_check``), run on the evolution plane.
@@ -593,17 +542,13 @@ class Controller:
         A re-plan that waits for the window to close leaves joined GPUs idle (or a spot
         notice unused) for up to a window; when an evolution or the guard is busy, the
         change is owed and evolved for once they are done."""
-        self.cluster_seen = len(self.events)
-        self.drift.quiet = self.config.cooldown  # as a cluster trigger at a window's end does
-        self.owed = list(dict.fromkeys(["cluster", *self.owed]))
+        self.triggers.cluster_changed(len(self.events))
         if self.job is None and not self.guard.watching:
             self._start_owed(now)
 
     def _start_owed(self, now: float) -> None:
-        """Evolve now for the changes owed (``OWED``), mid-window."""
-        reasons, self.owed = self.owed, []
-        self.acted.extend(reasons)
-        self._start_job(now, reasons)
+        """Evolve now for the changes owed (``triggers.OWED``), mid-window."""
+        self._start_job(now, self.triggers.take_owed())
 
     # -- guard ----------------------------------------------------------------------------
     def _guard_window(self, w: Window, now: float) -> None:
@@ -632,8 +577,7 @@ class Controller:
             self.incumbent = back or self.fallback
             self._deploy(self.incumbent, now, "rollback", why)
             self.guard.left = 0
-            self.since_trigger = 0
-            self.drift.quiet = self.config.cooldown
+            self.triggers.rolled_back()
         elif verdict == "confirm":
             self.incumbent = self.live
             self._record(Deployment(now, "confirm", self.live.id, f"{self.guard.windows} clean window(s)"))
@@ -651,7 +595,7 @@ class Controller:
     # -- evolution ------------------------------------------------------------------------
     def _start_job(self, now: float, reasons: list[str]) -> None:
         cfg = self.config
-        self.since_trigger = 0
+        self.triggers.started()
         self.jobs += 1
         since = max(0.0, now - cfg.history * cfg.window_s)
         snapshot = self._snapshot(since, now)
