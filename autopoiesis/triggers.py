@@ -19,6 +19,10 @@ OWED = ("rate", "mean_prompt", "cluster")
 
 
 class Triggers:
+    """The online loop's triggers: Page-Hinkley per drift signal (``metrics.DriftDetector``),
+    a period that first asks whether the workload moved, cluster events, and the changes owed
+    while busy. The controller asks at each window's end and on each cluster event."""
+
     def __init__(self, signals: Sequence[str], threshold: float, cooldown: int, period: int):
         self.drift = DriftDetector(signals, threshold=threshold, cooldown=cooldown)
         self.cooldown, self.period = cooldown, period
