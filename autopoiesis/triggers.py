@@ -31,19 +31,20 @@ class Triggers:
         self.cluster_seen = 0  # this window's cluster events already acted on (or owed)
         self.acted: list[str] = []  # triggers acted on inside the current window
 
-    def window_closed(self, signals: Mapping[str, float], cluster_events: int, workload_moved: Callable[[], list[str]],
+    def window_closed(self, signals: Mapping[str, float], cluster_events: int, ask_moved: Callable[[], list[str]],
                       busy: bool, last: bool) -> tuple[list[str], list[str]]:
         """(what to evolve for now, the window's triggers) as a window closes.
 
         ``cluster_events`` counts the window's events, the ones acted on mid-window included;
-        ``workload_moved`` is asked only when the period is due (``workload_moved`` below);
+        ``ask_moved`` (``workload_moved`` below, on the live windows) is asked only when the
+        period is due;
         ``busy``: an evolution runs or the guard watches, so what fired is owed where it is in
         ``OWED``; ``last``: serving ends with this window, so nothing starts."""
         reasons = self.drift.update(signals, cluster_events=cluster_events - self.cluster_seen)
         self.cluster_seen = 0
         self.since += 1
         if not reasons and self.period and self.since >= self.period:
-            reasons = workload_moved() or ["period"]
+            reasons = ask_moved() or ["period"]
             if reasons != ["period"]:
                 self.drift.quiet = self.cooldown  # a drift trigger, as if Page-Hinkley had fired
         self.owed = list(dict.fromkeys([*self.owed, *(r for r in reasons if r in OWED)]))
