@@ -1,8 +1,7 @@
 """When the online loop evolves (autopoiesis/triggers.py), window by window, without a live
 system. The same rules on the live simulator are tested in test_online.py."""
 
-from types import SimpleNamespace
-
+from autopoiesis.online import Window
 from autopoiesis.triggers import Triggers, workload, workload_moved
 
 SIGNALS = ("rate", "mean_prompt", "slo_attainment")
@@ -56,8 +55,9 @@ def test_a_cluster_change_acted_on_mid_window_shows_in_its_window_and_does_not_t
 
 
 def window(start, arrivals, mean_prompt, requests):
-    return SimpleNamespace(start=start, end=start + 10.0, arrivals=arrivals,
-                           metrics={"mean_prompt": mean_prompt, "requests": requests})
+    """A closed live window as the controller records it (10 s long)."""
+    return Window(int(start // 10), start, start + 10.0, "p", False, {"mean_prompt": mean_prompt,
+                  "requests": requests}, arrivals, calls=0, fallbacks=0)
 
 
 def test_the_workload_of_a_stretch_weighs_each_windows_mean_prompt_by_what_it_was_taken_from():

@@ -44,6 +44,7 @@ def main(parent: int, grace_s: float, command: list[str]) -> int:
         pass  # elsewhere only stop() ends the server
     if os.getppid() != parent:  # autopoiesis ended before the line above
         gone.append(1)
+
     def as_the_server_gets_them() -> None:  # in the child, before the server's program starts
         for stop, disposition in dispositions.items():
             signal.signal(stop, disposition)
