@@ -134,10 +134,10 @@ def llm_operators(args):
     if not (args.llm or args.llm_url):
         return None
     from autopoiesis.adapters.simulator.slots import SLOTS
-    from autopoiesis.cli import _operators
+    from autopoiesis.cli.evolve import operators_for
 
     settings = {"spec": args.llm, "url": args.llm_url, "model": args.llm_model, "rate": 0.5}
-    return lambda archive, run_id: _operators(settings, archive, run_id, None, [slot.name for slot in SLOTS])
+    return lambda archive, run_id: operators_for(settings, archive, run_id, None, [slot.name for slot in SLOTS])
 
 
 def run_scenario(name: str, seeds: list[int], workers: int, make_llm) -> dict:

@@ -490,20 +490,20 @@ def test_a_kill_mid_run_ends_it_as_ctrl_c_does_and_resume_finishes_it(tmp_path, 
 def test_a_second_stop_signal_is_not_caught_and_a_host_handler_is_kept():
     """The first SIGTERM stops a run cleanly; the handler then steps aside, so a second one ends
     the process at once. A handler the host set (nohup's ignore) is left as it was."""
-    from autopoiesis import cli as cli_module
+    from autopoiesis.cli import common
 
-    saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in cli_module.STOP_SIGNALS}
+    saved = {sig: signal.signal(sig, signal.SIG_DFL) for sig in common.STOP_SIGNALS}
     try:
-        with cli_module._stop_signals_interrupt():
-            with pytest.raises(cli_module.Terminated) as stopped:
+        with common.stop_signals_interrupt():
+            with pytest.raises(common.Terminated) as stopped:
                 os.kill(os.getpid(), signal.SIGTERM)
                 time.sleep(5)
-            assert cli_module.interrupted_status(stopped.value) == 143
-            assert all(signal.getsignal(sig) == signal.SIG_DFL for sig in cli_module.STOP_SIGNALS)
+            assert common.interrupted_status(stopped.value) == 143
+            assert all(signal.getsignal(sig) == signal.SIG_DFL for sig in common.STOP_SIGNALS)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
-        with cli_module._stop_signals_interrupt():
+        with common.stop_signals_interrupt():
             assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
-            assert signal.getsignal(signal.SIGTERM) == cli_module._raise_terminated
+            assert signal.getsignal(signal.SIGTERM) == common._raise_terminated
         assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     finally:
         for sig, handler in saved.items():

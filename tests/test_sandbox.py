@@ -291,7 +291,7 @@ def test_source_parses_in_several_threads_at_once():
 
     from autopoiesis.program import compile_tree, parse
 
-    source = (ROOT / "autopoiesis" / "cli.py").read_text()
+    source = (ROOT / "autopoiesis" / "online.py").read_text()
     errors = []
 
     class Cycle:
