@@ -24,6 +24,7 @@ from .common import (ARCHIVE_NAME, Terminated, UserError, interrupted_status, pa
                      positive_int, stop_signals_interrupt)
 from .parser import build_parser
 
+
 __all__ = ["ARCHIVE_NAME", "Terminated", "UserError", "build_parser", "interrupted_status", "main", "parse_options",
            "positive_float", "positive_int"]
 

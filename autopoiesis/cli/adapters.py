@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .common import new_console
 
+
 def cmd_adapters() -> int:
     from autopoiesis.online_view import titled_table
 

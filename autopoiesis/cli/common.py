@@ -15,6 +15,7 @@ from rich.console import Console
 
 from autopoiesis.archive import Archive
 
+
 ARCHIVE_NAME = "archive.db"
 
 

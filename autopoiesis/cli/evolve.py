@@ -20,6 +20,7 @@ from .parser import build_parser, live_options
 from .policy import archive_with_runs, policy_program
 from .report import online_again
 
+
 def cmd_evolve(args: argparse.Namespace) -> int:
     from autopoiesis.adapters.base import canonical_spec, load_adapter
     from autopoiesis.evolution import Config, Evolution

@@ -10,6 +10,7 @@ from autopoiesis import __version__
 
 from .common import UserError, non_negative_float, non_negative_int, positive_float, positive_int
 
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, not usage + traceback-like noise
         raise UserError(f"{message} (see {self.prog} --help)")

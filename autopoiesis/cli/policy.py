@@ -10,6 +10,7 @@ from autopoiesis.program import Program, function_source
 
 from .common import ARCHIVE_NAME, UserError, open_archive
 
+
 def policy_program(spec: str, adapter, archive: Archive | None) -> Program:
     """``--policy FILE|RUN`` as a whole program for ``adapter``, checked to load: a policy
     file (the slots it leaves out keep the first baselines'), or what a run in ``archive`` ended with."""

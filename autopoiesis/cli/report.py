@@ -14,6 +14,7 @@ from autopoiesis.report import number, print_nothing_valid, print_results, repor
 
 from .common import UserError, new_console, open_archive
 
+
 def cmd_report(args: argparse.Namespace) -> int:
     archive = open_archive(args.runs_dir, create=False)
     runs = archive.runs()

@@ -14,6 +14,7 @@ from .common import UserError, new_console, parse_options
 from .parser import live_options
 from .policy import archive_with_runs, policy_program
 
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve with one fixed policy; ``bench`` stops when its load is done and prints the metrics."""
     from autopoiesis.adapters.base import load_adapter, option_names

@@ -11,6 +11,7 @@ from autopoiesis.report import number
 from .common import UserError, new_console, parse_options
 from .policy import archive_with_runs, defined_slots, read_policy, run_program
 
+
 def cmd_simulate(args: argparse.Namespace) -> int:
     from autopoiesis.online_view import titled_table
 
