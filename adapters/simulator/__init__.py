@@ -111,7 +111,6 @@ class SimulatorAdapter(Adapter):
         self.scenario = str(scenario)
         self.requests = _first(requests)
 
-
     def slots(self):
         return list(SLOTS)
 
