@@ -1138,6 +1138,33 @@ def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
     assert live["plan"] != left and guard["plan"] == left and guard["unanswered"] == [["join", [4, 5, 6, 7]]]
 
 
+def test_the_guards_counterfactual_answers_the_gpus_that_came_and_went_since_the_swap():
+    """GPUs that leave or join while the guard watches are the incumbent's to answer in its
+    replay: its replicas on GPUs that left are gone, as they went live, and the events are
+    unanswered. Before, the plan it left still used the lost GPUs: every program's replay of
+    that window failed, and the guard, with no counterfactual, called the window clean."""
+    from autopoiesis.evaluate import Evaluator, Task
+
+    adapter = SimulatorAdapter("spot_loss")  # notice at 220 s, GPUs 0 and 1 leave at 250 s, 2 and 3 join at 450 s
+    programs = adapter.baselines()
+    never, on_change = programs["default"], programs["reschedule:on_change"]
+    adapter.start(seed=1000)
+    adapter.deploy(never, [never])
+    adapter.observe(240.0)
+    left = adapter.window_snapshot(210.0, 240.0, never).params["plan"]
+    adapter.deploy(on_change, [never])
+    adapter.observe(270.0)
+    guard = adapter.window_snapshot(240.0, 270.0, never)
+    assert guard.params["plan"] == [entry for entry in left if not {0, 1} & set(entry[0])] != left
+    assert guard.params["unanswered"] == [["notice", [0, 1]], ["leave", [0, 1]]]
+    with Evaluator(adapter, workers=1) as evaluator:
+        scores = evaluator.evaluate([Task(p.id, p.source, guard) for p in (never, on_change)])
+    assert all(outcome.ok and outcome.metrics["total_time"] > 0 for outcome in scores.values())
+    adapter.observe(480.0)
+    later = adapter.window_snapshot(450.0, 480.0, never).params
+    assert later["unanswered"] == [["notice", [0, 1]], ["leave", [0, 1]], ["join", [2, 3]]]
+
+
 def test_a_horizon_repeats_the_windows_arrivals_and_not_the_backlog(adapter, default):
     adapter.start(seed=1000)
     adapter.deploy(default, [default])

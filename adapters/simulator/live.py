@@ -50,7 +50,8 @@ class LiveSimulation:
         self._events_seen = 0
         self._oldest = 0  # every request before this index has finished
         self.program_id = ""
-        self.swapped_out: tuple[str, list, list] | None = None  # (program id, its plan, events it left unanswered)
+        # (program id, its plan, events it left unanswered, how many cluster events had come by then)
+        self.swapped_out: tuple[str, list, list, int] | None = None
 
     # -- serving --------------------------------------------------------------------------
     def now(self) -> float:
@@ -62,7 +63,8 @@ class LiveSimulation:
                   "reschedule": lambda r, args: r is None or isinstance(r, bool) or bool(self.sim.check_plan(r))}
         previous = self.hot
         if previous is not None:  # what the outgoing policy leaves: the guard's counterfactual starts here
-            self.swapped_out = (self.program_id, self._plan(), [[e.kind, list(e.gpus)] for e in self.sim.unanswered])
+            self.swapped_out = (self.program_id, self._plan(), [[e.kind, list(e.gpus)] for e in self.sim.unanswered],
+                                len(self.sim.cluster_log))
         self.program_id = program.id
         self.hot = hot_path(program, fallbacks, self.slots, checks)
         self.hot.carry_counts(previous)
@@ -110,7 +112,9 @@ class LiveSimulation:
 
         That is the live plan, unless ``incumbent`` was swapped out by the last deployment (the
         guard asking whether it would have done better): then the plan it left, and the events it
-        left unanswered, so a re-planning newcomer pays again for the change it made live.
+        left unanswered, so a re-planning newcomer pays again for the change it made live. GPUs
+        that joined or left since the swap are the incumbent's to answer too: its replicas on a
+        GPU that left are gone (as they went live), and those events join the unanswered ones.
 
         ``horizon_s``: how long the winner is expected to serve; the window's arrivals repeat
         until the replay covers it (the workload assumed to go on as observed), so a change of
@@ -137,7 +141,7 @@ class LiveSimulation:
         requests = [(0.0, prompt, output) for *_, prompt, output in backlog] + arrivals
         plan, unanswered = self._plan(), [[e.kind, list(e.gpus)] for e in sim.unanswered]
         if self.swapped_out is not None and incumbent.id == self.swapped_out[0] != self.program_id:
-            plan, unanswered = self.swapped_out[1], self.swapped_out[2]
+            plan, unanswered = self._swapped_out_now()
         view = sim._window(until)
         noticed = {g for e in sim.cluster_log if e.kind == "notice" for g in e.gpus}
         announced = sorted([round(t - since, 6), payload[0], list(payload[1])] for t, _, kind, payload, _ in sim.events
@@ -150,6 +154,20 @@ class LiveSimulation:
             "window": {k: getattr(view, k) for k in view.__slots__ if k != "workload"}, "plan_code": plan_code(incumbent.source),
             "unanswered": unanswered, "announced": announced,
         }
+
+
+    def _swapped_out_now(self) -> tuple[list, list]:
+        """The swapped-out program's plan and unanswered events, with the cluster's changes since
+        the swap applied (``window_snapshot``)."""
+        _, plan, unanswered, seen = self.swapped_out
+        since = self.sim.cluster_log[seen:]
+        plan = [entry for entry in plan if all(g in self.sim.online for g in entry[0])]
+        return plan, [*unanswered, *([e.kind, _gpu_ids(e)] for e in since)]
+
+
+def _gpu_ids(event) -> list[int]:
+    """A cluster event's GPU ids (a join logs (id, type) pairs)."""
+    return [g[0] if isinstance(g, tuple) else g for g in event.gpus]
 
 
 def replay(policy, params: dict):
