@@ -155,7 +155,6 @@ class LiveSimulation:
             "unanswered": unanswered, "announced": announced,
         }
 
-
     def _swapped_out_now(self) -> tuple[list, list]:
         """The swapped-out program's plan and unanswered events, with the cluster's changes since
         the swap applied (``window_snapshot``)."""
