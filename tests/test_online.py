@@ -1121,17 +1121,24 @@ def test_of_near_equal_winners_the_smallest_change_is_offered(tmp_path):
     assert tied.choice.best(never, [same, on_change], scores, snapshot.key) is on_change
 
 
-def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
-    """After a re-planning newcomer changed the plan live, the guard's counterfactual starts
-    from the plan the incumbent had, not from the newcomer's (which it would get for free)."""
-    adapter = SimulatorAdapter("scale_out")
+def swapped_at(scenario: str, at: float):
+    """(adapter, default, reschedule:on_change, default's plan): a live simulator (seed 1000)
+    that served ``default`` until ``at`` s and has ``reschedule:on_change`` deployed since."""
+    adapter = SimulatorAdapter(scenario)
     programs = adapter.baselines()
     never, on_change = programs["default"], programs["reschedule:on_change"]
     adapter.start(seed=1000)
     adapter.deploy(never, [never])
-    adapter.observe(240.0)
-    left = adapter.window_snapshot(210.0, 240.0, never).params["plan"]
+    adapter.observe(at)
+    left = adapter.window_snapshot(at - 30.0, at, never).params["plan"]
     adapter.deploy(on_change, [never])
+    return adapter, never, on_change, left
+
+
+def test_the_guard_replays_the_incumbent_from_the_plan_it_left():
+    """After a re-planning newcomer changed the plan live, the guard's counterfactual starts
+    from the plan the incumbent had, not from the newcomer's (which it would get for free)."""
+    adapter, never, on_change, left = swapped_at("scale_out", 240.0)
     adapter.observe(300.0)
     live = adapter.window_snapshot(270.0, 300.0, on_change).params
     guard = adapter.window_snapshot(270.0, 300.0, never).params
@@ -1145,14 +1152,8 @@ def test_the_guards_counterfactual_answers_the_gpus_that_came_and_went_since_the
     that window failed, and the guard, with no counterfactual, called the window clean."""
     from autopoiesis.evaluate import Evaluator, Task
 
-    adapter = SimulatorAdapter("spot_loss")  # notice at 220 s, GPUs 0 and 1 leave at 250 s, 2 and 3 join at 450 s
-    programs = adapter.baselines()
-    never, on_change = programs["default"], programs["reschedule:on_change"]
-    adapter.start(seed=1000)
-    adapter.deploy(never, [never])
-    adapter.observe(240.0)
-    left = adapter.window_snapshot(210.0, 240.0, never).params["plan"]
-    adapter.deploy(on_change, [never])
+    # notice at 220 s, GPUs 0 and 1 leave at 250 s, 2 and 3 join at 450 s
+    adapter, never, on_change, left = swapped_at("spot_loss", 240.0)
     adapter.observe(270.0)
     guard = adapter.window_snapshot(240.0, 270.0, never)
     assert guard.params["plan"] == [entry for entry in left if not {0, 1} & set(entry[0])] != left
