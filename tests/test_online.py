@@ -9,6 +9,7 @@ import pytest
 from autopoiesis.adapters.simulator import SimulatorAdapter
 from autopoiesis.archive import Archive
 from autopoiesis.evolution import Config
+from autopoiesis.metrics import Snapshot
 from autopoiesis.online import Controller, OnlineConfig
 from autopoiesis.program import Program, replace_function
 from conftest import benchmark
@@ -577,6 +578,35 @@ def test_a_bad_program_forced_live_is_rolled_back_within_the_guard_windows(adapt
     stored = c.archive.deployments(c.run_id)
     assert [d["kind"] for d in stored] == [d.kind for d in c.deployments]
     assert len(c.archive.windows(c.run_id)) == len(c.windows)
+
+
+class BrokenGuardTwin(SimulatorAdapter):
+    """Test double around the real simulator: its snapshot for the guard's counterfactual
+    (the incumbent's, once swapped out) cannot be replayed, as the simulator's could not
+    after GPUs had left before 602415b."""
+
+    def window_snapshot(self, since, until, incumbent, horizon_s=0.0):
+        snapshot = super().window_snapshot(since, until, incumbent, horizon_s)
+        if incumbent.id == self.live.program_id:
+            return snapshot
+        return Snapshot(self.name, {**snapshot.params, "plan": [[[99], 1, 1]]}, label=snapshot.label)
+
+
+def test_a_guard_replay_without_a_counterfactual_is_reported(default, tmp_path):
+    """A suspect window whose incumbent replay fails counts as clean (the policy is not blamed
+    for the twin), and the run says so, with the twin's error, instead of passing it silently."""
+    bad = variant(default, "dispatch", "def dispatch(request, replicas, now):\n    return 0\n")
+    events = []
+    c = Controller(BrokenGuardTwin(SCENARIO, requests=REQUESTS),
+                   OnlineConfig(window_s=15.0, period=0, drift_signals=(), evolution_cost_s=2.0, guard_windows=2),
+                   Config(population=4, generations=1, workers=1, held_out_snapshots=0),
+                   archive=Archive(tmp_path / "archive.db"), on_event=lambda kind, data: events.append((kind, data)))
+    c.force(bad, at=45.0)
+    c.run()
+    warned = [data["message"] for kind, data in events if kind == "warning"]
+    assert warned and all("the guard has no counterfactual for the window that ended at" in m for m in warned)
+    assert "uses a GPU that is not online" in warned[0] and "it counts as clean" in warned[0]
+    assert [d.kind for d in c.deployments] == ["initial", "deploy", "confirm"]  # with the real twin: rolled back
 
 
 def test_a_program_that_always_fails_is_rolled_back_on_its_fallback_rate(adapter, default, tmp_path):
