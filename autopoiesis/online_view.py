@@ -64,7 +64,8 @@ def deployments_table(deployments: list[dict[str, Any]]) -> Table:
         style = MARKS.get(d["kind"])
         table.add_row(f"{d['time']:.1f}", Text(d["kind"], style=style or ""), d["program"][:8],
                       _fmt(d.get("incumbent_fitness"), 5), _fmt(d.get("champion_fitness"), 5),
-                      f"{d.get('evolution_s', 0):.1f}" if d.get("evolution_s") else "", d["reason"])
+                      f"{d.get('evolution_s', 0):.1f}" if d.get("evolution_s") else "",
+                      Text(d["reason"]))  # a reason can quote a program's error: not markup
     return table
 
 
@@ -93,11 +94,12 @@ class LiveView:
             d = data["deployment"]
             self.deployments.append(vars(d))
             if not self.console.is_terminal and d.kind != "initial":
-                self.console.print(f"  {d.time:.1f} s {d.kind} {d.program[:8]}: {d.reason}", highlight=False)
+                self.console.print(f"  {d.time:.1f} s {d.kind} {d.program[:8]}: {d.reason}", highlight=False,
+                                   markup=False)
         elif kind == "trigger":
             self.evolving = True
         elif kind == "warning":
-            self.console.print(f"warning: {data['message']}", highlight=False)
+            self.console.print(f"warning: {data['message']}", highlight=False, markup=False)
         elif kind == "recall":
             self.console.print(f"recalled {data['programs']} winner(s) of {data['runs']} earlier online run(s) "
                                "as seeds", highlight=False)

@@ -19,6 +19,8 @@ from .archive import Archive
 def print_nothing_valid(console: Console, archive: Archive, run: dict[str, Any], generation: int) -> int:
     """A run that ended with no valid program (``no seed program is valid``): what each of that
     generation's programs failed on, which is all there is to see, and that resuming cannot help."""
+    from rich.text import Text
+
     from autopoiesis.online_view import titled_table
 
     table = titled_table(f"why generation {generation} has no valid program")
@@ -26,7 +28,7 @@ def print_nothing_valid(console: Console, archive: Archive, run: dict[str, Any],
         table.add_column(col)
     for birth in archive.births(run["id"]):
         if birth["generation"] == generation and birth["error"]:
-            table.add_row(birth["program"][:8], birth["name"] or birth["operator"], birth["error"])
+            table.add_row(birth["program"][:8], birth["name"] or birth["operator"], Text(birth["error"]))
     console.print(table)
     console.print(f"{run['status']}: generation {generation} left no valid program, so there is nothing to go on "
                   "from; fix what the errors say (or raise the limit they name) and start a new run", highlight=False)

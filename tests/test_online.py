@@ -609,6 +609,24 @@ def test_a_guard_replay_without_a_counterfactual_is_reported(default, tmp_path):
     assert [d.kind for d in c.deployments] == ["initial", "deploy", "confirm"]  # with the real twin: rolled back
 
 
+def test_a_reason_or_warning_that_quotes_a_programs_error_prints_as_it_is():
+    """A rollback's reason, a rejection's and a warning can quote a generated program's error,
+    which may read as rich markup ("[/x]" raised MarkupError): the live view and the report's
+    deployments table print it as it is."""
+    from rich.console import Console
+
+    from autopoiesis.online import Deployment
+    from autopoiesis.online_view import LiveView, deployments_table
+
+    reason = "live mean_e2e_open 9 vs 3; it fails on the twin replay: ValueError: [/x] [bold]"
+    console = Console(record=True, width=300, force_terminal=False)
+    view = LiveView(console, "run")
+    view.on_event("deployment", {"deployment": Deployment(1.0, "rollback", "abcdefgh", reason)})
+    view.on_event("warning", {"message": reason})
+    console.print(deployments_table(view.deployments))
+    assert console.export_text().count("ValueError: [/x] [bold]") == 3
+
+
 def test_a_program_that_always_fails_is_rolled_back_on_its_fallback_rate(adapter, default, tmp_path):
     broken = variant(default, "priority", "def priority(request, now):\n    return [][1]\n")
     c = controller(adapter, tmp_path, guard_windows=3)
