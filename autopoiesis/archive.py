@@ -120,14 +120,16 @@ class Archive:
 
     def run(self, run_id: str) -> dict[str, Any]:
         row = self.db.execute("SELECT id, adapter, config, status, created, updated FROM runs WHERE id=?", (run_id,)).fetchone()
-        if row is None:
-            known = ", ".join(r["id"] for r in self.runs()[-5:]) or "none"
+        if row is None:  # the user's runs, not an online run's evolutions
+            known = ", ".join([r["id"] for r in reversed(self.runs()) if not r["parent"]][:5]) or "none"
             raise ArchiveError(f"no run '{run_id}' in {self.path} (latest: {known})")
         return {"id": row[0], "adapter": row[1], "config": json.loads(row[2]), "status": row[3], "created": row[4], "updated": row[5]}
 
     def runs(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT id, adapter, status, created FROM runs ORDER BY created").fetchall()
-        return [{"id": r[0], "adapter": r[1], "status": r[2], "created": r[3]} for r in rows]
+        """Every run, oldest first; ``parent`` names the online run an evolution ran for (else None)."""
+        rows = self.db.execute("SELECT id, adapter, status, created, config FROM runs ORDER BY created").fetchall()
+        return [{"id": r[0], "adapter": r[1], "status": r[2], "created": r[3], "parent": json.loads(r[4]).get("parent")}
+                for r in rows]
 
     def set_status(self, run_id: str, status: str) -> None:
         self._write("UPDATE runs SET status=?, updated=? WHERE id=?", (status, time.time(), run_id))

@@ -946,7 +946,8 @@ def test_online_mistakes_are_one_line_errors(tmp_path):
 
 def test_report_lists_the_runs_with_what_each_ended_with(tmp_path):
     """``report --list``: newest first, an online run's evolutions counted with it rather than
-    listed, and each run's program the one ``--policy RUN`` would take."""
+    listed, and each run's program the one ``--policy RUN`` would take. A run that is not there
+    is one line naming the latest runs, not the online run's evolutions (before, only those)."""
     from conftest import EXAMPLE
     from test_cli import cli
 
@@ -954,7 +955,7 @@ def test_report_lists_the_runs_with_what_each_ended_with(tmp_path):
     offline = json.loads(cli("evolve", "--adapter", str(EXAMPLE), "--generations", "1", "--population", "4",
                              "--runs-dir", runs, "--json").stdout)
     online = json.loads(cli("evolve", "--adapter", "simulator", "--scenario", SCENARIO, "-o", "requests=600",
-                            "--online", "--evolution-cost", "1", "--runs-dir", runs, "--json").stdout)
+                            "--online", "--window", "10", "--evolution-cost", "1", "--runs-dir", runs, "--json").stdout)
     listed = cli("report", "--list", "--runs-dir", runs, "--json")
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
@@ -964,6 +965,11 @@ def test_report_lists_the_runs_with_what_each_ended_with(tmp_path):
     assert rows[1]["progress"] == f"1 generations, best {offline['fitness']['mean_completion_time']:.6g}"
     table = cli("report", "--list", "--runs-dir", runs)
     assert online["run"] in table.stdout and offline["champion"][:8] in table.stdout
+    # a run that is not there: the error names the user's runs, newest first, not the evolutions
+    assert online["evolutions"] > 0
+    unknown = cli("report", "nope", "--runs-dir", runs)
+    assert unknown.returncode == 2 and "Traceback" not in unknown.stderr
+    assert f"no run 'nope' in {runs}/archive.db (latest: {online['run']}, {offline['run']})" in unknown.stderr
 
 
 def test_a_killed_online_run_keeps_its_windows_and_says_how_to_go_on(tmp_path):

@@ -20,7 +20,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     runs = archive.runs()
     if not runs:
         raise UserError(f"no runs in {args.runs_dir}")
-    top = [r for r in runs if not archive.run(r["id"])["config"].get("parent")] or runs  # not an online run's evolutions
+    top = [r for r in runs if not r["parent"]] or runs  # not an online run's evolutions
     if args.list:
         return _list_runs(args, archive, top)
     run = archive.run(args.run or top[-1]["id"])
@@ -89,9 +89,8 @@ def _list_runs(args: argparse.Namespace, archive: Archive, runs: list[dict[str, 
     rows = []
     evolutions: dict[str, int] = {}
     for r in archive.runs():
-        parent = archive.run(r["id"])["config"].get("parent")
-        if parent:
-            evolutions[parent] = evolutions.get(parent, 0) + 1
+        if r["parent"]:
+            evolutions[r["parent"]] = evolutions.get(r["parent"], 0) + 1
     for r in reversed(runs):
         run = archive.run(r["id"])
         cfg = run["config"]
