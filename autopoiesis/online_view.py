@@ -144,8 +144,8 @@ def print_report(console: Console, archive, run_id: str, plot_path: Path | None 
         console.print(f"plot: {plot_path}")
     if source and windows:  # the program live at the end, readable, and how to serve it again
         last = archive.program(windows[-1]["policy"])
-        console.print(f"[bold]served last: {last.id[:8]}[/]" + (f" ({last.name})" if last.name else "")
-                      + f"; serve it again with --policy {run_id}")
+        console.print(Text.assemble((f"served last: {last.id[:8]}", "bold"), f" ({last.name})" if last.name else "",
+                                    f"; serve it again with --policy {run_id}"))
         print_source(console, last.source)
 
 

@@ -12,6 +12,7 @@ import types
 from typing import Any, Mapping, Sequence
 
 from rich.console import Console
+from rich.text import Text
 
 from .archive import Archive
 
@@ -19,7 +20,6 @@ from .archive import Archive
 def print_nothing_valid(console: Console, archive: Archive, run: dict[str, Any], generation: int) -> int:
     """A run that ended with no valid program (``no seed program is valid``): what each of that
     generation's programs failed on, which is all there is to see, and that resuming cannot help."""
-    from rich.text import Text
 
     from autopoiesis.online_view import titled_table
 
@@ -128,9 +128,9 @@ def print_results(console: Console, archive: Archive, run_id: str, training: boo
             held = (r["held_out"] or {}).get(m)
             train = (r["train"] or {}).get(m)
             if held is None:
-                cells.append(f"[dim]({number(train)})[/]")
+                cells.append(Text(f"({number(train)})", style="dim"))
             else:
-                cells.append(f"{number(held)} [dim]({number(train)})[/]" if training else number(held))
+                cells.append(Text.assemble(f"{number(held)} ", (f"({number(train)})", "dim")) if training else number(held))
         style = "bold green" if r["kind"] == "champion" else None
         table.add_row(r["name"], r["program"][:8], *cells, style=style)
     console.print(table)

@@ -52,6 +52,23 @@ def test_evolve_json_summary_and_report(tmp_path):
     assert data["lineage"][-1]["operator"] == "seed"
 
 
+def test_paths_with_brackets_print_as_they_are(tmp_path):
+    """An adapter file and a runs folder under '[work]' and '[old]': what the CLI prints names them
+    whole (before, rich read '[work]' as a style tag and dropped it from the path it printed)."""
+    adapter = tmp_path / "[work]" / "single_queue.py"
+    adapter.parent.mkdir()
+    adapter.write_text(EXAMPLE.read_text())
+    runs = str(tmp_path / "[old]" / "runs")
+    proc = cli("evolve", "--adapter", str(adapter), "--generations", "1", "--population", "4", "--runs-dir", runs)
+    assert proc.returncode == 0, proc.stderr
+    printed = " ".join(proc.stdout.split())  # a long line wraps at its spaces
+    run_id = printed.split("Details: autopoiesis report ", 1)[1].split()[0]
+    assert f"Details: autopoiesis report {run_id} --runs-dir {runs}" in printed
+    report = cli("report", run_id, "--runs-dir", runs)
+    assert report.returncode == 0, report.stderr
+    assert f"run {run_id} adapter {adapter} status done" in " ".join(report.stdout.split())
+
+
 def test_report_prints_the_champion_whole_however_long_its_lines(tmp_path):
     """Piped or in a file, ``report`` gives the source as it is: a line wider than the console
     is neither cut nor wrapped, and no line is padded, so the text runs as it stands."""

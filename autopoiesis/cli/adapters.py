@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.text import Text
+
 from .common import new_console
 
 
@@ -31,9 +33,9 @@ def cmd_adapters() -> int:
                 slots = "\n".join(slot.signature for slot in adapter.slots())
                 objectives = ", ".join(str(o) for o in adapter.objectives)
             except Exception:  # noqa: BLE001
-                slots, objectives = f"[red]{e}[/]", ""
+                slots, objectives = Text(str(e), style="red"), ""
         except Exception as e:  # a broken third-party adapter must not hide the others
-            slots, objectives = f"[red]fails: {type(e).__name__}: {e}[/]", ""
+            slots, objectives = Text(f"fails: {type(e).__name__}: {e}", style="red"), ""
         table.add_row(name, ep.value, slots, objectives)
     console.print(table)
     return 0

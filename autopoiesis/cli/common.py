@@ -79,9 +79,11 @@ def parse_options(items: list[str]) -> dict[str, Any]:
 
 def new_console(stderr: bool = False) -> Console:
     """Stdout (or stderr) console; wide when writing to a file or pipe, so tables and log
-    lines stay legible in logs."""
-    console = Console(stderr=stderr)
-    return console if console.is_terminal else Console(stderr=stderr, width=160)
+    lines stay legible in logs. Markup is off: what it prints holds paths, names and errors
+    that are the user's or a program's ('/runs/[old]' is a path, not a style), so emphasis is
+    given as ``Text`` styles."""
+    console = Console(stderr=stderr, markup=False)
+    return console if console.is_terminal else Console(stderr=stderr, width=160, markup=False)
 
 
 def open_archive(runs_dir: str, create: bool) -> Archive:

@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from autopoiesis.archive import Archive
 from autopoiesis.report import print_results
@@ -63,7 +64,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     adapter = load_adapter(spec, options)
     _check_objectives(adapter, config.objectives)
     if getattr(adapter, "online_only", False) and not args.online and not args.resume:
-        Console(stderr=True).print(f"adapter {adapter.name} evolves on its live system: running with --online")
+        new_console(stderr=True).print(f"adapter {adapter.name} evolves on its live system: running with --online")
         args.online = True
         config = Config.from_dict({**config.to_dict(), "population": args.population or 8,
                                    "generations": 3 if args.generations is None else args.generations})
@@ -84,8 +85,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 
     console = new_console(stderr=True)
     progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console, transient=True,
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), console=console, transient=True,
         disable=not console.is_terminal,
     )
     state: dict[str, Any] = {}
@@ -128,9 +129,9 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     else:
         out = new_console()
         print_results(out, archive, result.run_id, training=False)
-        out.print(f"\nrun [bold]{result.run_id}[/]: {result.programs} programs scored "
-                        f"({result.evaluated} evaluations run, {result.reused} reused). "
-                        f"Details: autopoiesis report {result.run_id} --runs-dir {args.runs_dir}")
+        out.print(Text.assemble("\nrun ", (result.run_id, "bold"), f": {result.programs} programs scored "
+                                f"({result.evaluated} evaluations run, {result.reused} reused). "
+                                f"Details: autopoiesis report {result.run_id} --runs-dir {args.runs_dir}"))
         _print_llm_line(out, archive, result.run_id)
     return 0
 

@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.text import Text
+
 from autopoiesis.archive import Archive
 from autopoiesis.report import number, print_nothing_valid, print_results, report_data
 
@@ -33,8 +35,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     console = new_console()
     cfg = run["config"]
-    console.print(f"[bold]run {run['id']}[/]  adapter {run['adapter']}  status {run['status']}  "
-                  f"strategy {cfg['strategy']}  seed {cfg['seed']}  objectives {', '.join(cfg.get('objective_list', []))}")
+    console.print(Text.assemble((f"run {run['id']}", "bold"), f"  adapter {run['adapter']}  status {run['status']}  "
+                  f"strategy {cfg['strategy']}  seed {cfg['seed']}  objectives {', '.join(cfg.get('objective_list', []))}"))
 
     stats = archive.generation_stats(run["id"])
     table = titled_table("fitness over generations")
@@ -76,7 +78,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     champion = data.get("champion")
     if champion:
-        console.print("[bold]champion source[/]")
+        console.print("champion source", style="bold")
         print_source(console, champion["source"])
     return 0
 
@@ -139,7 +141,7 @@ def _report_online(args: argparse.Namespace, archive: Archive, run: dict[str, An
                           "plot": str(figure) if figure.exists() else None}))
         return 0
     console = new_console()
-    console.print(f"[bold]online run {run_id}[/]  adapter {run['adapter']}  status {run['status']}")
+    console.print(Text.assemble((f"online run {run_id}", "bold"), f"  adapter {run['adapter']}  status {run['status']}"))
     print_report(console, archive, run_id, figure if figure.exists() else None, source=True)
     if run["status"] != "done":
         console.print(f"{_how_it_ended(run['status'])} its windows end here; "

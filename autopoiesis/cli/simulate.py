@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from rich.text import Text
+
 from autopoiesis.report import number
 
 from .common import UserError, new_console, parse_options
@@ -29,7 +31,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             table.add_row(name, scenarios.describe(name))
         console.print(table)
         for slot in SLOTS:
-            console.print(f"[bold]{slot.name}[/] baselines: {', '.join(slot.baselines)}")
+            console.print(Text.assemble((slot.name, "bold"), f" baselines: {', '.join(slot.baselines)}"))
         return 0
     try:
         scenarios.path_of(args.scenario)
