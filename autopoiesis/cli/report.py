@@ -36,7 +36,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     console = new_console()
     cfg = run["config"]
     console.print(Text.assemble((f"run {run['id']}", "bold"), f"  adapter {run['adapter']}  status {run['status']}  "
-                  f"strategy {cfg['strategy']}  seed {cfg['seed']}  objectives {', '.join(cfg.get('objective_list', []))}"))
+                                f"strategy {cfg['strategy']}  seed {cfg['seed']}  objectives {', '.join(cfg.get('objective_list', []))}"))
 
     stats = archive.generation_stats(run["id"])
     table = titled_table("fitness over generations")
