@@ -20,7 +20,6 @@ from .archive import Archive
 def print_nothing_valid(console: Console, archive: Archive, run: dict[str, Any], generation: int) -> int:
     """A run that ended with no valid program (``no seed program is valid``): what each of that
     generation's programs failed on, which is all there is to see, and that resuming cannot help."""
-
     from autopoiesis.online_view import titled_table
 
     table = titled_table(f"why generation {generation} has no valid program")
