@@ -724,10 +724,10 @@ class Controller:
         live = scores.get((job.candidate.id, job.snapshot.key))
         inc = scores.get((job.incumbent.id, job.snapshot.key))
         if live is None or inc is None or not inc.ok:  # no counterfactual: do not blame the policy, but say so
-            failed = inc.error if inc is not None and not inc.ok else "no score"
+            failed = (f"the incumbent's twin replay: {inc.error}" if inc is not None and not inc.ok else
+                      f"no twin score for the {'incumbent' if inc is None else 'live program'}")
             self.on_event("warning", {"message": f"the guard has no counterfactual for the window that ended at "
-                                                 f"{job.started_live:.0f} s (the incumbent's twin replay: {failed}); "
-                                                 "it counts as clean"})
+                                                 f"{job.started_live:.0f} s ({failed}); it counts as clean"})
             return self._verdict(*self.guard.clean(), now)
         if not live.ok:
             return self._verdict("rollback", f"{job.why}; it fails on the twin replay: {live.error}", now)
