@@ -195,6 +195,8 @@ def slot_code_id(source: str, name: str) -> str:
     Two programs with the same id here make the same decisions in that slot (for example,
     a deployment that changes only ``priority`` keeps the serving plan), so a helper's edit
     counts for the slots that call it, and a constant only another slot reads does not.
+    Docstrings do nothing, so they do not count: an operator that drops or rewrites one
+    does not make a new plan or a new queue order.
     """
     try:
         tree = parse(source)
@@ -202,8 +204,15 @@ def slot_code_id(source: str, name: str) -> str:
         return program_id(source)
     used = slot_statements(tree, name)
     kept = [node for i, node in enumerate(tree.body) if i in used or not is_binding(node)
-            and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]  # docstrings do nothing
+            and not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))]
+    for node in kept:
+        for inner in ast.walk(node):
+            if isinstance(inner, _DOCUMENTED) and ast.get_docstring(inner, clean=False) is not None:
+                inner.body = inner.body[1:] or [ast.Pass()]
     return hashlib.sha256(ast.unparse(ast.Module(kept, [])).encode()).hexdigest()[:16]
+
+
+_DOCUMENTED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 _BINDINGS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)

@@ -25,7 +25,7 @@ from autopoiesis.adapters.engine.slots import PRIORITY_BASELINES, SLOTS  # noqa:
 from autopoiesis.archive import Archive  # noqa: E402
 from autopoiesis.evolution import Config as EvolutionConfig  # noqa: E402
 from autopoiesis.online import Controller, OnlineConfig  # noqa: E402
-from autopoiesis.program import Program  # noqa: E402
+from autopoiesis.program import Program, replace_function  # noqa: E402
 from autopoiesis.sandbox import compile_policy  # noqa: E402
 from processes import ended  # noqa: E402
 
@@ -207,6 +207,25 @@ def test_a_policy_that_raises_or_overflows_on_the_live_engine_never_drops_a_requ
     assert all(r.arrival <= r.first_token <= r.finish and r.output_tokens == load[r.request_id][2] for r in records)
     logged = [json.loads(line) for line in (tmp_path / "requests.jsonl").read_text().splitlines()]
     assert len(logged) == len(records)
+
+
+def test_a_deployment_starts_a_new_order_epoch_only_for_a_new_priority(small_engine, tmp_path):
+    """Keys of one ``priority`` are on one scale: a program that keeps it (here, with its
+    docstring gone) leaves the queue one heap; a new one queues the backlog ahead."""
+    adapter = small_engine
+    adapter.run_dir = str(tmp_path)
+    programs = adapter.baselines()
+    fcfs = programs["fcfs"]
+    undocumented = Program(replace_function(fcfs.source, "priority", "def priority(request, now):\n    return request.arrival\n"))
+    adapter.start(seed=3)
+    try:
+        epochs = []
+        for program in (fcfs, undocumented, programs["shortest_prompt"], programs["shortest_prompt"], fcfs):
+            adapter.deploy(program, [fcfs])
+            epochs.append(adapter.live["engine"].epoch)
+    finally:
+        adapter.stop()
+    assert undocumented.id != fcfs.id and [e - epochs[0] for e in epochs] == [0, 0, 1, 1, 2]
 
 
 def test_a_live_window_replays_on_the_twin_close_to_what_was_served(small_engine, tmp_path):

@@ -1145,6 +1145,11 @@ def dispatch(request, replicas, now):
     assert slot_code_id(first, "priority") != slot_code_id(rebound, "priority")  # every binding of a name counts
     branch = base + "\nif SCALE > 1:\n    STATE = {}\n"
     assert all(slot_code_id(branch, s) != slot_code_id(base, s) for s in ("priority", "dispatch"))  # may bind anything
+    documented = base.replace("    return request.arrival", '    """Arrival, later for long prompts."""\n    return request.arrival')
+    documented = documented.replace("def _weight(request):\n", 'def _weight(request):\n    """Log prompt length."""\n')
+    assert slot_code_id(documented, "priority") == ids["base"]["priority"]  # a docstring decides nothing
+    empty = 'def priority(request, now):\n    """Only a docstring."""\n'
+    assert slot_code_id(empty, "priority") == slot_code_id('def priority(request, now):\n    pass\n', "priority")
 
 
 def test_of_near_equal_winners_the_smallest_change_is_offered(tmp_path):
@@ -1265,6 +1270,37 @@ def test_the_twin_replays_the_backlog_in_the_order_it_had_live():
 
     assert all(served_in_order(fcfs))
     assert not all(served_in_order(shortest))  # its own keys reorder the backlog
+
+
+def test_a_deployment_that_keeps_the_order_keeps_one_queue():
+    """A new program with the live program's ``priority`` (here, a new dispatch) keys arrivals
+    on the same scale, so they join the backlog's queue as if nothing had been deployed: a short
+    prompt that arrives after the swap is served ahead of long ones queued before it. A new
+    ``priority`` queues the backlog ahead instead. Before, every deployment did, and a program
+    that changed only another slot (and lost its priority's docstring, as a function GP writes
+    anew does) cost scale_out@2 11% of its total time (docs/online_measured.md, Deployment)."""
+    def served_across_the_swap(deployed):
+        adapter = SimulatorAdapter("burst")
+        shortest = adapter.baselines()["priority:shortest_prompt"]
+        adapter.start(seed=1000)
+        adapter.deploy(shortest, [shortest])
+        adapter.observe(150.0)  # the burst has left a queue
+        adapter.deploy(deployed(shortest, adapter), [shortest])
+        adapter.observe(math.inf)
+        requests = adapter.live.sim.requests
+        backlog = [r for r in requests if r.arrival <= 150.0 < r.first_token]
+        later = [r for r in requests if r.arrival > 150.0]
+        assert len(backlog) > 100
+        return sum(1 for b in backlog for r in later if r.replica is b.replica and r.first_token < b.first_token)
+
+    def new_dispatch(shortest, _):  # and the same priority without its docstring, as operators leave it
+        dispatch = variant(shortest, "dispatch", "def dispatch(request, replicas, now):\n    return request.id % len(replicas)\n")
+        return variant(dispatch, "priority", "def priority(request, now):\n    return request.prompt_tokens\n")
+
+    def fcfs(_, adapter):
+        return adapter.baselines()["default"]
+
+    assert served_across_the_swap(new_dispatch) > 0 and served_across_the_swap(fcfs) == 0
 
 
 def test_the_controller_scores_candidates_over_the_horizon(adapter, default, tmp_path):

@@ -482,7 +482,8 @@ def test_after_a_change_of_program_the_backlog_goes_first_in_its_order(tmp_path)
     """The plugin's order epochs on real vLLM requests and queues (no server): whatever the new
     program (one with keys below every old one, a withdrawal to the router's own priorities, a
     program that fails and leaves FCFS), the requests queued before it are served first, in
-    the order they had, then the later arrivals in the new order."""
+    the order they had, then the later arrivals in the new order. A program with the same
+    ``priority`` (here, with a docstring) keys on the same scale: one queue of both."""
     import json
 
     out = subprocess.run([VLLM_PYTHON, str(ROOT / "tests" / "vllm_plugin_epochs.py"), str(ROOT / "adapters" / "vllm"),
@@ -490,9 +491,10 @@ def test_after_a_change_of_program_the_backlog_goes_first_in_its_order(tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout)
     backlog = [50, 10, 40, 20, 30]  # queued oldest first
-    swapped, withdrawn, failing, first = (result[k] for k in ("swapped", "withdrawn", "failing", "first"))
+    swapped, kept, withdrawn, failing, first = (result[k] for k in ("swapped", "kept", "withdrawn", "failing", "first"))
     assert swapped["order"] == backlog + [60, 30, 5], swapped  # one heap of both keys: 60, 30, 5 first
     assert (swapped["calls"], swapped["fallbacks"], swapped["order_epoch"]) == (8, 0, 2), swapped
+    assert kept["order"] == [60, 50, 40, 30, 30, 20, 10, 5] and kept["order_epoch"] == 1, kept  # longest first, all
     assert withdrawn["order"] == backlog + [30, 60, 5], withdrawn  # the router's -1 for each, in arrival order
     assert failing["order"] == backlog + [30, 60, 5] and failing["fallbacks"] == 3, failing  # FCFS once dropped
     assert failing["error"].startswith("ZeroDivisionError") and failing["order_epoch"] == 3, failing

@@ -1,5 +1,6 @@
 """Run by ``test_vllm_adapter`` in vLLM's environment: after a change of program the in-engine
-plugin serves its backlog first, in the order it had, then the later arrivals.
+plugin serves its backlog first, in the order it had, then the later arrivals; after a
+program with the same ``priority``, one queue of both.
 
     python tests/vllm_plugin_epochs.py PLUGIN_DIR SANDBOX_DIR WORK_DIR
 
@@ -24,6 +25,8 @@ from vllm.v1.request import Request  # noqa: E402
 plugin.CHECK_EVERY_S = 0.0  # every look reads the file: the cases publish faster than 50 ms apart
 OLDEST_FIRST = "def priority(request, now):\n    return request.arrival\n"
 LONGEST_FIRST = "def priority(request, now):\n    return -float(request.prompt_tokens)\n"  # keys < any arrival
+LONGEST_FIRST_DOCUMENTED = ('def priority(request, now):\n    """Longest prompt first."""\n'
+                            "    return -float(request.prompt_tokens)\n")  # the same order: one queue
 FAILS_ON_30 = "def priority(request, now):\n    return 1.0 / (request.prompt_tokens - 30)\n"
 BACKLOG = [50, 10, 40, 20, 30]  # prompt lengths in arrival order
 LATER = [30, 60, 5]  # arrive after the change; their own (router's) priority is -1, below the backlog's
@@ -75,6 +78,7 @@ def case(name, first, then):
 
 print(json.dumps({
     "swapped": case("swapped", OLDEST_FIRST, LONGEST_FIRST),
+    "kept": case("kept", LONGEST_FIRST, LONGEST_FIRST_DOCUMENTED),
     "withdrawn": case("withdrawn", OLDEST_FIRST, ""),
     "failing": case("failing", OLDEST_FIRST, FAILS_ON_30),
     "first": case("first", None, LONGEST_FIRST),

@@ -21,6 +21,7 @@ from typing import Any
 
 from autopoiesis.adapters.base import Adapter, AdapterError
 from autopoiesis.metrics import SLO, WINDOW_METRICS, EngineSample, Objective, Observation, RollingWindow, Snapshot
+from autopoiesis.program import slot_code_id
 from autopoiesis.traces import phased, rescaled
 
 from .engine import Config, Costs, Engine, Request, fit, replay, scale, shape
@@ -250,7 +251,9 @@ class EngineAdapter(Adapter):
         live["hot"].carry_counts(previous)
         if previous is not None:
             previous.close()
-        live["engine"].new_epoch()  # the backlog keeps its order, ahead of the new program's arrivals
+        order, live["order"] = live.get("order"), slot_code_id(program.source, "priority")
+        if order != live["order"]:  # the backlog keeps its order, ahead of the new program's arrivals
+            live["engine"].new_epoch()
 
     def observe(self, until: float) -> Observation:
         live = self._live()

@@ -85,7 +85,7 @@ class Engine:
         heapq.heappush(self.waiting, (self.epoch, key, request.arrival, request.id, request))
 
     def new_epoch(self) -> None:
-        """A new policy is deployed: every request waiting now runs before any that arrives later.
+        """A policy with a new order is deployed: every request waiting now runs before any that arrives later.
 
         The backlog keeps the order it was promised. Keys of two programs are on unrelated
         scales; left in one heap, every arrival after a swap could rank ahead of the whole

@@ -333,20 +333,22 @@ class Simulation:
     def finished(self) -> bool:
         return self.done >= len(self.requests)
 
-    def deploy(self, policy: Any, replan: bool = False) -> None:
-        """Hot swap: decisions from now on use ``policy``; the requests already queued go first.
+    def deploy(self, policy: Any, replan: bool = False, reorder: bool = True) -> None:
+        """Hot swap: decisions from now on use ``policy``.
 
-        The backlog keeps the order it was promised, ahead of every later arrival (a new
+        ``reorder``: the new policy orders requests differently, so the requests already queued
+        go first, in the order they were promised, ahead of every later arrival (a new
         deployment epoch): keys of two programs are on unrelated scales (an arrival time, a
         prompt length, a constant), so one queue keyed by both could put every arrival ahead of
         the whole backlog or behind it. See docs/online_measured.md, Deployment, for why the backlog is
-        not keyed again by the new program instead.
+        not keyed again by the new program instead. Without it (the same ``priority``) the keys
+        are on one scale and the queue stays one.
 
         ``replan``: the new policy plans differently, so run its ``schedule`` on the observed
         window now; a changed plan is applied after the estimates' time, paying reloads.
         """
         self.policy = policy
-        self.epoch += 1
+        self.epoch += reorder
         if replan:
             self.replan(self.now, self._window(self.now).workload)
         if self.unanswered:

@@ -34,6 +34,10 @@ def plan_code(source: str) -> str:
     return slot_code_id(source, "schedule")
 
 
+def order_code(source: str) -> str:
+    return slot_code_id(source, "priority")
+
+
 class LiveSimulation:
     """One scenario served live in simulated time; ``deploy`` hot-swaps the policy."""
 
@@ -46,6 +50,7 @@ class LiveSimulation:
         self.started = False
         self.hot = None
         self.code = ""
+        self.order = ""
         self._arrived = 0
         self._events_seen = 0
         self._oldest = 0  # every request before this index has finished
@@ -69,12 +74,13 @@ class LiveSimulation:
         self.hot = hot_path(program, fallbacks, self.slots, checks)
         self.hot.carry_counts(previous)
         code, self.code = self.code, plan_code(program.source)
+        order, self.order = self.order, order_code(program.source)
         if not self.started:
             self.sim.policy = self.hot
             self.sim.start()
             self.started = True
         else:
-            self.sim.deploy(self.hot, replan=code != self.code)
+            self.sim.deploy(self.hot, replan=code != self.code, reorder=order != self.order)
 
     def observe(self, until: float) -> Observation:
         sim = self.sim

@@ -15,11 +15,13 @@ installed in vLLM's environment. Environment:
 Until a program is published the plugin changes nothing (per-request priorities from the
 router still apply). Each new request's priority is computed once, as it joins the waiting
 queue, and set to (order epoch, key): vLLM's priority queue then orders by (priority,
-arrival). The epoch counts the changes of order (a program loaded, withdrawn or dropped),
-so the requests queued before a change keep their order, ahead of every later arrival: keys
-of two programs are on unrelated scales, and one queue keyed by both could rank the backlog
-wholly ahead of, or behind, the new program's arrivals. A withdrawn program leaves new
-requests their own priority.
+arrival). The epoch counts the changes of order (a program with a new ``priority`` loaded,
+withdrawn or dropped), so the requests queued before a change keep their order, ahead of
+every later arrival: keys of two programs are on unrelated scales, and one queue keyed by
+both could rank the backlog wholly ahead of, or behind, the new program's arrivals. A
+program whose ``priority`` is the loaded one's (``slot_code_id``: another slot or a
+docstring changed) keys on the same scale and keeps one queue. A withdrawn program leaves
+new requests their own priority.
 
 The program runs in a decision process of its own (autopoiesis's ``decision_process``,
 loaded by path like the sandbox, its child started with vLLM's Python): no call of it, not
@@ -87,8 +89,10 @@ class QueueOrder:
         self._error = ""
         self._calls = self._fallbacks = self._stalls = 0
         self._ids = 0
-        self._order_epoch = 0  # changes of order so far: a program loaded, withdrawn or dropped
+        self._order_epoch = 0  # changes of order so far: a new priority loaded, a program withdrawn or dropped
+        self._order_code = ""  # the loaded program's priority code (program.slot_code_id)
         self._sandbox, program, self._decisions = _sandbox()
+        self._code_id = program.slot_code_id
         self._policy = None
         self._slots = [program.PolicySlot(name="priority", params=("request", "now"), doc="", returns=(int, float))]
         if path:
@@ -126,7 +130,7 @@ class QueueOrder:
                 published = json.load(f)
             if not published.get("source"):  # withdrawn: requests keep their own priority again
                 self._swap(None)
-                self._program, self._error = "", ""
+                self._program, self._error, self._order_code = "", "", ""
                 self._version = published.get("version", 0)
                 self._order_epoch += 1
                 self.write_status()
@@ -137,11 +141,17 @@ class QueueOrder:
             self._version, self._program = published.get("version", 0), published.get("program", "")
             self._epoch = float(published.get("epoch_unix", self._epoch))
             self._error = "" if "priority" in policy else "the program has no priority function"
+            order = self._code_id(published["source"], "priority")
+            # the loaded program's priority again (another slot or a docstring changed): one scale of keys
+            kept = self._fn is not None and "priority" in policy and order == self._order_code
+            self._order_code = order
             self._swap(policy)
         except Exception as e:  # noqa: BLE001 - a bad publication leaves FCFS, never a dead engine
             self._swap(None)
             self._error = f"cannot load the program: {type(e).__name__}: {e}"[:300]
-        self._order_epoch += 1
+            self._order_code, kept = "", False
+        if not kept:
+            self._order_epoch += 1
         self.write_status()
 
     def _swap(self, policy) -> None:
