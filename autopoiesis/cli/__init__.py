@@ -16,12 +16,10 @@ import os
 import sys
 from typing import Sequence
 
-from rich.console import Console
-
 from autopoiesis.archive import ArchiveError
 
-from .common import (ARCHIVE_NAME, Terminated, UserError, interrupted_status, parse_options, positive_float,
-                     positive_int, stop_signals_interrupt)
+from .common import (ARCHIVE_NAME, Terminated, UserError, interrupted_status, new_console, parse_options,
+                     positive_float, positive_int, stop_signals_interrupt)
 from .parser import build_parser
 
 
@@ -30,7 +28,7 @@ __all__ = ["ARCHIVE_NAME", "Terminated", "UserError", "build_parser", "interrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    err = Console(stderr=True)
+    err = new_console(stderr=True)
     try:
         with stop_signals_interrupt():
             return _run(argv)
