@@ -359,7 +359,7 @@ class Controller:
             "rollbacks": sum(d.kind == "rollback" for d in self.deployments),
             "fallbacks": sum(w.fallbacks for w in self.windows),
             "stalls": sum(w.stalls for w in self.windows),
-            "final_policy": self.incumbent.id, "metrics": overall,
+            "final_policy": self.live.id, "metrics": overall,  # served last (the Guard may still watch it)
             "live": self._live_metrics(),
         }
 

@@ -99,7 +99,7 @@ def dynamic_scenarios(parser, names, stationary: bool = False) -> list[str]:
 def online(adapter, seed, workers, operators=None):
     controller = online_arm(adapter, seed, workers, operators=operators)
     summary = controller.run()
-    return summary["live"], dict(summary, final_program=controller.incumbent)
+    return summary["live"], dict(summary, final_program=controller.live)  # served last
 
 
 def final_static(adapter, finals, snapshots, workers):
