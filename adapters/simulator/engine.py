@@ -245,6 +245,7 @@ class Simulation:
         self._departed: dict[int, GPU] = {}
         self.active: list[Replica] = []
         self.active_views: tuple[ReplicaView, ...] = ()  # a tuple: dispatch gets it, and may not change it
+        self.queued_on = scenario.queued_on
 
     # -- helpers ----------------------------------------------------------------------------
     def replica_cost(self, gpu_type: str, tp: int, pp: int) -> ReplicaCost:
@@ -587,10 +588,12 @@ class Simulation:
             return
         if migrated:
             req.info = RequestInfo(req.id, req.arrival, req.prompt, req.generated)
-        choice = self.policy.dispatch(req.info, views, now)
-        if not 0 <= choice < len(views):
-            raise PolicyError(f"dispatch returned {choice}, not a replica index in 0..{len(views) - 1}")
-        replica = views[choice]._r
+        replica = self._queued_live(req) if req.id < len(self.queued_on) and not migrated else None
+        if replica is None:
+            choice = self.policy.dispatch(req.info, views, now)
+            if not 0 <= choice < len(views):
+                raise PolicyError(f"dispatch returned {choice}, not a replica index in 0..{len(views) - 1}")
+            replica = views[choice]._r
         replica.assigned += 1
         req.replica = replica
         req.epoch, req.key = self.epoch, self.policy.priority(req.info, now)  # a moved request queues anew
@@ -600,6 +603,13 @@ class Simulation:
                 self._start(replica, now)
         elif replica.seg_steps > 1:
             self._interrupt(replica, now)
+
+    def _queued_live(self, req: Request) -> Replica | None:
+        """A twin replay's backlog request stays on the replica it was queued on live, as it does
+        when a program is deployed: a new ``dispatch`` routes only what arrives after. None where
+        it was on none, or that replica is not in the plan."""
+        spec = self.queued_on[req.id]
+        return next((r for r in self.active if spec is not None and tuple(r.spec) == spec), None)
 
     # -- a replica's steps ------------------------------------------------------------------
     def _admit(self, replica: Replica) -> None:

@@ -4,10 +4,11 @@
 deployed policy behind a ``HotPath``. ``window_snapshot`` cuts what the last windows
 saw (the requests, the GPUs online, the plan in place, the observed workload) into a
 ``Snapshot``; ``replay`` runs a candidate on it, starting from the live plan already
-loaded, so a candidate that plans differently pays for its reconfiguration. The cluster is
-shown as the live system knows it: events the live plan ignored (a join under ``never``)
-are put to the candidate at the start, as a deployment would, and departures a spot notice
-announced happen at their time.
+loaded, so a candidate that plans differently pays for its reconfiguration, and with the
+backlog on the replicas it is queued on, so one that routes differently routes only what
+arrives after. The cluster is shown as the live system knows it: events the live plan
+ignored (a join under ``never``) are put to the candidate at the start, as a deployment
+would, and departures a spot notice announced happen at their time.
 """
 
 from __future__ import annotations
@@ -134,17 +135,20 @@ class LiveSimulation:
             # output lengths are known once a request finished; the rest get the window's mean
             output = r.output if r.finish is not None and r.finish <= until else max(1, round(known_output))
             if r.arrival < since and (r.finish is None or r.finish > since):
-                backlog.append((r.first_token is None or r.first_token > since, r.epoch, r.key, r.seq, r.prompt, output))
+                on = r.replica if r.replica is not None and not r.replica.removed else None  # in the plan replayed
+                on = [list(on.spec.gpus), on.spec.tp, on.spec.pp] if on is not None else None
+                backlog.append((r.first_token is None or r.first_token > since, r.epoch, r.key, r.seq, r.prompt, output, on))
             elif since <= r.arrival <= until:
                 observed.append((round(r.arrival - since, 6), r.prompt, output))
         # The backlog arrives at 0 s in the order it had live (those decoding first): where a
         # candidate's keys tie, as FCFS's all do at 0 s, its replay keeps that order. Queuing it
         # ahead in that order, as a live deployment does, cost tail latency (docs/online_measured.md).
+        # Each stays on the replica it is on live: a deployed dispatch routes only later arrivals.
         backlog.sort(key=lambda b: b[:4])
         span = until - since
         repeats = math.ceil(horizon_s / span) - 1 if span > 0 and observed else 0
         arrivals = sorted(observed + [(round(a + k * span, 6), p, o) for k in range(1, repeats + 1) for a, p, o in observed])
-        requests = [(0.0, prompt, output) for *_, prompt, output in backlog] + arrivals
+        requests = [(0.0, prompt, output) for *_, prompt, output, _ in backlog] + arrivals
         plan, unanswered = self._plan(), [[e.kind, list(e.gpus)] for e in sim.unanswered]
         if self.swapped_out is not None and incumbent.id == self.swapped_out[0] != self.program_id:
             plan, unanswered = self._swapped_out_now()
@@ -155,6 +159,7 @@ class LiveSimulation:
         return {
             "kind": "window", "scenario": self.scenario_name, "digest": self.scenario.digest,
             "since": since, "until": until, "requests": requests, "backlog": len(backlog),
+            "queued_on": [b[-1] for b in backlog],
             "gpus": sorted([gid, gpu.name] for gid, gpu in sim.online.items()),
             "plan": plan, "workload": list(view.workload),
             "window": {k: getattr(view, k) for k in view.__slots__ if k != "workload"}, "plan_code": plan_code(incumbent.source),
@@ -195,5 +200,6 @@ def twin(policy, params: dict):
         workload_estimate=tuple(params["workload"]),
         initial_plan=[(tuple(ids), tp, pp) for ids, tp, pp in params["plan"]], replan_at_start=replans,
         unanswered_events=tuple((kind, tuple(ids)) for kind, ids in params.get("unanswered", [])),
-        initial_window=params.get("window"))
+        initial_window=params.get("window"),
+        queued_on=tuple(None if on is None else (tuple(on[0]), on[1], on[2]) for on in params.get("queued_on", ())))
     return sc, build(sc, policy, params["scenario"])

@@ -61,6 +61,7 @@ class Scenario:
     replan_at_start: bool = False  # twin replays: the candidate plans differently, so it re-plans at t=0
     unanswered_events: tuple = ()  # twin replays: (kind, gpus) the live plan ignored; shown to the candidate at t=0
     initial_window: dict | None = None  # twin replays: what the live window showed (WindowView fields but workload)
+    queued_on: tuple = ()  # twin replays: the live replica (gpus, tp, pp) request i was queued on, or None
 
 
 def names() -> list[str]:
