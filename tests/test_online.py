@@ -783,13 +783,13 @@ def test_a_run_that_ends_while_the_guard_watches_ends_with_the_program_it_served
     """Serving can end before the Guard confirms or rolls back the newcomer: the run ended with
     the program it served last, which the report, ``report --list`` and ``--policy RUN`` name.
     Before, the summary's ``final_policy`` named the incumbent it had replaced."""
-    aging = variant(default, "priority", "def priority(request, now):\n    return request.arrival - 0.5 * now\n")
+    newcomer = variant(default, "priority", "def priority(request, now):\n    return request.arrival - 0.5 * now\n")
     c = controller(adapter, tmp_path, guard_windows=20)
-    c.force(aging, at=60.0)
+    c.force(newcomer, at=60.0)
     summary = c.run()
     assert [d.kind for d in c.deployments][:2] == ["initial", "deploy"] and "confirm" not in [d.kind for d in c.deployments]
-    assert c.incumbent.id == default.id != aging.id
-    assert summary["final_policy"] == aging.id == c.windows[-1].policy == c.archive.windows(c.run_id)[-1]["policy"]
+    assert c.incumbent.id == default.id != newcomer.id
+    assert summary["final_policy"] == newcomer.id == c.windows[-1].policy == c.archive.windows(c.run_id)[-1]["policy"]
 
 
 def test_evolution_deploys_at_the_time_it_finished_and_the_live_plane_kept_serving(adapter, tmp_path):
