@@ -126,6 +126,7 @@ def test_router_serves_the_openai_client_and_records_each_request_once(servers, 
         return out
 
     records, observations, out = serve(adapter, work)
+    assert adapter.max_model_len == 8192  # the servers' context, from their /v1/models (the load's prompts fit it)
     assert out["completion"].usage.completion_tokens == 12 and out["completion"].choices[0].text
     assert out["chat"].choices[0].message.role == "assistant" and out["chat"].usage.prompt_tokens > 0
     assert out["stream"] and out["chat_stream"]

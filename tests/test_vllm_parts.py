@@ -123,6 +123,21 @@ def test_a_windows_replays_run_in_the_twin_worker_and_a_c_call_there_ends_only_i
         worker.close()
 
 
+def test_the_load_fits_the_servers_context():
+    """vLLM refuses a request whose prompt and ``max_tokens`` exceed ``--max-model-len`` (a 400),
+    so the adapter cuts the load's prompts to the context its servers report, less the longest
+    output. This load (``shift`` at the rate a CI run's probe measured) drew a 2048-token prompt,
+    which servers started with ``--max-model-len 2048`` refused, in the probe and in the run."""
+    adapter = VLLMAdapter(urls=["http://127.0.0.1:1"], scenario="shift", rate=6.053897334429591, duration=180)
+    uncut = adapter._load(1000).requests
+    assert max(p + o for _, p, o in uncut) > 2048
+    adapter.max_model_len = 2048  # as start() reads it from /v1/models
+    cut = adapter._load(1000).requests
+    assert max(p + o for _, p, o in cut) <= 2048 and len(cut) == len(uncut)
+    assert [(a, o) for a, _, o in cut] == [(a, o) for a, _, o in uncut]  # only the longest prompts change
+    assert sum(p != q for (_, p, _), (_, q, _) in zip(cut, uncut)) == sum(p > 2048 - 256 for _, p, _ in uncut)
+
+
 def test_the_adapter_replaces_a_lost_twin_worker_and_keeps_none_without_isolation():
     from autopoiesis.program import PolicyError
 

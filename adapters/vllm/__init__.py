@@ -134,6 +134,7 @@ class VLLMAdapter(Adapter):
         self.load_description = ""  # what start() sends, at what rate (and how the rate was found)
         self.time_scale, self.token_scale = float(time_scale), float(token_scale)
         self.model = model or (Path(launch).name if launch else None)
+        self.max_model_len: int | None = None  # the servers' context, read from /v1/models at start()
         self.port = int(port)
         # how long the servers may take to answer /health: launched ones load a model, attached ones are up
         self.start_timeout = float(start_timeout) if start_timeout is not None else 600.0 if launch else ATTACH_WAIT_S
@@ -199,8 +200,9 @@ class VLLMAdapter(Adapter):
             router = live["router"] = Router([s.url for s in servers], "plugin" if self.plugin else "request")
             router.on_record = self._log
             live["loop"].run_until_complete(router.start(port=self.port))
-            if self.model is None:
-                self.model = self._served_model()
+            card = self._model_card()
+            self.model = self.model or card["id"]
+            self.max_model_len = card.get("max_model_len")  # vLLM's card says it; longer requests get a 400
             sizing = self._size_load(seed, run_dir) if self.load_factor is not None else ""
             load = self._load(seed)
             if load is not None:
@@ -212,11 +214,15 @@ class VLLMAdapter(Adapter):
             raise
 
     def _load(self, seed: int):
+        """The load to send: prompts cut so that a prompt and its longest output fit the servers'
+        context (``max_model_len``), since vLLM refuses a longer request outright."""
+        fits = {"max_prompt": max(1, min(loads.MAX_PROMPT, self.max_model_len - loads.MAX_OUTPUT))} \
+            if self.max_model_len else {}
         try:
             if self.trace:
-                return loads.from_trace(self.trace, self.rate, self.duration, self.token_scale)
+                return loads.from_trace(self.trace, self.rate, self.duration, self.token_scale, **fits)
             if self.scenario:
-                return loads.named(self.scenario, self.rate, self.duration, seed)
+                return loads.named(self.scenario, self.rate, self.duration, seed, **fits)
         except ValueError as e:
             raise AdapterError(str(e)) from None
         return None
@@ -279,11 +285,18 @@ class VLLMAdapter(Adapter):
                 f"capacity for this length mix being {capacity:.2f} req/s, fitted on a {sent}-request, "
                 f"{probe_s:.0f} s probe")
 
-    def _served_model(self) -> str:
+    def _model_card(self) -> dict:
+        """The first model the servers serve, as their /v1/models describes it; where that cannot
+        be read and the model was named, an empty card (the model's name is all it is needed for)."""
         import urllib.request
 
-        with urllib.request.urlopen(self.live["servers"][0].url + "/v1/models", timeout=10) as r:
-            return json.load(r)["data"][0]["id"]
+        try:
+            with urllib.request.urlopen(self.live["servers"][0].url + "/v1/models", timeout=10) as r:
+                return json.load(r)["data"][0]
+        except (OSError, ValueError, LookupError, TypeError):
+            if self.model is None:
+                raise
+            return {}
 
     def _log(self, record) -> None:
         self.live["records"].append(record)

@@ -27,6 +27,7 @@ LOADS = {
     "burst": ("a burst at four times the rate in the middle fifth", [(0.4, 0.8, 0.2), (0.2, 3.2, 0.2), (0.4, 0.8, 0.2)]),
 }
 SHORT, LONG = (48, 0.5, 24, 0.5), (600, 0.3, 16, 0.4)  # (prompt median, sigma, output median, sigma)
+MAX_PROMPT, MAX_OUTPUT = 2048, 256  # lengths are cut to these (the adapter cuts prompts to the servers' context)
 
 
 @dataclass
@@ -43,7 +44,7 @@ class Load:
 
 
 def named(name: str, rate: float = 2.0, duration: float = 120.0, seed: int = 0,
-          max_prompt: int = 2048, max_output: int = 256) -> Load:
+          max_prompt: int = MAX_PROMPT, max_output: int = MAX_OUTPUT) -> Load:
     if name not in LOADS:
         raise ValueError(f"unknown load '{name}' (known: {', '.join(LOADS)}; or give --trace FILE)")
     description, phases = LOADS[name]
@@ -52,7 +53,7 @@ def named(name: str, rate: float = 2.0, duration: float = 120.0, seed: int = 0,
 
 
 def from_trace(path: str | Path, rate: float = 2.0, duration: float = 120.0, token_scale: float = 1.0,
-               max_prompt: int = 2048, max_output: int = 256) -> Load:
+               max_prompt: int = MAX_PROMPT, max_output: int = MAX_OUTPUT) -> Load:
     """The trace's first ``duration`` seconds after scaling time to ``rate`` and tokens by ``token_scale``."""
     requests = rescaled(Path(path), rate, duration, token_scale, max_prompt, max_output)
     return Load(Path(path).stem, requests, f"trace {Path(path).name} at {rate:g} req/s, tokens x{token_scale:g}")
