@@ -1311,11 +1311,16 @@ def test_the_twin_leaves_the_backlog_on_the_replica_it_had_live():
     counts = sorted(sum(r.replica is replica for r in backlog) for replica in sim.active)
     assert counts[-1] > counts[0] + 1  # round-robin alone would have spread them evenly
 
-    params["queued_on"][0] = [[99], 1, 1]  # a replica the replayed plan does not have
-    _, sim = twin(compile_policy(round_robin.source, adapter.slots()), params)
+    last = sim.active[-1].spec
+    moved = next(i for i, on in enumerate(params["queued_on"]) if on != [list(last.gpus), last.tp, last.pp])
+    params["queued_on"][moved] = [[99], 1, 1]  # a replica the replayed plan does not have
+    to_last = variant(default, "dispatch", "def dispatch(request, replicas, now):\n    return len(replicas) - 1\n")
+    _, sim = twin(compile_policy(to_last.source, adapter.slots()), params)
     sim.start()
     sim.advance(0.0)
-    assert sim.requests[0].replica is not None
+    assert sim.requests[moved].replica is sim.active[-1]  # routed by the candidate
+    assert all(sim.requests[i].replica is not sim.active[-1] for i, on in enumerate(params["queued_on"])
+               if i != moved and on != [list(last.gpus), last.tp, last.pp])  # the rest stay where they were
 
 
 def test_a_deployment_that_keeps_the_order_keeps_one_queue():
