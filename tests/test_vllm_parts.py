@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,7 +21,7 @@ from autopoiesis.adapters.base import AdapterError, load_adapter
 from autopoiesis.adapters.vllm import VLLMAdapter, load as loads, probe_waves, twin
 from autopoiesis.adapters.vllm.scrape import Scraper
 from autopoiesis.adapters.vllm.slots import DISPATCH_BASELINES, PRIORITY_BASELINES, SLOTS
-from autopoiesis.metrics import RequestRecord, RollingWindow
+from autopoiesis.metrics import SLO, RequestRecord, RollingWindow
 from autopoiesis.sandbox import compile_policy
 from conftest import benchmark
 from processes import ended
@@ -165,7 +166,6 @@ def test_window_metrics_refits_in_the_worker_and_stops_replaying_a_program_that_
     the worker computes: a task ticking on it every 10 ms ticks through the replays."""
     import asyncio
     import time
-    from types import SimpleNamespace
 
     import autopoiesis.adapters.vllm as vllm_adapter
     from autopoiesis.program import Program
@@ -212,7 +212,6 @@ def test_a_window_whose_replays_come_late_keeps_the_costs_and_the_report_says_so
     """Replays not back in ``TWIN_WAIT_S`` (a machine too busy for the worker) leave the window
     without a twin error and the costs as they were, and the report counts such windows."""
     import asyncio
-    from types import SimpleNamespace
 
     from rich.console import Console
 
@@ -294,6 +293,31 @@ def test_a_window_replays_the_backlog_it_inherited():
     assert [r.arrival for r in pool] == [5, 7, 11, 12]  # from the oldest request still running at 10 s
     assert requests[0][0] == 0 and requests[2][0] == 6
     assert [pool[i].arrival for i in served] == [11]  # arrived and finished in the window
+
+
+def test_a_snapshots_backlog_stays_on_its_server_in_its_live_order():
+    """Live, a deployed dispatch routes only what arrives after it, and vLLM serves the queue it
+    has: the requests in flight when the window opened keep their server and their order.
+    Before, the candidate routed them afresh, and sorting the snapshot put those tied at 0 s
+    in order of prompt length, so FCFS replayed them shortest first."""
+    records = [RequestRecord(1, 2, 3, 10, 5, replica=0),  # done before the window: not replayed
+               RequestRecord(2, 11, 12, 900, 4, replica=2), RequestRecord(5, 13, 14, 100, 6, replica=0),
+               RequestRecord(6, 14, 15, 50, 8, replica=1), RequestRecord(11, 12, 13, 20, 2, replica=0)]
+    open_calls = [SimpleNamespace(arrival=4.0, prompt_tokens=700, replica=2),
+                  SimpleNamespace(arrival=16.0, prompt_tokens=30, replica=0)]
+    requests = twin.snapshot_requests(records, open_calls, 10.0, 20.0, up=[0, 2])  # server 1 is down
+    assert requests == [(0.0, 900, 4, 1), (0.0, 700, 5, 1), (0.0, 100, 6, 0), (0.0, 50, 8, -1),
+                        (1.0, 20, 2, -1), (6.0, 30, 5, -1)]  # unknown outputs: the finished ones' mean
+    last = compile_policy("def dispatch(request, replicas, now):\n    return len(replicas) - 1\n\n\n"
+                          + PRIORITY_BASELINES["fcfs"], SLOTS)
+    served = twin.replay(last, requests, 2, twin.Costs(max_batch=1))
+    assert [r.replica for r in served] == [1, 1, 0, 1, 1, 1]
+    assert served[0].first_token < served[1].first_token  # FCFS: 900 tokens arrived first, first served
+    window = RollingWindow()
+    for record in served:
+        window.add(record)
+    params = {"requests": [list(r) for r in requests], "replicas": 2, "costs": twin.Costs(max_batch=1).to_dict()}
+    assert twin.score(last, params) == window.summary(SLO())  # scored in that order, not re-sorted
 
 
 def test_score_counts_every_request_and_handles_an_empty_window():

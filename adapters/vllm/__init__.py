@@ -327,7 +327,7 @@ class VLLMAdapter(Adapter):
         return Observation(now=router.now(), records=records, samples=samples, events=events,
                            arrivals=len(arrivals), arrival_prompts=arrivals,
                            calls=calls, fallbacks=fallbacks, stalls=stalls, finished=finished,
-                           in_flight=sorted(router.open.values()))
+                           in_flight=sorted(call.arrival for call in router.open.values()))
 
     def _plugin_counts(self) -> dict[str, tuple[int, int, int]]:
         """New in-engine priority calls, fallbacks and stalls since the last look, from the plugin's status files."""
@@ -368,16 +368,10 @@ class VLLMAdapter(Adapter):
         _publish(self.live, program)
 
     def window_snapshot(self, since: float, until: float, incumbent) -> Snapshot:
-        records = [r for r in self.live["records"] if r.ok and (since <= r.arrival <= until or
-                                                                  r.arrival < since < r.finish)]
-        done = [r for r in records if r.finish <= until]
-        mean_out = round(sum(r.output_tokens for r in done) / len(done)) if done else 16
-        requests = [(round(max(0.0, r.arrival - since), 6), r.prompt_tokens,
-                     r.output_tokens if r.finish <= until else max(2, mean_out)) for r in records]
-        requests += [(round(max(0.0, a - since), 6), 64, max(2, mean_out)) for a in self.router.open.values()
-                     if a <= until and not any(abs(a - r.arrival) < 1e-9 for r in records)]
-        replicas = max(1, sum(r.up for r in self.router.replicas))
-        params = {"kind": "window", "since": since, "until": until, "requests": sorted(requests),
+        up = [r.index for r in self.router.replicas if r.up]
+        requests = twin.snapshot_requests(self.live["records"], self.router.open.values(), since, until, up)
+        replicas = max(1, len(up))
+        params = {"kind": "window", "since": since, "until": until, "requests": requests,
                   "replicas": replicas, "costs": self.costs.to_dict(),
                   "slo": {"ttft_s": self.slo.ttft_s, "tpot_s": self.slo.tpot_s}}
         return Snapshot(self.name, params, label=f"vllm live {since:.0f}-{until:.0f} s")

@@ -124,7 +124,7 @@ class Router:
         self.records: list[RequestRecord] = []
         self.samples: list[EngineSample] = []
         self.events: list[tuple[float, str, str]] = []
-        self.open: dict[int, float] = {}  # request id -> arrival
+        self.open: dict[int, _Call] = {}  # request id -> the call, until its record is made
         self.arrivals: list[int] = []  # prompt tokens (estimated) of each request that arrived since the last take
         self.on_record: Callable[[RequestRecord], None] | None = None
         self._ids = 0
@@ -245,7 +245,7 @@ class Router:
         self._ids += 1
         call = _Call(self._ids, self.now(), estimate_prompt_tokens(body))
         self.arrivals.append(call.prompt_tokens)
-        self.open[call.id] = call.arrival
+        self.open[call.id] = call
         client_stream = bool(body.get("stream"))
         wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         view = SimpleNamespace(id=call.id, arrival=call.arrival, prompt_tokens=call.prompt_tokens, generated=0)

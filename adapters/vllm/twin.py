@@ -141,6 +141,35 @@ def window(records: Sequence[RequestRecord], since: float, until: float, limit: 
     return [(r.arrival - start, r.prompt_tokens, r.output_tokens) for r in pool], served, pool
 
 
+def snapshot_requests(records: Sequence[RequestRecord], open_calls: Iterable[Any], since: float, until: float,
+                      up: Sequence[int]) -> list[tuple[float, int, int, int]]:
+    """What a candidate replays of the window [since, until]: (arrival, prompt, output, replica), from 0 s.
+
+    The requests that arrived in it, and the backlog it inherited at 0 s: those finished
+    (``records``) and those still open at ``until`` (the router's calls, output unknown: the
+    mean of the finished). A backlog request keeps the server it is on live, as its position
+    in ``up`` (the router's indices of the servers up, the twin's engines in order; -1 where
+    its server is down): a deployment routes only what arrives after it, and the router never
+    moves a request. Every other request has -1, for the candidate's ``dispatch`` to route.
+    The backlog, all at 0 s, comes in its live order, so that where a candidate's keys tie
+    (FCFS's all do at 0 s) the replay keeps it, as the simulator's does.
+    """
+    position = {index: i for i, index in enumerate(up)}
+    kept = [r for r in records if r.ok and (since <= r.arrival <= until or r.arrival < since < r.finish)]
+    done = [r for r in kept if r.finish <= until]
+    mean_out = max(2, round(sum(r.output_tokens for r in done) / len(done)) if done else 16)
+
+    def request(arrival: float, prompt: int, output: int, replica: int) -> tuple[float, int, int, int]:
+        on = position.get(replica, -1) if arrival < since else -1
+        return round(max(0.0, arrival - since), 6), int(prompt), int(output), on
+
+    seen = {r.arrival for r in kept}
+    rows = [(r.arrival, r.prompt_tokens, r.output_tokens if r.finish <= until else mean_out, r.replica) for r in kept]
+    rows += [(c.arrival, c.prompt_tokens, mean_out, c.replica) for c in open_calls
+             if c.arrival <= until and c.arrival not in seen]
+    return [request(*row) for row in sorted(rows)]  # by live arrival
+
+
 LIMIT = 1.5
 
 
@@ -262,8 +291,15 @@ class _Engine:
                                kv_used_fraction=min(1.0, n_run / max(1, self.costs.max_batch)), ready=True)
 
 
+def _pinned(request: Sequence[float], engines: int) -> int:
+    """The engine a request is already on (``snapshot_requests``'s fourth field), -1 for none."""
+    on = int(request[3]) if len(request) > 3 else -1
+    return on if on < engines else -1
+
+
 def replay(policy: Any, requests: Sequence[Sequence[float]], replicas: int, costs: Costs) -> list[RequestRecord]:
-    """Serve ``requests`` ((arrival, prompt, output), sorted) on ``replicas`` twin engines."""
+    """Serve ``requests`` ((arrival, prompt, output[, replica]), sorted) on ``replicas`` twin
+    engines; a request with a replica (>= 0) stays there, ``dispatch`` routes the others."""
     engines = [_Engine(i, costs) for i in range(max(1, replicas))]
     first = [math.nan] * len(requests)
     finish = [math.nan] * len(requests)
@@ -272,10 +308,10 @@ def replay(policy: Any, requests: Sequence[Sequence[float]], replicas: int, cost
     i, n = 0, len(requests)
     while i < n or steps:
         if i < n and (not steps or requests[i][0] <= steps[0][0]):
-            t, prompt, _ = requests[i]
+            t, prompt, pinned = requests[i][0], requests[i][1], _pinned(requests[i], len(engines))
             request = SimpleNamespace(id=i, arrival=t, prompt_tokens=int(prompt), generated=0)
             views = tuple(e.view() for e in engines)  # as the router and the validator give them
-            choice = int(policy.dispatch(request, views, t)) if len(engines) > 1 else 0
+            choice = pinned if pinned >= 0 else int(policy.dispatch(request, views, t)) if len(engines) > 1 else 0
             e = engines[choice]
             e.assigned += 1
             where[i] = choice
@@ -318,7 +354,7 @@ def replay(policy: Any, requests: Sequence[Sequence[float]], replicas: int, cost
 def score(policy: Any, params: dict) -> dict[str, float]:
     """The metrics of ``policy`` replaying a window snapshot (what ``evaluate`` returns)."""
     costs = Costs(**params["costs"])
-    requests = sorted(tuple(r) for r in params["requests"])
+    requests = sorted((tuple(r) for r in params["requests"]), key=lambda r: r[0])  # stable: a backlog keeps its order
     window = RollingWindow()
     for record in replay(policy, requests, params["replicas"], costs):
         window.add(record)
