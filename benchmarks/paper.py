@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -252,6 +253,21 @@ def _stationary(row: dict) -> bool:
     return scenarios.split_load(row["scenario"])[0] == STATIONARY
 
 
+def source_commit() -> str:
+    """The commit whose code gave the figures, for the docs they are written to ("" outside a git
+    checkout): a table that names its commit shows when later changes have left it behind."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        changed = git("status", "--porcelain", "--untracked-files=no", "--", "autopoiesis", "adapters", "benchmarks")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + (" with uncommitted changes" if changed else "")
+
+
 def write_docs(rows: list[dict], summary: dict, command: str, seconds: float, load: float = 1.0) -> None:
     import matplotlib
 
@@ -274,10 +290,12 @@ def write_docs(rows: list[dict], summary: dict, command: str, seconds: float, lo
     fig.savefig(ROOT / "docs" / f"{stem}_total_time.png", dpi=110)
     plt.close(fig)
 
+    commit = source_commit()
+    at = f" at {commit}" if commit else ""
     lines = [
         "# Results: Autopoiesis online vs static policies" + (f", at {load:g}x the shipped load" if load != 1.0 else ""),
         "",
-        f"Produced by `{command}` in {seconds / 60:.1f} min on this project's 2-core machine. "
+        f"Produced by `{command}`{at} in {seconds / 60:.1f} min on this project's 2-core machine. "
         "Rerun it to check; figures vary a little between runs because evolution time is measured "
         "wall-clock time (the live system keeps serving the incumbent meanwhile).",
         "",

@@ -124,3 +124,24 @@ def test_vllm_online_runs_its_arms_in_rounds_and_pairs_each_with_its_own_rounds_
     table = capsys.readouterr().out
     assert "20 (10-30)" in table and "11.5 (8-15)" in table  # the mean, then its range
     assert " 0.5 " in table and "nan" not in table  # the latest arrivals of the rounds that measured them
+
+
+def test_the_results_docs_name_the_commit_whose_code_made_them(tmp_path, monkeypatch):
+    """docs/results*.md went many commits without a rerun, and nothing in them said so."""
+    paper = benchmark("paper")
+    monkeypatch.setattr(paper, "ROOT", tmp_path)
+    assert paper.source_commit() == ""  # not a git checkout: the docs say nothing
+    git = lambda *args: subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True,
+                                       check=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "autopoiesis").mkdir()
+    (tmp_path / "autopoiesis" / "online.py").write_text("MARGIN = 0.01\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "results.md").write_text("old\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    head = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "docs" / "results.md").write_text("new\n")  # the docs it writes change nothing
+    assert paper.source_commit() == head
+    (tmp_path / "autopoiesis" / "online.py").write_text("MARGIN = 0.03\n")
+    assert paper.source_commit() == f"{head} with uncommitted changes"
