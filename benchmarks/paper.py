@@ -307,7 +307,8 @@ def write_docs(rows: list[dict], summary: dict, command: str, seconds: float, lo
     else:
         lines += ["The same benchmark with every arrival rate 1.5 times higher, so that more of each run is past "
                   "capacity: `python benchmarks/paper.py --seeds 3 --load 1.5 --write-docs`, in "
-                  "[results_load_1.5.md](results_load_1.5.md).", ""]
+                  "[results_load_1.5.md](results_load_1.5.md); twice as high (`--load 2`), in "
+                  "[results_load_2.md](results_load_2.md).", ""]
     lines += [
         "Improvement = (arm - Autopoiesis) / arm on total execution time (first arrival to last "
         "completion). Hindsight = the best baseline on these very seeds with its constants tuned on "
