@@ -137,6 +137,8 @@ def test_the_load_fits_the_servers_context():
     assert max(p + o for _, p, o in cut) <= 2048 and len(cut) == len(uncut)
     assert [(a, o) for a, _, o in cut] == [(a, o) for a, _, o in uncut]  # only the longest prompts change
     assert sum(p != q for (_, p, _), (_, q, _) in zip(cut, uncut)) == sum(p > 2048 - 256 for _, p, _ in uncut)
+    adapter.max_model_len = 100  # a context shorter than some outputs: a prompt and its output get half each
+    assert max(p + o for _, p, o in adapter._load(1000).requests) <= 100
 
 
 def test_the_adapter_replaces_a_lost_twin_worker_and_keeps_none_without_isolation():

@@ -202,7 +202,8 @@ class VLLMAdapter(Adapter):
             live["loop"].run_until_complete(router.start(port=self.port))
             card = self._model_card()
             self.model = self.model or card["id"]
-            self.max_model_len = card.get("max_model_len")  # vLLM's card says it; longer requests get a 400
+            context = card.get("max_model_len")  # vLLM's card says it; longer requests get a 400
+            self.max_model_len = context if isinstance(context, int) and context > 0 else None
             sizing = self._size_load(seed, run_dir) if self.load_factor is not None else ""
             load = self._load(seed)
             if load is not None:
@@ -215,9 +216,12 @@ class VLLMAdapter(Adapter):
 
     def _load(self, seed: int):
         """The load to send: prompts cut so that a prompt and its longest output fit the servers'
-        context (``max_model_len``), since vLLM refuses a longer request outright."""
-        fits = {"max_prompt": max(1, min(loads.MAX_PROMPT, self.max_model_len - loads.MAX_OUTPUT))} \
-            if self.max_model_len else {}
+        context (``max_model_len``), since vLLM refuses a longer request outright (in a context
+        under twice the longest output, each gets half)."""
+        fits = {}
+        if self.max_model_len:
+            output = max(1, min(loads.MAX_OUTPUT, self.max_model_len // 2))
+            fits = {"max_prompt": max(1, min(loads.MAX_PROMPT, self.max_model_len - output)), "max_output": output}
         try:
             if self.trace:
                 return loads.from_trace(self.trace, self.rate, self.duration, self.token_scale, **fits)
